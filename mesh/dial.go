@@ -1,0 +1,55 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// Dial returns a client connection to target that presents the caller's
+// SVID and verifies the server's. The server must present, in order of
+// precedence: the SPIFFE ID the resolver gives for that endpoint; the ID of
+// WithServerID; any ID in the trust domain of WithServerTrustDomain; or,
+// with none of these, any ID in the caller's own trust domain.
+//
+// Dial does not block: connections are made when the first call needs one,
+// as with grpc.NewClient. ctx bounds nothing yet beyond the call itself.
+// Close the returned connection when done.
+func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientConn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	var cfg dialConfig
+	for _, o := range opts {
+		o.applyDial(&cfg)
+	}
+	if cfg.identity == nil {
+		return nil, errors.New("mesh: Dial has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
+	}
+	var expect spiffeid.Matcher
+	switch {
+	case !cfg.serverID.IsZero():
+		expect = spiffeid.MatchID(cfg.serverID)
+	case !cfg.serverTD.IsZero():
+		expect = spiffeid.MatchMemberOf(cfg.serverTD)
+	default:
+		own, err := security.ID(cfg.identity)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+		}
+		expect = spiffeid.MatchMemberOf(own.TrustDomain())
+	}
+	grpcOpts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(security.ClientCredentials(cfg.identity, expect)),
+	}, cfg.grpcOptions...)
+	cc, err := grpc.NewClient(target, grpcOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	return cc, nil
+}
