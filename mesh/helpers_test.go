@@ -154,7 +154,6 @@ func callTimeout(t *testing.T) context.Context {
 	return ctx
 }
 
-
 func listen(t *testing.T) net.Listener {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

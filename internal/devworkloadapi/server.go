@@ -202,4 +202,3 @@ func concat(certs []*x509.Certificate) []byte {
 	}
 	return out
 }
-
