@@ -1,0 +1,160 @@
+// Package xdsbootstrap builds grpc-go's xDS bootstrap in process, so a user
+// names the control plane's address and never writes bootstrap JSON.
+//
+// grpc-go reads its bootstrap from GRPC_XDS_BOOTSTRAP(_CONFIG) for the
+// global xds resolver. To avoid process-wide environment, this package hands
+// the bootstrap to grpc-go per channel and per server, through grpc-go's
+// public (experimental) hooks xds.NewXDSResolverWithConfigForTesting and
+// xds.BootstrapContentsForTesting. Each channel and server then has its own
+// xDS client and ADS stream.
+//
+//	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: "127.0.0.1:15010"})
+//	cc, err := grpc.NewClient("xds:///trading", grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds))
+package xdsbootstrap
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/xds"
+)
+
+const (
+	// ServerListenerTemplate is the name template of server-side Listener
+	// resources; %s is the listening address host:port. It is grpc-go's
+	// default, and meshd names server listeners with it.
+	ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+	// CertProviderInstance is the certificate provider instance name that
+	// meshd's clusters and server listeners refer to for mTLS.
+	CertProviderInstance = "gridmesh"
+)
+
+// CertProvider names the grpc-go certificate-provider plugin that supplies
+// the workload's identity and trust bundle, and its JSON config. The
+// internal/xdscert package returns one from Register and WorkloadAPI.
+type CertProvider struct {
+	PluginName string
+	Config     json.RawMessage
+}
+
+// Config is what the bootstrap needs. Only ServerURI is required.
+type Config struct {
+	// ServerURI is the control plane's address, host:port (meshd defaults
+	// to 127.0.0.1:15010). The connection to it is plaintext.
+	ServerURI string
+	// NodeID identifies this client to the control plane in logs and config
+	// dumps. Default: "gridmesh~<hostname>~<pid>~<random>".
+	NodeID string
+	// Cluster is the node's cluster, conventionally the service name of
+	// the process. Optional.
+	Cluster string
+	// CertProvider supplies identities for xDS mTLS. Nil: no certificate
+	// providers, so any cluster or listener asking for mTLS is refused by
+	// grpc-go.
+	CertProvider *CertProvider
+}
+
+type bootstrapJSON struct {
+	XDSServers             []xdsServer             `json:"xds_servers"`
+	Node                   node                    `json:"node"`
+	CertificateProviders   map[string]certProvider `json:"certificate_providers,omitempty"`
+	ServerListenerTemplate string                  `json:"server_listener_resource_name_template"`
+	ClientListenerTemplate string                  `json:"client_default_listener_resource_name_template"`
+}
+
+type xdsServer struct {
+	ServerURI      string         `json:"server_uri"`
+	ChannelCreds   []channelCreds `json:"channel_creds"`
+	ServerFeatures []string       `json:"server_features"`
+}
+
+type channelCreds struct {
+	Type string `json:"type"`
+}
+
+type node struct {
+	ID      string `json:"id"`
+	Cluster string `json:"cluster,omitempty"`
+}
+
+type certProvider struct {
+	PluginName string          `json:"plugin_name"`
+	Config     json.RawMessage `json:"config,omitempty"`
+}
+
+// JSON returns the bootstrap document for c.
+func (c Config) JSON() ([]byte, error) {
+	if c.ServerURI == "" {
+		return nil, errors.New("xdsbootstrap: no control plane address; set it, like 127.0.0.1:15010")
+	}
+	if _, _, err := net.SplitHostPort(c.ServerURI); err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: control plane address %q is not host:port: %w", c.ServerURI, err)
+	}
+	id := c.NodeID
+	if id == "" {
+		id = DefaultNodeID()
+	}
+	b := bootstrapJSON{
+		XDSServers: []xdsServer{{
+			ServerURI:    c.ServerURI,
+			ChannelCreds: []channelCreds{{Type: "insecure"}},
+			// ignore_resource_deletion: a listener or cluster missing from a
+			// response (a control plane restarted with partial state) does
+			// not take down traffic that is flowing.
+			ServerFeatures: []string{"xds_v3", "ignore_resource_deletion"},
+		}},
+		Node:                   node{ID: id, Cluster: c.Cluster},
+		ServerListenerTemplate: ServerListenerTemplate,
+		ClientListenerTemplate: "%s",
+	}
+	if p := c.CertProvider; p != nil {
+		cfg := p.Config
+		if len(cfg) == 0 {
+			cfg = json.RawMessage("{}")
+		}
+		b.CertificateProviders = map[string]certProvider{
+			CertProviderInstance: {PluginName: p.PluginName, Config: cfg},
+		}
+	}
+	return json.Marshal(b)
+}
+
+// DefaultNodeID returns "gridmesh~<hostname>~<pid>~<random>".
+func DefaultNodeID() string {
+	host, _ := os.Hostname()
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("gridmesh~%s~%d~%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+}
+
+// NewResolverBuilder returns an xds:/// resolver builder that uses the
+// bootstrap for c. Pass it with grpc.WithResolvers. Each channel built with
+// it gets its own xDS client. Safe for concurrent use.
+func NewResolverBuilder(c Config) (resolver.Builder, error) {
+	b, err := c.JSON()
+	if err != nil {
+		return nil, err
+	}
+	rb, err := xds.NewXDSResolverWithConfigForTesting(b)
+	if err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: %w", err)
+	}
+	return rb, nil
+}
+
+// ServerOption returns the option that makes an xds.GRPCServer use the
+// bootstrap for c instead of the environment.
+func ServerOption(c Config) (grpc.ServerOption, error) {
+	b, err := c.JSON()
+	if err != nil {
+		return nil, err
+	}
+	return xds.BootstrapContentsForTesting(b), nil
+}
