@@ -67,17 +67,21 @@ type expiringConn struct {
 
 func newExpiringConn(conn net.Conn, after time.Duration) *expiringConn {
 	c := &expiringConn{Conn: conn}
-	c.timer = time.AfterFunc(after, func() { c.Close() })
+	c.timer = time.AfterFunc(after, func() { c.closeConn() })
 	return c
 }
 
-func (c *expiringConn) Close() error {
+// closeConn must not touch c.timer: the timer may fire before
+// newExpiringConn has stored it.
+func (c *expiringConn) closeConn() error {
 	err := net.ErrClosed
-	c.once.Do(func() {
-		c.timer.Stop()
-		err = c.Conn.Close()
-	})
+	c.once.Do(func() { err = c.Conn.Close() })
 	return err
+}
+
+func (c *expiringConn) Close() error {
+	c.timer.Stop()
+	return c.closeConn()
 }
 
 // ClientCredentials returns gRPC transport credentials for a client: mTLS as
