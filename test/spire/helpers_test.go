@@ -15,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -73,7 +74,7 @@ func bundleHas(src x509bundle.Source, td spiffeid.TrustDomain, id string) bool {
 
 // signedBy returns the authority ID of the CA that signed src's current
 // SVID (its authority key ID), or "" without one.
-func signedBy(src *workloadapi.X509Source) string {
+func signedBy(src x509svid.Source) string {
 	svid, err := src.GetX509SVID()
 	if err != nil || len(svid.Certificates) == 0 {
 		return ""
@@ -84,7 +85,8 @@ func signedBy(src *workloadapi.X509Source) string {
 // runWorkloadAs runs this test binary as a separate workload under uid/gid
 // uid, asking addr's Workload API for an SVID within timeout. It returns the
 // helper's output ("ID ..." or "ERR ...") and its exit code. It needs root.
-func runWorkloadAs(ctx context.Context, t testing.TB, uid int, addr string, timeout time.Duration) (string, int) {
+// api is "go-spiffe" or "mesh" (see helperAPIEnv).
+func runWorkloadAs(ctx context.Context, t testing.TB, uid int, addr, api string, timeout time.Duration) (string, int) {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("running a workload under another uid needs root")
@@ -115,6 +117,7 @@ func runWorkloadAs(ctx context.Context, t testing.TB, uid int, addr string, time
 		"PATH=/usr/bin:/bin",
 		"HOME=" + dir,
 		helperEnv + "=" + timeout.String(),
+		helperAPIEnv + "=" + api,
 		workloadapi.SocketEnv + "=" + addr,
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}

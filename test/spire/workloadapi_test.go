@@ -106,7 +106,7 @@ func TestUnregisteredWorkloadGetsNoIdentity(t *testing.T) {
 
 	t.Run("another uid on the same agent", func(t *testing.T) {
 		start := time.Now()
-		out, code := runWorkloadAs(ctx, t, 4242, d.Addr(), deadline)
+		out, code := runWorkloadAs(ctx, t, 4242, d.Addr(), "go-spiffe", deadline)
 		t.Logf("unregistered workload: exit %d after %v: %s", code, time.Since(start).Round(time.Millisecond), out)
 		if code != 3 || !strings.HasPrefix(out, "ERR ") {
 			t.Fatalf("unregistered workload: exit %d, output %q; want exit 3 and an error", code, out)
@@ -115,7 +115,7 @@ func TestUnregisteredWorkloadGetsNoIdentity(t *testing.T) {
 	t.Run("a registered uid in a separate process", func(t *testing.T) {
 		// The control for the case above: the same helper, under a uid
 		// that has an entry, gets its identity.
-		out, code := runWorkloadAs(ctx, t, 4243, d.Addr(), 30*time.Second)
+		out, code := runWorkloadAs(ctx, t, 4243, d.Addr(), "go-spiffe", 30*time.Second)
 		if want := "ID " + d.ID("/other").String(); code != 0 || out != want {
 			t.Fatalf("registered workload: exit %d, output %q; want %q", code, out, want)
 		}
