@@ -116,6 +116,10 @@ func TestRotationWithoutFailedCalls(t *testing.T) {
 	if len(clientCerts) < 5 || len(serverCerts) < 5 {
 		t.Errorf("new handshakes did not pick up rotated certificates: %d client, %d server certificates seen", len(clientCerts), len(serverCerts))
 	}
+	// Rotation at half-life: about duration/(ttl/2) = 12 rotations.
+	if n := serverSrc.Rotations(); n > 2*int64(duration/(ttl/2)) {
+		t.Errorf("%d rotations in %v with a %v SVID: rotating far more often than at half-life", n, duration, ttl)
+	}
 	if n := late.Load(); n != 0 {
 		t.Errorf("%d calls served on connections whose client certificate had expired more than %v ago", n, grace)
 	}

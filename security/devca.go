@@ -196,6 +196,8 @@ type DevSource struct {
 func (s *DevSource) rotate(ctx context.Context) {
 	defer close(s.done)
 	bundle := s.ca.Bundle()
+	svid, _ := s.GetX509SVID()
+	rotateAt := halfLife(svid)
 	for {
 		changed := s.ca.BundleChanged()
 		if b := s.ca.Bundle(); b != bundle {
@@ -203,10 +205,7 @@ func (s *DevSource) rotate(ctx context.Context) {
 			svid, _ := s.GetX509SVID()
 			s.set(svid, x509bundle.NewSet(bundle))
 		}
-		svid, _ := s.GetX509SVID()
-		leaf := leafOf(svid)
-		wait := time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(time.Until(rotateAt))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -218,21 +217,24 @@ func (s *DevSource) rotate(ctx context.Context) {
 		}
 		next, err := s.ca.Issue(s.id, 0)
 		if err != nil {
-			// Issuance only fails when the CA itself is broken; retry soon
-			// rather than spin.
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-				continue
-			}
+			// Issuance only fails when the CA itself is broken; try again
+			// in a second rather than spin.
+			rotateAt = time.Now().Add(time.Second)
+			continue
 		}
+		rotateAt = halfLife(next)
 		s.mu.Lock()
 		s.rotations++
 		s.mu.Unlock()
 		bundle = s.ca.Bundle()
 		s.set(next, x509bundle.NewSet(bundle))
 	}
+}
+
+// halfLife is when half of svid's remaining validity, counted from now, has
+// passed: when a SPIRE agent would rotate an SVID it has just received.
+func halfLife(svid *x509svid.SVID) time.Time {
+	return time.Now().Add(time.Until(leafOf(svid).NotAfter) / 2)
 }
 
 // Rotations returns how many times the SVID has been replaced.
