@@ -1,0 +1,179 @@
+// Package registration is the wire format and client of meshd's
+// registration API: mesh servers add their endpoints (with their SPIFFE
+// IDs) to meshd and remove them on shutdown. The API is HTTP/JSON:
+//
+//	PUT    /v1/endpoints                        body: Registration
+//	DELETE /v1/endpoints?service=S&address=A
+//	GET    /v1/endpoints                        → []Registration
+//
+// A registration with a TTL expires unless renewed; Client.Heartbeat renews.
+//
+//	c := registration.NewClient("127.0.0.1:15011")
+//	go c.Heartbeat(ctx, registration.Registration{Service: "trading", Address: lis.Addr().String(), SPIFFEID: id, TTL: 10 * time.Second})
+package registration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Registration is one endpoint a server adds.
+type Registration struct {
+	// Service is the service name clients dial as xds:///<service>.
+	Service string `json:"service"`
+	// Version puts the endpoint in one of the service's versions. Optional.
+	Version string `json:"version,omitempty"`
+	// Address is where clients connect, host:port.
+	Address string `json:"address"`
+	// ListenAddress is the address the server listens on, when it differs
+	// from Address (0.0.0.0:8443). Default Address.
+	ListenAddress string `json:"listen_address,omitempty"`
+	// SPIFFEID is the identity the server presents. Optional.
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// Weight is the load-balancing weight. Default 1.
+	Weight uint32 `json:"weight,omitempty"`
+	// TTL makes the registration expire unless renewed within it. Zero:
+	// it stays until deregistered.
+	TTL Duration `json:"ttl,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as "10s" in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("ttl must be a duration string like \"10s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("ttl %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Client calls a meshd registration API. Safe for concurrent use.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the registration API at addr (host:port
+// or a URL). It uses http.DefaultClient.
+func NewClient(addr string) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{base: strings.TrimSuffix(base, "/"), hc: http.DefaultClient}
+}
+
+// Register adds or renews r. It blocks until meshd answers or ctx ends.
+func (c *Client) Register(ctx context.Context, r Registration) error {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("registration: %w", err)
+	}
+	return c.do(ctx, http.MethodPut, "/v1/endpoints", body, nil)
+}
+
+// Deregister removes the endpoint at address from service.
+func (c *Client) Deregister(ctx context.Context, service, address string) error {
+	q := url.Values{"service": {service}, "address": {address}}
+	return c.do(ctx, http.MethodDelete, "/v1/endpoints?"+q.Encode(), nil, nil)
+}
+
+// List returns every registered endpoint.
+func (c *Client) List(ctx context.Context) ([]Registration, error) {
+	var out []Registration
+	err := c.do(ctx, http.MethodGet, "/v1/endpoints", nil, &out)
+	return out, err
+}
+
+// Heartbeat registers r and renews it every TTL/3 (every 10s when TTL is
+// zero, which re-adds it after a meshd restart) until ctx ends, then
+// deregisters it with a 2-second deadline. Failed renewals are passed to
+// onError (may be nil) and retried at the next tick. It blocks until ctx
+// ends and returns the deregistration error.
+func (c *Client) Heartbeat(ctx context.Context, r Registration, onError func(error)) error {
+	every := time.Duration(r.TTL) / 3
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := c.Register(ctx, r); err != nil && ctx.Err() == nil && onError != nil {
+			onError(err)
+		}
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			return c.Deregister(dctx, r.Service, r.Address)
+		case <-t.C:
+		}
+	}
+}
+
+// Error is a refusal from meshd.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("registration: meshd refused (%d): %s", e.Status, e.Message)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("registration: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("registration: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("registration: read answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return &Error{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("registration: decode answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// ErrNotFound is returned (wrapped in *Error with status 404) by Deregister
+// when nothing is registered at the address; callers may ignore it.
+var ErrNotFound = errors.New("registration: not registered")
+
+// Is lets errors.Is(err, ErrNotFound) see a 404.
+func (e *Error) Is(target error) bool {
+	return target == ErrNotFound && e.Status == http.StatusNotFound
+}

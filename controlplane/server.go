@@ -1,0 +1,444 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+)
+
+// snapshotKey is the one snapshot-cache key every client maps to: meshd
+// serves the same resources to every node (clients subscribe by name), so
+// one SetSnapshot updates them all.
+const snapshotKey = "gridmesh"
+
+type sharedHash struct{}
+
+func (sharedHash) ID(*corepb.Node) string { return snapshotKey }
+
+// Option configures a Server.
+type Option interface{ apply(*options) }
+
+type options struct {
+	logger *slog.Logger
+	grace  time.Duration
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithLogger makes the server log config rejections, NACKs and client
+// connections to l. Default: silent.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// WithStartupGrace holds back the first snapshot for d after NewServer, so
+// that after a restart mesh servers have time to re-register before clients
+// are sent endpoint lists; clients keep their cached config meanwhile.
+// Default 0 (serve as soon as there is a config).
+func WithStartupGrace(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.grace = d })
+}
+
+// Server is meshd's core: it combines the config and the endpoint sources
+// into snapshots and serves them over ADS. Create it with NewServer, feed
+// it with SetConfig / LoadConfigFile / SetEndpoints and the registration
+// API (Handler), serve xDS with Serve, and Close it. Safe for concurrent
+// use.
+type Server struct {
+	log   *slog.Logger
+	cache cachev3.SnapshotCache
+	xds   serverv3.Server
+	reg   *registry
+
+	mu        sync.Mutex
+	cfg       *Config
+	cfgName   string
+	sources   map[string][]Endpoint
+	snap      *Snapshot
+	published bool
+	holding   bool
+	grace     *time.Timer
+	grpcs     []*grpc.Server
+	closed    bool
+
+	clientsMu sync.Mutex
+	clients   map[int64]*clientState
+	lastSent  map[sentKey]string
+
+	stats struct {
+		pushes, nacks, rejections, configLoads, streams atomic.Int64
+	}
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+type sentKey struct{ node, typeURL string }
+
+type clientState struct {
+	Node     string              `json:"node"`
+	Since    time.Time           `json:"since"`
+	Versions map[string]string   `json:"versions"`  // type URL → version sent
+	Names    map[string][]string `json:"resources"` // type URL → resource names subscribed
+	NACKs    int                 `json:"nacks"`
+	LastNACK string              `json:"last_nack,omitempty"`
+}
+
+// NewServer returns a Server with no config. It starts the goroutine that
+// expires registrations; Close stops it.
+func NewServer(opts ...Option) *Server {
+	o := options{}
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{
+		log:      o.logger.With("component", "meshd"),
+		sources:  map[string][]Endpoint{},
+		clients:  map[int64]*clientState{},
+		lastSent: map[sentKey]string{},
+		stop:     make(chan struct{}),
+	}
+	s.cache = cachev3.NewSnapshotCache(false, sharedHash{}, nil)
+	s.xds = serverv3.NewServer(context.Background(), nackGuard{SnapshotCache: s.cache, s: s}, s.callbacks())
+	s.reg = newRegistry(s)
+	if o.grace > 0 {
+		s.holding = true
+		s.grace = time.AfterFunc(o.grace, func() {
+			s.mu.Lock()
+			s.holding = false
+			s.mu.Unlock()
+			_ = s.rebuild()
+		})
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.reg.expireLoop(s.stop)
+	}()
+	return s
+}
+
+// SetConfig validates cfg and, if it is good, makes it the config. A bad
+// config is refused with a *ConfigError and the previous config stays in
+// force. name labels the config in logs ("meshd.yaml").
+func (s *Server) SetConfig(name string, cfg *Config) error {
+	if problems := validate(cfg); len(problems) > 0 {
+		err := &ConfigError{File: name, Problems: problems}
+		s.reject(err)
+		return err
+	}
+	s.mu.Lock()
+	prev, prevName := s.cfg, s.cfgName
+	s.cfg, s.cfgName = cfg, name
+	s.mu.Unlock()
+	if err := s.rebuild(); err != nil {
+		s.mu.Lock()
+		s.cfg, s.cfgName = prev, prevName
+		s.mu.Unlock()
+		s.reject(err)
+		return err
+	}
+	s.stats.configLoads.Add(1)
+	s.log.Info("config loaded", "name", name, "version", s.Version())
+	return nil
+}
+
+// LoadConfigFile reads and applies the YAML config at path. A bad file is
+// refused, logged and counted; the previous config stays in force.
+func (s *Server) LoadConfigFile(path string) error {
+	cfg, err := LoadConfigFile(path)
+	if err != nil {
+		s.reject(err)
+		return err
+	}
+	return s.SetConfig(path, cfg)
+}
+
+func (s *Server) reject(err error) {
+	s.stats.rejections.Add(1)
+	s.log.Error("input refused; still serving the last good config", "err", err, "version", s.Version())
+}
+
+// SetEndpoints replaces the endpoints from one source ("consul", ...). If
+// the resulting snapshot cannot be built, the previous endpoints of that
+// source stay and the error is returned.
+func (s *Server) SetEndpoints(source string, eps []Endpoint) error {
+	s.mu.Lock()
+	prev, had := s.sources[source]
+	s.sources[source] = append([]Endpoint(nil), eps...)
+	s.mu.Unlock()
+	if err := s.rebuild(); err != nil {
+		s.mu.Lock()
+		if had {
+			s.sources[source] = prev
+		} else {
+			delete(s.sources, source)
+		}
+		s.mu.Unlock()
+		s.reject(err)
+		return err
+	}
+	return nil
+}
+
+// Snapshot returns the snapshot in force (nil before the first one).
+func (s *Server) Snapshot() *Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap
+}
+
+// Version returns the version of the snapshot in force, or "".
+func (s *Server) Version() string {
+	if sn := s.Snapshot(); sn != nil {
+		return sn.Version
+	}
+	return ""
+}
+
+// rebuild builds a snapshot from the current inputs and publishes it.
+func (s *Server) rebuild() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return net.ErrClosed
+	}
+	var eps []Endpoint
+	names := make([]string, 0, len(s.sources))
+	for n := range s.sources {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		eps = append(eps, s.sources[n]...)
+	}
+	snap, err := BuildSnapshot(s.cfg, eps)
+	if err != nil {
+		return err
+	}
+	if s.snap != nil && s.snap.Version == snap.Version && s.published {
+		return nil
+	}
+	s.snap = snap
+	if s.holding {
+		return nil
+	}
+	if err := s.cache.SetSnapshot(context.Background(), snapshotKey, snap.cacheSnapshot()); err != nil {
+		return fmt.Errorf("controlplane: publish snapshot: %w", err)
+	}
+	s.published = true
+	return nil
+}
+
+// Serve serves ADS (and the per-type xDS services) on lis until Close. It
+// blocks and returns nil after Close.
+func (s *Server) Serve(lis net.Listener) error {
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(1<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(gs, s.xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, s.xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(gs, s.xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, s.xds)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.grpcs = append(s.grpcs, gs)
+	s.mu.Unlock()
+	if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("controlplane: serve xDS: %w", err)
+	}
+	return nil
+}
+
+// Close stops serving, ends every xDS stream and stops the server's
+// goroutines. Safe to call twice.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	gss := s.grpcs
+	if s.grace != nil {
+		s.grace.Stop()
+	}
+	s.mu.Unlock()
+	for _, gs := range gss {
+		gs.Stop()
+	}
+	close(s.stop)
+	s.wg.Wait()
+	return nil
+}
+
+// Stats are meshd's counters.
+type Stats struct {
+	// Clients is the number of connected xDS streams.
+	Clients int
+	// Pushes counts responses sent to clients.
+	Pushes int64
+	// NACKs counts responses clients refused.
+	NACKs int64
+	// Rejections counts inputs (config files, endpoint updates) refused.
+	Rejections int64
+	// ConfigLoads counts configs accepted.
+	ConfigLoads int64
+	// Version is the snapshot version in force.
+	Version string
+	// Registered is the number of endpoints from the registration API.
+	Registered int
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	s.clientsMu.Lock()
+	n := len(s.clients)
+	s.clientsMu.Unlock()
+	return Stats{
+		Clients:     n,
+		Pushes:      s.stats.pushes.Load(),
+		NACKs:       s.stats.nacks.Load(),
+		Rejections:  s.stats.rejections.Load(),
+		ConfigLoads: s.stats.configLoads.Load(),
+		Version:     s.Version(),
+		Registered:  s.reg.len(),
+	}
+}
+
+// ClientStatus is what one connected client was sent.
+type ClientStatus = clientState
+
+// Clients returns, per connected stream, what it was sent. The result is a
+// copy.
+func (s *Server) Clients() []ClientStatus {
+	s.clientsMu.Lock()
+	defer s.clientsMu.Unlock()
+	out := make([]ClientStatus, 0, len(s.clients))
+	for _, c := range s.clients {
+		cp := *c
+		cp.Versions = cloneMap(c.Versions)
+		cp.Names = map[string][]string{}
+		for k, v := range c.Names {
+			cp.Names[k] = append([]string(nil), v...)
+		}
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			s.stats.streams.Add(1)
+			s.clientsMu.Lock()
+			s.clients[id] = &clientState{Since: time.Now(), Versions: map[string]string{}, Names: map[string][]string{}}
+			s.clientsMu.Unlock()
+			return nil
+		},
+		StreamClosedFunc: func(id int64, node *corepb.Node) {
+			s.clientsMu.Lock()
+			delete(s.clients, id)
+			for k := range s.lastSent {
+				if k.node == node.GetId() {
+					delete(s.lastSent, k)
+				}
+			}
+			s.clientsMu.Unlock()
+		},
+		StreamRequestFunc: func(id int64, req *discoverypb.DiscoveryRequest) error {
+			s.clientsMu.Lock()
+			c := s.clients[id]
+			if c != nil && c.Node == "" {
+				c.Node = req.GetNode().GetId()
+			}
+			if d := req.GetErrorDetail(); d != nil && c != nil {
+				c.NACKs++
+				c.LastNACK = d.GetMessage()
+			}
+			s.clientsMu.Unlock()
+			if d := req.GetErrorDetail(); d != nil {
+				s.stats.nacks.Add(1)
+				s.log.Warn("client refused config (NACK)", "node", req.GetNode().GetId(),
+					"type", req.GetTypeUrl(), "resources", req.GetResourceNames(),
+					"version", req.GetVersionInfo(), "reason", d.GetMessage())
+			}
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, req *discoverypb.DiscoveryRequest, resp *discoverypb.DiscoveryResponse) {
+			s.stats.pushes.Add(1)
+			// The requested names, not the resources' own: decoding every
+			// response would cost more than the push itself.
+			names := req.GetResourceNames()
+			s.clientsMu.Lock()
+			if c := s.clients[id]; c != nil {
+				c.Versions[resp.GetTypeUrl()] = resp.GetVersionInfo()
+				c.Names[resp.GetTypeUrl()] = names
+			}
+			s.lastSent[sentKey{req.GetNode().GetId(), resp.GetTypeUrl()}] = resp.GetVersionInfo()
+			s.clientsMu.Unlock()
+		},
+	}
+}
+
+// nackGuard stops a NACK loop: go-control-plane answers any request whose
+// version differs from the snapshot's, and a NACK carries the client's
+// previous version, so a refused snapshot would be re-sent at once, again
+// and again. The guard treats a NACKed version as delivered; the client
+// gets the next snapshot instead.
+type nackGuard struct {
+	cachev3.SnapshotCache
+	s *Server
+}
+
+func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	if req.GetErrorDetail() != nil {
+		g.s.clientsMu.Lock()
+		v, ok := g.s.lastSent[sentKey{req.GetNode().GetId(), req.GetTypeUrl()}]
+		g.s.clientsMu.Unlock()
+		if ok {
+			req = proto.Clone(req).(*cachev3.Request)
+			req.VersionInfo = v
+		}
+	}
+	return g.SnapshotCache.CreateWatch(req, sub, ch)
+}

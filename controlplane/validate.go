@@ -1,0 +1,312 @@
+package controlplane
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+)
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	methodRE = regexp.MustCompile(`^/[^/*]+/[^/*]+$`)
+	svcRE    = regexp.MustCompile(`^/[^/*]+/\*$`)
+	headerRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+)
+
+// retryCodes are the codes grpc-go's xDS retry policy understands.
+var retryCodes = map[string]bool{
+	"cancelled": true, "deadline-exceeded": true, "internal": true,
+	"resource-exhausted": true, "unavailable": true,
+}
+
+type validator struct{ problems []Problem }
+
+func (v *validator) add(field, format string, args ...any) {
+	v.problems = append(v.problems, Problem{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// validate checks cfg against what meshd and grpc-go accept. It returns
+// every problem found, in field order.
+func validate(cfg *Config) []Problem {
+	v := &validator{}
+	names := map[string]int{}
+	endpointOwner := map[string]string{}
+	for i := range cfg.Services {
+		s := &cfg.Services[i]
+		f := fmt.Sprintf("services[%d]", i)
+		switch {
+		case s.Name == "":
+			v.add(f+".name", "missing; every service needs a name, the target clients dial as xds:///<name>")
+		case !nameRE.MatchString(s.Name):
+			v.add(f+".name", "%q is not allowed; use lower-case letters, digits, '-', '.' and '_', starting with a letter or digit", s.Name)
+		default:
+			if j, dup := names[s.Name]; dup {
+				v.add(f+".name", "%q is already the name of services[%d]; service names must be unique", s.Name, j)
+			}
+			names[s.Name] = i
+		}
+		v.service(f, s, cfg.MTLS, endpointOwner)
+	}
+	return v.problems
+}
+
+func (v *validator) service(f string, s *Service, mtls bool, owner map[string]string) {
+	if s.Port > 65535 {
+		v.add(f+".port", "%d is not a port; use 1-65535", s.Port)
+	}
+	if s.SPIFFEID != "" {
+		if _, err := spiffeid.FromString(s.SPIFFEID); err != nil {
+			v.add(f+".spiffe_id", "%q is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", s.SPIFFEID, err)
+		}
+	}
+	switch s.LB {
+	case "", "round_robin", "least_request", "ring_hash":
+	default:
+		v.add(f+".lb", "%q is not a load-balancing policy; use round_robin, least_request or ring_hash", s.LB)
+	}
+	if s.HashHeader != "" && s.LB != "ring_hash" {
+		v.add(f+".hash_header", "only applies with lb: ring_hash; remove it or set lb: ring_hash")
+	}
+	if s.HashHeader != "" && !headerRE.MatchString(s.HashHeader) {
+		v.add(f+".hash_header", "%q is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", s.HashHeader)
+	}
+	for j, ep := range s.Endpoints {
+		v.endpoint(fmt.Sprintf("%s.endpoints[%d]", f, j), ep, s, owner)
+	}
+	versions := map[string]bool{}
+	for j, ver := range s.Versions {
+		vf := fmt.Sprintf("%s.versions[%d]", f, j)
+		switch {
+		case ver.Name == "":
+			v.add(vf+".name", "missing; routes refer to versions by name")
+		case !nameRE.MatchString(ver.Name):
+			v.add(vf+".name", "%q is not allowed; use lower-case letters, digits, '-', '.' and '_'", ver.Name)
+		case versions[ver.Name]:
+			v.add(vf+".name", "%q appears twice; version names must be unique in a service", ver.Name)
+		}
+		versions[ver.Name] = true
+		for k, ep := range ver.Endpoints {
+			v.endpoint(fmt.Sprintf("%s.endpoints[%d]", vf, k), ep, s, owner)
+		}
+	}
+	v.timeout(f+".timeout", s.Timeout)
+	v.retry(f+".retry", s.Retry)
+	catchAll := false
+	for j := range s.Routes {
+		rf := fmt.Sprintf("%s.routes[%d]", f, j)
+		if catchAll {
+			v.add(rf, "is never reached: an earlier route matches every call; move it before that route")
+		}
+		r := &s.Routes[j]
+		v.route(rf, r, versions)
+		if r.Match.Method == "" && r.Match.Prefix == "" && len(r.Match.Headers) == 0 {
+			catchAll = true
+		}
+	}
+	if cb := s.CircuitBreaker; cb != nil && cb.MaxRequests == 0 {
+		v.add(f+".circuit_breaker.max_requests", "must be at least 1; remove circuit_breaker for grpc-go's default of 1024")
+	}
+	if od := s.OutlierDetection; od != nil {
+		if od.MaxEjectionPercent > 100 {
+			v.add(f+".outlier_detection.max_ejection_percent", "%d is over 100", od.MaxEjectionPercent)
+		}
+		if od.FailurePercentThreshold > 100 {
+			v.add(f+".outlier_detection.failure_percent_threshold", "%d is over 100", od.FailurePercentThreshold)
+		}
+		if od.Interval != 0 && od.Interval < time.Millisecond {
+			v.add(f+".outlier_detection.interval", "%v is too short; write a duration with a unit, like 10s", od.Interval)
+		}
+	}
+	if len(s.Authorization) > 0 && !mtls {
+		v.add(f+".authorization", "needs mtls: true at the top of the file: without mTLS no caller has a SPIFFE ID and every call would be denied")
+	}
+	for j, p := range s.Authorization {
+		pf := fmt.Sprintf("%s.authorization[%d]", f, j)
+		if len(p.Sources) == 0 {
+			v.add(pf+".sources", "missing; list caller SPIFFE IDs (spiffe://td/svc, spiffe://td/ns/*, or \"*\" for any authenticated caller)")
+		}
+		for k, src := range p.Sources {
+			if _, _, err := parseSource(src); err != nil {
+				v.add(fmt.Sprintf("%s.sources[%d]", pf, k), "%v", err)
+			}
+		}
+		for k, m := range p.Methods {
+			if m != "*" && !methodRE.MatchString(m) && !svcRE.MatchString(m) {
+				v.add(fmt.Sprintf("%s.methods[%d]", pf, k), "%q is not a method; use \"/pkg.Service/Method\", \"/pkg.Service/*\" or \"*\"", m)
+			}
+		}
+	}
+}
+
+func (v *validator) endpoint(f, ep string, s *Service, owner map[string]string) {
+	addr, err := endpointAddress(ep, s.Port)
+	if err != nil {
+		v.add(f, "%v", err)
+		return
+	}
+	if o, ok := owner[addr]; ok && o != s.Name {
+		v.add(f, "%s is already an endpoint of service %q; an address serves one service", addr, o)
+	} else if ok {
+		v.add(f, "%s is listed twice in service %q", addr, s.Name)
+	}
+	owner[addr] = s.Name
+}
+
+// endpointAddress normalizes "host:port", or "host" with a default port.
+func endpointAddress(ep string, port uint32) (string, error) {
+	host, p, err := net.SplitHostPort(ep)
+	if err != nil {
+		if port == 0 || strings.Contains(err.Error(), "too many colons") {
+			return "", fmt.Errorf("%q is not host:port; write an address like 10.0.0.7:8443, or set the service's port", ep)
+		}
+		host, p = ep, strconv.Itoa(int(port))
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 || host == "" {
+		return "", fmt.Errorf("%q is not host:port with a port in 1-65535", ep)
+	}
+	return net.JoinHostPort(host, p), nil
+}
+
+func (v *validator) timeout(f string, d time.Duration) {
+	switch {
+	case d < 0:
+		v.add(f, "%v is negative", d)
+	case d > 0 && d < time.Millisecond:
+		v.add(f, "%v is shorter than a millisecond: write a unit, like 2s or 500ms", d)
+	}
+}
+
+func (v *validator) retry(f string, r *RetryPolicy) {
+	if r == nil {
+		return
+	}
+	for i, c := range r.On {
+		if !retryCodes[c] {
+			v.add(fmt.Sprintf("%s.on[%d]", f, i), "%q is not retriable by grpc-go; use unavailable, cancelled, deadline-exceeded, internal or resource-exhausted", c)
+		}
+	}
+	if r.Attempts > 10 {
+		v.add(f+".attempts", "%d is too many; grpc-go caps attempts at 5 and meshd refuses more than 10", r.Attempts)
+	}
+	v.timeout(f+".base_interval", r.BaseInterval)
+	v.timeout(f+".max_interval", r.MaxInterval)
+	if r.MaxInterval != 0 && r.MaxInterval < r.BaseInterval {
+		v.add(f+".max_interval", "%v is shorter than base_interval %v", r.MaxInterval, r.BaseInterval)
+	}
+}
+
+func (v *validator) route(f string, r *Route, versions map[string]bool) {
+	m := r.Match
+	if m.Method != "" && m.Prefix != "" {
+		v.add(f+".match", "sets both method and prefix; use one")
+	}
+	if m.Method != "" && !methodRE.MatchString(m.Method) {
+		v.add(f+".match.method", "%q is not a full gRPC method; write /pkg.Service/Method", m.Method)
+	}
+	if m.Prefix != "" && !strings.HasPrefix(m.Prefix, "/") {
+		v.add(f+".match.prefix", "%q must start with '/', like /pkg.Service/", m.Prefix)
+	}
+	for i, h := range m.Headers {
+		hf := fmt.Sprintf("%s.match.headers[%d]", f, i)
+		if !headerRE.MatchString(h.Name) {
+			v.add(hf+".name", "%q is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", h.Name)
+		} else if strings.HasPrefix(h.Name, "grpc-") {
+			v.add(hf+".name", "%q: grpc-go ignores matches on grpc- headers; match another key", h.Name)
+		}
+		n := 0
+		for _, set := range []bool{h.Exact != "", h.Prefix != "", h.Regex != "", h.Present} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			v.add(hf, "set exactly one of exact, prefix, regex, present (found %d)", n)
+		}
+		if h.Regex != "" {
+			if _, err := regexp.Compile(h.Regex); err != nil {
+				v.add(hf+".regex", "%q is not an RE2 regular expression: %v", h.Regex, err)
+			}
+		}
+	}
+	if r.Version != "" && len(r.Split) > 0 {
+		v.add(f, "sets both version and split; use version for one target or split for several")
+	}
+	if r.Version != "" && !versions[r.Version] {
+		v.add(f+".version", "%q is not a version of this service; declare it under versions", r.Version)
+	}
+	var total uint64
+	for i, w := range r.Split {
+		sf := fmt.Sprintf("%s.split[%d]", f, i)
+		if !versions[w.Version] {
+			v.add(sf+".version", "%q is not a version of this service; declare it under versions", w.Version)
+		}
+		if w.Weight == 0 {
+			v.add(sf+".weight", "must be at least 1; remove the entry to send it nothing")
+		}
+		total += uint64(w.Weight)
+	}
+	if total > 1<<32-1 {
+		v.add(f+".split", "weights add up to %d; keep the sum under 4294967295", total)
+	}
+	v.timeout(f+".timeout", r.Timeout)
+	v.retry(f+".retry", r.Retry)
+	if fl := r.Fault; fl != nil {
+		if fl.Delay == nil && fl.Abort == nil {
+			v.add(f+".fault", "sets neither delay nor abort")
+		}
+		if d := fl.Delay; d != nil {
+			if d.Duration <= 0 {
+				v.add(f+".fault.delay.duration", "missing or not positive; write a duration like 100ms")
+			}
+			v.timeout(f+".fault.delay.duration", d.Duration)
+			v.percent(f+".fault.delay.percent", d.Percent)
+		}
+		if a := fl.Abort; a != nil {
+			if _, ok := grpcCode(a.Code); !ok {
+				v.add(f+".fault.abort.code", "%q is not a gRPC error code; use a name like UNAVAILABLE or PERMISSION_DENIED", a.Code)
+			}
+			v.percent(f+".fault.abort.percent", a.Percent)
+		}
+	}
+}
+
+func (v *validator) percent(f string, p float64) {
+	if p <= 0 || p > 100 {
+		v.add(f, "%v is not a percentage in (0, 100]", p)
+	}
+}
+
+// grpcCode parses a gRPC code name other than OK.
+func grpcCode(name string) (codes.Code, bool) {
+	var c codes.Code
+	if err := c.UnmarshalJSON([]byte(strconv.Quote(strings.ToUpper(name)))); err != nil || c == codes.OK {
+		return 0, false
+	}
+	return c, true
+}
+
+// parseSource parses an authorization source into an exact ID or a prefix
+// ("" and true for any authenticated caller).
+func parseSource(src string) (match string, prefix bool, err error) {
+	if src == "*" {
+		return "", true, nil
+	}
+	base, wild := strings.CutSuffix(src, "/*")
+	if _, err := spiffeid.FromString(base); err != nil {
+		if td, err2 := spiffeid.TrustDomainFromString(base); err2 == nil && wild {
+			return td.IDString() + "/", true, nil
+		}
+		return "", false, fmt.Errorf("%q is not a SPIFFE ID (%v); write spiffe://td/path, spiffe://td/path/* or spiffe://td/*", src, err)
+	}
+	if wild {
+		return base + "/", true, nil
+	}
+	return base, false, nil
+}
