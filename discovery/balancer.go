@@ -10,7 +10,6 @@ import (
 
 	// The policies Balancer names, registered with grpc-go by these imports.
 	_ "google.golang.org/grpc/balancer/leastrequest"
-	_ "google.golang.org/grpc/balancer/ringhash"
 	_ "google.golang.org/grpc/balancer/weightedroundrobin"
 	// outlier_detection_experimental is registered only by grpc-go's xds
 	// package (its balancer lives under internal/xds). The mesh needs that
@@ -30,8 +29,9 @@ const (
 	LeastRequest Policy = "least_request"
 	// RingHash hashes a request header (HashHeader) onto a consistent-hash
 	// ring, so equal keys reach the same endpoint and removing an endpoint
-	// remaps only its keys. grpc-go's ring_hash_experimental; calls
-	// without the header get a random endpoint.
+	// remaps only its keys. It is gridmesh's own policy (see ringhash.go
+	// for why not grpc-go's ring_hash_experimental); calls without the
+	// header go to a random endpoint.
 	RingHash Policy = "ring_hash"
 	// WeightedRoundRobin is round robin weighted by the load each endpoint
 	// reports through ORCA (per-call trailers or the out-of-band stream):
@@ -51,9 +51,9 @@ type Balancer struct {
 	// is the ring_hash key, e.g. "x-market-id". Required for RingHash, not
 	// allowed otherwise. Lower-case; not a "-bin" or "grpc-" key.
 	HashHeader string
-	// MinRingSize and MaxRingSize size the RingHash ring. Zero: grpc-go's
-	// defaults (1024 and 4096).
-	MinRingSize, MaxRingSize uint64
+	// RingReplicas is how many ring entries each endpoint gets, 1-4096.
+	// More spread keys more evenly. Zero: 256.
+	RingReplicas int
 	// ChoiceCount is how many endpoints LeastRequest compares, 2 to 10.
 	// Zero: 2.
 	ChoiceCount uint32
@@ -126,7 +126,9 @@ type FailurePercentageEjection struct {
 // and what is expected.
 func (b Balancer) Validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("discovery: Balancer."+format, args...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("discovery: Balancer."+format, args...))
+	}
 	switch b.Policy {
 	case "", RoundRobin, LeastRequest, RingHash, WeightedRoundRobin, PickFirst:
 	default:
@@ -144,14 +146,11 @@ func (b Balancer) Validate() error {
 		case strings.HasSuffix(h, "-bin") || strings.HasPrefix(h, "grpc-"):
 			bad("HashHeader %q: \"-bin\" and \"grpc-\" keys cannot be hash keys", h)
 		}
-		if b.MaxRingSize != 0 && b.MinRingSize > b.MaxRingSize {
-			bad("MinRingSize %d is greater than MaxRingSize %d", b.MinRingSize, b.MaxRingSize)
+		if b.RingReplicas < 0 || b.RingReplicas > 4096 {
+			bad("RingReplicas %d: want 1-4096, or 0 for 256", b.RingReplicas)
 		}
-		if b.MaxRingSize > 8<<20 || b.MinRingSize > 8<<20 {
-			bad("MinRingSize/MaxRingSize (%d/%d): at most %d", b.MinRingSize, b.MaxRingSize, 8<<20)
-		}
-	} else if b.HashHeader != "" || b.MinRingSize != 0 || b.MaxRingSize != 0 {
-		bad("HashHeader/MinRingSize/MaxRingSize are for ring_hash; Policy is %q", b.policy())
+	} else if b.HashHeader != "" || b.RingReplicas != 0 {
+		bad("HashHeader and RingReplicas are for ring_hash; Policy is %q", b.policy())
 	}
 	if b.ChoiceCount != 0 && (b.Policy != LeastRequest || b.ChoiceCount < 2 || b.ChoiceCount > 10) {
 		bad("ChoiceCount %d: want 2-10, with Policy least_request", b.ChoiceCount)
@@ -221,12 +220,9 @@ func (b Balancer) LoadBalancingConfig() (json.RawMessage, error) {
 			cfg["choiceCount"] = b.ChoiceCount
 		}
 	case RingHash:
-		cfg["requestHashHeader"] = b.HashHeader
-		if b.MinRingSize != 0 {
-			cfg["minRingSize"] = b.MinRingSize
-		}
-		if b.MaxRingSize != 0 {
-			cfg["maxRingSize"] = b.MaxRingSize
+		cfg["hashHeader"] = b.HashHeader
+		if b.RingReplicas != 0 {
+			cfg["replicas"] = b.RingReplicas
 		}
 	case WeightedRoundRobin:
 		if w := b.Weighted; w != nil {
@@ -279,7 +275,7 @@ func grpcName(p Policy) string {
 	case LeastRequest:
 		return "least_request_experimental"
 	case RingHash:
-		return "ring_hash_experimental"
+		return ringHashName
 	}
 	return string(p)
 }
