@@ -1,6 +1,7 @@
 // Command meshd is gridmesh's control plane.
 //
 //	meshd dev     serve the SPIFFE Workload API from a development CA
+//	meshd serve   serve xDS to proxyless gRPC clients and servers
 package main
 
 import (
@@ -16,6 +17,7 @@ const usage = `usage: meshd <command> [flags]
 
 commands:
   dev     serve the SPIFFE Workload API from an in-process development CA
+  serve   serve xDS to proxyless gRPC from a config file, registrations and Consul
 
 Run 'meshd <command> -h' for the flags of a command.`
 
@@ -35,6 +37,8 @@ func run(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "dev":
 		return runDev(ctx, args[1:])
+	case "serve":
+		return runServe(ctx, args[1:])
 	case "-h", "-help", "--help", "help":
 		fmt.Println(usage)
 		return nil

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/gridmesh/gridmesh/controlplane"
+)
+
+const serveUsage = `usage: meshd serve [flags]
+
+Serve xDS (ADS) to grpc-go's xDS clients from a YAML config, the
+registration API and, optionally, the Consul catalog.
+
+flags:`
+
+// serveFlags are the flags of meshd serve.
+type serveFlags struct {
+	config       string
+	listen       string
+	registration string
+	consul       string
+	grace        time.Duration
+	watch        time.Duration
+	logLevel     string
+}
+
+func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
+	f := &serveFlags{}
+	fs := flag.NewFlagSet("meshd serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&f.config, "config", "", "YAML config file (services, routes, policies); reloaded when it changes. Optional: without it meshd serves registered endpoints with default settings")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:15010", "xDS (ADS) address")
+	fs.StringVar(&f.registration, "registration", "127.0.0.1:15011", "HTTP address of the registration API, /healthz, /metrics and /debug; empty to disable")
+	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from; empty to disable")
+	fs.DurationVar(&f.grace, "startup-grace", 0, "hold the first snapshot this long after start so restarted servers can re-register (set it above the servers' heartbeat interval)")
+	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintln(out, serveUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("meshd serve takes no arguments, got %q", fs.Args())
+	}
+	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+		return nil, fmt.Errorf("-listen %q is not host:port: %w", f.listen, err)
+	}
+	return f, nil
+}
+
+// runServe runs meshd serve until ctx ends.
+func runServe(ctx context.Context, args []string) error {
+	f, err := parseServeFlags(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("-log-level %q: use debug, info, warn or error", f.logLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return serve(ctx, f, logger, nil)
+}
+
+// serve runs meshd with parsed flags. ready, if not nil, receives the bound
+// xDS and HTTP addresses once both listen (tests use port 0).
+func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(xdsAddr, httpAddr string)) error {
+	s := controlplane.NewServer(controlplane.WithLogger(logger), controlplane.WithStartupGrace(f.grace))
+	defer s.Close()
+	if f.config != "" {
+		// At start there is no last good config to fall back on: refuse to
+		// start rather than serve something the operator did not write.
+		if err := s.LoadConfigFile(f.config); err != nil {
+			return err
+		}
+	} else if err := s.SetConfig("(no config file)", &controlplane.Config{}); err != nil {
+		return err
+	}
+
+	xlis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen for xDS: %w", err)
+	}
+	var hlis net.Listener
+	if f.registration != "" {
+		if hlis, err = net.Listen("tcp", f.registration); err != nil {
+			xlis.Close()
+			return fmt.Errorf("listen for the registration API: %w", err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.Serve(xlis); err != nil {
+			errc <- err
+		}
+	}()
+	var hsrv *http.Server
+	httpAddr := ""
+	if hlis != nil {
+		httpAddr = hlis.Addr().String()
+		hsrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hsrv.Serve(hlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("registration API: %w", err)
+			}
+		}()
+	}
+	if f.config != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.WatchConfigFile(ctx, f.config, f.watch) }()
+	}
+	if f.consul != "" {
+		cc := api.DefaultConfig()
+		cc.Address = f.consul
+		client, err := api.NewClient(cc)
+		if err != nil {
+			cancel()
+			s.Close()
+			wg.Wait()
+			return fmt.Errorf("-consul %q: %w", f.consul, err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = controlplane.NewConsulSource(client, s).Run(ctx) }()
+	}
+	logger.Info("meshd serving", "xds", xlis.Addr().String(), "http", httpAddr, "config", f.config, "consul", f.consul, "version", s.Version())
+	if ready != nil {
+		ready(xlis.Addr().String(), httpAddr)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	if hsrv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = hsrv.Shutdown(sctx)
+		scancel()
+	}
+	s.Close()
+	wg.Wait()
+	return runErr
+}
