@@ -44,27 +44,15 @@ type Meshd struct {
 // It is stopped at cleanup.
 func StartMeshd(t testing.TB, addr string, cfg *controlplane.Config, opts ...controlplane.Option) *Meshd {
 	t.Helper()
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var lis net.Listener
-	var err error
-	// A restarted meshd may find its port in TIME_WAIT for a moment.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		lis, err = net.Listen("tcp", addr)
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("listen for meshd: %v", err)
-	}
-	hlis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen for meshd HTTP: %v", err)
-	}
+	return StartMeshdOn(t, addr, "", cfg, opts...)
+}
+
+// StartMeshdOn is StartMeshd with the HTTP API's address too ("" for any
+// port), to restart a meshd where its clients and servers expect it.
+func StartMeshdOn(t testing.TB, addr, httpAddr string, cfg *controlplane.Config, opts ...controlplane.Option) *Meshd {
+	t.Helper()
+	lis := listen(t, addr)
+	hlis := listen(t, httpAddr)
 	s := controlplane.NewServer(opts...)
 	if cfg != nil {
 		if err := s.SetConfig("test", cfg); err != nil {
@@ -80,6 +68,26 @@ func StartMeshd(t testing.TB, addr string, cfg *controlplane.Config, opts ...con
 	go func() { wg.Wait(); close(m.done) }()
 	t.Cleanup(m.Stop)
 	return m
+}
+
+// listen listens on addr (default 127.0.0.1:0), retrying for a while: a
+// restarted meshd may find its port still held for a moment.
+func listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lis, err := net.Listen("tcp", addr)
+		if err == nil {
+			return lis
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listen on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the port, bounded by the deadline
+	}
 }
 
 // Stop kills the meshd: every xDS stream ends at once. Safe to call twice.
