@@ -1,0 +1,289 @@
+package resilience
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/failsafe-go/failsafe-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gridmesh/gridmesh/resilience/idempotency"
+)
+
+// UnaryClientInterceptor returns the interceptor that applies the policy of
+// the call's destination (cc.Target()) and method. Install it first in the
+// chain (outermost) so that each of its attempts runs the inner
+// interceptors, e.g. the OpenTelemetry stats handler sees every attempt.
+//
+// The ClientConn should be dialed with grpc.WithDisableRetry(): grpc-go's
+// own retries (from a service config or xDS) would stack on these and hide
+// from this interceptor whether an earlier attempt was sent. grpc-go's
+// transparent retries of streams that never left the client stay on.
+func (c *Client) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+	return c.unary
+}
+
+func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	d := c.destination(cc.Target())
+	ms := d.resolve(method)
+	lvl := ms.declared
+	if lvl == IdempotencyUnknown {
+		lvl = c.levels.level(method)
+	}
+	keyed := hasOutgoingKey(ctx)
+
+	if ms.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ms.timeout)
+		defer cancel()
+	}
+	d.budget.deposit()
+
+	_, isProto := reply.(proto.Message)
+	hedge := ms.hedgePolicy != nil && lvl == NoSideEffects && isProto
+	exec := ms.executor(hedge)
+	if exec == nil {
+		err := c.unaryAttempt(ctx, ctx, d, ms, method, lvl, keyed, req, reply, cc, invoker, opts)
+		return unwrapResult(err)
+	}
+
+	var (
+		log    attemptLog
+		wg     sync.WaitGroup
+		winMu  sync.Mutex
+		winner proto.Message
+	)
+	_, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
+		wg.Add(1)
+		defer wg.Done()
+		if err := c.gate(d, method, e.IsHedge(), e.IsRetry(), e.Attempts(), &log); err != nil {
+			return nil, err
+		}
+		out := reply
+		if hedge {
+			// Concurrent attempts must not decode into one message.
+			out = reply.(proto.Message).ProtoReflect().New().Interface()
+		}
+		err := c.unaryAttempt(ctx, e.Context(), d, ms, method, lvl, keyed, req, out, cc, invoker, opts)
+		if err != nil {
+			log.set(err)
+		} else if hedge {
+			winMu.Lock()
+			if winner == nil {
+				winner = out.(proto.Message)
+			}
+			winMu.Unlock()
+		}
+		return nil, err
+	})
+	// Hedged losers were canceled by the hedge policy; wait for them so that
+	// no attempt outlives the call.
+	wg.Wait()
+	if err == nil && hedge && winner != nil {
+		proto.Reset(reply.(proto.Message))
+		proto.Merge(reply.(proto.Message), winner)
+	}
+	return grpcError(unwrapResult(err))
+}
+
+// unaryAttempt sends one attempt. It returns the attempt's error, marked
+// retryable when the rules allow a retry.
+func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *methodState, method string, lvl Idempotency, keyed bool, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	done, err := d.admit(ctx, c, method)
+	if err != nil {
+		return err
+	}
+	actx := ctx
+	if t := ms.retry.PerTryTimeout; t > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	var p peer.Peer
+	err = invoker(actx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+	if err == nil {
+		done(false, false)
+		return nil
+	}
+	code := status.Code(err)
+	canceled := ctx.Err() != nil && code != codes.DeadlineExceeded || code == codes.Canceled
+	done(breakerFailure(code) && !canceled, canceled)
+	if callCtx.Err() != nil || ctx.Err() != nil {
+		return err // the caller's deadline, a cancel, or a hedge loser
+	}
+	perTryExpired := actx != ctx && actx.Err() == context.DeadlineExceeded
+	if retryableGRPC(code, p.Addr == nil, perTryExpired, lvl, keyed) {
+		return &retryableError{err}
+	}
+	return err
+}
+
+// retryableGRPC is the retry rule for gRPC.
+//
+// Any call is retried on UNAVAILABLE when the attempt never got a transport
+// stream (no peer was recorded): the picker failed it, e.g. every connection
+// was refused or the channel was in TRANSIENT_FAILURE, so no byte reached a
+// server. Streams that got a transport but were refused before processing
+// (REFUSED_STREAM, GOAWAY above the last stream id) are already retried
+// transparently by grpc-go. UNAVAILABLE after a transport was assigned proves
+// nothing: the connection may have dropped after the server committed.
+//
+// Idempotent, no-side-effect and keyed calls are also retried on UNAVAILABLE
+// and on their per-try timeout; keyed calls also on ABORTED, which the
+// idempotency middleware returns while the first copy is still in flight.
+// Nothing is retried after the call's own deadline or a cancel.
+func retryableGRPC(code codes.Code, neverSent, perTryExpired bool, lvl Idempotency, keyed bool) bool {
+	if code == codes.Unavailable && neverSent {
+		return true
+	}
+	if lvl == IdempotencyUnknown && !keyed {
+		return false
+	}
+	switch code {
+	case codes.Unavailable:
+		return true
+	case codes.DeadlineExceeded:
+		return perTryExpired
+	case codes.Aborted:
+		return keyed
+	}
+	return false
+}
+
+// breakerFailure says whether a code counts against the destination.
+func breakerFailure(code codes.Code) bool {
+	switch code {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Internal, codes.Unknown, codes.DataLoss, codes.ResourceExhausted:
+		return true
+	}
+	return false
+}
+
+// grpcError makes context errors from the retry loop into status errors.
+func grpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return status.FromContextError(err).Err()
+	}
+	return err
+}
+
+func hasOutgoingKey(ctx context.Context) bool {
+	md, ok := metadata.FromOutgoingContext(ctx)
+	return ok && len(md.Get(idempotency.MetadataKey)) > 0
+}
+
+// WithIdempotencyKey returns ctx with key attached to outgoing gRPC metadata
+// as "idempotency-key". A keyed call may be retried after it reached the
+// server; the server's idempotency middleware makes the repeat harmless.
+// Use a fresh random key per logical operation (a UUID), and the same key
+// when the application itself repeats that operation.
+func WithIdempotencyKey(ctx context.Context, key string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, idempotency.MetadataKey, key)
+}
+
+// StreamClientInterceptor returns the interceptor for streams. A stream
+// takes the destination's breaker, bulkhead and rate limit for its whole
+// life and reports its outcome to the breaker when it ends. Opening the
+// stream is retried only when it provably never left the client; an open
+// stream is never retried (its messages may have been processed) nor hedged.
+// Policy.Timeout does not apply: streams live as long as their context.
+func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
+	return c.stream
+}
+
+func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	d := c.destination(cc.Target())
+	ms := d.resolve(method)
+	d.budget.deposit()
+	var log attemptLog
+	var cs grpc.ClientStream
+	attempt := func(e failsafe.Execution[any]) (any, error) {
+		if e != nil {
+			if err := c.gate(d, method, false, e.IsRetry(), e.Attempts(), &log); err != nil {
+				return nil, err
+			}
+		}
+		done, err := d.admit(ctx, c, method)
+		if err != nil {
+			return nil, err
+		}
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			code := status.Code(err)
+			canceled := ctx.Err() != nil
+			done(breakerFailure(code) && !canceled, canceled)
+			log.set(err)
+			// A stream that fails to open had no transport stream, or
+			// grpc-go would have returned it: never sent.
+			if code == codes.Unavailable && !canceled {
+				return nil, &retryableError{err}
+			}
+			return nil, err
+		}
+		cs = newTrackedStream(ctx, desc, s, done)
+		return nil, nil
+	}
+	var err error
+	if ms.retryPolicy == nil {
+		_, err = attempt(nil)
+	} else {
+		_, err = failsafe.With[any](ms.retryPolicy).WithContext(ctx).GetWithExecution(attempt)
+	}
+	if err != nil {
+		return nil, grpcError(unwrapResult(err))
+	}
+	return cs, nil
+}
+
+// trackedStream reports a stream's end to admit's done func exactly once:
+// when RecvMsg returns an error (io.EOF is success), or when ctx ends.
+type trackedStream struct {
+	grpc.ClientStream
+	once          sync.Once
+	serverStreams bool
+	done          func(failure, neutral bool)
+	stop          func() bool
+}
+
+func newTrackedStream(ctx context.Context, desc *grpc.StreamDesc, s grpc.ClientStream, done func(failure, neutral bool)) *trackedStream {
+	t := &trackedStream{ClientStream: s, done: done, serverStreams: desc.ServerStreams}
+	t.stop = context.AfterFunc(ctx, func() { t.finish(nil, true) })
+	return t
+}
+
+func (t *trackedStream) finish(err error, ctxDone bool) {
+	t.once.Do(func() {
+		if !ctxDone {
+			t.stop()
+		}
+		code := status.Code(err)
+		t.done(err != nil && breakerFailure(code), ctxDone || code == codes.Canceled)
+	})
+}
+
+func (t *trackedStream) RecvMsg(m any) error {
+	err := t.ClientStream.RecvMsg(m)
+	if err == io.EOF {
+		t.finish(nil, false)
+	} else if err != nil {
+		t.finish(err, false)
+	} else if !t.serverStreams {
+		// One response message ends a unary-response stream; grpc-go has
+		// already read the trailers.
+		t.finish(nil, false)
+	}
+	return err
+}

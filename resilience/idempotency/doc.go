@@ -1,0 +1,19 @@
+// Package idempotency is the server side of safe retries: a gRPC unary
+// interceptor and an HTTP middleware that run a keyed request once and
+// return its stored result to every repeat, so that a client may retry a
+// write (a trade) after a lost response without applying it twice.
+//
+// Clients send the key as gRPC metadata "idempotency-key" (see
+// resilience.WithIdempotencyKey) or the HTTP header "Idempotency-Key".
+// Keys are scoped by the caller, so one caller cannot replay another's.
+//
+//	ids := idempotency.NewServer(idempotency.NewMemoryStore(24*time.Hour), callerID)
+//	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(authz, ids.UnaryServerInterceptor()))
+//	mux := ids.Handler(httpMux)
+//
+// The result is stored after the handler returns, in a separate step; a
+// crash between the handler's commit and the store's Complete leaves the key
+// in flight (repeats get ABORTED / 409, never a second run) with a
+// persistent Store, and forgets it with MemoryStore. A handler that needs
+// exactly-once across crashes stores its result in its own transaction.
+package idempotency
