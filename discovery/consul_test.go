@@ -30,7 +30,9 @@ type loadLoop struct {
 	lastErr atomic.Value
 }
 
-func startLoad(conn *grpc.ClientConn, workers int) *loadLoop {
+// startLoad runs workers loops of calls, each pausing pace between calls
+// (to leave CPU to the rest of the machine in long tests).
+func startLoad(conn *grpc.ClientConn, workers int, pace time.Duration) *loadLoop {
 	l := &loadLoop{stop: make(chan struct{}), counts: map[string]int{}, last: map[string]time.Time{}}
 	for w := range workers {
 		l.wg.Add(1)
@@ -40,7 +42,7 @@ func startLoad(conn *grpc.ClientConn, workers int) *loadLoop {
 				select {
 				case <-l.stop:
 					return
-				default:
+				case <-time.After(pace):
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				name, err := call(ctx, conn, "k"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
@@ -92,7 +94,7 @@ func TestEndpointChangesReachClient(t *testing.T) {
 	registerRaw(t, f.Client(), "trading", bs[4], "1h", nil) // b4: to be killed
 	conn := dial(t, reg, "consul:///trading", discovery.Balancer{})
 	const workers = 4
-	load := startLoad(conn, workers)
+	load := startLoad(conn, workers, 0)
 	defer load.halt()
 	if _, ok := pollUntil(10*time.Second, func() bool { return load.count("b0") > 0 && load.count("b4") > 0 }); !ok {
 		t.Fatal("calls do not reach the initial backends")
@@ -180,7 +182,7 @@ func TestConsulDown30Seconds(t *testing.T) {
 		registerBackend(t, reg, "trading", b)
 	}
 	conn := dial(t, reg, "consul:///trading", discovery.Balancer{})
-	load := startLoad(conn, 2)
+	load := startLoad(conn, 2, 5*time.Millisecond)
 	defer load.halt()
 	if _, ok := pollUntil(10*time.Second, func() bool { return load.count("b0") > 0 && load.count("b1") > 0 && load.count("b2") > 0 }); !ok {
 		t.Fatal("calls do not reach all backends")

@@ -38,7 +38,8 @@ type Intentions struct {
 	done   chan struct{}
 
 	mu    sync.RWMutex
-	rules []*api.Intention // sorted by precedence, highest first
+	rules  []*api.Intention // sorted by precedence, highest first
+	loaded bool
 }
 
 // WatchIntentions loads the intentions whose destination is cfg.Service
@@ -78,8 +79,8 @@ func (r *Registry) WatchIntentions(ctx context.Context, cfg IntentionsConfig) (*
 		// decision does not rest on the answer's order.
 		slices.SortStableFunc(rules, func(a, b *api.Intention) int { return cmp.Compare(b.Precedence, a.Precedence) })
 		in.mu.Lock()
-		changed := !slices.EqualFunc(in.rules, rules, sameIntention)
-		in.rules = rules
+		changed := !in.loaded || !slices.EqualFunc(in.rules, rules, sameIntention)
+		in.rules, in.loaded = rules, true
 		in.mu.Unlock()
 		if changed {
 			r.emit(Event{Kind: IntentionsUpdated, Target: cfg.Service, Intentions: len(rules)})

@@ -50,8 +50,9 @@ type Registration struct {
 	checkID string
 	ttl     time.Duration
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
 
 	mu       sync.Mutex
 	draining bool
@@ -122,9 +123,8 @@ func (r *Registry) Register(ctx context.Context, svc Service) (*Registration, er
 		return nil, fmt.Errorf("discovery: register %q with consul: %w", svc.ID, err)
 	}
 	r.emit(Event{Kind: Registered, Target: svc.ID})
-	hbCtx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
-	go g.heartbeat(hbCtx)
+	g.stop = make(chan struct{})
+	go g.heartbeat()
 	return g, nil
 }
 
@@ -133,30 +133,46 @@ func durationString(d time.Duration) string { return d.String() }
 // ID is the registered instance ID.
 func (g *Registration) ID() string { return g.reg.ID }
 
-func (g *Registration) heartbeat(ctx context.Context) {
+func (g *Registration) heartbeat() {
 	defer close(g.done)
 	t := time.NewTicker(g.ttl / 3)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-g.stop:
 			return
 		case <-t.C:
 		}
-		q := (&api.QueryOptions{}).WithContext(ctx)
-		err := g.agent.UpdateTTLOpts(g.checkID, "serving", api.HealthPassing, q)
-		if err == nil || ctx.Err() != nil {
-			continue
-		}
-		g.r.emit(Event{Kind: HeartbeatFailed, Target: g.reg.ID, Err: fmt.Errorf("discovery: heartbeat %q: %w", g.checkID, err)})
-		var se api.StatusError
-		if errors.As(err, &se) && (se.Code == 404 || se.Code == 500) {
-			// The agent answered but does not know the check: register again.
-			if err := g.agent.ServiceRegisterOpts(g.reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err == nil {
-				g.r.emit(Event{Kind: Registered, Target: g.reg.ID})
-			}
+		// An update in flight is not cancelled by Drain or Close: a cancelled
+		// request may still reach the agent after Drain's, and undo it.
+		ctx, cancel := context.WithTimeout(context.Background(), g.ttl)
+		err := g.beat(ctx)
+		cancel()
+		if err != nil {
+			g.r.emit(Event{Kind: HeartbeatFailed, Target: g.reg.ID, Err: err})
 		}
 	}
+}
+
+func (g *Registration) beat(ctx context.Context) error {
+	err := g.agent.UpdateTTLOpts(g.checkID, "serving", api.HealthPassing, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("discovery: heartbeat %q: %w", g.checkID, err)
+	var se api.StatusError
+	if errors.As(err, &se) && (se.Code == 404 || se.Code == 500) {
+		// The agent answered but does not know the check: register again.
+		if rerr := g.agent.ServiceRegisterOpts(g.reg, api.ServiceRegisterOpts{}.WithContext(ctx)); rerr == nil {
+			g.r.emit(Event{Kind: Registered, Target: g.reg.ID})
+		}
+	}
+	return err
+}
+
+func (g *Registration) stopHeartbeat() {
+	g.stopOnce.Do(func() { close(g.stop) })
+	<-g.done
 }
 
 // Drain marks the instance failing ("draining") so clients stop picking it,
@@ -170,8 +186,7 @@ func (g *Registration) Drain(ctx context.Context) error {
 	}
 	g.draining = true
 	g.mu.Unlock()
-	g.cancel()
-	<-g.done
+	g.stopHeartbeat()
 	g.r.emit(Event{Kind: Draining, Target: g.reg.ID})
 	if err := g.agent.UpdateTTLOpts(g.checkID, "draining", api.HealthCritical, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("discovery: mark %q draining: %w", g.reg.ID, err)
@@ -191,8 +206,7 @@ func (g *Registration) Close() error {
 	}
 	g.closed = true
 	g.mu.Unlock()
-	g.cancel()
-	<-g.done
+	g.stopHeartbeat()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := g.agent.ServiceDeregisterOpts(g.reg.ID, (&api.QueryOptions{}).WithContext(ctx))

@@ -80,7 +80,7 @@ type Server struct {
 	downAt   time.Time
 
 	index      uint64
-	notify     chan struct{} // closed and replaced on every change
+	notify     chan struct{}       // closed and replaced on every change
 	services   map[string]*service // by dc + "/" + service ID
 	svcIndex   map[string]uint64   // by dc + "/" + service name
 	catIndex   map[string]uint64   // services table index, by dc
@@ -619,8 +619,9 @@ func (s *Server) agentDeregister(w http.ResponseWriter, r *http.Request) {
 
 // checkTTL serves pass/warn/fail (fixed status, ?note=) and update (status
 // and output from the JSON body).
-func (s *Server) checkTTL(status string) http.HandlerFunc {
+func (s *Server) checkTTL(fixed string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		status := fixed
 		id := r.PathValue("id")
 		output := r.URL.Query().Get("note")
 		if status == "" {

@@ -198,3 +198,24 @@ func TestIntentionsMatchPrecedence(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckUpdateEachRequestOwnStatus is named after a fake bug: the update
+// endpoint kept the first request's status for every later request.
+func TestCheckUpdateEachRequestOwnStatus(t *testing.T) {
+	f := consul.New(t, consul.Options{})
+	c := f.Client()
+	register(t, c, "a", nil, "10s")
+	for _, st := range []string{api.HealthPassing, api.HealthCritical, api.HealthWarning, api.HealthPassing} {
+		if err := c.Agent().UpdateTTL("service:a", "out-"+st, st); err != nil {
+			t.Fatal(err)
+		}
+		entries, _, err := c.Health().Service("trading", "", false, nil)
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("health: %v, %d entries", err, len(entries))
+		}
+		ch := entries[0].Checks[1]
+		if ch.Status != st || ch.Output != "out-"+st {
+			t.Errorf("after update to %s: status %q output %q", st, ch.Status, ch.Output)
+		}
+	}
+}
