@@ -37,7 +37,7 @@ type Intentions struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu    sync.RWMutex
+	mu     sync.RWMutex
 	rules  []*api.Intention // sorted by precedence, highest first
 	loaded bool
 }
