@@ -1,9 +1,6 @@
 package spire
 
-import (
-	"encoding/json"
-	"testing"
-)
+import "testing"
 
 // X509Authority is one X.509 CA of the server's local authority, as
 // `spire-server localauthority x509 show` reports it. ID is the hex subject
@@ -25,16 +22,16 @@ type X509Authorities struct {
 func (d *Deployment) X509Authorities(t testing.TB) X509Authorities {
 	t.Helper()
 	out := d.serverCLI(t, []string{"localauthority", "x509", "show"}, "-output", "json")
-	var resp []struct {
+	var resp struct {
 		Active   *X509Authority `json:"active"`
 		Prepared *X509Authority `json:"prepared"`
 		Old      *X509Authority `json:"old"`
 	}
-	if err := json.Unmarshal(out, &resp); err != nil || len(resp) != 1 {
+	if err := decodeOne(out, &resp); err != nil {
 		t.Fatalf("spire: unexpected localauthority x509 show output (%v): %s", err, out)
 	}
 	var a X509Authorities
-	r := resp[0]
+	r := resp
 	if r.Active != nil {
 		a.Active = *r.Active
 	}
@@ -84,9 +81,9 @@ func (d *Deployment) authorityCommand(t testing.TB, verb, authorityID, field str
 		flags = append(flags, "-authorityID", authorityID)
 	}
 	out := d.serverCLI(t, []string{"localauthority", "x509", verb}, flags...)
-	var resp []map[string]*X509Authority
-	if err := json.Unmarshal(out, &resp); err != nil || len(resp) != 1 || resp[0][field] == nil {
+	var resp map[string]*X509Authority
+	if err := decodeOne(out, &resp); err != nil || resp[field] == nil || resp[field].ID == "" {
 		t.Fatalf("spire: unexpected localauthority x509 %s output (%v): %s", verb, err, out)
 	}
-	return resp[0][field].ID
+	return resp[field].ID
 }

@@ -357,7 +357,7 @@ func (a *Agent) RegisterWorkload(t testing.TB, spiffeID string, selectors []stri
 		flags = append(flags, "-x509SVIDTTL", strconv.Itoa(int(x509SVIDTTL/time.Second)))
 	}
 	out := a.d.serverCLI(t, []string{"entry", "create"}, flags...)
-	var resp []struct {
+	var resp struct {
 		Results []struct {
 			Status struct {
 				Code    int    `json:"code"`
@@ -368,10 +368,10 @@ func (a *Agent) RegisterWorkload(t testing.TB, spiffeID string, selectors []stri
 			} `json:"entry"`
 		} `json:"results"`
 	}
-	if err := json.Unmarshal(out, &resp); err != nil || len(resp) != 1 || len(resp[0].Results) != 1 {
+	if err := decodeOne(out, &resp); err != nil || len(resp.Results) != 1 {
 		t.Fatalf("spire: unexpected entry create output (%v): %s", err, out)
 	}
-	r := resp[0].Results[0]
+	r := resp.Results[0]
 	if r.Status.Code != 0 || r.Entry.ID == "" {
 		t.Fatalf("spire: entry create %s: code %d: %s", spiffeID, r.Status.Code, r.Status.Message)
 	}
@@ -615,6 +615,23 @@ plugins {
     }
 }
 `, data, d.cfg.LogLevel, d.port, a.socket, bundlePath, d.td.Name(), d.cfg.SyncInterval.String(), data)
+}
+
+// decodeOne decodes the JSON the spire-server CLI prints for one response:
+// an object, or an array of one object.
+func decodeOne(out []byte, v any) error {
+	trimmed := strings.TrimSpace(string(out))
+	if strings.HasPrefix(trimmed, "[") {
+		var arr []json.RawMessage
+		if err := json.Unmarshal([]byte(trimmed), &arr); err != nil {
+			return err
+		}
+		if len(arr) != 1 {
+			return fmt.Errorf("%d responses, want 1", len(arr))
+		}
+		trimmed = string(arr[0])
+	}
+	return json.Unmarshal([]byte(trimmed), v)
 }
 
 // shortTempDir makes a temporary directory short enough for unix socket
