@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"

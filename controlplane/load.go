@@ -143,11 +143,11 @@ func lineOf(root *yaml.Node, path string) int {
 			idx, _ = strconv.Atoi(strings.TrimSuffix(seg[i+1:], "]"))
 		}
 		if key != "" {
-			next := mapValue(n, key)
-			if next == nil {
+			k, v := mapEntry(n, key)
+			if v == nil {
 				return line
 			}
-			n, line = next, next.Line
+			n, line = v, k.Line // the key's line: the value may be empty or start below
 		}
 		if idx >= 0 {
 			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
@@ -160,19 +160,14 @@ func lineOf(root *yaml.Node, path string) int {
 	return line
 }
 
-func mapValue(n *yaml.Node, key string) *yaml.Node {
+func mapEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 	if n.Kind != yaml.MappingNode {
-		return nil
+		return nil, nil
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		if n.Content[i].Value == key {
-			v := n.Content[i+1]
-			if v.Kind == yaml.ScalarNode {
-				// Point at the key's line: the value may be empty.
-				return &yaml.Node{Kind: v.Kind, Line: n.Content[i].Line, Value: v.Value}
-			}
-			return v
+			return n.Content[i], n.Content[i+1]
 		}
 	}
-	return nil
+	return nil, nil
 }
