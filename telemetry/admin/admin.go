@@ -1,0 +1,495 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"google.golang.org/grpc"
+	channelzsvc "google.golang.org/grpc/channelz/service"
+	"google.golang.org/grpc/xds/csds"
+
+	"github.com/gridmesh/gridmesh/telemetry"
+)
+
+// Config configures Listen. Only Addr is required.
+type Config struct {
+	// Addr is the loopback host:port to listen on, e.g. "127.0.0.1:15000"
+	// or "[::1]:15000" or "localhost:0". Any other host is refused.
+	Addr string
+	// Metrics, when set, is served at /metrics (a Prometheus scrape handler,
+	// see telemetry.Providers.PrometheusHandler).
+	Metrics http.Handler
+	// Events and Denials are how many recent events and denials are kept.
+	// Defaults 1024 and 256.
+	Events, Denials int
+	// Logger receives serving errors. Default: silent.
+	Logger *slog.Logger
+}
+
+// Provider is what a mesh server or client contributes to the endpoint.
+// Every func may be nil; each is called on every request, so it must be
+// quick and safe for concurrent use.
+type Provider struct {
+	Component Component
+	Identity  func() Identity
+	Targets   func() []Target
+	Policies  func() []Policy
+}
+
+// Server is the admin endpoint: JSON over HTTP, plus grpc-go's channelz and
+// CSDS services over gRPC (h2c) on the same loopback port. It refuses
+// callers that are not on loopback and requests whose Host header names
+// anything but a loopback address or localhost (DNS rebinding). Safe for
+// concurrent use.
+//
+// Paths (GET): /status (everything), /identity, /targets[?target=T],
+// /config, /denials, /events[?target=T], /metrics (when configured).
+type Server struct {
+	cfg     Config
+	lis     net.Listener
+	http    *http.Server
+	grpc    *grpc.Server
+	csds    *csds.ClientStatusDiscoveryServer
+	started time.Time
+	done    chan struct{}
+
+	mu          sync.Mutex
+	nextID      int
+	providers   map[int]Provider
+	events      ring[telemetry.Event]
+	denials     ring[Denial]
+	config      map[string]ConfigUpdate // by source + resource
+	unsupported map[string]Unsupported  // by source + resource + field
+	observed    map[string]map[string]Endpoint
+
+	closeOnce sync.Once
+}
+
+// ErrNotLoopback says an address is not a loopback address.
+var ErrNotLoopback = errors.New("admin endpoint must listen on loopback")
+
+// CheckLoopback returns an error wrapping ErrNotLoopback unless addr's host
+// is a loopback IP or "localhost".
+func CheckLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("admin: address %q: %w (want host:port on loopback, e.g. 127.0.0.1:15000)", addr, err)
+	}
+	if !isLoopbackHost(host) {
+		return fmt.Errorf("admin: address %q: %w: use 127.0.0.1, [::1] or localhost; the endpoint shows identities and config and must not be reachable from other hosts", addr, ErrNotLoopback)
+	}
+	return nil
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Listen starts the admin endpoint on cfg.Addr and serves it until Close.
+// It does not block beyond opening the listener.
+func Listen(cfg Config) (*Server, error) {
+	if err := CheckLoopback(cfg.Addr); err != nil {
+		return nil, err
+	}
+	if cfg.Events <= 0 {
+		cfg.Events = 1024
+	}
+	if cfg.Denials <= 0 {
+		cfg.Denials = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	host, port, _ := net.SplitHostPort(cfg.Addr)
+	if strings.EqualFold(host, "localhost") {
+		host = "127.0.0.1" // never let the resolver pick a non-loopback address
+	}
+	lis, err := net.Listen("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	s := &Server{
+		cfg:         cfg,
+		lis:         lis,
+		started:     time.Now(),
+		done:        make(chan struct{}),
+		providers:   map[int]Provider{},
+		events:      newRing[telemetry.Event](cfg.Events),
+		denials:     newRing[Denial](cfg.Denials),
+		config:      map[string]ConfigUpdate{},
+		unsupported: map[string]Unsupported{},
+		observed:    map[string]map[string]Endpoint{},
+		grpc:        grpc.NewServer(),
+	}
+	channelzsvc.RegisterChannelzServiceToServer(s.grpc)
+	s.csds, _ = csds.NewClientStatusDiscoveryServer() // never fails
+	v3statuspb.RegisterClientStatusDiscoveryServiceServer(s.grpc, s.csds)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", s.index)
+	mux.HandleFunc("GET /status", s.serveJSON(func(r *http.Request) any { return s.Status(r.Context()) }))
+	mux.HandleFunc("GET /identity", s.serveJSON(func(*http.Request) any { return s.identities() }))
+	mux.HandleFunc("GET /targets", s.serveJSON(func(r *http.Request) any { return s.targets(r.URL.Query().Get("target")) }))
+	mux.HandleFunc("GET /config", s.serveJSON(func(r *http.Request) any { return s.configView(r.Context()) }))
+	mux.HandleFunc("GET /denials", s.serveJSON(func(*http.Request) any { return s.denialList() }))
+	mux.HandleFunc("GET /events", s.serveJSON(func(r *http.Request) any { return s.eventList(r.URL.Query().Get("target")) }))
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC clients speak h2c with prior knowledge
+	s.http = &http.Server{
+		Handler:           s.guard(mux),
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		defer close(s.done)
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			cfg.Logger.Warn("admin endpoint stopped", "error", err)
+		}
+	}()
+	return s, nil
+}
+
+// Addr returns the address the endpoint listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Close stops the endpoint and waits for it. Safe to call more than once.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.http.Shutdown(ctx); err != nil {
+			s.http.Close()
+		}
+		s.grpc.Stop()
+		<-s.done
+	})
+	return nil
+}
+
+// guard refuses non-loopback callers and non-loopback Host headers, then
+// sends gRPC to the channelz/CSDS server and the rest to mux.
+func (s *Server) guard(mux http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil || !isLoopbackHost(host) {
+			http.Error(w, "admin endpoint: only loopback callers are served", http.StatusForbidden)
+			return
+		}
+		reqHost := r.Host
+		if h, _, err := net.SplitHostPort(reqHost); err == nil {
+			reqHost = h
+		}
+		if !isLoopbackHost(strings.Trim(reqHost, "[]")) {
+			http.Error(w, "admin endpoint: Host must be a loopback address or localhost", http.StatusForbidden)
+			return
+		}
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			s.grpc.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) serveJSON(f func(*http.Request) any) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(f(r))
+	}
+}
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request) {
+	paths := []string{"/status", "/identity", "/targets", "/config", "/denials", "/events"}
+	if s.cfg.Metrics != nil {
+		paths = append(paths, "/metrics")
+	}
+	s.serveJSON(func(*http.Request) any {
+		return map[string]any{
+			"paths": paths,
+			"grpc":  []string{"grpc.channelz.v1.Channelz", "envoy.service.status.v3.ClientStatusDiscoveryService"},
+		}
+	})(w, r)
+}
+
+// Register adds a provider; the returned func removes it. Safe to call
+// the returned func more than once.
+func (s *Server) Register(p Provider) (unregister func()) {
+	s.mu.Lock()
+	id := s.nextID
+	s.nextID++
+	s.providers[id] = p
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.providers, id)
+		s.mu.Unlock()
+	}
+}
+
+// Record stores an event: the recent-events ring, plus the denials, config
+// versions, unsupported fields and observed endpoints derived from it. Use
+// it as a telemetry.Metrics sink: m.OnEvent(s.Record).
+func (s *Server) Record(e telemetry.Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events.add(e)
+	switch e.Kind {
+	case telemetry.EventDenied:
+		s.denials.add(Denial{Time: e.Time, Caller: e.Source, Method: e.Method, Rule: e.Rule})
+	case telemetry.EventXDS:
+		s.config[e.Origin+" "+e.Target] = ConfigUpdate{Source: e.Origin, Resource: e.Target, Version: e.Version,
+			ReceivedAt: e.Time, Accepted: e.Code != "nack", Detail: e.Detail}
+	case telemetry.EventUnsupported:
+		key := e.Origin + " " + e.Target + " " + e.Detail
+		s.unsupported[key] = Unsupported{Source: e.Origin, Resource: e.Target, Field: e.Detail, Seen: e.Time}
+	case telemetry.EventCall:
+		if e.Side == "client" && e.Endpoint != "" {
+			eps := s.observed[e.Target]
+			if eps == nil {
+				eps = map[string]Endpoint{}
+				s.observed[e.Target] = eps
+			}
+			eps[e.Endpoint] = Endpoint{Address: e.Endpoint, Identity: e.Peer, LastCall: e.Time, LastCode: e.Code}
+		}
+	}
+}
+
+// Status returns everything the endpoint shows.
+func (s *Server) Status(ctx context.Context) Status {
+	cv := s.configView(ctx)
+	exe, _ := os.Executable()
+	st := Status{
+		Process: Process{PID: os.Getpid(), Program: exe, GoVersion: runtime.Version(),
+			Started: s.started, Now: time.Now()},
+		Components:  s.components(),
+		Identities:  s.identities(),
+		Targets:     s.targets(""),
+		Policies:    cv.Policies,
+		Config:      cv.Updates,
+		Unsupported: cv.Unsupported,
+		Denials:     s.denialList(),
+		Events:      s.eventList(""),
+	}
+	return st
+}
+
+func (s *Server) snapshotProviders() []Provider {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]int, 0, len(s.providers))
+	for id := range s.providers {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	out := make([]Provider, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, s.providers[id])
+	}
+	return out
+}
+
+func (s *Server) components() []Component {
+	out := []Component{}
+	for _, p := range s.snapshotProviders() {
+		out = append(out, p.Component)
+	}
+	return out
+}
+
+func (s *Server) identities() []Identity {
+	out := []Identity{}
+	seen := map[string]bool{}
+	for _, p := range s.snapshotProviders() {
+		if p.Identity == nil {
+			continue
+		}
+		id := p.Identity()
+		key := id.SPIFFEID + "/" + id.Serial
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, id)
+	}
+	return out
+}
+
+// targets merges what providers report with the endpoints calls were
+// observed going to (in Observed).
+func (s *Server) targets(only string) []TargetView {
+	out := []TargetView{}
+	seen := map[string]bool{}
+	for _, p := range s.snapshotProviders() {
+		if p.Targets == nil {
+			continue
+		}
+		for _, t := range p.Targets() {
+			if only != "" && t.Target != only || seen[t.Target] {
+				continue
+			}
+			seen[t.Target] = true
+			if t.Endpoints == nil {
+				t.Endpoints = []Endpoint{}
+			}
+			out = append(out, TargetView{Target: t, Observed: s.observedFor(t.Target)})
+		}
+	}
+	return out
+}
+
+// TargetView is a target with the endpoints recent calls went to.
+type TargetView struct {
+	Target
+	// Observed lists the endpoints recent calls through this process
+	// reached, with the SPIFFE ID each presented: what happened, beside
+	// what discovery says should happen.
+	Observed []Endpoint `json:"observed"`
+}
+
+func (s *Server) observedFor(target string) []Endpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []Endpoint{}
+	for _, ep := range s.observed[target] {
+		out = append(out, ep)
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Address, b.Address) })
+	return out
+}
+
+// ConfigView is what GET /config returns.
+type ConfigView struct {
+	// Policies are the effective policies with their source.
+	Policies []Policy `json:"policies"`
+	// Updates is the last config received per source and resource type:
+	// what the mesh was told, and grpc-go's xDS client status (CSDS).
+	Updates []ConfigUpdate `json:"updates"`
+	// Unsupported lists fields received but not acted on.
+	Unsupported []Unsupported `json:"unsupported"`
+}
+
+func (s *Server) configView(ctx context.Context) ConfigView {
+	cv := ConfigView{Policies: []Policy{}, Updates: []ConfigUpdate{}, Unsupported: []Unsupported{}}
+	for _, p := range s.snapshotProviders() {
+		if p.Policies != nil {
+			cv.Policies = append(cv.Policies, p.Policies()...)
+		}
+	}
+	s.mu.Lock()
+	for _, u := range s.config {
+		cv.Updates = append(cv.Updates, u)
+	}
+	for _, u := range s.unsupported {
+		cv.Unsupported = append(cv.Unsupported, u)
+	}
+	s.mu.Unlock()
+	cv.Updates = append(cv.Updates, s.csdsUpdates(ctx)...)
+	slices.SortFunc(cv.Updates, func(a, b ConfigUpdate) int {
+		return strings.Compare(a.Source+a.Resource, b.Source+b.Resource)
+	})
+	slices.SortFunc(cv.Unsupported, func(a, b Unsupported) int {
+		return strings.Compare(a.Source+a.Resource+a.Field, b.Source+b.Resource+b.Field)
+	})
+	return cv
+}
+
+// csdsUpdates reads grpc-go's xDS client status: one entry per resource.
+func (s *Server) csdsUpdates(ctx context.Context) []ConfigUpdate {
+	resp, err := s.csds.FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{})
+	if err != nil {
+		return nil
+	}
+	var out []ConfigUpdate
+	for _, cc := range resp.GetConfig() {
+		for _, g := range cc.GetGenericXdsConfigs() {
+			u := ConfigUpdate{
+				Source:   "xds (grpc-go client)",
+				Resource: g.GetTypeUrl() + " " + g.GetName(),
+				Version:  g.GetVersionInfo(),
+				Accepted: g.GetErrorState() == nil,
+				Detail:   g.GetClientStatus().String(),
+			}
+			if t := g.GetLastUpdated(); t != nil {
+				u.ReceivedAt = t.AsTime()
+			}
+			if es := g.GetErrorState(); es != nil {
+				u.Detail += ": " + es.GetDetails()
+			}
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+func (s *Server) denialList() []Denial {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.denials.list()
+}
+
+func (s *Server) eventList(target string) []telemetry.Event {
+	s.mu.Lock()
+	all := s.events.list()
+	s.mu.Unlock()
+	if target == "" {
+		return all
+	}
+	out := []telemetry.Event{}
+	for _, e := range all {
+		if e.Target == target {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ring keeps the last n values, oldest first.
+type ring[T any] struct {
+	buf  []T
+	next int
+	full bool
+}
+
+func newRing[T any](n int) ring[T] { return ring[T]{buf: make([]T, n)} }
+
+func (r *ring[T]) add(v T) {
+	r.buf[r.next] = v
+	r.next = (r.next + 1) % len(r.buf)
+	if r.next == 0 {
+		r.full = true
+	}
+}
+
+func (r *ring[T]) list() []T {
+	if !r.full {
+		return append([]T{}, r.buf[:r.next]...)
+	}
+	return append(append([]T{}, r.buf[r.next:]...), r.buf[:r.next]...)
+}

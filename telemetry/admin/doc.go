@@ -1,0 +1,18 @@
+// Package admin is the per-process, loopback-only admin endpoint of the
+// mesh: JSON over HTTP for identity, trust bundles, targets and endpoints,
+// effective policies, the last config received, unsupported config fields,
+// recent authorization denials and recent events, with grpc-go's channelz
+// and CSDS services served over gRPC (h2c) on the same port. `meshctl`
+// reads it.
+//
+// Services turn it on with mesh.WithAdmin("127.0.0.1:15000"); use this
+// package directly only to embed the endpoint elsewhere.
+//
+//	s, err := admin.Listen(admin.Config{Addr: "127.0.0.1:15000"})
+//	if err != nil {
+//		return err
+//	}
+//	defer s.Close()
+//	metrics.OnEvent(s.Record)
+//	s.Register(admin.Provider{Component: admin.Component{Kind: "server", Name: id}})
+package admin

@@ -1,0 +1,173 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+)
+
+// ServerHandler returns the otelgrpc stats handler for a server: a span per
+// call continuing the caller's W3C trace context and baggage, and the
+// semantic-convention RPC metrics. Nil providers mean the globals.
+func ServerHandler(tp trace.TracerProvider, mp metric.MeterProvider) stats.Handler {
+	return otelgrpc.NewServerHandler(handlerOptions(tp, mp)...)
+}
+
+// ClientHandler returns the otelgrpc stats handler for a client: a span per
+// call whose context and baggage travel to the server in W3C headers.
+// Nil providers mean the globals.
+func ClientHandler(tp trace.TracerProvider, mp metric.MeterProvider) stats.Handler {
+	return otelgrpc.NewClientHandler(handlerOptions(tp, mp)...)
+}
+
+func handlerOptions(tp trace.TracerProvider, mp metric.MeterProvider) []otelgrpc.Option {
+	opts := []otelgrpc.Option{otelgrpc.WithPropagators(Propagator())}
+	if tp != nil {
+		opts = append(opts, otelgrpc.WithTracerProvider(tp))
+	}
+	if mp != nil {
+		opts = append(opts, otelgrpc.WithMeterProvider(mp))
+	}
+	return opts
+}
+
+// PeerSPIFFEID returns the SPIFFE ID in the verified certificate of the
+// connection p, or "".
+func PeerSPIFFEID(p *peer.Peer) string {
+	if p == nil {
+		return ""
+	}
+	if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && info.SPIFFEID != nil {
+		return info.SPIFFEID.String()
+	}
+	return ""
+}
+
+// ServerInterceptors record every call a server handles in m
+// (mesh.rpc.requests, mesh.rpc.duration, and a "call" event), labelled with
+// the caller's SPIFFE ID and self, the server's own. Put them first in the
+// chain so refused calls are counted too. With no SDK provider and no
+// event sink they add only a check per call.
+func ServerInterceptors(m *Metrics, self string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	record := func(ctx context.Context, method string, start time.Time, err error) {
+		p, _ := peer.FromContext(ctx)
+		m.RecordCall(Event{
+			Time: start, Side: "server", Source: PeerSPIFFEID(p), Peer: self, Method: method,
+			Code: status.Code(err).String(), Duration: time.Since(start), Detail: errDetail(err),
+		})
+	}
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !m.active() {
+			return handler(ctx, req)
+		}
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		record(ctx, info.FullMethod, start, err)
+		return resp, err
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !m.active() {
+			return handler(srv, ss)
+		}
+		start := time.Now()
+		err := handler(srv, ss)
+		record(ss.Context(), info.FullMethod, start, err)
+		return err
+	}
+	return unary, stream
+}
+
+// ClientInterceptors record every call made on a connection to target in m,
+// labelled with self (the caller's SPIFFE ID) and the SPIFFE ID the server
+// presented. Put them first in the chain so the whole call, retries
+// included, is one record.
+func ClientInterceptors(m *Metrics, self, target string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
+	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if !m.active() {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		start := time.Now()
+		var p peer.Peer
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+		m.RecordCall(clientEvent(self, target, method, start, &p, err))
+		return err
+	}
+	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if !m.active() {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
+		start := time.Now()
+		p := new(peer.Peer)
+		cs, err := streamer(ctx, desc, cc, method, append(opts, grpc.Peer(p))...)
+		if err != nil {
+			m.RecordCall(clientEvent(self, target, method, start, p, err))
+			return nil, err
+		}
+		return &recordedStream{ClientStream: cs, done: func(err error) {
+			m.RecordCall(clientEvent(self, target, method, start, p, err))
+		}}, nil
+	}
+	return unary, stream
+}
+
+func clientEvent(self, target, method string, start time.Time, p *peer.Peer, err error) Event {
+	e := Event{
+		Time: start, Side: "client", Source: self, Target: target, Method: method, Peer: PeerSPIFFEID(p),
+		Code: status.Code(err).String(), Duration: time.Since(start), Detail: errDetail(err),
+	}
+	if p.Addr != nil {
+		e.Endpoint = p.Addr.String()
+	}
+	return e
+}
+
+func errDetail(err error) string {
+	if err == nil {
+		return ""
+	}
+	if s, ok := status.FromError(err); ok {
+		return s.Message()
+	}
+	return err.Error()
+}
+
+// recordedStream records its call once, when the stream ends.
+type recordedStream struct {
+	grpc.ClientStream
+	once sync.Once
+	done func(error)
+}
+
+func (s *recordedStream) finish(err error) {
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	s.once.Do(func() { s.done(err) })
+}
+
+func (s *recordedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil {
+		s.finish(err)
+	}
+	return err
+}
+
+func (s *recordedStream) SendMsg(m any) error {
+	err := s.ClientStream.SendMsg(m)
+	if err != nil && !errors.Is(err, io.EOF) {
+		s.finish(err)
+	}
+	return err
+}
