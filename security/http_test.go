@@ -1,0 +1,122 @@
+package security_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/gridmesh/gridmesh/security"
+)
+
+func TestHTTPRulesDecide(t *testing.T) {
+	authz, err := security.HTTPRules(
+		security.AllowHTTP("gateway-reads", security.ExactID(id("/gateway")), "GET /v1/trades", "GET /v1/lots/*/holdings", "GET /v1/reports/*.json"),
+		security.AllowHTTP("settlement-orders", security.ExactID(id("/settlement")), "POST /v1/orders/**"),
+		security.AllowHTTP("ops", security.PathPrefix(id("/ops")), "*"),
+		security.AllowHTTP("admin-host", security.ExactID(id("/admin")), "admin.example.org/**"),
+		security.AllowHTTP("any-host-port", security.ExactID(id("/probe")), "GET *.example.org:8443/healthz"),
+		security.RefuseHTTP("no-interns", security.ExactID(id("/ops/intern")), "/ops/**"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		caller       string
+		method, host string
+		path         string
+		want         string // "" allowed, else the deciding rule
+	}{
+		{"/gateway", "GET", "", "/v1/trades", ""},
+		{"/gateway", "HEAD", "", "/v1/trades", ""},
+		{"/gateway", "POST", "", "/v1/trades", "default deny"},
+		{"/gateway", "GET", "", "/v1/trades/", "default deny"},
+		{"/gateway", "GET", "", "/v1/trades/1", "default deny"},
+		{"/gateway", "GET", "", "/v1/lots/42/holdings", ""},
+		{"/gateway", "GET", "", "/v1/lots/42/x/holdings", "default deny"},
+		{"/gateway", "GET", "", "/v1/lots//holdings", "default deny"},
+		{"/gateway", "GET", "", "/v1/reports/q3.json", ""},
+		{"/gateway", "GET", "", "/v1/reports/q3.json.exe", "default deny"},
+		{"/settlement", "POST", "", "/v1/orders", ""},
+		{"/settlement", "POST", "", "/v1/orders/7/fill", ""},
+		{"/settlement", "POST", "", "/v1/ordersX", "default deny"},
+		{"/settlement", "GET", "", "/v1/orders", "default deny"},
+		{"/ops/alice", "DELETE", "", "/anything", ""},
+		{"/ops/intern", "GET", "", "/ops", "rule no-interns"},
+		{"/ops/intern", "GET", "", "/ops/x", "rule no-interns"},
+		{"/ops/intern", "GET", "", "/opsx", ""},
+		{"/admin", "GET", "admin.example.org", "/x", ""},
+		{"/admin", "GET", "ADMIN.Example.Org.", "/x", ""},
+		{"/admin", "GET", "admin.example.org:8443", "/x", ""},
+		{"/admin", "GET", "other.example.org", "/x", "default deny"},
+		{"/admin", "GET", "", "/x", "default deny"},
+		{"/probe", "GET", "a.example.org:8443", "/healthz", ""},
+		{"/probe", "GET", "a.example.org:9000", "/healthz", "default deny"},
+		{"/probe", "GET", "example.org:8443", "/healthz", "default deny"},
+		{"/stranger", "GET", "", "/v1/trades", "default deny"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.caller+" "+tc.method+" "+tc.host+tc.path, func(t *testing.T) {
+			ctx := context.Background()
+			if tc.host != "" {
+				ctx = security.WithHTTPHost(ctx, tc.host)
+			}
+			err := authz(ctx, security.Call{Caller: id(tc.caller), Method: tc.method, Path: tc.path})
+			got := ""
+			var denied *security.DeniedError
+			if errors.As(err, &denied) {
+				got = denied.Rule
+				if want := tc.method + " " + tc.path; denied.Target != want {
+					t.Errorf("Target = %q, want %q", denied.Target, want)
+				}
+			} else if err != nil {
+				t.Fatalf("error %v is not a *DeniedError", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("decision (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestHTTPRulesDenyGRPCCalls(t *testing.T) {
+	authz, err := security.HTTPRules(security.AllowHTTP("all", security.AnyID(), "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := authz(context.Background(), security.Call{Caller: id("/a"), Method: "/pkg.S/M"}); err == nil {
+		t.Error("an HTTP rule allowed a gRPC call")
+	}
+}
+
+func TestHTTPPatternErrorsSayTheForm(t *testing.T) {
+	for _, p := range []string{
+		"get /x",         // lower-case method
+		"GET x",          // no path
+		"/a//b",          // not normalized
+		"/a/../b",        // not normalized
+		"/a%2fb",         // refused by the normalizer
+		"/a/**/b",        // ** not last
+		"/a**",           // ** inside a segment
+		"ex*ample.org/x", // bad host wildcard
+	} {
+		err := security.ValidateHTTPPattern(p)
+		if err == nil {
+			t.Errorf("ValidateHTTPPattern(%q) = nil, want an error", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not name the pattern %q", err, p)
+		}
+	}
+	if _, err := security.HTTPRules(security.AllowHTTP("bad", security.AnyID(), "/a//b")); err == nil || !strings.Contains(err.Error(), `rule "bad"`) {
+		t.Errorf("HTTPRules error = %v, want one naming the rule", err)
+	}
+	for _, p := range []string{"*", "GET *", "/", "/**", "/a/*/b", "POST /a/**", "api.example.org/x", "*.example.org:8443/x", "/a%20b"} {
+		if err := security.ValidateHTTPPattern(p); err != nil {
+			t.Errorf("ValidateHTTPPattern(%q): %v", p, err)
+		}
+	}
+}
