@@ -1,0 +1,174 @@
+// Command load is the benchmark's load generator. It opens one client
+// connection and then takes commands, one per line, on stdin:
+//
+//	warm {spec}   make unmeasured calls; answers "warm"
+//	run {spec}    measure one window; answers "result {json}"
+//
+// where {spec} is a loadgen.Spec in JSON. Answers go to stdout; it exits
+// when stdin closes. The result carries the generator's own CPU time over
+// the window (from /proc/self/stat), so the harness can sum CPU over every
+// process on the path.
+//
+//	load -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n] [-balance]
+//
+// In mesh mode the identity comes from the SPIFFE Workload API named by
+// SPIFFE_ENDPOINT_SOCKET; with -balance the target is static:///a,b,c and
+// calls are spread round robin.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/gridmesh/gridmesh/bench/internal/echo"
+	"github.com/gridmesh/gridmesh/bench/internal/loadgen"
+	"github.com/gridmesh/gridmesh/bench/internal/proc"
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(1)
+	}
+}
+
+// Result is a window's loadgen.Result plus the generator's CPU time.
+type Result struct {
+	loadgen.Result
+	CPUSeconds float64 `json:"cpu_seconds"`
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	mode := fs.String("mode", "plain", "plain, tls or mesh")
+	target := fs.String("target", "", "server address, or static:///a,b,c with -balance")
+	caFile := fs.String("ca", "", "PEM CA certificate that signed the server's (tls mode)")
+	serverName := fs.String("server-name", "localhost", "name to verify in the server certificate (tls mode)")
+	balance := fs.Bool("balance", false, "resolve a static:/// target with gridmesh's discovery and balance round robin")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *target == "" {
+		return errors.New("-target is required")
+	}
+	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	defer conn.Close()
+	client := testgrpc.NewTestServiceClient(conn)
+
+	// Check the path once before taking commands.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = client.UnaryCall(cctx, echo.Request(1), grpc.WaitForReady(true))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("first call to %s: %w", *target, err)
+	}
+	fmt.Println("ready")
+
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		verb, arg, _ := strings.Cut(in.Text(), " ")
+		var spec loadgen.Spec
+		if err := json.Unmarshal([]byte(arg), &spec); err != nil {
+			return fmt.Errorf("bad command %q: %w", in.Text(), err)
+		}
+		req := echo.Request(spec.Payload)
+		call := func(ctx context.Context) error {
+			_, err := client.UnaryCall(ctx, req)
+			return err
+		}
+		switch verb {
+		case "warm":
+			loadgen.Warm(ctx, call, max(min(spec.Concurrency, 64), 8), spec.Warmup)
+			fmt.Println("warm")
+		case "run":
+			cpu0, err := proc.CPU(os.Getpid())
+			if err != nil {
+				return err
+			}
+			r := loadgen.Run(ctx, call, spec)
+			cpu1, err := proc.CPU(os.Getpid())
+			if err != nil {
+				return err
+			}
+			out, err := json.Marshal(Result{Result: r, CPUSeconds: (cpu1 - cpu0).Seconds()})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("result %s\n", out)
+		default:
+			return fmt.Errorf("unknown command %q", verb)
+		}
+	}
+	return in.Err()
+}
+
+func dial(ctx context.Context, mode, target, caFile, serverName string, balance bool) (*grpc.ClientConn, func(), error) {
+	nop := func() {}
+	var opts []grpc.DialOption
+	if balance {
+		reg, err := discovery.New(discovery.Config{})
+		if err != nil {
+			return nil, nop, err
+		}
+		sc, err := discovery.Balancer{Policy: discovery.RoundRobin}.ServiceConfig()
+		if err != nil {
+			return nil, nop, err
+		}
+		opts = append(opts, grpc.WithResolvers(reg.ResolverBuilders()...), grpc.WithDefaultServiceConfig(sc))
+	}
+	switch mode {
+	case "plain":
+		conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		return conn, nop, err
+	case "tls":
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, nop, fmt.Errorf("tls mode needs -ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nop, fmt.Errorf("no certificate in %s", caFile)
+		}
+		creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13})
+		conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(creds))...)
+		return conn, nop, err
+	case "mesh":
+		src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{})
+		if err != nil {
+			return nil, nop, err
+		}
+		conn, err := mesh.Dial(ctx, target, mesh.WithIdentity(src), mesh.WithGRPCDialOptions(opts...))
+		if err != nil {
+			src.Close()
+			return nil, nop, err
+		}
+		return conn, func() { src.Close() }, nil
+	default:
+		return nil, nop, errors.New("-mode must be plain, tls or mesh, not " + mode)
+	}
+}

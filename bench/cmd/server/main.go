@@ -1,0 +1,104 @@
+// Command server is the benchmark's gRPC server: the echo TestService over
+// plaintext, static TLS 1.3 or the mesh, or an OTLP trace sink that accepts
+// and discards spans. It prints "listening <addr>" once it accepts
+// connections and serves until SIGINT or SIGTERM.
+//
+//	server -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem]
+//
+// In mesh mode the identity comes from the SPIFFE Workload API named by
+// SPIFFE_ENDPOINT_SOCKET.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/gridmesh/gridmesh/bench/internal/echo"
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	mode := fs.String("mode", "plain", "plain, tls, mesh or otlp-sink")
+	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
+	certFile := fs.String("cert", "", "PEM certificate chain (tls mode)")
+	keyFile := fs.String("key", "", "PEM private key (tls mode)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	switch *mode {
+	case "plain", "tls", "otlp-sink":
+		var opts []grpc.ServerOption
+		if *mode == "tls" {
+			cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+			if err != nil {
+				return fmt.Errorf("tls mode needs -cert and -key: %w", err)
+			}
+			opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
+				Certificates: []tls.Certificate{cert},
+				MinVersion:   tls.VersionTLS13,
+			})))
+		}
+		srv := grpc.NewServer(opts...)
+		if *mode == "otlp-sink" {
+			collectortrace.RegisterTraceServiceServer(srv, &sink{})
+		} else {
+			testgrpc.RegisterTestServiceServer(srv, echo.Service{})
+		}
+		go func() { <-ctx.Done(); srv.Stop() }()
+		fmt.Println("listening", lis.Addr())
+		return srv.Serve(lis)
+	case "mesh":
+		src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{})
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithDrainTimeout(0))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		testgrpc.RegisterTestServiceServer(srv, echo.Service{})
+		fmt.Println("listening", lis.Addr())
+		return srv.Serve(ctx, lis)
+	default:
+		return errors.New("-mode must be plain, tls, mesh or otlp-sink, not " + *mode)
+	}
+}
+
+// sink accepts OTLP trace exports and drops them: the cheapest collector
+// there is, so the exporter's own cost is what gets measured.
+type sink struct {
+	collectortrace.UnimplementedTraceServiceServer
+}
+
+func (*sink) Export(context.Context, *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}

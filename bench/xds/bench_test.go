@@ -1,0 +1,203 @@
+// Package xds benchmarks meshd's push path: N simulated xDS clients (one
+// gRPC connection and one ADS stream each, subscribed to one service's
+// listener, route, cluster and endpoints the way grpc-go subscribes, ACKing
+// every response) run in a child process; meshd runs in the benchmark's
+// process, so its CPU and memory are measured apart from the clients'.
+//
+// Each benchmark iteration changes the service's endpoints once and waits
+// until every client has the change. Reported per run:
+//
+//	p50-ms, p99-ms, max-ms   time from the change to a client having it
+//	meshd-cpu-ms/push        meshd process CPU (user+sys) per push
+//	meshd-KB/client          meshd heap per connected client
+//
+// Run:
+//
+//	go test -run '^$' -bench . -benchtime 20x ./bench/xds/
+package xds
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gridmesh/gridmesh/controlplane"
+)
+
+const (
+	envAddr    = "GRIDMESH_BENCH_XDS_ADDR"
+	envClients = "GRIDMESH_BENCH_XDS_CLIENTS"
+	service    = "trading"
+)
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(envAddr); addr != "" {
+		n, _ := strconv.Atoi(os.Getenv(envClients))
+		if err := runSwarm(addr, n, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "swarm:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func BenchmarkEndpointPush(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) { benchPush(b, n) })
+	}
+}
+
+func endpoints(k int) []controlplane.Endpoint {
+	eps := make([]controlplane.Endpoint, k)
+	for i := range eps {
+		eps[i] = controlplane.Endpoint{Service: service, Address: fmt.Sprintf("10.0.%d.%d:8443", i/250, i%250+1)}
+	}
+	return eps
+}
+
+func heapInuse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func benchPush(b *testing.B, n int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	s := controlplane.NewServer()
+	defer s.Close()
+	if err := s.SetConfig("bench", &controlplane.Config{Services: []controlplane.Service{{Name: service}}}); err != nil {
+		b.Fatal(err)
+	}
+	const base = 10 // endpoints in the service; a push adds or removes one
+	if err := s.SetEndpoints("bench", endpoints(base)); err != nil {
+		b.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = s.Serve(lis) }()
+	defer func() { s.Close(); <-served }()
+
+	heapBefore := heapInuse()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envAddr+"="+lis.Addr().String(), envClients+"="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cancel(); _ = cmd.Wait() }()
+	events := make(chan swarmEvent, 4*n)
+	go readSwarm(out, events)
+
+	// Wait until every client has the initial endpoints.
+	have := make([]int, n)
+	waitAll := func(want int, since time.Time) []time.Duration {
+		lat := make([]time.Duration, 0, n)
+		done := 0
+		for i := range have {
+			if have[i] == want {
+				done++
+			}
+		}
+		for done < n {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					b.Fatal("swarm exited")
+				}
+				if have[ev.client] != want && ev.endpoints == want {
+					done++
+					lat = append(lat, ev.at.Sub(since))
+				}
+				have[ev.client] = ev.endpoints
+			case <-ctx.Done():
+				b.Fatalf("%d of %d clients converged: %v", done, n, ctx.Err())
+			}
+		}
+		return lat
+	}
+	waitAll(base, time.Now())
+	heapAfter := heapInuse()
+	if st := s.Stats(); st.Clients < n {
+		b.Fatalf("meshd sees %d streams, want %d", st.Clients, n)
+	}
+
+	var all []time.Duration
+	var cpu time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		want := base + 1
+		if i%2 == 1 {
+			want = base
+		}
+		c0 := cpuTime()
+		t0 := time.Now()
+		if err := s.SetEndpoints("bench", endpoints(want)); err != nil {
+			b.Fatal(err)
+		}
+		all = append(all, waitAll(want, t0)...)
+		cpu += cpuTime() - c0
+	}
+	b.StopTimer()
+	slices.Sort(all)
+	pct := func(p float64) float64 {
+		return float64(all[int(p*float64(len(all)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(all[len(all)-1])/float64(time.Millisecond), "max-ms")
+	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(b.N), "meshd-cpu-ms/push")
+	b.ReportMetric(float64(int64(heapAfter)-int64(heapBefore))/1024/float64(n), "meshd-KB/client")
+}
+
+type swarmEvent struct {
+	client, endpoints int
+	at                time.Time
+}
+
+// readSwarm parses "eds <client> <endpoints> <unixnano>" lines.
+func readSwarm(r io.Reader, events chan<- swarmEvent) {
+	defer close(events)
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 4 || f[0] != "eds" {
+			continue
+		}
+		c, _ := strconv.Atoi(f[1])
+		e, _ := strconv.Atoi(f[2])
+		ns, _ := strconv.ParseInt(f[3], 10, 64)
+		events <- swarmEvent{client: c, endpoints: e, at: time.Unix(0, ns)}
+	}
+}
