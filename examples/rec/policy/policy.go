@@ -1,0 +1,139 @@
+// Package policy is the REC platform's authorization matrix: which workload
+// may call which method of which service. The services build their
+// authorizers from it and the tests sweep every pair it leaves out, so the
+// matrix below is both the documentation and the enforced policy.
+//
+//	method                      gateway trading settlement operator
+//	Registry/Issue                                              x
+//	Registry/Hold                          x
+//	Registry/Release                               x
+//	Registry/Transfer                              x
+//	Registry/Retire                x
+//	Registry/Holdings              x                            x
+//	Registry/Totals                                             x
+//	Accounts/Open                                               x
+//	Accounts/Hold                          x
+//	Accounts/Release                               x
+//	Accounts/Capture                               x
+//	Accounts/Balance               x                            x
+//	Accounts/Totals                                             x
+//	Trading/PlaceOrder             x
+//	Trading/CancelOrder            x
+//	Trading/GetOrder               x                            x
+//	Trading/Book                   x                            x
+//	Trading/Trades                 x                            x
+//	Trading/Events                                 x            x
+//	Trading/Stats                                               x
+//	Settlement/GetTrade            x                            x
+//	Settlement/Stats                                            x
+//
+// The registry and accounts workloads call nobody, so they appear in no
+// column: every call they make is denied. Everything not marked is denied
+// (default deny), for example the gateway may read holdings but never
+// transfer them, and trading may hold cash but never capture it.
+package policy
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// Workload names, the last path segment of their SPIFFE IDs
+// (spiffe://<trust domain>/<name>), as `meshd dev -identities` issues them.
+const (
+	Gateway    = "gateway"
+	Trading    = "trading"
+	Settlement = "settlement"
+	Registry   = "registry"
+	Accounts   = "accounts"
+	// Operator is the platform's back office: it issues certificates, opens
+	// accounts and audits the totals. The demo and the tests run as it.
+	Operator = "operator"
+)
+
+// Workloads lists every workload of the platform.
+var Workloads = []string{Gateway, Trading, Settlement, Registry, Accounts, Operator}
+
+// Matrix maps each full gRPC method to the workloads allowed to call it.
+// Do not modify it at run time.
+var Matrix = map[string][]string{
+	recpb.Registry_Issue_FullMethodName:    {Operator},
+	recpb.Registry_Hold_FullMethodName:     {Trading},
+	recpb.Registry_Release_FullMethodName:  {Settlement},
+	recpb.Registry_Transfer_FullMethodName: {Settlement},
+	recpb.Registry_Retire_FullMethodName:   {Gateway},
+	recpb.Registry_Holdings_FullMethodName: {Gateway, Operator},
+	recpb.Registry_Totals_FullMethodName:   {Operator},
+
+	recpb.Accounts_Open_FullMethodName:    {Operator},
+	recpb.Accounts_Hold_FullMethodName:    {Trading},
+	recpb.Accounts_Release_FullMethodName: {Settlement},
+	recpb.Accounts_Capture_FullMethodName: {Settlement},
+	recpb.Accounts_Balance_FullMethodName: {Gateway, Operator},
+	recpb.Accounts_Totals_FullMethodName:  {Operator},
+
+	recpb.Trading_PlaceOrder_FullMethodName:  {Gateway},
+	recpb.Trading_CancelOrder_FullMethodName: {Gateway},
+	recpb.Trading_GetOrder_FullMethodName:    {Gateway, Operator},
+	recpb.Trading_Book_FullMethodName:        {Gateway, Operator},
+	recpb.Trading_Trades_FullMethodName:      {Gateway, Operator},
+	recpb.Trading_Events_FullMethodName:      {Settlement, Operator},
+	recpb.Trading_Stats_FullMethodName:       {Operator},
+
+	recpb.Settlement_GetTrade_FullMethodName: {Gateway, Operator},
+	recpb.Settlement_Stats_FullMethodName:    {Operator},
+}
+
+// Services are the platform's gRPC services, by the workload that serves
+// each.
+var Services = map[string]*grpc.ServiceDesc{
+	Registry:   &recpb.Registry_ServiceDesc,
+	Accounts:   &recpb.Accounts_ServiceDesc,
+	Trading:    &recpb.Trading_ServiceDesc,
+	Settlement: &recpb.Settlement_ServiceDesc,
+}
+
+// ID returns the SPIFFE ID of workload name in trust domain td.
+func ID(td spiffeid.TrustDomain, name string) spiffeid.ID {
+	id, err := spiffeid.FromSegments(td, name)
+	if err != nil {
+		panic(fmt.Sprintf("policy: workload name %q: %v", name, err))
+	}
+	return id
+}
+
+// Methods returns the full method names of desc, sorted.
+func Methods(desc *grpc.ServiceDesc) []string {
+	var ms []string
+	for _, m := range desc.Methods {
+		ms = append(ms, "/"+desc.ServiceName+"/"+m.MethodName)
+	}
+	for _, s := range desc.Streams {
+		ms = append(ms, "/"+desc.ServiceName+"/"+s.StreamName)
+	}
+	slices.Sort(ms)
+	return ms
+}
+
+// Allowed reports whether workload caller may call method.
+func Allowed(caller, method string) bool {
+	return slices.Contains(Matrix[method], caller)
+}
+
+// Authorizer returns the default-deny authorizer for the service desc in
+// trust domain td: one allow rule per (method, caller) pair of the matrix.
+func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) security.Authorizer {
+	var rules []security.Rule
+	for _, m := range Methods(desc) {
+		for _, caller := range Matrix[m] {
+			rules = append(rules, security.Allow(caller+" calls "+m, security.ExactID(ID(td, caller)), m))
+		}
+	}
+	return security.Rules(rules...)
+}
