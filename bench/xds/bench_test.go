@@ -9,7 +9,7 @@
 //
 //	p50-ms, p99-ms, max-ms   time from the change to a client having it
 //	meshd-cpu-ms/push        meshd process CPU (user+sys) per push
-//	meshd-KB/client          meshd heap per connected client
+//	meshd-KB/client          meshd heap and stacks per connected client
 //
 // Run:
 //
@@ -67,12 +67,14 @@ func endpoints(k int) []controlplane.Endpoint {
 	return eps
 }
 
-func heapInuse() uint64 {
+// memInuse is meshd's live memory: heap plus goroutine stacks (each ADS
+// stream holds goroutines).
+func memInuse() uint64 {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
+	return ms.HeapInuse + ms.StackInuse
 }
 
 func cpuTime() time.Duration {
@@ -101,7 +103,7 @@ func benchPush(b *testing.B, n int) {
 	go func() { defer close(served); _ = s.Serve(lis) }()
 	defer func() { s.Close(); <-served }()
 
-	heapBefore := heapInuse()
+	heapBefore := memInuse()
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -148,7 +150,7 @@ func benchPush(b *testing.B, n int) {
 		return lat
 	}
 	waitAll(base, time.Now())
-	heapAfter := heapInuse()
+	heapAfter := memInuse()
 	if st := s.Stats(); st.Clients < n {
 		b.Fatalf("meshd sees %d streams, want %d", st.Clients, n)
 	}
