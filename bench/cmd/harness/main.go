@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/gridmesh/gridmesh/bench/internal/loadgen"
+	"github.com/gridmesh/gridmesh/bench/internal/pki"
 )
 
 func main() {
@@ -42,7 +43,7 @@ type harness struct {
 	binDir  string
 	dir     string
 	haproxy string
-	pki     *staticPKI
+	pki     *pki.Files
 	l       *launcher
 	idDir   string
 	byName  map[string]*scenario
@@ -100,7 +101,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	h.l = &launcher{dir: h.dir, pin: *pin}
 	defer h.l.stopAll()
-	if h.pki, err = writePKI(h.dir); err != nil {
+	if h.pki, err = pki.Write(h.dir); err != nil {
 		return err
 	}
 
