@@ -79,7 +79,16 @@ func signedBy(src x509svid.Source) string {
 	if err != nil || len(svid.Certificates) == 0 {
 		return ""
 	}
-	return hex.EncodeToString(svid.Certificates[0].AuthorityKeyId)
+	return authorityKeyID(svid.Certificates[0])
+}
+
+// authorityKeyID names the CA that signed cert, as SPIRE names authorities;
+// "" for nil.
+func authorityKeyID(cert *x509.Certificate) string {
+	if cert == nil {
+		return ""
+	}
+	return hex.EncodeToString(cert.AuthorityKeyId)
 }
 
 // runWorkloadAs runs this test binary as a separate workload under uid/gid

@@ -195,20 +195,38 @@ func TestMeshAgentRestartUnderLoad(t *testing.T) {
 	l := startLoad(t, loadWorkers, loadEvery, func(ctx context.Context, p *peer.Peer) error {
 		return checkCall(ctx, c, caller, p)
 	})
-	fresh := startLoad(t, 1, 500*time.Millisecond, func(ctx context.Context, _ *peer.Peer) error {
-		return freshCall(ctx, addr, caller, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
+	fresh := startLoad(t, 1, 500*time.Millisecond, func(ctx context.Context, p *peer.Peer) error {
+		return freshCall(ctx, addr, caller, p, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
 	})
 
 	waitFor(ctx, t, "calls before the restart", func() bool { return l.calls.Load() >= 20 })
-	restart := time.Now()
-	d.RestartAgent(t)
+	// Down long enough for the sources to notice and for calls and new
+	// connections to run on the SVIDs they hold; short of the 20s TTL.
+	const down = 5 * time.Second
+	callsUp, freshUp := l.calls.Load(), fresh.calls.Load()
+	stopped := time.Now()
+	d.Agent().Stop(t)
+	downTimer := time.NewTimer(down)
+	select {
+	case <-downTimer.C:
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	callsDown, freshDown := l.calls.Load(), fresh.calls.Load()
+	d.Agent().Start(t)
 	back := time.Now()
-	t.Logf("agent restarted in %v", back.Sub(restart).Round(time.Millisecond))
-	waitFor(ctx, t, "an SVID rotation on both sides after the agent came back", func() bool {
-		return serverRot.since(back) > 0 && clientRot.since(back) > 0
+	t.Logf("agent down for %v, healthy again %v after its start", back.Sub(stopped).Round(time.Millisecond), time.Since(stopped.Add(down)).Round(time.Millisecond))
+	// The agent issues fresh SVIDs on its return; then it must go on
+	// rotating them at the usual pace.
+	waitFor(ctx, t, "two SVID rotations on both sides after the agent came back", func() bool {
+		return serverRot.since(back) >= 2 && clientRot.since(back) >= 2
 	})
-	t.Logf("first rotations after the restart: server after %v, client after %v (%d and %d rotations in all)",
+	t.Logf("rotations after the restart: first after %v (server) and %v (client); %d and %d rotations in all",
 		firstSince(serverRot, back), firstSince(clientRot, back), serverRot.count(), clientRot.count())
+	t.Logf("while the agent was down: %d calls on one connection, %d on fresh connections", callsDown-callsUp, freshDown-freshUp)
+	if freshDown == freshUp {
+		t.Error("no new connection was tried while the agent was down")
+	}
 	// Keep calling a little past the first rotation on the new agent.
 	callsThen := l.calls.Load()
 	waitFor(ctx, t, "calls after the rotation", func() bool { return l.calls.Load() >= callsThen+20 })
@@ -216,6 +234,9 @@ func TestMeshAgentRestartUnderLoad(t *testing.T) {
 	fresh.stop()
 	l.report(t, "calls on one connection")
 	fresh.report(t, "calls on fresh connections")
+	if n := fresh.distinctServerCerts(); n < 2 {
+		t.Errorf("fresh connections saw %d server certificates: they never met a rotated server SVID", n)
+	}
 }
 
 func firstSince(r *rotationWatch, t0 time.Time) time.Duration {
@@ -254,8 +275,8 @@ func TestMeshSPIREServerOutage(t *testing.T) {
 	l := startLoad(t, loadWorkers, loadEvery, func(ctx context.Context, p *peer.Peer) error {
 		return checkCall(ctx, c, caller, p)
 	})
-	fresh := startLoad(t, 1, time.Second, func(ctx context.Context, _ *peer.Peer) error {
-		return freshCall(ctx, addr, caller, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
+	fresh := startLoad(t, 1, time.Second, func(ctx context.Context, p *peer.Peer) error {
+		return freshCall(ctx, addr, caller, p, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
 	})
 	waitFor(ctx, t, "calls before the outage", func() bool { return l.calls.Load() >= 20 })
 
@@ -271,7 +292,7 @@ func TestMeshSPIREServerOutage(t *testing.T) {
 	// A service (re)starting during the outage gets its identity from the
 	// agent's cache.
 	newFrontend := workloadSource(ctx, t, d, d.Addr(), "/frontend")
-	if err := freshCall(ctx, addr, caller, mesh.WithIdentity(newFrontend), mesh.WithServerID(d.ID("/trading"))); err != nil {
+	if err := freshCall(ctx, addr, caller, nil, mesh.WithIdentity(newFrontend), mesh.WithServerID(d.ID("/trading"))); err != nil {
 		t.Errorf("a client started during the outage: %v", err)
 	}
 	rest := time.NewTimer(outage - time.Since(stopped))
@@ -316,8 +337,8 @@ func TestMeshCARotationWithoutRestart(t *testing.T) {
 	l := startLoad(t, loadWorkers, loadEvery, func(ctx context.Context, p *peer.Peer) error {
 		return checkCall(ctx, c, caller, p)
 	})
-	fresh := startLoad(t, 1, 250*time.Millisecond, func(ctx context.Context, _ *peer.Peer) error {
-		return freshCall(ctx, addr, caller, dialOpts...)
+	fresh := startLoad(t, 1, 250*time.Millisecond, func(ctx context.Context, p *peer.Peer) error {
+		return freshCall(ctx, addr, caller, p, dialOpts...)
 	})
 	both := func(cond func(security.Source) bool) func() bool {
 		return func() bool { return cond(trading) && cond(frontend) }
@@ -338,15 +359,18 @@ func TestMeshCARotationWithoutRestart(t *testing.T) {
 	step = time.Now()
 	waitFor(ctx, t, "both SVIDs signed by the new CA", func() bool { return signer(trading) == next && signer(frontend) == next })
 	t.Logf("activated %s, tainted %s: both SVIDs re-signed after %v", next, old, time.Since(step).Round(time.Millisecond))
-	if err := freshCall(ctx, addr, caller, dialOpts...); err != nil {
+	var p peer.Peer
+	if err := freshCall(ctx, addr, caller, &p, dialOpts...); err != nil {
 		t.Errorf("a new connection with SVIDs from the new CA: %v", err)
+	} else if got := authorityKeyID(serverLeaf(&p)); got != next {
+		t.Errorf("a new connection met a server certificate signed by %q, want the new CA %s", got, next)
 	}
 
 	d.RevokeX509Authority(t, old)
 	step = time.Now()
 	waitFor(ctx, t, "the old CA gone from both bundles", both(func(s security.Source) bool { return !bundleHas(s, td, old) }))
 	t.Logf("revoked %s: gone from both bundles after %v", old, time.Since(step).Round(time.Millisecond))
-	if err := freshCall(ctx, addr, caller, dialOpts...); err != nil {
+	if err := freshCall(ctx, addr, caller, nil, dialOpts...); err != nil {
 		t.Errorf("a new connection after the old CA was revoked: %v", err)
 	}
 	callsThen := fresh.calls.Load()
@@ -355,4 +379,7 @@ func TestMeshCARotationWithoutRestart(t *testing.T) {
 	fresh.stop()
 	l.report(t, "calls on one connection")
 	fresh.report(t, "calls on fresh connections")
+	if n := fresh.distinctServerCerts(); n < 2 {
+		t.Errorf("fresh connections saw %d server certificates, want the old-CA and the new-CA one", n)
+	}
 }

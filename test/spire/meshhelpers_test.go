@@ -2,6 +2,7 @@ package spire_test
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"sync"
@@ -107,14 +108,23 @@ func dialMesh(t testing.TB, addr string, opts ...mesh.DialOption) testgrpc.TestS
 }
 
 // freshCall dials a new connection (a new TLS handshake with the sources'
-// current SVIDs and bundles), makes one call as caller and closes it.
-func freshCall(ctx context.Context, addr string, caller spiffeid.ID, opts ...mesh.DialOption) error {
+// current SVIDs and bundles), makes one call as caller and closes it. p, when
+// not nil, receives the server's peer information.
+func freshCall(ctx context.Context, addr string, caller spiffeid.ID, p *peer.Peer, opts ...mesh.DialOption) error {
 	cc, err := mesh.Dial(ctx, addr, opts...)
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	return checkCall(ctx, testgrpc.NewTestServiceClient(cc), caller, nil)
+	return checkCall(ctx, testgrpc.NewTestServiceClient(cc), caller, p)
+}
+
+// serverLeaf returns the server certificate a call's peer presented.
+func serverLeaf(p *peer.Peer) *x509.Certificate {
+	if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+		return info.State.PeerCertificates[0]
+	}
+	return nil
 }
 
 // checkCall makes one UnaryCall and checks the handler saw caller.
@@ -174,8 +184,8 @@ func startLoad(t testing.TB, workers int, every time.Duration, call func(ctx con
 					if len(l.errs) < 10 {
 						l.errs = append(l.errs, time.Now().UTC().Format("15:04:05.000")+" "+err.Error())
 					}
-				} else if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
-					l.serverCerts[info.State.PeerCertificates[0].SerialNumber.String()] = true
+				} else if leaf := serverLeaf(&p); leaf != nil {
+					l.serverCerts[leaf.SerialNumber.String()] = true
 				}
 				l.mu.Unlock()
 			}
@@ -192,6 +202,13 @@ func (l *load) stop() {
 }
 
 // report logs the figures and fails t on any failed call.
+// distinctServerCerts returns how many server certificates the calls saw.
+func (l *load) distinctServerCerts() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.serverCerts)
+}
+
 func (l *load) report(t testing.TB, name string) {
 	t.Helper()
 	l.mu.Lock()
