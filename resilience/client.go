@@ -420,9 +420,16 @@ type retryableError struct{ err error }
 func (e *retryableError) Error() string { return e.err.Error() }
 func (e *retryableError) Unwrap() error { return e.err }
 
+// isRetryable reports whether err is or wraps a *retryableError. A loop,
+// not errors.As, so that the hot path does not allocate.
 func isRetryable(err error) bool {
-	var r *retryableError
-	return errors.As(err, &r)
+	for err != nil {
+		if _, ok := err.(*retryableError); ok {
+			return true
+		}
+		err = errors.Unwrap(err)
+	}
+	return false
 }
 
 // errHedgeDenied is what a hedge the budget denied returns; it is never the

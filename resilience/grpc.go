@@ -54,16 +54,11 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 		return unwrapResult(err)
 	}
 
-	var (
-		log    attemptLog
-		wg     sync.WaitGroup
-		winMu  sync.Mutex
-		winner proto.Message
-	)
+	st := &unaryCall{}
 	_, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
-		wg.Add(1)
-		defer wg.Done()
-		if err := c.gate(d, method, e.IsHedge(), e.IsRetry(), e.Attempts(), &log); err != nil {
+		st.wg.Add(1)
+		defer st.wg.Done()
+		if err := c.gate(d, method, e.IsHedge(), e.IsRetry(), e.Attempts(), &st.log); err != nil {
 			return nil, err
 		}
 		out := reply
@@ -73,24 +68,33 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 		}
 		err := c.unaryAttempt(ctx, e.Context(), d, ms, method, lvl, keyed, req, out, cc, invoker, opts)
 		if err != nil {
-			log.set(err)
+			st.log.set(err)
 		} else if hedge {
-			winMu.Lock()
-			if winner == nil {
-				winner = out.(proto.Message)
+			st.winMu.Lock()
+			if st.winner == nil {
+				st.winner = out.(proto.Message)
 			}
-			winMu.Unlock()
+			st.winMu.Unlock()
 		}
 		return nil, err
 	})
 	// Hedged losers were canceled by the hedge policy; wait for them so that
 	// no attempt outlives the call.
-	wg.Wait()
-	if err == nil && hedge && winner != nil {
+	st.wg.Wait()
+	if err == nil && hedge && st.winner != nil {
 		proto.Reset(reply.(proto.Message))
-		proto.Merge(reply.(proto.Message), winner)
+		proto.Merge(reply.(proto.Message), st.winner)
 	}
 	return grpcError(unwrapResult(err))
+}
+
+// unaryCall is the state shared by the attempts of one call, in one
+// allocation.
+type unaryCall struct {
+	log    attemptLog
+	wg     sync.WaitGroup
+	winMu  sync.Mutex
+	winner proto.Message
 }
 
 // unaryAttempt sends one attempt. It returns the attempt's error, marked
@@ -220,15 +224,15 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		if err != nil {
 			return nil, err
 		}
-		s, err := streamer(ctx, desc, cc, method, opts...)
+		var p peer.Peer
+		s, err := streamer(ctx, desc, cc, method, append(opts, grpc.Peer(&p))...)
 		if err != nil {
 			code := status.Code(err)
 			canceled := ctx.Err() != nil
 			done(breakerFailure(code) && !canceled, canceled)
 			log.set(err)
-			// A stream that fails to open had no transport stream, or
-			// grpc-go would have returned it: never sent.
-			if code == codes.Unavailable && !canceled {
+			// Same proof as for unary calls: no transport stream, never sent.
+			if code == codes.Unavailable && !canceled && p.Addr == nil {
 				return nil, &retryableError{err}
 			}
 			return nil, err
