@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
@@ -47,7 +49,8 @@ type CertProvider struct {
 // Config is what the bootstrap needs. Only ServerURI is required.
 type Config struct {
 	// ServerURI is the control plane's address, host:port (meshd defaults
-	// to 127.0.0.1:15010). The connection to it is plaintext.
+	// to 127.0.0.1:15010) or a gRPC target such as dns:///meshd:15010. The
+	// connection to it is plaintext.
 	ServerURI string
 	// NodeID identifies this client to the control plane in logs and config
 	// dumps. Default: "gridmesh~<hostname>~<pid>~<random>".
@@ -94,8 +97,11 @@ func (c Config) JSON() ([]byte, error) {
 	if c.ServerURI == "" {
 		return nil, errors.New("xdsbootstrap: no control plane address; set it, like 127.0.0.1:15010")
 	}
-	if _, _, err := net.SplitHostPort(c.ServerURI); err != nil {
-		return nil, fmt.Errorf("xdsbootstrap: control plane address %q is not host:port: %w", c.ServerURI, err)
+	if !strings.Contains(c.ServerURI, ":///") && !strings.HasPrefix(c.ServerURI, "unix:") {
+		_, port, err := net.SplitHostPort(c.ServerURI)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("xdsbootstrap: control plane address %q is not host:port (like 127.0.0.1:15010) or a gRPC target (dns:///meshd:15010)", c.ServerURI)
+		}
 	}
 	id := c.NodeID
 	if id == "" {
