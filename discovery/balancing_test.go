@@ -145,3 +145,97 @@ func TestRingHashSameKeySameBackend(t *testing.T) {
 	}
 	t.Logf("ring_hash after removing b1: %d keys moved (all of b1's), %d kept", moved, kept)
 }
+
+// TestWeightedRoundRobinFollowsLoadReports: backends reporting application
+// utilization 0.2, 0.4 and 0.8 at equal qps through ORCA get calls in the
+// ratio 4:2:1 (57%, 29%, 14%).
+func TestWeightedRoundRobinFollowsLoadReports(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	f := consul.New(t, consul.Options{})
+	reg, _ := newRegistry(t, f)
+	utils := []float64{0.2, 0.4, 0.8}
+	for i, u := range utils {
+		registerBackend(t, reg, "trading", startBackendUtil(t, "b"+strconv.Itoa(i), u))
+	}
+	conn := dial(t, reg, "consul:///trading", discovery.Balancer{Policy: discovery.WeightedRoundRobin, Weighted: &discovery.WeightedConfig{
+		BlackoutPeriod: 100 * time.Millisecond, WeightUpdatePeriod: 100 * time.Millisecond,
+	}})
+	// Warm up until the weights are in use: the last 300 calls of a window
+	// favour b0 over b2 by at least 2:1.
+	if _, ok := pollUntil(20*time.Second, func() bool {
+		counts := map[string]int{}
+		for i := range 300 {
+			name, err := call(ctx, conn, "w"+strconv.Itoa(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			counts[name]++
+		}
+		return counts["b0"] >= 2*counts["b2"] && counts["b2"] > 0
+	}); !ok {
+		t.Fatal("weights never took effect")
+	}
+	const calls = 3000
+	counts := map[string]int{}
+	for range calls {
+		name, err := call(ctx, conn, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[name]++
+	}
+	t.Logf("weighted_round_robin, utilization 0.2/0.4/0.8: %d calls: b0=%d b1=%d b2=%d", calls, counts["b0"], counts["b1"], counts["b2"])
+	want := []float64{400.0 / 7, 200.0 / 7, 100.0 / 7}
+	for i, w := range want {
+		name := "b" + strconv.Itoa(i)
+		share := 100 * float64(counts[name]) / calls
+		if share < w-7 || share > w+7 {
+			t.Errorf("%s got %.1f%% of calls, want %.1f%% ± 7 points", name, share, w)
+		}
+	}
+}
+
+// TestOutlierDetectionEjectsFailingBackend: with failure-percentage outlier
+// detection, a backend failing every call is ejected and the others take
+// its share.
+func TestOutlierDetectionEjectsFailingBackend(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	f := consul.New(t, consul.Options{})
+	reg, _ := newRegistry(t, f)
+	bs := startBackends(t, 3)
+	for _, b := range bs {
+		registerBackend(t, reg, "trading", b)
+	}
+	bs[2].failing.Store(true)
+	conn := dial(t, reg, "consul:///trading", discovery.Balancer{Outlier: &discovery.OutlierDetection{
+		Interval: 200 * time.Millisecond, BaseEjectionTime: time.Minute, MaxEjectionPercent: 50,
+		FailurePercentage: &discovery.FailurePercentageEjection{Threshold: 50, EnforcementPercentage: 100, MinimumHosts: 3, RequestVolume: 10},
+	}})
+	took, ok := pollUntil(20*time.Second, func() bool {
+		failed := 0
+		for i := range 60 {
+			if _, err := call(ctx, conn, strconv.Itoa(i)); err != nil {
+				failed++
+			}
+		}
+		return failed == 0
+	})
+	if !ok {
+		t.Fatal("failing backend never ejected")
+	}
+	const calls = 600
+	counts, failed := map[string]int{}, 0
+	for i := range calls {
+		name, err := call(ctx, conn, strconv.Itoa(i))
+		if err != nil {
+			failed++
+		}
+		counts[name]++
+	}
+	t.Logf("outlier detection: ejected within %v; then %d calls: b0=%d b1=%d b2(failing)=%d, %d failed", took.Round(10*time.Millisecond), calls, counts["b0"], counts["b1"], counts["b2"], failed)
+	if counts["b2"] != 0 || failed != 0 {
+		t.Errorf("ejected backend got %d calls, %d failed", counts["b2"], failed)
+	}
+}

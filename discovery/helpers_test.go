@@ -12,9 +12,12 @@ import (
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/orca"
+	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
@@ -33,6 +36,11 @@ type backend struct {
 	port  int
 	srv   *grpc.Server
 	calls atomic.Int64
+	// util, when set, is the application utilization the backend reports
+	// to weighted_round_robin through per-call ORCA trailers, with 100 qps.
+	util float64
+	// failing makes every call fail with UNAVAILABLE.
+	failing atomic.Bool
 }
 
 type healthServer struct {
@@ -43,16 +51,28 @@ type healthServer struct {
 func (h healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	h.b.calls.Add(1)
 	_ = grpc.SetHeader(ctx, metadata.Pairs("backend", h.b.name))
+	if h.b.failing.Load() {
+		return nil, status.Error(codes.Unavailable, h.b.name+" is failing")
+	}
+	if h.b.util > 0 {
+		rec := orca.CallMetricsRecorderFromContext(ctx)
+		rec.SetQPS(100)
+		rec.SetApplicationUtilization(h.b.util)
+	}
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
 func startBackend(t *testing.T, name string) *backend {
+	return startBackendUtil(t, name, 0)
+}
+
+func startBackendUtil(t *testing.T, name string, util float64) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &backend{name: name, addr: ln.Addr().String(), srv: grpc.NewServer()}
+	b := &backend{name: name, addr: ln.Addr().String(), srv: grpc.NewServer(orca.CallMetricsServerOption(nil)), util: util}
 	host, port, _ := net.SplitHostPort(b.addr)
 	b.host = host
 	b.port, _ = strconv.Atoi(port)
@@ -157,7 +177,7 @@ func dial(t *testing.T, reg *discovery.Registry, target string, b discovery.Bala
 }
 
 // call makes one call, with hash key key when not empty, and returns the
-// backend that answered.
+// backend that answered (also when it answered with an error).
 func call(ctx context.Context, conn *grpc.ClientConn, key string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -166,13 +186,11 @@ func call(ctx context.Context, conn *grpc.ClientConn, key string) (string, error
 	}
 	var hdr metadata.MD
 	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&hdr), grpc.WaitForReady(true))
-	if err != nil {
-		return "", err
-	}
+	name := ""
 	if v := hdr.Get("backend"); len(v) > 0 {
-		return v[0], nil
+		name = v[0]
 	}
-	return "", nil
+	return name, err
 }
 
 // pollUntil calls cond every 10ms until it holds or d passes, and returns
