@@ -34,6 +34,7 @@ type serverConfig struct {
 	grace       time.Duration
 	drain       time.Duration
 	grpcOptions []grpc.ServerOption
+	http        httpServerConfig // mesh/httpoption.go
 }
 
 type dialConfig struct {
@@ -41,6 +42,7 @@ type dialConfig struct {
 	serverID    spiffeid.ID
 	serverTD    spiffeid.TrustDomain
 	grpcOptions []grpc.DialOption
+	http        httpDialConfig // mesh/httpoption.go
 }
 
 type bothOption func(*commonConfig)

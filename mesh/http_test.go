@@ -1,0 +1,438 @@
+package mesh_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/gridmesh/gridmesh/internal/testutil/pki"
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// httpEcho answers every request with what the handler saw, as JSON, and
+// counts its runs.
+type httpEcho struct {
+	name  string
+	calls atomic.Int64
+	block chan struct{}
+}
+
+type echoed struct {
+	Backend    string `json:"backend"`
+	Caller     string `json:"caller"`
+	Path       string `json:"path"`        // r.URL.EscapedPath()
+	DecodedURL string `json:"decoded"`     // r.URL.Path
+	RequestURI string `json:"request_uri"` // r.RequestURI
+	Host       string `json:"host"`
+	Proto      string `json:"proto"`
+	Trace      string `json:"traceparent"`
+}
+
+func (h *httpEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.calls.Add(1)
+	if h.block != nil {
+		<-h.block
+	}
+	caller, _ := mesh.PeerID(r.Context())
+	json.NewEncoder(w).Encode(echoed{
+		Backend: h.name, Caller: caller.String(), Path: r.URL.EscapedPath(), DecodedURL: r.URL.Path,
+		RequestURI: r.RequestURI, Host: r.Host, Proto: r.Proto, Trace: r.Header.Get("traceparent"),
+	})
+}
+
+// startHTTPServer runs a mesh HTTP server on loopback until the test ends
+// or stop is called; stop closes it abruptly, as a killed process would.
+func startHTTPServer(t *testing.T, h http.Handler, opts ...mesh.ServerOption) (addr string, stop func()) {
+	t.Helper()
+	srv, err := mesh.NewHTTPServer(h, opts...)
+	if err != nil {
+		t.Fatalf("NewHTTPServer: %v", err)
+	}
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	var stopped atomic.Bool
+	stop = func() {
+		if stopped.Swap(true) {
+			return
+		}
+		srv.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return lis.Addr().String(), stop
+}
+
+func httpClient(t *testing.T, opts ...mesh.DialOption) *http.Client {
+	t.Helper()
+	c, err := mesh.HTTPClient(opts...)
+	if err != nil {
+		t.Fatalf("HTTPClient: %v", err)
+	}
+	t.Cleanup(func() { c.Transport.(*mesh.HTTPTransport).Close() })
+	return c
+}
+
+func get(t *testing.T, c *http.Client, url string) (*http.Response, echoed) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(callTimeout(t), http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	var e echoed
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			t.Fatalf("decoding: %v", err)
+		}
+	}
+	return resp, e
+}
+
+func TestHTTPCallsCarryBothIdentities(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	h := &httpEcho{}
+	addr, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/server")))
+	onlyHTTP1 := func() http.Protocols { var p http.Protocols; p.SetHTTP1(true); return p }()
+	onlyHTTP2 := func() http.Protocols { var p http.Protocols; p.SetHTTP2(true); return p }()
+	tests := []struct {
+		name      string
+		opts      []mesh.DialOption
+		wantProto string
+	}{
+		{"default prefers HTTP/2", nil, "HTTP/2.0"},
+		{"HTTP/1.1", []mesh.DialOption{mesh.WithHTTPProtocols(onlyHTTP1)}, "HTTP/1.1"},
+		{"HTTP/2 only", []mesh.DialOption{mesh.WithHTTPProtocols(onlyHTTP2)}, "HTTP/2.0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := httpClient(t, append(tc.opts, mesh.WithIdentity(devSource(t, ca, "/client")))...)
+			resp, e := get(t, c, "http://"+addr+"/v1/hello")
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			serverID, ok := mesh.ServerID(resp)
+			got := echoed{Caller: e.Caller, Proto: e.Proto, Path: resp.Proto + " " + serverID.String()}
+			want := echoed{Caller: "spiffe://example.org/client", Proto: tc.wantProto, Path: tc.wantProto + " spiffe://example.org/server"}
+			if diff := cmp.Diff(want, got); diff != "" || !ok {
+				t.Errorf("identities and protocol (-want +got):\n%s", diff)
+			}
+			if resp.TLS.Version != tls.VersionTLS13 {
+				t.Errorf("TLS version %x, want 1.3", resp.TLS.Version)
+			}
+		})
+	}
+	t.Run("HTTP/1.1-only server", func(t *testing.T) {
+		addr1, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithHTTPProtocols(onlyHTTP1))
+		c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/client")))
+		resp, e := get(t, c, "http://"+addr1+"/")
+		if resp.StatusCode != http.StatusOK || e.Proto != "HTTP/1.1" || e.Caller != "spiffe://example.org/client" {
+			t.Errorf("status %d, proto %q, caller %q", resp.StatusCode, e.Proto, e.Caller)
+		}
+	})
+}
+
+// TestHTTPBadClientCertificatesRefusedBeforeHandler is the core's bad-input
+// table over HTTP: every case fails and no handler runs.
+func TestHTTPBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
+	ca := pki.NewCA(t, "example.org")
+	otherDomain := pki.NewCA(t, "evil.org")
+	rogue := pki.NewCA(t, "example.org") // same name, different key: not in the bundle
+	authz, err := security.HTTPRules(security.AllowHTTP("clients", security.PathPrefix(id("/clients")), "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &httpEcho{}
+	addr, _ := startHTTPServer(t, h,
+		mesh.WithIdentity(ca.NewSource(t, "spiffe://example.org/server")),
+		mesh.WithAuthorizer(authz))
+
+	now := time.Now()
+	withCert := func(c tls.Certificate) *tls.Config {
+		return &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{c}}
+	}
+	tests := []struct {
+		name       string
+		tls        *tls.Config // nil: plaintext
+		wantStatus int         // 0: the request must fail
+		wantMsg    string
+	}{
+		{"no client certificate", &tls.Config{InsecureSkipVerify: true}, 0, ""},
+		{"wrong trust domain", withCert(otherDomain.Issue(t, pki.Leaf{URIs: []string{"spiffe://evil.org/clients/a"}})), 0, ""},
+		{"expired", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Minute)})), 0, ""},
+		{"not yet valid", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}, NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)})), 0, ""},
+		{"self-signed", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}, SelfSigned: true})), 0, ""},
+		{"signed by a CA not in the bundle", withCert(rogue.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}})), 0, ""},
+		{"two URI SANs", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a", "spiffe://example.org/clients/b"}})), 0, ""},
+		{"no URI SAN", withCert(ca.Issue(t, pki.Leaf{})), 0, ""},
+		{"CA certificate as leaf", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}, IsCA: true})), 0, ""},
+		{"malformed SPIFFE ID", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients//a"}})), 0, ""},
+		{"URI SAN that is not SPIFFE", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"https://example.org/clients/a"}})), 0, ""},
+		{"TLS 1.2 client", &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, Certificates: []tls.Certificate{ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}})}}, 0, ""},
+		// net/http answers a plaintext request on a TLS port with a plain 400.
+		{"plaintext client", nil, http.StatusBadRequest, ""},
+		{"valid SVID that no rule allows", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/intruder"}})), http.StatusForbidden,
+			"spiffe://example.org/intruder may not call GET /v1/holdings (decided by default deny)"},
+	}
+	for _, tc := range tests {
+		for _, h2 := range []bool{false, true} {
+			if tc.tls == nil && h2 {
+				continue
+			}
+			name := tc.name + map[bool]string{false: " HTTP/1.1", true: " HTTP/2"}[h2]
+			t.Run(name, func(t *testing.T) {
+				tr := &http.Transport{TLSClientConfig: tc.tls, ForceAttemptHTTP2: h2, DisableKeepAlives: true}
+				if tc.tls != nil {
+					tr.TLSClientConfig = tc.tls.Clone()
+				}
+				defer tr.CloseIdleConnections()
+				scheme := "https"
+				if tc.tls == nil {
+					scheme = "http"
+				}
+				req, _ := http.NewRequestWithContext(callTimeout(t), http.MethodGet, scheme+"://"+addr+"/v1/holdings", nil)
+				resp, err := (&http.Client{Transport: tr}).Do(req)
+				if tc.wantStatus == 0 {
+					if err == nil {
+						resp.Body.Close()
+						t.Fatalf("request succeeded with status %d, want a failed handshake", resp.StatusCode)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("request failed: %v, want status %d", err, tc.wantStatus)
+				}
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != tc.wantStatus || !strings.Contains(string(body), tc.wantMsg) {
+					t.Errorf("got %d %q, want %d containing %q", resp.StatusCode, body, tc.wantStatus, tc.wantMsg)
+				}
+			})
+		}
+	}
+	if n := h.calls.Load(); n != 0 {
+		t.Errorf("handler ran %d times, want 0", n)
+	}
+	// The same server still serves a good client.
+	tr := &http.Transport{TLSClientConfig: withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}}))}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(callTimeout(t), http.MethodGet, "https://"+addr+"/v1/holdings", nil)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("good client refused: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("good client got %d", resp.StatusCode)
+	}
+}
+
+func TestHTTPAuthorizationRules(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	authz, err := security.HTTPRules(
+		security.AllowHTTP("gateway-reads", security.ExactID(id("/gateway")), "GET /v1/trades/*", "GET /v1/lots"),
+		security.AllowHTTP("settlement", security.ExactID(id("/settlement")), "POST /v1/orders/**"),
+		security.AllowHTTP("ops", security.PathPrefix(id("/ops")), "*"),
+		security.RefuseHTTP("no-admin-for-interns", security.ExactID(id("/ops/intern")), "/admin/**"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &httpEcho{}
+	addr, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithAuthorizer(authz))
+	tests := []struct {
+		caller, method, path string
+		want                 int
+		wantRule             string
+	}{
+		{"/gateway", "GET", "/v1/trades/42", 200, ""},
+		{"/gateway", "HEAD", "/v1/lots", 200, ""},
+		{"/gateway", "POST", "/v1/trades/42", 403, "default deny"},
+		{"/gateway", "GET", "/v1/trades/42/fills", 403, "default deny"},
+		{"/gateway", "GET", "/v1/trades//42", 200, ""}, // normalized to /v1/trades/42
+		{"/settlement", "POST", "/v1/orders", 200, ""},
+		{"/settlement", "POST", "/v1/orders/7/cancel", 200, ""},
+		{"/settlement", "DELETE", "/v1/orders/7", 403, "default deny"},
+		{"/ops/alice", "DELETE", "/admin/users/1", 200, ""},
+		{"/ops/intern", "GET", "/admin", 403, "rule no-admin-for-interns"},
+		{"/ops/intern", "GET", "/v1/../admin/x", 403, "rule no-admin-for-interns"},
+		{"/ops/intern", "GET", "/v1/lots", 200, ""},
+		{"/stranger", "GET", "/v1/lots", 403, "default deny"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.caller+" "+tc.method+" "+tc.path, func(t *testing.T) {
+			c := httpClient(t, mesh.WithIdentity(devSource(t, ca, tc.caller)))
+			before := h.calls.Load()
+			req, _ := http.NewRequestWithContext(callTimeout(t), tc.method, "http://"+addr+tc.path, nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, tc.want)
+			}
+			if tc.want == 403 {
+				if h.calls.Load() != before {
+					t.Error("handler ran for a denied request")
+				}
+				if want := "(decided by " + tc.wantRule + ")"; !strings.Contains(string(body), want) {
+					t.Errorf("body %q does not contain %q", body, want)
+				}
+			}
+		})
+	}
+}
+
+// rawRequest sends one HTTP/1.1 request with a request target and Host
+// exactly as given, bypassing net/url's encoding.
+func rawRequest(t *testing.T, addr string, cfg *tls.Config, method, target, host string) (int, echoed) {
+	t.Helper()
+	d := &tls.Dialer{Config: cfg}
+	conn, err := d.DialContext(callTimeout(t), "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, target, host)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	defer resp.Body.Close()
+	var e echoed
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return resp.StatusCode, e
+}
+
+// TestHTTPPathNormalizationTable sends known authorization bypasses to a
+// server that refuses /admin/** and anything on host admin.example.org:
+// no denied path may reach the handler, and for every allowed request the
+// handler sees exactly the path the policy checked.
+func TestHTTPPathNormalizationTable(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	authz, err := security.HTTPRules(
+		security.RefuseHTTP("no-admin", security.AnyID(), "/admin/**", "admin.example.org/**"),
+		security.AllowHTTP("rest", security.AnyID(), "*"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &httpEcho{}
+	var checked atomic.Value // the path the last authorization decided on
+	spy := func(ctx context.Context, c security.Call) error { checked.Store(c.Path); return authz(ctx, c) }
+	addr, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithAuthorizer(spy))
+	client := devSource(t, ca, "/client")
+	svid, err := client.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{{
+		Certificate: [][]byte{svid.Certificates[0].Raw}, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}}}
+
+	tests := []struct {
+		target, host string
+		want         string // the path the handler sees, or "" when refused
+	}{
+		{"/admin", "api", ""},
+		{"/admin/users", "api", ""},
+		{"//admin", "api", ""},
+		{"///admin//users", "api", ""},
+		{"/./admin", "api", ""},
+		{"/public/../admin", "api", ""},
+		{"/public/./../admin/", "api", ""},
+		{"/../../admin", "api", ""},
+		{"/%2e/admin", "api", ""},
+		{"/%2e%2e/admin", "api", ""},
+		{"/public/%2E%2E/admin", "api", ""},
+		{"/public/.%2e/admin", "api", ""},
+		{"/%61dmin", "api", ""},
+		{"/%41dmin", "api", "/Admin"}, // paths are case-sensitive: /Admin is not /admin
+		{"/ADMIN", "api", "/ADMIN"},
+		{"/public%2F..%2Fadmin", "api", ""},
+		{"/admin%2fusers", "api", ""},
+		{"/public%5C..%5Cadmin", "api", ""},
+		{"/public\\..\\admin", "api", ""},
+		{"/public/..;/admin", "api", ""},
+		{"/public/%2e%2e;/admin", "api", ""},
+		{"/public/.;/admin", "api", ""},
+		{"/admin%00", "api", ""},
+		{"/public%00/../admin", "api", ""},
+		{"/public#/../admin", "api", ""},
+		{"/admin#", "api", ""},
+		{"/admin%zz", "api", ""},
+		{"/admin%", "api", ""},
+		{"/admin?x=1", "api", ""},
+		{"/admin/?next=/public", "api", ""},
+		{"/public?/../admin", "api", "/public"},
+		{"http://api/admin", "api", ""},
+		{"http://api//public/../admin", "api", ""},
+		{"/public/%252e%252e/admin", "api", "/public/%252e%252e/admin"},
+		{"/admin%252F", "api", "/admin%252F"},
+		{"/admin;x=1", "api", "/admin;x=1"},
+		{"/public", "api", "/public"},
+		{"//public//a/./b/../c/", "api", "/public/a/c/"},
+		{"/public/%7euser", "api", "/public/~user"},
+		{"/public/a%3bb", "api", "/public/a%3Bb"},
+		{"/public", "admin.example.org", ""},
+		{"/public", "ADMIN.example.org", ""},
+		{"/public", "Admin.Example.Org", ""},
+		{"/public", "admin.example.org.", ""},
+		{"/public", "admin.example.org:443", ""},
+		{"/public", "ADMIN.EXAMPLE.ORG.:8443", ""},
+		{"/public", "api.example.org", "/public"},
+		{"*", "api", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.host+" "+tc.target, func(t *testing.T) {
+			checked.Store("")
+			before := h.calls.Load()
+			status, e := rawRequest(t, addr, cfg, http.MethodGet, tc.target, tc.host)
+			ran := h.calls.Load() != before
+			if tc.want == "" {
+				if status != http.StatusBadRequest && status != http.StatusForbidden || ran {
+					t.Fatalf("status %d, handler ran=%v: want 400 or 403 without the handler", status, ran)
+				}
+				return
+			}
+			if status != http.StatusOK {
+				t.Fatalf("status %d, want 200", status)
+			}
+			if diff := cmp.Diff(tc.want, e.Path); diff != "" {
+				t.Errorf("handler path (-want +got):\n%s", diff)
+			}
+			if got := checked.Load(); got != e.Path {
+				t.Errorf("policy checked %q, handler saw %q", got, e.Path)
+			}
+			if !strings.HasPrefix(e.RequestURI, e.Path) {
+				t.Errorf("RequestURI %q does not start with the checked path %q", e.RequestURI, e.Path)
+			}
+		})
+	}
+	t.Logf("end-to-end normalization table: %d cases", len(tests))
+}

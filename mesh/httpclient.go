@@ -1,0 +1,377 @@
+package mesh
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/httpbalance"
+	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
+)
+
+// HTTPClient returns an *http.Client whose transport is NewHTTPTransport's.
+// Release it with client.Transport.(*mesh.HTTPTransport).Close() when done
+// (it stops the discovery watches), or build the client yourself around a
+// NewHTTPTransport you keep.
+func HTTPClient(opts ...DialOption) (*http.Client, error) {
+	t, err := NewHTTPTransport(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: t}, nil
+}
+
+// HTTPTransport is the mesh's http.RoundTripper. A request's URL host names
+// a service; the scheme may be http or https and is ignored: the transport
+// always speaks mTLS, presenting the caller's SVID and verifying the
+// server's. Hosts map to endpoints like this:
+//
+//   - a host given to WithHTTPTarget (with or without its port) uses that
+//     discovery target: http://trading.mesh/v1/trades with
+//     WithHTTPTarget("trading.mesh", "consul:///trading");
+//   - any other "<name>.mesh" host uses consul:///<name> (the Registry of
+//     WithRegistry must have Consul);
+//   - any other host:port is a single endpoint (static:///host:port).
+//
+// Requests are balanced over the target's endpoints (WithHTTPBalancer);
+// HTTP/2 is used when the server offers it. Each endpoint must present the
+// SPIFFE ID discovery gives for it; without one, WithServerID's, else any ID
+// in WithServerTrustDomain's trust domain, else any ID in the caller's own
+// trust domain. A request that could not reach an endpoint (connection
+// refused, handshake failed or the wrong SPIFFE ID) was never sent, so it
+// is sent to another endpoint, as long as its body can be replayed
+// (GetBody); the endpoint is skipped for a while.
+//
+// The round trip runs, outermost first: the WithHTTPRoundTripper wrappers
+// (e.g. resilience), OpenTelemetry (otelhttp: a client span per attempt
+// and W3C trace context in the headers, to the global providers), then
+// balancing. It is safe for concurrent use.
+type HTTPTransport struct {
+	rt       http.RoundTripper
+	identity security.Source
+	expect   spiffeid.Matcher
+	cfg      httpDialConfig
+	registry *discovery.Registry
+	policy   httpbalance.Config
+
+	mu       sync.Mutex
+	services map[string]*httpService // by discovery target
+	closed   bool
+}
+
+type httpService struct {
+	target string
+	watch  *discovery.Watch
+	bal    *httpbalance.Balancer
+	tr     *http.Transport
+}
+
+// NewHTTPTransport returns the mesh's HTTP transport (see HTTPTransport).
+// It does not block: a service's endpoints are looked up on its first
+// request, which waits for them within the request's context. Close it
+// when done.
+func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
+	var cfg dialConfig
+	for _, o := range opts {
+		o.applyDial(&cfg)
+	}
+	if cfg.identity == nil {
+		return nil, errors.New("mesh: HTTPClient has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
+	}
+	var expect spiffeid.Matcher
+	switch {
+	case !cfg.serverID.IsZero():
+		expect = spiffeid.MatchID(cfg.serverID)
+	case !cfg.serverTD.IsZero():
+		expect = spiffeid.MatchMemberOf(cfg.serverTD)
+	default:
+		own, err := security.ID(cfg.identity)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+		}
+		expect = spiffeid.MatchMemberOf(own.TrustDomain())
+	}
+	policy, err := httpBalancePolicy(cfg.http.balancer)
+	if err != nil {
+		return nil, err
+	}
+	for host, target := range cfg.http.targets {
+		if _, err := discovery.ParseTarget(target); err != nil {
+			return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): %w", host, target, err)
+		}
+	}
+	reg := cfg.http.registry
+	if reg == nil {
+		if reg, err = discovery.New(discovery.Config{}); err != nil {
+			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+		}
+	}
+	t := &HTTPTransport{
+		identity: cfg.identity,
+		expect:   expect,
+		cfg:      cfg.http,
+		registry: reg,
+		policy:   policy,
+		services: map[string]*httpService{},
+	}
+	var rt http.RoundTripper = otelhttp.NewTransport(balancedTransport{t}, otelhttp.WithPropagators(telemetry.Propagator()))
+	for i := len(cfg.http.wrappers) - 1; i >= 0; i-- {
+		rt = cfg.http.wrappers[i](rt)
+	}
+	t.rt = rt
+	return t, nil
+}
+
+func httpBalancePolicy(b discovery.Balancer) (httpbalance.Config, error) {
+	if err := b.Validate(); err != nil {
+		return httpbalance.Config{}, fmt.Errorf("mesh: WithHTTPBalancer: %w", err)
+	}
+	if b.Outlier != nil {
+		return httpbalance.Config{}, errors.New("mesh: WithHTTPBalancer: Outlier is not supported by the HTTP client yet; it ejects endpoints that refuse connections on its own")
+	}
+	switch b.Policy {
+	case "", discovery.RoundRobin:
+		return httpbalance.Config{Policy: httpbalance.RoundRobin}, nil
+	case discovery.LeastRequest:
+		return httpbalance.Config{Policy: httpbalance.LeastRequest, Choices: int(b.ChoiceCount)}, nil
+	case discovery.PickFirst:
+		return httpbalance.Config{Policy: httpbalance.PickFirst}, nil
+	}
+	return httpbalance.Config{}, fmt.Errorf("mesh: WithHTTPBalancer: Policy %q is not supported by the HTTP client; use %q, %q or %q",
+		b.Policy, discovery.RoundRobin, discovery.LeastRequest, discovery.PickFirst)
+}
+
+// RoundTrip sends req to an endpoint of the service its URL host names.
+func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.rt.RoundTrip(req)
+}
+
+// CloseIdleConnections closes the idle connections to every endpoint.
+func (t *HTTPTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range t.services {
+		s.tr.CloseIdleConnections()
+	}
+}
+
+// Close stops the discovery watches and closes idle connections; requests
+// after Close fail with an error wrapping net.ErrClosed. It is safe to call
+// more than once.
+func (t *HTTPTransport) Close() error {
+	t.mu.Lock()
+	services := t.services
+	t.services, t.closed = nil, true
+	t.mu.Unlock()
+	var errs []error
+	for _, s := range services {
+		errs = append(errs, s.watch.Close())
+		s.tr.CloseIdleConnections()
+	}
+	return errors.Join(errs...)
+}
+
+// targetFor maps a URL host to a discovery target.
+func (t *HTTPTransport) targetFor(host string) (string, error) {
+	host = security.NormalizeHost(host)
+	if target, ok := t.cfg.targets[host]; ok {
+		return target, nil
+	}
+	name, _, err := net.SplitHostPort(host)
+	if err != nil {
+		name = host
+	}
+	if target, ok := t.cfg.targets[name]; ok {
+		return target, nil
+	}
+	if svc, ok := strings.CutSuffix(name, ".mesh"); ok && svc != "" {
+		return "consul:///" + svc, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("mesh: URL host %q names no service: give it a port, end it in .mesh, or map it with mesh.WithHTTPTarget", host)
+	}
+	return "static:///" + host, nil
+}
+
+func (t *HTTPTransport) service(host string) (*httpService, error) {
+	target, err := t.targetFor(host)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, fmt.Errorf("mesh: HTTP transport: %w", net.ErrClosed)
+	}
+	if s, ok := t.services[target]; ok {
+		return s, nil
+	}
+	s := &httpService{target: target, bal: httpbalance.New(t.policy)}
+	s.tr = t.endpointTransport(s)
+	s.watch, err = t.registry.Watch(target, func(eps []discovery.Endpoint, err error) {
+		if err != nil {
+			return
+		}
+		set := make([]httpbalance.Endpoint, len(eps))
+		for i, e := range eps {
+			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID}
+		}
+		if s.bal.Update(set) {
+			s.tr.CloseIdleConnections()
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
+	}
+	t.services[target] = s
+	return s, nil
+}
+
+// endpointTransport is the connection pool of one service. Its dialer
+// verifies each endpoint against the SPIFFE ID discovery gave for it.
+func (t *HTTPTransport) endpointTransport(s *httpService) *http.Transport {
+	protocols := httpProtocols(t.cfg.protocols)
+	alpn := nextProtos(protocols)
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Protocols:           &protocols,
+		ForceAttemptHTTP2:   protocols.HTTP2(),
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			expect := t.expect
+			if id, ok := s.bal.ID(addr); ok && !id.IsZero() {
+				expect = spiffeid.MatchID(id)
+			}
+			cfg := security.ClientTLSConfig(t.identity, expect)
+			cfg.NextProtos = alpn
+			raw, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &notSentError{err}
+			}
+			conn := tls.Client(raw, cfg)
+			if err := conn.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, &notSentError{fmt.Errorf("mesh: TLS handshake with %s: %w", addr, err)}
+			}
+			return conn, nil
+		},
+	}
+	return tr
+}
+
+// notSentError marks a failure before any byte of the request was sent.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
+
+// balancedTransport picks an endpoint for each request and moves on to the
+// next when one cannot be reached.
+type balancedTransport struct{ t *HTTPTransport }
+
+func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	svc, err := b.t.service(req.URL.Host)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	if _, err := svc.watch.Wait(req.Context()); err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("mesh: endpoints of %s: %w", svc.target, err)
+	}
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	var tried []string
+	var lastErr error
+	for {
+		pick, err := svc.bal.Pick(tried)
+		if err != nil {
+			closeBody(req)
+			if lastErr != nil {
+				return nil, lastErr
+			}
+			return nil, fmt.Errorf("mesh: %s (%s): %w", host, svc.target, err)
+		}
+		out := req.Clone(req.Context())
+		out.URL.Scheme = "https"
+		out.URL.Host = pick.Addr
+		out.Host = host
+		if len(tried) > 0 && req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
+			if out.Body, err = req.GetBody(); err != nil {
+				pick.Done()
+				return nil, fmt.Errorf("mesh: replaying the request body: %w", err)
+			}
+		}
+		tried = append(tried, pick.Addr)
+		resp, err := svc.tr.RoundTrip(out)
+		if err != nil {
+			pick.Done()
+			var ns *notSentError
+			if !errors.As(err, &ns) {
+				return nil, err
+			}
+			pick.Failed()
+			lastErr = fmt.Errorf("mesh: %s endpoint %s: %w", host, pick.Addr, err)
+			replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+			if !replayable || req.Context().Err() != nil {
+				return nil, lastErr
+			}
+			continue
+		}
+		pick.Succeeded()
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: pick.Done}
+		return resp, nil
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// doneBody ends the request's count on its endpoint when the body is
+// closed (or fully read).
+type doneBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *doneBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.done()
+	}
+	return n, err
+}
+
+func (b *doneBody) Close() error {
+	b.done()
+	return b.ReadCloser.Close()
+}
+
+// ServerID returns the SPIFFE ID the server of resp presented (verified by
+// the mesh's client).
+func ServerID(resp *http.Response) (spiffeid.ID, bool) {
+	if resp == nil || resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+		return spiffeid.ID{}, false
+	}
+	id, err := x509svid.IDFromCert(resp.TLS.PeerCertificates[0])
+	return id, err == nil
+}
