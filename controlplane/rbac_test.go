@@ -2,6 +2,8 @@ package controlplane_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,7 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/internal/devworkloadapi"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/internal/xdscert"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -44,11 +48,28 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 			}},
 		}},
 	})
+	// The ledger gets its SVID from a Workload API socket, as in
+	// production; callers from in-process sources.
+	dir, err := os.MkdirTemp("", "rbac") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	wl := devworkloadapi.New(ca)
+	t.Cleanup(func() { wl.Close() })
+	sock, err := wl.Add(filepath.Join(dir, "ledger.sock"), spiffeid.RequireFromString(ledgerID))
+	if err != nil {
+		t.Fatal(err)
+	}
 	xdstest.StartBackend(t, m, xdstest.BackendOptions{
 		Name: "ledger-1", Service: "ledger", SPIFFEID: ledgerID,
-		Identity: devSource(t, ca, ledgerID),
+		CertProvider: xdscert.WorkloadAPI(sock),
 	})
 
+	evil, err := security.NewDevCA(spiffeid.RequireTrustDomainFromString("evil.test"), security.DevCAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name     string
 		caller   string
@@ -57,10 +78,26 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 		{"allowed identity", "spiffe://rec.test/trading", codes.OK},
 		{"other identity", "spiffe://rec.test/metering", codes.PermissionDenied},
 		{"allowed path prefix is not enough", "spiffe://rec.test/trading/extra", codes.PermissionDenied},
+		{"other trust domain", "spiffe://evil.test/trading", codes.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := xdstest.Dial(t, m.Addr, "ledger", devSource(t, ca, tt.caller))
+			issuer := ca
+			if spiffeid.RequireFromString(tt.caller).TrustDomain().Name() == "evil.test" {
+				issuer = evil
+			}
+			c := xdstest.Dial(t, m.Addr, "ledger", devSource(t, issuer, tt.caller))
+			if tt.wantCode == codes.Unavailable {
+				// The ledger refuses the handshake: no verdict ever comes.
+				cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+				defer ccancel()
+				_, err := call(cctx, c)
+				t.Logf("call as %s: %v", tt.caller, err)
+				if status.Code(err) != codes.Unavailable {
+					t.Errorf("call as %s: %v, want UNAVAILABLE (handshake refused)", tt.caller, err)
+				}
+				return
+			}
 			var last error
 			xdstest.WaitFor(ctx, t, "a verdict from the ledger", func() error {
 				_, last = call(ctx, c)
@@ -74,4 +111,29 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClientRefusesServerWithUnregisteredIdentity: the cluster carries the
+// SPIFFE IDs its endpoints registered, so a server presenting another ID
+// (same trust domain) is refused by the client.
+func TestClientRefusesServerWithUnregisteredIdentity(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ca, err := security.NewDevCA(spiffeid.RequireTrustDomainFromString("rec.test"), security.DevCAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "ledger"}}})
+	xdstest.StartBackend(t, m, xdstest.BackendOptions{
+		Name: "impostor", Service: "ledger", SPIFFEID: "spiffe://rec.test/ledger",
+		Identity: devSource(t, ca, "spiffe://rec.test/impostor"),
+	})
+	c := xdstest.Dial(t, m.Addr, "ledger", devSource(t, ca, "spiffe://rec.test/trading"))
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ccancel()
+	_, err = call(cctx, c)
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("call to a server with the wrong ID: %v, want UNAVAILABLE", err)
+	}
+	t.Logf("refused: %v", err)
 }

@@ -165,6 +165,9 @@ type BackendOptions struct {
 	// SPIFFEID the ID registered for it.
 	Identity xdscert.Source
 	SPIFFEID string
+	// CertProvider, when set, replaces Identity: the bootstrap names it
+	// (xdscert.WorkloadAPI, say).
+	CertProvider *xdsbootstrap.CertProvider
 	// Addr is where to listen; default 127.0.0.1:0.
 	Addr string
 	// NoRegister skips registration; the test registers the backend.
@@ -187,7 +190,11 @@ func StartBackend(t testing.TB, m *Meshd, o BackendOptions) *Backend {
 	if !o.NoRegister {
 		Register(t, m, registration.Registration{Service: o.Service, Version: o.Version, Address: b.Addr, SPIFFEID: o.SPIFFEID})
 	}
-	bopt, err := xdsbootstrap.ServerOption(m.Bootstrap(t, o.Identity))
+	bc := m.Bootstrap(t, o.Identity)
+	if o.CertProvider != nil {
+		bc.CertProvider = o.CertProvider
+	}
+	bopt, err := xdsbootstrap.ServerOption(bc)
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
