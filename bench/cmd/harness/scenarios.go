@@ -43,20 +43,22 @@ func scenarios() []*scenario {
 			Name:        "c-mtls",
 			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial, SVIDs from the Workload API (meshd dev), per-call authorization, one backend",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-mtls", 1)
+				return h.meshScenario(ctx, "c-mtls", 1, false, false)
 			},
 		},
 		{
 			Name:        "c-nootel",
-			Description: "(c) gridmesh with discovery: static:/// target over three backends, round robin; OTel off",
+			Description: "(c) gridmesh without OTel: static:/// target over three backends, round robin, default resilience policy",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-nootel", 3)
+				return h.meshScenario(ctx, "c-nootel", 3, true, false)
 			},
 		},
 		{
 			Name:        "c-full",
 			Description: "(c) gridmesh full: three backends, round robin, default resilience, OTel on with a batch span processor exporting OTLP to a sink",
-			Missing:     "the telemetry package (OTel setup) has not landed in the tree",
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "c-full", 3, true, true)
+			},
 		},
 		{
 			Name:        "d-sidecar",
@@ -100,23 +102,43 @@ func (h *harness) direct(ctx context.Context, name, mode string, env []string) e
 }
 
 // meshScenario starts n mesh servers and a mesh load generator; with more
-// than one server the target is static:/// and calls are balanced.
-func (h *harness) meshScenario(ctx context.Context, name string, n int) error {
+// than one server the target is static:/// and calls are balanced. With
+// otel, every mesh process exports spans and metrics to an OTLP sink of
+// the scenario's own, which is then on the path too.
+func (h *harness) meshScenario(ctx context.Context, name string, n int, res, otel bool) error {
 	sc := h.byName[name]
+	var env, sargs, largs []string
+	if otel {
+		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("server"), "-mode", "otlp-sink")
+		if err != nil {
+			return err
+		}
+		sink.role = "sink"
+		sc.path = append(sc.path, sink)
+		env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + addr, "OTEL_EXPORTER_OTLP_INSECURE=true"}
+		sargs = append(sargs, "-otel")
+		largs = append(largs, "-otel")
+	}
+	if res {
+		largs = append(largs, "-resilience")
+	}
 	var addrs []string
 	for i := range n {
-		srv, addr, err := h.l.startServer(fmt.Sprintf("%s-server%d", name, i), h.identityEnv("server"), h.bin("server"), "-mode", "mesh")
+		srv, addr, err := h.l.startServer(fmt.Sprintf("%s-server%d", name, i), append(h.identityEnv("server"), env...),
+			append([]string{h.bin("server"), "-mode", "mesh"}, sargs...)...)
 		if err != nil {
 			return err
 		}
 		sc.path = append(sc.path, srv)
 		addrs = append(addrs, addr)
 	}
-	largs := []string{h.bin("load"), "-mode", "mesh", "-target", addrs[0]}
+	target := addrs[0]
 	if n > 1 {
-		largs = []string{h.bin("load"), "-mode", "mesh", "-balance", "-target", "static:///" + strings.Join(addrs, ",")}
+		target = "static:///" + strings.Join(addrs, ",")
+		largs = append(largs, "-balance")
 	}
-	load, err := h.l.startLoad(name+"-load", h.identityEnv("load"), largs...)
+	largs = append([]string{h.bin("load"), "-mode", "mesh", "-target", target}, largs...)
+	load, err := h.l.startLoad(name+"-load", append(h.identityEnv("load"), env...), largs...)
 	if err != nil {
 		return err
 	}

@@ -9,11 +9,14 @@
 // the window (from /proc/self/stat), so the harness can sum CPU over every
 // process on the path.
 //
-//	load -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n] [-balance]
+//	load -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n]
+//	     [-balance] [-resilience] [-otel]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
 // SPIFFE_ENDPOINT_SOCKET; with -balance the target is static:///a,b,c and
-// calls are spread round robin.
+// calls are spread round robin; -resilience applies resilience.Default()
+// and -otel exports traces and metrics over OTLP/gRPC to
+// OTEL_EXPORTER_OTLP_ENDPOINT.
 package main
 
 import (
@@ -66,13 +69,15 @@ func run(ctx context.Context, args []string) error {
 	caFile := fs.String("ca", "", "PEM CA certificate that signed the server's (tls mode)")
 	serverName := fs.String("server-name", "localhost", "name to verify in the server certificate (tls mode)")
 	balance := fs.Bool("balance", false, "resolve a static:/// target with gridmesh's discovery and balance round robin")
+	res := fs.Bool("resilience", false, "mesh mode: apply resilience.Default() to every call")
+	otel := fs.Bool("otel", false, "mesh mode: OTel on, exporting OTLP to OTEL_EXPORTER_OTLP_ENDPOINT")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *target == "" {
 		return errors.New("-target is required")
 	}
-	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance)
+	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *otel)
 	if err != nil {
 		return err
 	}
@@ -127,7 +132,7 @@ func run(ctx context.Context, args []string) error {
 	return in.Err()
 }
 
-func dial(ctx context.Context, mode, target, caFile, serverName string, balance bool) (*grpc.ClientConn, func(), error) {
+func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res, otel bool) (*grpc.ClientConn, func(), error) {
 	nop := func() {}
 	var opts []grpc.DialOption
 	if balance {
@@ -162,12 +167,30 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance 
 		if err != nil {
 			return nil, nop, err
 		}
+		cleanup := func() { src.Close() }
+		if otel {
+			o, shutdown, err := telemetryOn(ctx, src, target)
+			if err != nil {
+				cleanup()
+				return nil, nop, err
+			}
+			cleanup = func() { shutdown(); src.Close() }
+			opts = append(opts, o...)
+		}
+		if res {
+			o, err := resilienceOn()
+			if err != nil {
+				cleanup()
+				return nil, nop, err
+			}
+			opts = append(opts, o...)
+		}
 		conn, err := mesh.Dial(ctx, target, mesh.WithIdentity(src), mesh.WithGRPCDialOptions(opts...))
 		if err != nil {
-			src.Close()
+			cleanup()
 			return nil, nop, err
 		}
-		return conn, func() { src.Close() }, nil
+		return conn, cleanup, nil
 	default:
 		return nil, nop, errors.New("-mode must be plain, tls or mesh, not " + mode)
 	}

@@ -3,10 +3,11 @@
 // and discards spans. It prints "listening <addr>" once it accepts
 // connections and serves until SIGINT or SIGTERM.
 //
-//	server -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem]
+//	server -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem] [-otel]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
-// SPIFFE_ENDPOINT_SOCKET.
+// SPIFFE_ENDPOINT_SOCKET. With -otel, telemetry.Setup exports traces and
+// metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT (an otlp-sink).
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	collectormetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -45,6 +47,7 @@ func run(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	certFile := fs.String("cert", "", "PEM certificate chain (tls mode)")
 	keyFile := fs.String("key", "", "PEM private key (tls mode)")
+	otel := fs.Bool("otel", false, "mesh mode: OTel on, exporting OTLP to OTEL_EXPORTER_OTLP_ENDPOINT")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,6 +71,7 @@ func run(ctx context.Context, args []string) error {
 		srv := grpc.NewServer(opts...)
 		if *mode == "otlp-sink" {
 			collectortrace.RegisterTraceServiceServer(srv, &sink{})
+			collectormetrics.RegisterMetricsServiceServer(srv, &metricSink{})
 		} else {
 			testgrpc.RegisterTestServiceServer(srv, echo.Service{})
 		}
@@ -80,7 +84,16 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		defer src.Close()
-		srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithDrainTimeout(0))
+		opts := []mesh.ServerOption{mesh.WithIdentity(src), mesh.WithDrainTimeout(0)}
+		if *otel {
+			o, shutdown, err := telemetryOn(ctx, "bench-server", src)
+			if err != nil {
+				return err
+			}
+			defer shutdown()
+			opts = append(opts, o...)
+		}
+		srv, err := mesh.NewServer(opts...)
 		if err != nil {
 			return err
 		}
@@ -93,12 +106,20 @@ func run(ctx context.Context, args []string) error {
 	}
 }
 
-// sink accepts OTLP trace exports and drops them: the cheapest collector
-// there is, so the exporter's own cost is what gets measured.
+// sink accepts OTLP trace and metric exports and drops them: the cheapest
+// collector there is, so the exporters' own cost is what gets measured.
 type sink struct {
 	collectortrace.UnimplementedTraceServiceServer
 }
 
 func (*sink) Export(context.Context, *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
 	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+type metricSink struct {
+	collectormetrics.UnimplementedMetricsServiceServer
+}
+
+func (*metricSink) Export(context.Context, *collectormetrics.ExportMetricsServiceRequest) (*collectormetrics.ExportMetricsServiceResponse, error) {
+	return &collectormetrics.ExportMetricsServiceResponse{}, nil
 }
