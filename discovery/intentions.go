@@ -24,8 +24,10 @@ type IntentionsConfig struct {
 	// deny, as Consul does with ACLs in default-deny mode.
 	DefaultAllow bool
 	// SourceName maps a caller's SPIFFE ID to the Consul service name that
-	// intentions name. Default ServiceName. A caller it maps to nothing
-	// matches only wildcard ("*") intentions.
+	// intentions name. Default: ServiceName, for callers in
+	// Config.TrustDomain only when that is set (a federated trust domain's
+	// "web" is not this one's). A caller it maps to nothing matches only
+	// wildcard ("*") intentions.
 	SourceName func(spiffeid.ID) (string, bool)
 }
 
@@ -57,6 +59,14 @@ func (r *Registry) WatchIntentions(ctx context.Context, cfg IntentionsConfig) (*
 	}
 	if cfg.SourceName == nil {
 		cfg.SourceName = ServiceName
+		if td := r.cfg.TrustDomain; !td.IsZero() {
+			cfg.SourceName = func(id spiffeid.ID) (string, bool) {
+				if !id.MemberOf(td) {
+					return "", false
+				}
+				return ServiceName(id)
+			}
+		}
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	in := &Intentions{cfg: cfg, cancel: cancel, done: make(chan struct{})}

@@ -146,3 +146,24 @@ func TestIntentionsKeptWhileConsulDown(t *testing.T) {
 		t.Errorf("WatchIntentions with Consul down = %v, want a deadline error", err)
 	}
 }
+
+// TestIntentionsIgnoreNamesFromOtherTrustDomains: with a trust domain set,
+// a federated caller whose ID names the same service matches only
+// wildcard intentions.
+func TestIntentionsIgnoreNamesFromOtherTrustDomains(t *testing.T) {
+	f := consul.New(t, consul.Options{})
+	upsert(t, f.Client(), "web", "trading", api.IntentionActionAllow)
+	reg, err := discovery.New(discovery.Config{Consul: f.Client(), TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading"})
+	for id, want := range map[string]bool{
+		"spiffe://example.org/service/web": true,
+		"spiffe://partner.org/service/web": false,
+	} {
+		if ok, rule := in.Authorize(context.Background(), spiffeid.RequireFromString(id), "/x.Y/Z"); ok != want {
+			t.Errorf("%s: allowed=%v (%s), want %v", id, ok, rule, want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -19,7 +20,7 @@ type Service struct {
 	// Name is the Consul service name. Required.
 	Name string
 	// ID is the instance ID, unique on the agent. Default
-	// "<name>-<address>-<port>".
+	// "<name>-<address>:<port>" (the host name when Address is empty).
 	ID string
 	// Address and Port are where the instance serves. Port is required; an
 	// empty Address means the agent's node address.
@@ -85,7 +86,11 @@ func (r *Registry) Register(ctx context.Context, svc Service) (*Registration, er
 		svc.DeregisterCriticalAfter = time.Minute
 	}
 	if svc.ID == "" {
-		svc.ID = svc.Name + "-" + net.JoinHostPort(svc.Address, strconv.Itoa(svc.Port))
+		host := svc.Address
+		if host == "" {
+			host, _ = os.Hostname()
+		}
+		svc.ID = svc.Name + "-" + net.JoinHostPort(host, strconv.Itoa(svc.Port))
 	}
 	meta := maps.Clone(svc.Meta)
 	if meta == nil {
