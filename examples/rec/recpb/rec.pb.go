@@ -2583,9 +2583,16 @@ type TradingStats struct {
 	TradedCents     int64                  `protobuf:"varint,7,opt,name=traded_cents,json=tradedCents,proto3" json:"traded_cents,omitempty"`
 	LastSeq         int64                  `protobuf:"varint,8,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	// market_moves counts markets taken over by another instance.
-	MarketMoves   int64 `protobuf:"varint,9,opt,name=market_moves,json=marketMoves,proto3" json:"market_moves,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MarketMoves int64 `protobuf:"varint,9,opt,name=market_moves,json=marketMoves,proto3" json:"market_moves,omitempty"`
+	// open_sell_mwh is what open sell orders have left: the registry's held
+	// MWh once settlement has caught up.
+	OpenSellMwh int64 `protobuf:"varint,10,opt,name=open_sell_mwh,json=openSellMwh,proto3" json:"open_sell_mwh,omitempty"`
+	// open_buy_hold_cents is what open buy orders' holds have left (price ×
+	// MWh less what their fills cost): the accounts' held cents once
+	// settlement has caught up.
+	OpenBuyHoldCents int64 `protobuf:"varint,11,opt,name=open_buy_hold_cents,json=openBuyHoldCents,proto3" json:"open_buy_hold_cents,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *TradingStats) Reset() {
@@ -2677,6 +2684,20 @@ func (x *TradingStats) GetLastSeq() int64 {
 func (x *TradingStats) GetMarketMoves() int64 {
 	if x != nil {
 		return x.MarketMoves
+	}
+	return 0
+}
+
+func (x *TradingStats) GetOpenSellMwh() int64 {
+	if x != nil {
+		return x.OpenSellMwh
+	}
+	return 0
+}
+
+func (x *TradingStats) GetOpenBuyHoldCents() int64 {
+	if x != nil {
+		return x.OpenBuyHoldCents
 	}
 	return 0
 }
@@ -3090,7 +3111,7 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"\vEventsReply\x124\n" +
 	"\x06events\x18\x01 \x03(\v2\x1c.gridmesh.examples.rec.EventR\x06events\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x03R\alastSeq\"\x15\n" +
-	"\x13TradingStatsRequest\"\xc4\x02\n" +
+	"\x13TradingStatsRequest\"\x97\x03\n" +
 	"\fTradingStats\x12'\n" +
 	"\x0forders_accepted\x18\x01 \x01(\x03R\x0eordersAccepted\x12'\n" +
 	"\x0forders_rejected\x18\x02 \x01(\x03R\x0eordersRejected\x12\x1f\n" +
@@ -3102,7 +3123,10 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"traded_mwh\x18\x06 \x01(\x03R\ttradedMwh\x12!\n" +
 	"\ftraded_cents\x18\a \x01(\x03R\vtradedCents\x12\x19\n" +
 	"\blast_seq\x18\b \x01(\x03R\alastSeq\x12!\n" +
-	"\fmarket_moves\x18\t \x01(\x03R\vmarketMoves\",\n" +
+	"\fmarket_moves\x18\t \x01(\x03R\vmarketMoves\x12\"\n" +
+	"\ropen_sell_mwh\x18\n" +
+	" \x01(\x03R\vopenSellMwh\x12-\n" +
+	"\x13open_buy_hold_cents\x18\v \x01(\x03R\x10openBuyHoldCents\",\n" +
 	"\x0fGetTradeRequest\x12\x19\n" +
 	"\btrade_id\x18\x01 \x01(\tR\atradeId\"\x84\x01\n" +
 	"\fSettledTrade\x122\n" +

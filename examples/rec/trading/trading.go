@@ -554,11 +554,14 @@ func (s *Server) Stats(ctx context.Context, _ *recpb.TradingStatsRequest) (*recp
 		(SELECT coalesce(sum(mwh), 0) FROM trades),
 		(SELECT coalesce(sum(mwh * price), 0) FROM trades),
 		(SELECT coalesce(max(seq), 0) FROM events),
-		(SELECT coalesce(sum(moves), 0) FROM markets)`).
-		Scan(&st.OrdersAccepted, &st.OrdersRejected, &st.OrdersOpen, &st.OrdersCancelled, &st.Trades, &st.TradedMwh, &st.TradedCents, &st.LastSeq, &st.MarketMoves)
+		(SELECT coalesce(sum(moves), 0) FROM markets),
+		(SELECT coalesce(sum(mwh - filled), 0) FROM orders WHERE side = 2 AND status = 1),
+		(SELECT coalesce(sum(o.price * o.mwh - (SELECT coalesce(sum(t.mwh * t.price), 0) FROM trades t WHERE t.buy_order = o.order_id)), 0)
+			FROM orders o WHERE o.side = 1 AND o.status = 1)`).
+		Scan(&st.OrdersAccepted, &st.OrdersRejected, &st.OrdersOpen, &st.OrdersCancelled, &st.Trades, &st.TradedMwh, &st.TradedCents, &st.LastSeq, &st.MarketMoves,
+			&st.OpenSellMwh, &st.OpenBuyHoldCents)
 	if err != nil {
 		return nil, recdb.StoreErr(err)
 	}
 	return st, nil
 }
-

@@ -1,0 +1,102 @@
+// Command gateway serves the REC platform's HTTP JSON API (package
+// gateway) and calls the services over the mesh.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/gridmesh/gridmesh/examples/rec/gateway"
+	"github.com/gridmesh/gridmesh/examples/rec/policy"
+	"github.com/gridmesh/gridmesh/examples/rec/recdb"
+	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
+	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	listen := flag.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
+	dbPath := flag.String("db", "gateway.db", "SQLite database for HTTP idempotency keys (created if missing)")
+	tradingAddr := flag.String("trading", "127.0.0.1:7103", "trading instances: host:port[,...] or a target")
+	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target")
+	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
+	settlementAddr := flag.String("settlement", "127.0.0.1:7104", "settlement service: host:port[,...] or a target")
+	flag.Parse()
+
+	log := recmesh.Logger("gateway")
+	node, err := recmesh.Start(ctx, "gateway", log)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	db, err := recdb.Open(ctx, *dbPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	var c gateway.Clients
+	for _, d := range []struct {
+		addr, workload string
+		set            func(*grpc.ClientConn)
+	}{
+		{*tradingAddr, policy.Trading, func(cc *grpc.ClientConn) { c.Trading = recpb.NewTradingClient(cc) }},
+		{*accounts, policy.Accounts, func(cc *grpc.ClientConn) { c.Accounts = recpb.NewAccountsClient(cc) }},
+		{*registry, policy.Registry, func(cc *grpc.ClientConn) { c.Registry = recpb.NewRegistryClient(cc) }},
+		{*settlementAddr, policy.Settlement, func(cc *grpc.ClientConn) { c.Settlement = recpb.NewSettlementClient(cc) }},
+	} {
+		bal := recmesh.RoundRobin
+		if d.workload == policy.Trading {
+			bal = recmesh.RingHash // each market to one instance
+		}
+		cc, err := node.Dial(ctx, d.addr, d.workload, bal)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		d.set(cc)
+	}
+
+	// TODO(mesh.NewHTTPServer): serve through the mesh HTTP server once it
+	// exists; only these lines change.
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: gateway.Handler(c, recdb.NewStore(db, 0)), ReadHeaderTimeout: 5 * time.Second}
+	fmt.Printf("gateway: serving as %s on http://%s\n", node.ID, lis.Addr())
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

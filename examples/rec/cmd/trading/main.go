@@ -1,0 +1,75 @@
+// Command trading serves one instance of the REC platform's trading
+// service. Run two or more with the same -db: they share the journal, and
+// clients send each market to one of them (see package trading).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/gridmesh/gridmesh/examples/rec/policy"
+	"github.com/gridmesh/gridmesh/examples/rec/recdb"
+	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
+	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+	"github.com/gridmesh/gridmesh/examples/rec/trading"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "trading:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	listen := flag.String("listen", "127.0.0.1:7103", "address to serve gRPC on")
+	dbPath := flag.String("db", "trading.db", "the journal shared by every trading instance (SQLite, created if missing)")
+	instance := flag.String("instance", "", "this instance's name (default: the listen address)")
+	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target like consul:///accounts")
+	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
+	flag.Parse()
+	if *instance == "" {
+		*instance = *listen
+	}
+
+	log := recmesh.Logger("trading").With("instance", *instance)
+	node, err := recmesh.Start(ctx, "trading", log)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	db, err := recdb.Open(ctx, *dbPath, trading.Schema...)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ac, err := node.Dial(ctx, *accounts, policy.Accounts, recmesh.RoundRobin)
+	if err != nil {
+		return err
+	}
+	defer ac.Close()
+	rc, err := node.Dial(ctx, *registry, policy.Registry, recmesh.RoundRobin)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+
+	srv, err := node.NewServer(&recpb.Trading_ServiceDesc, db)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	recpb.RegisterTradingServer(srv, trading.New(db, trading.Config{
+		Instance: *instance,
+		Accounts: recpb.NewAccountsClient(ac),
+		Registry: recpb.NewRegistryClient(rc),
+		Logger:   log,
+	}))
+	return node.Serve(ctx, srv, *listen)
+}
