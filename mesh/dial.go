@@ -47,9 +47,16 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	grpcOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(security.ClientCredentials(cfg.identity, expect)),
 	}, cfg.grpcOptions...)
-	cc, err := grpc.NewClient(target, grpcOpts...)
+	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
+	grpcOpts = append(tel.dialOptions(target), grpcOpts...) // telemetry interceptors outermost
+	cc, err := grpc.NewClient(target, grpcOpts...)
+	if err != nil {
+		tel.close()
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	tel.registerClient(cfg.identity, target, cc)
 	return cc, nil
 }

@@ -23,8 +23,9 @@ type Option interface {
 }
 
 type commonConfig struct {
-	identity security.Source
-	logger   *slog.Logger
+	identity  security.Source
+	logger    *slog.Logger
+	telemetry telemetryConfig // mesh/telemetry.go
 }
 
 type serverConfig struct {

@@ -31,6 +31,7 @@ type Server struct {
 	id     spiffeid.ID
 	drain  time.Duration
 	logger *slog.Logger
+	tel    *meshTelemetry // mesh/telemetry.go
 
 	closeOnce sync.Once
 }
@@ -64,7 +65,11 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	if authz == nil {
 		authz = security.AllowAll()
 	}
-	unary, stream := security.Interceptors(openHealth(authz), cfg.onDeny)
+	tel, err := newTelemetry(&cfg.commonConfig, id)
+	if err != nil {
+		return nil, err
+	}
+	unary, stream := security.Interceptors(openHealth(authz), tel.onDeny(cfg.onDeny))
 	grpcOpts := []grpc.ServerOption{
 		grpc.Creds(security.ServerCredentials(cfg.identity, cfg.grace)),
 		grpc.ChainUnaryInterceptor(unary),
@@ -74,8 +79,11 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 			MaxConnectionAgeGrace: cfg.grace,
 		}),
 	}
+	grpcOpts = append(tel.serverOptions(), grpcOpts...) // telemetry interceptors outermost
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
+	tel.registerServer(cfg.identity, cfg.authorizer)
 	s := &Server{
+		tel:    tel,
 		grpc:   grpc.NewServer(grpcOpts...),
 		health: health.NewServer(),
 		id:     id,
@@ -162,6 +170,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.health.Shutdown()
 		s.grpc.Stop()
+		s.tel.close()
 	})
 	return nil
 }

@@ -1,0 +1,294 @@
+package mesh
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+
+	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
+)
+
+// telemetryConfig is the telemetry part of commonConfig.
+type telemetryConfig struct {
+	tracer    trace.TracerProvider
+	meter     metric.MeterProvider
+	off       bool
+	adminAddr string
+}
+
+// WithTracerProvider sets where the spans of the mesh's otelgrpc stats
+// handlers go. Default: the global TracerProvider (otel.GetTracerProvider),
+// a no-op until telemetry.Setup or otel.SetTracerProvider installs one.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return bothOption(func(c *commonConfig) { c.telemetry.tracer = tp })
+}
+
+// WithMeterProvider sets where the mesh's metrics go: the otelgrpc RPC
+// metrics and the mesh metrics of telemetry.Metrics (calls labelled by
+// caller and callee SPIFFE ID, retries, breaker changes, denials, ...).
+// Default: the global MeterProvider, a no-op until one is installed.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return bothOption(func(c *commonConfig) { c.telemetry.meter = mp })
+}
+
+// WithoutTelemetry installs no stats handlers and no metrics interceptors:
+// no spans, no metrics, no trace context propagation, no events for the
+// admin endpoint. Telemetry left on with no-op providers costs little (see
+// bench/telemetry); this removes even that.
+func WithoutTelemetry() Option {
+	return bothOption(func(c *commonConfig) { c.telemetry.off = true })
+}
+
+// meshTelemetry is what one server or client connection has of telemetry.
+type meshTelemetry struct {
+	cfg     telemetryConfig
+	metrics *telemetry.Metrics
+	self    spiffeid.ID
+	admin   *admin.Server // nil unless WithAdmin
+
+	// Hooks for the admin endpoint, nil until the mesh wires them: the
+	// balancer policy, breaker state and endpoints of a client's target.
+	balancer  func() string
+	breaker   func() string
+	endpoints func() []admin.Endpoint
+	policies  func() []admin.Policy
+
+	mu       sync.Mutex
+	closers  []func()
+	released bool
+}
+
+func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
+	t := &meshTelemetry{cfg: c.telemetry, self: self}
+	if t.cfg.off {
+		return t, nil
+	}
+	t.metrics = telemetry.NewMetrics(t.cfg.meter)
+	t.closers = append(t.closers, t.metrics.ObserveSVID(svidObserver(c.identity)))
+	if t.cfg.adminAddr != "" {
+		a, release, err := acquireAdmin(t.cfg.adminAddr, c.logger)
+		if err != nil {
+			t.close()
+			return nil, err
+		}
+		t.admin = a
+		t.closers = append(t.closers, release, t.metrics.OnEvent(a.Record))
+	}
+	return t, nil
+}
+
+// close releases the admin endpoint and metric callbacks. Safe to call
+// more than once and on a nil *meshTelemetry.
+func (t *meshTelemetry) close() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.released {
+		return
+	}
+	t.released = true
+	for i := len(t.closers) - 1; i >= 0; i-- {
+		t.closers[i]()
+	}
+}
+
+// onDeny counts denials and records them for the admin endpoint, then calls
+// next (the WithDenialHook function, may be nil).
+func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.DeniedError) {
+	if t == nil || t.metrics == nil {
+		return next
+	}
+	m := t.metrics
+	return func(d *security.DeniedError) {
+		m.AuthzDenied(d.Rule, d.Caller.String(), d.Target)
+		if next != nil {
+			next(d)
+		}
+	}
+}
+
+// serverOptions are the stats handler and the metrics interceptors, to be
+// put before every other server option so the interceptors run outermost.
+func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
+	if t == nil || t.cfg.off {
+		return nil
+	}
+	unary, stream := telemetry.ServerInterceptors(t.metrics, t.self.String())
+	return []grpc.ServerOption{
+		grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter)),
+		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainStreamInterceptor(stream),
+	}
+}
+
+// dialOptions are the client counterpart of serverOptions.
+func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
+	if t == nil || t.cfg.off {
+		return nil
+	}
+	unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)
+	return []grpc.DialOption{
+		grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter)),
+		grpc.WithChainUnaryInterceptor(unary),
+		grpc.WithChainStreamInterceptor(stream),
+	}
+}
+
+// registerServer shows a server on the admin endpoint until close.
+func (t *meshTelemetry) registerServer(src security.Source, authorizer security.Authorizer) {
+	if t == nil || t.admin == nil {
+		return
+	}
+	scope := t.self.String()
+	policy := admin.Policy{Kind: "authz", Scope: scope, Name: "default", Source: "default",
+		Detail: "allow every caller with a valid SVID of a trusted trust domain (no WithAuthorizer)"}
+	if authorizer != nil {
+		policy = admin.Policy{Kind: "authz", Scope: scope, Name: "authorizer", Source: "code",
+			Detail: "WithAuthorizer; denials below name the deciding rule"}
+	}
+	health := admin.Policy{Kind: "authz", Scope: scope, Name: "health", Source: "default",
+		Detail: "/grpc.health.v1.Health/* open to every authenticated caller"}
+	unregister := t.admin.Register(admin.Provider{
+		Component: admin.Component{Kind: "server", Name: scope},
+		Identity:  func() admin.Identity { return identityView(src, t.self) },
+		Policies: func() []admin.Policy {
+			ps := []admin.Policy{policy, health}
+			if t.policies != nil {
+				ps = append(ps, t.policies()...)
+			}
+			return ps
+		},
+	})
+	t.mu.Lock()
+	t.closers = append(t.closers, unregister)
+	t.mu.Unlock()
+}
+
+// registerClient shows a client connection on the admin endpoint until the
+// connection is closed (or close is called).
+func (t *meshTelemetry) registerClient(src security.Source, target string, cc *grpc.ClientConn) {
+	if t == nil || t.admin == nil {
+		return
+	}
+	unregister := t.admin.Register(admin.Provider{
+		Component: admin.Component{Kind: "client", Name: target},
+		Identity:  func() admin.Identity { return identityView(src, t.self) },
+		Targets: func() []admin.Target {
+			tg := admin.Target{Target: target, State: strings.ToLower(cc.GetState().String()), Source: scheme(target)}
+			if t.balancer != nil {
+				tg.Balancer = t.balancer()
+			}
+			if t.breaker != nil {
+				tg.Breaker = t.breaker()
+			}
+			if t.endpoints != nil {
+				tg.Endpoints = t.endpoints()
+			}
+			return []admin.Target{tg}
+		},
+		Policies: t.policies,
+	})
+	t.mu.Lock()
+	t.closers = append(t.closers, unregister)
+	t.mu.Unlock()
+	// A ClientConn has no close hook: watch for its Shutdown state. The
+	// goroutine ends when the connection is closed.
+	go func() {
+		for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
+			cc.WaitForStateChange(context.Background(), s)
+		}
+		t.close()
+	}()
+}
+
+func scheme(target string) string {
+	if i := strings.Index(target, "://"); i > 0 {
+		return target[:i]
+	}
+	return "passthrough"
+}
+
+func svidObserver(src security.Source) func() (string, time.Time, bool) {
+	return func() (string, time.Time, bool) {
+		if src == nil {
+			return "", time.Time{}, false
+		}
+		svid, err := src.GetX509SVID()
+		if err != nil || len(svid.Certificates) == 0 {
+			return "", time.Time{}, false
+		}
+		return svid.ID.String(), svid.Certificates[0].NotAfter, true
+	}
+}
+
+func identityView(src security.Source, self spiffeid.ID) admin.Identity {
+	v := admin.Identity{SPIFFEID: self.String(), Bundles: []admin.Bundle{}}
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	if len(svid.Certificates) > 0 {
+		leaf := svid.Certificates[0]
+		v.SPIFFEID = svid.ID.String()
+		v.Serial = leaf.SerialNumber.Text(16)
+		v.NotBefore, v.Expiry = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
+		v.Issuer = leaf.Issuer.String()
+	}
+	td := svid.ID.TrustDomain()
+	b, err := src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	bv := admin.Bundle{TrustDomain: td.Name(), Authorities: []admin.Authority{}}
+	for _, c := range b.X509Authorities() {
+		sum := sha256.Sum256(c.Raw)
+		bv.Authorities = append(bv.Authorities, admin.Authority{
+			Subject: c.Subject.String(), NotAfter: c.NotAfter.UTC(), SHA256: hex.EncodeToString(sum[:]),
+		})
+	}
+	v.Bundles = append(v.Bundles, bv)
+	return v
+}
+
+// newDialTelemetry is newTelemetry for Dial, which knows its own ID only
+// from the source.
+func newDialTelemetry(c *commonConfig) (*meshTelemetry, error) {
+	if c.telemetry.off {
+		return &meshTelemetry{cfg: c.telemetry}, nil
+	}
+	self, err := security.ID(c.identity)
+	if err != nil {
+		return nil, err
+	}
+	return newTelemetry(c, self)
+}
+
+// otelhttpOptions are the otelhttp options for NewHTTPServer and
+// HTTPClient: W3C propagation and the providers of WithTracerProvider and
+// WithMeterProvider (the globals when unset).
+func (c *commonConfig) otelhttpOptions() []otelhttp.Option {
+	opts := []otelhttp.Option{otelhttp.WithPropagators(telemetry.Propagator())}
+	if c.telemetry.tracer != nil {
+		opts = append(opts, otelhttp.WithTracerProvider(c.telemetry.tracer))
+	}
+	if c.telemetry.meter != nil {
+		opts = append(opts, otelhttp.WithMeterProvider(c.telemetry.meter))
+	}
+	return opts
+}
