@@ -83,7 +83,7 @@ type Event struct {
 //	mesh.outlier.ejections       counter   target, endpoint
 //	mesh.authz.denials           counter   rule, source, method
 //	mesh.svid.rotations          counter   source
-//	mesh.svid.expiry             gauge     unix seconds of the current SVID's expiry, source
+//	mesh.svid.expiry             gauge     unix seconds of the current SVID's expiry, source (ObserveSVID)
 //	mesh.discovery.updates       counter   target, outcome
 //	mesh.discovery.endpoints     gauge     endpoints in the last update, target
 //	mesh.xds.updates             counter   type_url, outcome ("ok" or "nack")
@@ -97,7 +97,8 @@ type Metrics struct {
 	ejections   metric.Int64Counter
 	denials     metric.Int64Counter
 	rotations   metric.Int64Counter
-	expiry      metric.Float64Gauge
+	expiry      metric.Float64ObservableGauge
+	meter       metric.Meter
 	discovery   metric.Int64Counter
 	endpoints   metric.Int64Gauge
 	xds         metric.Int64Counter
@@ -130,7 +131,8 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mt.ejections, _ = m.Int64Counter("mesh.outlier.ejections", metric.WithUnit("{ejection}"), metric.WithDescription("Endpoints ejected by outlier detection."))
 	mt.denials, _ = m.Int64Counter("mesh.authz.denials", metric.WithUnit("{call}"), metric.WithDescription("Calls refused by authorization, by deciding rule."))
 	mt.rotations, _ = m.Int64Counter("mesh.svid.rotations", metric.WithUnit("{rotation}"), metric.WithDescription("X.509-SVID rotations."))
-	mt.expiry, _ = m.Float64Gauge("mesh.svid.expiry", metric.WithUnit("s"), metric.WithDescription("Expiry of the current X.509-SVID, Unix seconds."))
+	mt.meter = m
+	mt.expiry, _ = m.Float64ObservableGauge("mesh.svid.expiry", metric.WithUnit("s"), metric.WithDescription("Expiry of the current X.509-SVID, Unix seconds."))
 	mt.discovery, _ = m.Int64Counter("mesh.discovery.updates", metric.WithUnit("{update}"), metric.WithDescription("Endpoint updates from discovery, by outcome."))
 	mt.endpoints, _ = m.Int64Gauge("mesh.discovery.endpoints", metric.WithUnit("{endpoint}"), metric.WithDescription("Endpoints in the last discovery update."))
 	mt.xds, _ = m.Int64Counter("mesh.xds.updates", metric.WithUnit("{update}"), metric.WithDescription("xDS resource updates, by type and outcome (ok or nack)."))
@@ -265,23 +267,33 @@ func (m *Metrics) AuthzDenied(rule, caller, method string) {
 }
 
 // SVIDRotated records that the workload id got a new SVID expiring at
-// expiry. It also sets the mesh.svid.expiry gauge.
+// expiry.
 func (m *Metrics) SVIDRotated(id string, expiry time.Time) {
 	if m == nil {
 		return
 	}
 	m.rotations.Add(bg, 1, metric.WithAttributes(KeySource.String(id)))
-	m.SVIDExpiry(id, expiry)
 	m.emit(Event{Kind: EventRotated, Source: id, Detail: "expires " + expiry.UTC().Format(time.RFC3339)})
 }
 
-// SVIDExpiry sets the mesh.svid.expiry gauge for id without counting a
-// rotation (for the first SVID).
-func (m *Metrics) SVIDExpiry(id string, expiry time.Time) {
+// ObserveSVID makes the mesh.svid.expiry gauge report what current returns
+// (the SPIFFE ID and expiry of the SVID in use, ok false when there is
+// none) each time metrics are collected. The returned func stops it.
+func (m *Metrics) ObserveSVID(current func() (id string, expiry time.Time, ok bool)) (unregister func()) {
 	if m == nil {
-		return
+		return func() {}
 	}
-	m.expiry.Record(bg, float64(expiry.Unix()), metric.WithAttributes(KeySource.String(id)))
+	reg, err := m.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		if id, exp, ok := current(); ok {
+			o.ObserveFloat64(m.expiry, float64(exp.Unix()), metric.WithAttributes(KeySource.String(id)))
+		}
+		return nil
+	}, m.expiry)
+	if err != nil {
+		return func() {}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { _ = reg.Unregister() }) }
 }
 
 // DiscoveryUpdate records an endpoint update for target with n endpoints,
