@@ -122,7 +122,10 @@ func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *
 	if callCtx.Err() != nil || ctx.Err() != nil {
 		return err // the caller's deadline, a cancel, or a hedge loser
 	}
-	perTryExpired := actx != ctx && actx.Err() == context.DeadlineExceeded
+	// The server, told the same deadline, may answer DEADLINE_EXCEEDED a
+	// moment before the client's timer fires: with a per-try timeout set
+	// and the call's own deadline not passed, that is the per-try timeout.
+	perTryExpired := ms.retry.PerTryTimeout > 0 && code == codes.DeadlineExceeded
 	if retryableGRPC(code, p.Addr == nil, perTryExpired, lvl, keyed) {
 		return &retryableError{err}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,7 +216,9 @@ func TestDropAfterCommit(t *testing.T) {
 
 	t.Run("with keys concurrent", func(t *testing.T) {
 		// Four workers: a drop also kills the neighbours' calls, before or
-		// after their commit. More attempts let every call through.
+		// after their commit, so a call may run out of attempts; that is
+		// chance (about 0.6 per attempt here). What must hold is that no
+		// key is applied twice and every call that succeeded was applied.
 		p := p
 		p.Retry.MaxAttempts = 10
 		ids := idempotency.NewServer(idempotency.NewMemoryStore(time.Hour), nil)
@@ -225,16 +228,27 @@ func TestDropAfterCommit(t *testing.T) {
 		var attempts atomic.Int64
 		conn := dial(t, "passthrough:///"+srv.Addr, rc, &attempts)
 		ctx := testCtx(t, 2*time.Minute)
+		var succeeded sync.Map
 		failed := load(calls, 4, func(i int) error {
 			key := fmt.Sprintf("trade-%d", i)
 			_, err := ledgertest.Call(resilience.WithIdempotencyKey(ctx, key), conn, ledgertest.Apply, key)
+			if err == nil {
+				succeeded.Store(key, true)
+			}
 			return err
 		})
 		t.Logf("calls=%d failed=%d applied=%d attempts=%d retries=%d", calls, failed, srv.Applied(), attempts.Load(), ev.retries.Load())
-		got := map[string]any{"failed": failed, "applied": srv.Applied(), "applied twice": srv.AppliedTwice()}
-		want := map[string]any{"failed": int64(0), "applied": int64(calls), "applied twice": []string(nil)}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("(-want +got):\n%s", diff)
+		if twice := srv.AppliedTwice(); len(twice) > 0 {
+			t.Errorf("applied twice: %v", twice)
+		}
+		succeeded.Range(func(k, _ any) bool {
+			if n := srv.AppliedCount(k.(string)); n != 1 {
+				t.Errorf("%s succeeded but was applied %d times", k, n)
+			}
+			return true
+		})
+		if failed > calls/100 {
+			t.Errorf("failed = %d, want <= %d", failed, calls/100)
 		}
 	})
 

@@ -184,6 +184,13 @@ func (s *Server) AppliedTwice() []string {
 	return out
 }
 
+// AppliedCount returns how many times Apply applied value.
+func (s *Server) AppliedCount(value string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byKey[value]
+}
+
 // Canceled returns how many Get attempts ended because they were canceled.
 func (s *Server) Canceled() int64 { return s.canceled.Load() }
 
