@@ -5,7 +5,7 @@
 // The end-to-end harness runs servers, proxies and load generators as
 // separate processes and interleaves the scenarios over several rounds:
 //
-//	go build -o bin/ ./cmd/meshd ./bench/cmd/...
+//	go build -o bin/ ./cmd/meshd ./bench/cmd/harness ./bench/cmd/benchserver ./bench/cmd/benchload
 //	go test -c -o bin/bench.test ./bench
 //	bin/harness -bin bin -out bench-result.json        # full run, ~15 minutes
 //	bin/harness -bin bin -quick                        # ~1 minute

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,7 +18,9 @@ import (
 	"github.com/gridmesh/gridmesh/bench/internal/echo"
 	"github.com/gridmesh/gridmesh/bench/internal/pki"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("bench.gridmesh.dev")
@@ -32,7 +36,10 @@ func BenchmarkUnary(b *testing.B) {
 	}{
 		{"plaintext", startPlain},
 		{"tls", startTLS},
-		{"mesh", startMesh},
+		{"mesh", meshWith(false, false)},
+		{"mesh+resilience", meshWith(true, false)},
+		{"mesh+otel", meshWith(false, true)},
+		{"mesh+resilience+otel", meshWith(true, true)},
 	}
 	for _, s := range setups {
 		for _, size := range []int{100, 1024} {
@@ -96,7 +103,56 @@ func startTLS(b *testing.B) testgrpc.TestServiceClient {
 	return client(b, addr, grpc.WithTransportCredentials(credentials.NewTLS(m.ClientConfig())))
 }
 
-func startMesh(b *testing.B) testgrpc.TestServiceClient {
+// meshWith returns a setup for a mesh server and client, optionally with
+// resilience.Default() on the client and OTel (otelgrpc stats handlers and
+// mesh metrics interceptors on both sides, an SDK tracer provider with a
+// batch span processor, an SDK meter provider) as the mesh is to wire them.
+func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
+	return func(b *testing.B) testgrpc.TestServiceClient {
+		var sopts []grpc.ServerOption
+		var dopts []grpc.DialOption
+		if otel {
+			tp, mp := otelProviders(b)
+			unary, stream := telemetry.ServerInterceptors(telemetry.NewMetrics(mp), "spiffe://bench.gridmesh.dev/server")
+			sopts = append(sopts, grpc.StatsHandler(telemetry.ServerHandler(tp, mp)),
+				grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
+			cu, cs := telemetry.ClientInterceptors(telemetry.NewMetrics(mp), "spiffe://bench.gridmesh.dev/client", "server")
+			dopts = append(dopts, grpc.WithStatsHandler(telemetry.ClientHandler(tp, mp)),
+				grpc.WithChainUnaryInterceptor(cu), grpc.WithChainStreamInterceptor(cs))
+		}
+		if res {
+			rc, err := resilience.NewClient(resilience.DefaultConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			dopts = append(dopts, grpc.WithDisableRetry(),
+				grpc.WithChainUnaryInterceptor(rc.UnaryClientInterceptor()),
+				grpc.WithChainStreamInterceptor(rc.StreamClientInterceptor()))
+		}
+		return startMesh(b, sopts, dopts)
+	}
+}
+
+// otelProviders returns SDK providers: traces through a batch span
+// processor to an exporter that drops them, metrics aggregated in memory.
+func otelProviders(b *testing.B) (*sdktrace.TracerProvider, *sdkmetric.MeterProvider) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tp.Shutdown(ctx)
+		mp.Shutdown(ctx)
+	})
+	return tp, mp
+}
+
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+func startMesh(b *testing.B, sopts []grpc.ServerOption, dopts []grpc.DialOption) testgrpc.TestServiceClient {
 	b.Helper()
 	ca, err := security.NewDevCA(td, security.DevCAConfig{})
 	if err != nil {
@@ -110,7 +166,7 @@ func startMesh(b *testing.B) testgrpc.TestServiceClient {
 		b.Cleanup(func() { src.Close() })
 		return src
 	}
-	srv, err := mesh.NewServer(mesh.WithIdentity(source("/server")))
+	srv, err := mesh.NewServer(mesh.WithIdentity(source("/server")), mesh.WithGRPCServerOptions(sopts...))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -123,7 +179,7 @@ func startMesh(b *testing.B) testgrpc.TestServiceClient {
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, lis); close(done) }()
 	b.Cleanup(func() { cancel(); srv.Close(); <-done })
-	conn, err := mesh.Dial(ctx, lis.Addr().String(), mesh.WithIdentity(source("/client")))
+	conn, err := mesh.Dial(ctx, lis.Addr().String(), mesh.WithIdentity(source("/client")), mesh.WithGRPCDialOptions(dopts...))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,7 +7,7 @@
 //
 //	harness [-bin bin] [-out bench-result.json] [-quick] [-rounds 3] [-pin=true]
 //
-// It needs, in -bin: meshd, server, load and (for allocation figures)
+// It needs, in -bin: meshd, benchserver, benchload and (for allocation figures)
 // bench.test; and haproxy on PATH.
 package main
 
@@ -59,7 +59,7 @@ func (h *harness) identityEnv(identity string) []string {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
-	binDir := fs.String("bin", "bin", "directory with meshd, server, load and bench.test")
+	binDir := fs.String("bin", "bin", "directory with meshd, benchserver, benchload and bench.test")
 	out := fs.String("out", "bench-result.json", "result file (JSON); the table goes to the same name with .md")
 	quick := fs.Bool("quick", false, "about a minute: fewer load points, one short round")
 	rounds := fs.Int("rounds", 0, "rounds over all scenarios (default 3, or 1 with -quick)")
@@ -82,9 +82,9 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	h := &harness{binDir: *binDir, byName: map[string]*scenario{}}
-	for _, b := range []string{"meshd", "server", "load"} {
+	for _, b := range []string{"meshd", "benchserver", "benchload"} {
 		if _, err := os.Stat(h.bin(b)); err != nil {
-			return fmt.Errorf("%s not built: %w (go build -o %s/ ./cmd/meshd ./bench/cmd/...)", b, err, *binDir)
+			return fmt.Errorf("%s not built: %w (make bench builds it)", b, err)
 		}
 	}
 	var err error

@@ -80,7 +80,7 @@ func scenarios() []*scenario {
 // direct starts one grpc-go server and a load generator that calls it.
 func (h *harness) direct(ctx context.Context, name, mode string, env []string) error {
 	sc := h.byName[name]
-	args := []string{h.bin("server"), "-mode", mode}
+	args := []string{h.bin("benchserver"), "-mode", mode}
 	if mode == "tls" {
 		args = append(args, "-cert", h.pki.ServerCert, "-key", h.pki.ServerKey)
 	}
@@ -88,7 +88,7 @@ func (h *harness) direct(ctx context.Context, name, mode string, env []string) e
 	if err != nil {
 		return err
 	}
-	largs := []string{h.bin("load"), "-mode", mode, "-target", addr}
+	largs := []string{h.bin("benchload"), "-mode", mode, "-target", addr}
 	if mode == "tls" {
 		largs = append(largs, "-ca", h.pki.CA, "-server-name", "localhost")
 	}
@@ -109,7 +109,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res, ote
 	sc := h.byName[name]
 	var env, sargs, largs []string
 	if otel {
-		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("server"), "-mode", "otlp-sink")
+		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("benchserver"), "-mode", "otlp-sink")
 		if err != nil {
 			return err
 		}
@@ -125,7 +125,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res, ote
 	var addrs []string
 	for i := range n {
 		srv, addr, err := h.l.startServer(fmt.Sprintf("%s-server%d", name, i), append(h.identityEnv("server"), env...),
-			append([]string{h.bin("server"), "-mode", "mesh"}, sargs...)...)
+			append([]string{h.bin("benchserver"), "-mode", "mesh"}, sargs...)...)
 		if err != nil {
 			return err
 		}
@@ -137,7 +137,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res, ote
 		target = "static:///" + strings.Join(addrs, ",")
 		largs = append(largs, "-balance")
 	}
-	largs = append([]string{h.bin("load"), "-mode", "mesh", "-target", target}, largs...)
+	largs = append([]string{h.bin("benchload"), "-mode", "mesh", "-target", target}, largs...)
 	load, err := h.l.startLoad(name+"-load", append(h.identityEnv("load"), env...), largs...)
 	if err != nil {
 		return err
@@ -152,7 +152,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res, ote
 // the server-side one terminates it and forwards h2c to the server.
 func (h *harness) sidecar(ctx context.Context, name, mode string) error {
 	sc := h.byName[name]
-	srv, addr, err := h.l.startServer(name+"-server", nil, h.bin("server"), "-mode", "plain")
+	srv, addr, err := h.l.startServer(name+"-server", nil, h.bin("benchserver"), "-mode", "plain")
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ backend mesh_out
 	if err != nil {
 		return err
 	}
-	load, err := h.l.startLoad(name+"-load", nil, h.bin("load"), "-mode", "plain", "-target", fmt.Sprintf("127.0.0.1:%d", inPort))
+	load, err := h.l.startLoad(name+"-load", nil, h.bin("benchload"), "-mode", "plain", "-target", fmt.Sprintf("127.0.0.1:%d", inPort))
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-// Command load is the benchmark's load generator. It opens one client
+// Command benchload is the benchmark's load generator. It opens one client
 // connection and then takes commands, one per line, on stdin:
 //
 //	warm {spec}   make unmeasured calls; answers "warm"
@@ -9,7 +9,7 @@
 // the window (from /proc/self/stat), so the harness can sum CPU over every
 // process on the path.
 //
-//	load -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n]
+//	benchload -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n]
 //	     [-balance] [-resilience] [-otel]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by

@@ -1,9 +1,9 @@
-// Command server is the benchmark's gRPC server: the echo TestService over
+// Command benchserver is the benchmark's gRPC server: the echo TestService over
 // plaintext, static TLS 1.3 or the mesh, or an OTLP trace sink that accepts
 // and discards spans. It prints "listening <addr>" once it accepts
 // connections and serves until SIGINT or SIGTERM.
 //
-//	server -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem] [-otel]
+//	benchserver -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem] [-otel]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
 // SPIFFE_ENDPOINT_SOCKET. With -otel, telemetry.Setup exports traces and
