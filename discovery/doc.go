@@ -18,10 +18,10 @@
 //
 //	reg, err := discovery.New(discovery.Config{Consul: consulClient, TrustDomain: td},
 //		discovery.WithEvents(onEvent))
-//	sc, err := discovery.Balancer{Policy: discovery.RingHash, HashHeader: "x-market-id"}.ServiceConfig()
-//	conn, err := grpc.NewClient("consul:///trading",
-//		grpc.WithResolvers(reg.ResolverBuilders()...),
-//		grpc.WithDefaultServiceConfig(sc), creds)
+//	opts, err := reg.DialOptions(discovery.Balancer{Policy: discovery.RingHash, HashHeader: "x-market-id"})
+//	conn, err := grpc.NewClient("consul:///trading", append(opts, creds)...)
+//
+//	w, err := reg.Watch("consul:///trading", nil) // an HTTP client: w.Next() per request
 //
 // Servers register themselves and enforce intentions:
 //

@@ -108,3 +108,23 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+func ExampleWatch_Next() {
+	reg, _ := discovery.New(discovery.Config{})
+	w, _ := reg.Watch("static:///10.0.0.1:80,10.0.0.2:80", nil)
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.Wait(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for range 3 {
+		ep, _ := w.Next()
+		fmt.Println(ep.Addr)
+	}
+	// Output:
+	// 10.0.0.1:80
+	// 10.0.0.2:80
+	// 10.0.0.1:80
+}

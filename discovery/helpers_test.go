@@ -161,14 +161,11 @@ func registerRaw(t *testing.T, c *api.Client, service string, b *backend, ttl st
 
 func dial(t *testing.T, reg *discovery.Registry, target string, b discovery.Balancer) *grpc.ClientConn {
 	t.Helper()
-	sc, err := b.ServiceConfig()
+	opts, err := reg.DialOptions(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithResolvers(reg.ResolverBuilders()...),
-		grpc.WithDefaultServiceConfig(sc))
+	conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatalf("dial %s: %v", target, err)
 	}

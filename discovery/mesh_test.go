@@ -125,11 +125,11 @@ func TestWrongSPIFFEIDRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clientSrc.Close()
-	sc, err := discovery.Balancer{}.ServiceConfig()
+	grpcOpts, err := reg.DialOptions(discovery.Balancer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialOpts := mesh.WithGRPCDialOptions(grpc.WithResolvers(reg.ResolverBuilders()...), grpc.WithDefaultServiceConfig(sc))
+	dialOpts := mesh.WithGRPCDialOptions(grpcOpts...)
 
 	conn, err := mesh.Dial(ctx, "consul:///trading", mesh.WithIdentity(clientSrc), dialOpts)
 	if err != nil {

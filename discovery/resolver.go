@@ -3,6 +3,7 @@ package discovery
 import (
 	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
 
 	"github.com/gridmesh/gridmesh/internal/endpointid"
@@ -87,4 +88,15 @@ func (g *grpcResolver) Close() {
 	g.closed = true
 	g.mu.Unlock()
 	_ = g.w.Close()
+}
+
+// DialOptions returns the grpc.DialOptions that make a client resolve
+// consul:/// and static:/// targets through r and balance with b: the
+// resolvers and b's default service config. It fails if b is invalid.
+func (r *Registry) DialOptions(b Balancer) ([]grpc.DialOption, error) {
+	sc, err := b.ServiceConfig()
+	if err != nil {
+		return nil, err
+	}
+	return []grpc.DialOption{grpc.WithResolvers(r.ResolverBuilders()...), grpc.WithDefaultServiceConfig(sc)}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -46,6 +47,8 @@ type Watch struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	poke   chan struct{}
+
+	next atomic.Uint64 // round-robin position for Next
 
 	mu    sync.Mutex
 	eps   []Endpoint
@@ -230,6 +233,17 @@ func (w *Watch) Wait(ctx context.Context) ([]Endpoint, error) {
 		}
 		return nil, fmt.Errorf("discovery: %s: no endpoints yet: %w", w.target, ctx.Err())
 	}
+}
+
+// Next returns the endpoints of the current set in turn (round robin), for
+// clients outside gRPC such as an HTTP transport. It reports false while
+// the set is unknown or empty. It does not block.
+func (w *Watch) Next() (Endpoint, bool) {
+	eps := w.Endpoints()
+	if len(eps) == 0 {
+		return Endpoint{}, false
+	}
+	return eps[(w.next.Add(1)-1)%uint64(len(eps))], true
 }
 
 // ResolveNow cuts a retry wait short. It does not block.
