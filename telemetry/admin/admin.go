@@ -343,8 +343,8 @@ func (s *Server) identities() []Identity {
 
 // targets merges what providers report with the endpoints calls were
 // observed going to (in Observed).
-func (s *Server) targets(only string) []TargetView {
-	out := []TargetView{}
+func (s *Server) targets(only string) []Target {
+	out := []Target{}
 	seen := map[string]bool{}
 	for _, p := range s.snapshotProviders() {
 		if p.Targets == nil {
@@ -358,19 +358,11 @@ func (s *Server) targets(only string) []TargetView {
 			if t.Endpoints == nil {
 				t.Endpoints = []Endpoint{}
 			}
-			out = append(out, TargetView{Target: t, Observed: s.observedFor(t.Target)})
+			t.Observed = s.observedFor(t.Target)
+			out = append(out, t)
 		}
 	}
 	return out
-}
-
-// TargetView is a target with the endpoints recent calls went to.
-type TargetView struct {
-	Target
-	// Observed lists the endpoints recent calls through this process
-	// reached, with the SPIFFE ID each presented: what happened, beside
-	// what discovery says should happen.
-	Observed []Endpoint `json:"observed"`
 }
 
 func (s *Server) observedFor(target string) []Endpoint {

@@ -12,7 +12,7 @@ type Status struct {
 	Process     Process           `json:"process"`
 	Components  []Component       `json:"components"`
 	Identities  []Identity        `json:"identities"`
-	Targets     []TargetView      `json:"targets"`
+	Targets     []Target          `json:"targets"`
 	Policies    []Policy          `json:"policies"`
 	Config      []ConfigUpdate    `json:"config"`
 	Unsupported []Unsupported     `json:"unsupported"`
@@ -67,7 +67,11 @@ type Target struct {
 	Balancer  string     `json:"balancer,omitempty"` // balancing policy, "" when not known
 	Breaker   string     `json:"breaker,omitempty"`  // circuit breaker state, "" when none
 	Source    string     `json:"source,omitempty"`   // where endpoints come from: "static", "consul", "xds"
-	Endpoints []Endpoint `json:"endpoints"`
+	Endpoints []Endpoint `json:"endpoints"`          // from discovery, when wired
+	// Observed lists the endpoints recent calls through this process
+	// reached, with the SPIFFE ID each presented: what happened, beside
+	// what discovery says should happen. Filled by the endpoint.
+	Observed []Endpoint `json:"observed"`
 }
 
 // Endpoint is one address of a target.

@@ -1,0 +1,372 @@
+package mesh_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	channelzgrpc "google.golang.org/grpc/channelz/grpc_channelz_v1"
+	channelzpb "google.golang.org/grpc/channelz/grpc_channelz_v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
+)
+
+// relayService answers UnaryCall by calling next, and reports the baggage
+// member "tenant" it saw in Username when next is nil (the last hop).
+type relayService struct {
+	testgrpc.UnimplementedTestServiceServer
+	next testgrpc.TestServiceClient
+}
+
+func (s *relayService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if s.next == nil {
+		return &testpb.SimpleResponse{Username: baggage.FromContext(ctx).Member("tenant").Value()}, nil
+	}
+	return s.next.UnaryCall(ctx, req)
+}
+
+func TestTraceAcrossTwoMeshedHopsIsOneTrace(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	ca := newDevCA(t, time.Hour)
+
+	backAddr := startRelay(t, &relayService{}, mesh.WithIdentity(devSource(t, ca, "/back")), mesh.WithTracerProvider(tp))
+	front := &relayService{next: dial(t, backAddr, mesh.WithIdentity(devSource(t, ca, "/front")), mesh.WithTracerProvider(tp))}
+	frontAddr := startRelay(t, front, mesh.WithIdentity(devSource(t, ca, "/front")), mesh.WithTracerProvider(tp))
+	client := dial(t, frontAddr, mesh.WithIdentity(devSource(t, ca, "/client")), mesh.WithTracerProvider(tp))
+
+	member, _ := baggage.NewMember("tenant", "acme")
+	bag, _ := baggage.New(member)
+	ctx, root := tp.Tracer("test").Start(baggage.ContextWithBaggage(callTimeout(t), bag), "root")
+	resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+	root.End()
+	if err != nil {
+		t.Fatalf("UnaryCall through two hops: %v", err)
+	}
+	if got := resp.GetUsername(); got != "acme" {
+		t.Errorf("baggage tenant at the last hop = %q, want %q", got, "acme")
+	}
+
+	// Server spans end after the response is written: poll for all five.
+	var spans []sdktrace.ReadOnlySpan
+	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 5 })
+
+	type hop struct {
+		Name, Kind, Parent string
+		SameTrace          bool
+	}
+	byID := map[trace.SpanID]sdktrace.ReadOnlySpan{}
+	for _, s := range spans {
+		byID[s.SpanContext().SpanID()] = s
+	}
+	var got []hop
+	for _, s := range spans {
+		parent := "-"
+		if p, ok := byID[s.Parent().SpanID()]; ok {
+			parent = p.Name() + "/" + p.SpanKind().String()
+		}
+		got = append(got, hop{s.Name(), s.SpanKind().String(), parent, s.SpanContext().TraceID() == root.SpanContext().TraceID()})
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i].Kind+got[i].Parent < got[j].Kind+got[j].Parent })
+	const m = "grpc.testing.TestService/UnaryCall"
+	want := []hop{
+		{m, "client", "grpc.testing.TestService/UnaryCall/server", true}, // front -> back
+		{m, "client", "root/internal", true},                             // client -> front
+		{"root", "internal", "-", true},
+		{m, "server", "grpc.testing.TestService/UnaryCall/client", true},
+		{m, "server", "grpc.testing.TestService/UnaryCall/client", true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("spans (-want +got):\n%s", diff)
+	}
+}
+
+func startRelay(t *testing.T, svc testgrpc.TestServiceServer, opts ...mesh.ServerOption) string {
+	t.Helper()
+	srv, err := mesh.NewServer(opts...)
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, svc)
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		srv.Close()
+		<-done
+	})
+	return lis.Addr().String()
+}
+
+// point is one mesh.rpc.requests data point, by the attributes that matter.
+type point struct {
+	Side, Source, Destination, Method, Code string
+	Count                                   int64
+}
+
+func TestMetricsLabelledWithIdentities(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	ca := newDevCA(t, time.Hour)
+
+	const unary = "/grpc.testing.TestService/UnaryCall"
+	addr := startServer(t, &echoService{},
+		mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithMeterProvider(mp),
+		mesh.WithAuthorizer(security.Rules(
+			security.Refuse("no-intruders", security.ExactID(id("/intruder"))),
+			security.Allow("clients", security.AnyID(), "/grpc.testing.TestService/*"),
+		)))
+	client := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/client")), mesh.WithMeterProvider(mp))
+	intruder := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/intruder")), mesh.WithMeterProvider(mp))
+
+	for range 3 {
+		if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("UnaryCall: %v", err)
+		}
+	}
+	if _, err := client.EmptyCall(callTimeout(t), &testpb.Empty{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("EmptyCall: %v, want Unimplemented", err)
+	}
+	for range 2 {
+		if _, err := intruder.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("intruder UnaryCall: %v, want PermissionDenied", err)
+		}
+	}
+
+	// Server-side records happen after the response is sent: poll.
+	var got []point
+	var denials map[string]int64
+	want := []point{
+		{"client", "spiffe://example.org/client", "spiffe://example.org/server", "/grpc.testing.TestService/EmptyCall", "Unimplemented", 1},
+		{"client", "spiffe://example.org/client", "spiffe://example.org/server", unary, "OK", 3},
+		{"client", "spiffe://example.org/intruder", "spiffe://example.org/server", unary, "PermissionDenied", 2},
+		{"server", "spiffe://example.org/client", "spiffe://example.org/server", "/grpc.testing.TestService/EmptyCall", "Unimplemented", 1},
+		{"server", "spiffe://example.org/client", "spiffe://example.org/server", unary, "OK", 3},
+		{"server", "spiffe://example.org/intruder", "spiffe://example.org/server", unary, "PermissionDenied", 2},
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, denials = collect(t, reader)
+		if cmp.Equal(want, got) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("mesh.rpc.requests (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int64{"rule no-intruders spiffe://example.org/intruder " + unary: 2}, denials); diff != "" {
+		t.Errorf("mesh.authz.denials (-want +got):\n%s", diff)
+	}
+}
+
+func collect(t *testing.T, reader *sdkmetric.ManualReader) ([]point, map[string]int64) {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var points []point
+	denials := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				get := func(k string) string { v, _ := dp.Attributes.Value(attribute.Key(k)); return v.AsString() }
+				switch m.Name {
+				case "mesh.rpc.requests":
+					points = append(points, point{get("mesh.side"), get("mesh.source"), get("mesh.destination"),
+						get("rpc.method"), get("rpc.grpc.status_code"), dp.Value})
+				case "mesh.authz.denials":
+					denials[get("mesh.authz.rule")+" "+get("mesh.source")+" "+get("rpc.method")] += dp.Value
+				}
+			}
+		}
+	}
+	sort.Slice(points, func(i, j int) bool {
+		a, b := points[i], points[j]
+		return a.Side+a.Source+a.Method+a.Code < b.Side+b.Source+b.Method+b.Code
+	})
+	return points, denials
+}
+
+func TestWithoutTelemetryRecordsNothing(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	ca := newDevCA(t, time.Hour)
+	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/server")),
+		mesh.WithMeterProvider(mp), mesh.WithoutTelemetry())
+	client := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/client")), mesh.WithMeterProvider(mp), mesh.WithoutTelemetry())
+	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := collect(t, reader); len(got) != 0 {
+		t.Errorf("recorded %v with WithoutTelemetry, want nothing", got)
+	}
+}
+
+func TestAdminRefusesNonLoopbackAddresses(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	src := devSource(t, ca, "/server")
+	for _, addr := range []string{"0.0.0.0:15000", ":15000", "10.1.2.3:15000", "[::]:15000", "example.com:15000"} {
+		t.Run(addr, func(t *testing.T) {
+			srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithAdmin(addr))
+			if err == nil {
+				srv.Close()
+				t.Fatalf("NewServer with WithAdmin(%q) succeeded, want an error", addr)
+			}
+			if !errors.Is(err, admin.ErrNotLoopback) {
+				t.Errorf("error %v does not wrap admin.ErrNotLoopback", err)
+			}
+			if !strings.Contains(err.Error(), "127.0.0.1") {
+				t.Errorf("error %q does not say what to use instead", err)
+			}
+			cc, err := mesh.Dial(callTimeout(t), "127.0.0.1:1", mesh.WithIdentity(src), mesh.WithAdmin(addr))
+			if err == nil {
+				cc.Close()
+				t.Fatalf("Dial with WithAdmin(%q) succeeded, want an error", addr)
+			}
+		})
+	}
+}
+
+func TestAdminEndpointShowsServerAndClient(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	const adminAddr = "127.0.0.1:0" // one endpoint for every server and client of the process asking for it
+	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithAdmin(adminAddr),
+		mesh.WithAuthorizer(security.Rules(security.Allow("clients", security.ExactID(id("/client"))))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, &echoService{})
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); srv.Close(); <-done })
+	addr := lis.Addr().String()
+
+	client := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/client")), mesh.WithAdmin(adminAddr))
+	other := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/other")), mesh.WithAdmin(adminAddr))
+	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("other: %v, want PermissionDenied", err)
+	}
+
+	base := "http://" + srv.AdminAddr()
+	var st admin.Status
+	waitFor(t, func() bool {
+		st = getJSON[admin.Status](t, base+"/status")
+		return len(st.Denials) == 1 && len(st.Events) >= 4 // 2 client + 2 server calls, 1 denial
+	})
+
+	var ids []string
+	for _, i := range st.Identities {
+		ids = append(ids, i.SPIFFEID)
+		if time.Until(i.Expiry) < 50*time.Minute || len(i.Bundles) != 1 || len(i.Bundles[0].Authorities) == 0 {
+			t.Errorf("identity %s: expiry %v, bundles %+v; want about an hour and the example.org bundle", i.SPIFFEID, i.Expiry, i.Bundles)
+		}
+	}
+	sort.Strings(ids)
+	if diff := cmp.Diff([]string{"spiffe://example.org/client", "spiffe://example.org/other", "spiffe://example.org/server"}, ids); diff != "" {
+		t.Errorf("identities (-want +got):\n%s", diff)
+	}
+	wantComponents := []admin.Component{{Kind: "server", Name: "spiffe://example.org/server"}, {Kind: "client", Name: addr}, {Kind: "client", Name: addr}}
+	if diff := cmp.Diff(wantComponents, st.Components); diff != "" {
+		t.Errorf("components (-want +got):\n%s", diff)
+	}
+	d := st.Denials[0]
+	if diff := cmp.Diff(admin.Denial{Caller: "spiffe://example.org/other", Method: "/grpc.testing.TestService/UnaryCall", Rule: "default deny"},
+		admin.Denial{Caller: d.Caller, Method: d.Method, Rule: d.Rule}); diff != "" {
+		t.Errorf("denial (-want +got):\n%s", diff)
+	}
+	if len(st.Targets) != 1 || st.Targets[0].Target != addr || len(st.Targets[0].Observed) != 1 ||
+		st.Targets[0].Observed[0].Identity != "spiffe://example.org/server" {
+		t.Errorf("targets = %+v, want %s with one observed endpoint presenting spiffe://example.org/server", st.Targets, addr)
+	}
+	if len(st.Targets) == 1 && len(st.Targets[0].Endpoints) != 0 {
+		t.Errorf("endpoints = %v, want none (discovery not wired to the admin endpoint)", st.Targets[0].Endpoints)
+	}
+	var kinds []string
+	for _, p := range st.Policies {
+		kinds = append(kinds, p.Kind+" "+p.Name+" "+p.Source)
+	}
+	if diff := cmp.Diff([]string{"authz authorizer code", "authz health default"}, kinds); diff != "" {
+		t.Errorf("policies (-want +got):\n%s", diff)
+	}
+
+	// Non-loopback Host headers (DNS rebinding) are refused.
+	req, _ := http.NewRequestWithContext(callTimeout(t), "GET", base+"/status", nil)
+	req.Host = "evil.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("Host evil.example.com: status %d, want 403", resp.StatusCode)
+	}
+
+	// channelz and CSDS answer over gRPC on the same port.
+	cc, err := grpc.NewClient(srv.AdminAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	servers, err := channelzgrpc.NewChannelzClient(cc).GetServers(callTimeout(t), &channelzpb.GetServersRequest{})
+	if err != nil {
+		t.Errorf("channelz GetServers: %v", err)
+	} else if len(servers.GetServer()) == 0 {
+		t.Errorf("channelz GetServers lists no server, want the mesh server")
+	}
+	if _, err := v3statuspb.NewClientStatusDiscoveryServiceClient(cc).FetchClientStatus(callTimeout(t), &v3statuspb.ClientStatusRequest{}); err != nil {
+		t.Errorf("CSDS FetchClientStatus: %v", err)
+	}
+}
+
+func getJSON[T any](t *testing.T, url string) T {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(callTimeout(t), "GET", url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	var v T
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return v
+}
