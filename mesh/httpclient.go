@@ -299,6 +299,7 @@ func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	var tried []string
 	var lastErr error
+	resent := 0
 	for {
 		pick, err := svc.bal.Pick(tried)
 		if err != nil {
@@ -322,22 +323,45 @@ func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		resp, err := svc.tr.RoundTrip(out)
 		if err != nil {
 			pick.Done()
-			var ns *notSentError
-			if !errors.As(err, &ns) {
-				return nil, err
-			}
-			pick.Failed()
 			lastErr = fmt.Errorf("mesh: %s endpoint %s: %w", host, pick.Addr, err)
-			replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
-			if !replayable || req.Context().Err() != nil {
+			if req.Context().Err() != nil || !bodyReplayable(req) {
 				return nil, lastErr
 			}
-			continue
+			var ns *notSentError
+			if errors.As(err, &ns) {
+				pick.Failed()
+				continue
+			}
+			// The connection failed after the request may have been sent,
+			// typically a connection the server had just closed. Like
+			// net/http on a reused connection, send a request that is safe
+			// to repeat once more, to another endpoint.
+			if resent == 0 && idempotent(req) {
+				resent++
+				continue
+			}
+			return nil, lastErr
 		}
 		pick.Succeeded()
 		resp.Body = &doneBody{ReadCloser: resp.Body, done: pick.Done}
 		return resp, nil
 	}
+}
+
+func bodyReplayable(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+}
+
+// idempotent is net/http's rule for requests it replays on a new
+// connection: a safe method, or an idempotency key.
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 func closeBody(req *http.Request) {
