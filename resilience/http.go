@@ -201,15 +201,28 @@ func (t *roundTripper) attempt(ctx context.Context, req *http.Request, body io.R
 	return resp, nil
 }
 
+// NotSentError is implemented by transport errors that know the request
+// never left the client (a failed dial or TLS handshake). An error in the
+// chain whose NotSent returns true lets any request, a POST included, be
+// retried. The mesh's HTTP transport marks its endpoint failures this way.
+type NotSentError interface {
+	error
+	NotSent() bool
+}
+
 // retryableHTTPError is the retry rule for transport errors. Any request is
-// retried when the connection was never established (a dial error: nothing
-// was written; net/http itself already replays requests on reused
-// connections that died before a byte was written). Idempotent and keyed
+// retried when the connection was never established (a dial error, or a
+// NotSentError: nothing was written; net/http itself already replays
+// requests on reused connections that died before a byte was written). Idempotent and keyed
 // requests are also retried on other transport errors and on their per-try
 // timeout, but not on certificate errors, which a retry will not fix.
 func retryableHTTPError(err error, perTryExpired bool, lvl Idempotency, keyed bool) bool {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var ns NotSentError
+	if errors.As(err, &ns) && ns.NotSent() {
 		return true
 	}
 	if lvl == IdempotencyUnknown && !keyed {

@@ -2,6 +2,7 @@ package resilience_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -213,5 +214,27 @@ func TestRoundTripperTimeout(t *testing.T) {
 	_ = resp.Body.Close()
 	if err != nil || string(b) != "ok" {
 		t.Errorf("body = %q, %v; want %q", b, err, "ok")
+	}
+}
+
+type notSent struct{}
+
+func (notSent) Error() string { return "endpoint unreachable" }
+func (notSent) NotSent() bool { return true }
+
+// A transport error marked NotSent lets even a POST be retried.
+func TestRoundTripperNotSentErrorIsRetried(t *testing.T) {
+	var calls atomic.Int64
+	next := rtFunc(func(*http.Request) (*http.Response, error) {
+		calls.Add(1)
+		return nil, fmt.Errorf("mesh: trading endpoint 10.0.0.1:8443: %w", notSent{})
+	})
+	rc, _ := newClient(t, fastRetries(resilience.Default()))
+	req, _ := http.NewRequestWithContext(testCtx(t, 10*time.Second), "POST", "http://trading.mesh/trades", strings.NewReader("t"))
+	if _, err := rc.RoundTripper(next).RoundTrip(req); err == nil {
+		t.Fatal("RoundTrip succeeded")
+	}
+	if got := calls.Load(); got != 3 {
+		t.Errorf("attempts = %d, want 3", got)
 	}
 }
