@@ -203,6 +203,9 @@ func (b *builder) service(s *Service, eps []Endpoint) error {
 		}
 		routes = append(routes, r)
 	}
+	if len(s.Versions) > 0 {
+		routes = append(routes, warmRoute(s))
+	}
 	b.snap.Routes = append(b.snap.Routes, &routepb.RouteConfiguration{
 		Name: s.Name,
 		VirtualHosts: []*routepb.VirtualHost{{
@@ -318,6 +321,26 @@ func (b *builder) route(s *Service, r *Route, idx int) (*routepb.Route, error) {
 		out.TypedPerFilterConfig = map[string]*anypb.Any{faultFilterName: mustAny(hf)}
 	}
 	return out, nil
+}
+
+// warmRoute is a route no call reaches (a catch-all precedes it) that names
+// every cluster of the service. grpc-go keeps a cluster's balancer only
+// while some route names it, and it swaps in a new route table before the
+// balancer for a newly named cluster exists, so calls in that window fail
+// with "unknown cluster selected for RPC". Naming every version's cluster
+// all the time keeps them warm: moving a route between versions (promoting
+// a canary) is then seamless. The cost is that clients connect to every
+// version's endpoints.
+func warmRoute(s *Service) *routepb.Route {
+	wc := &routepb.WeightedCluster{Clusters: []*routepb.WeightedCluster_ClusterWeight{{Name: s.Name, Weight: wrapperspb.UInt32(1)}}}
+	for _, v := range s.Versions {
+		wc.Clusters = append(wc.Clusters, &routepb.WeightedCluster_ClusterWeight{Name: VersionCluster(s.Name, v.Name), Weight: wrapperspb.UInt32(1)})
+	}
+	return &routepb.Route{
+		Name:   "gridmesh-warm-clusters",
+		Match:  &routepb.RouteMatch{PathSpecifier: &routepb.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routepb.Route_Route{Route: &routepb.RouteAction{ClusterSpecifier: &routepb.RouteAction_WeightedClusters{WeightedClusters: wc}}},
+	}
 }
 
 func retryPolicy(r *RetryPolicy) *routepb.RetryPolicy {

@@ -245,6 +245,7 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 	waitServedBy(ctx, t, c, "v1")
 
 	var failed, total atomic.Int64
+	var lastErr atomic.Pointer[error]
 	lctx, lcancel := context.WithCancel(ctx)
 	loopDone := make(chan struct{})
 	go func() {
@@ -255,6 +256,7 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 			ccancel()
 			if err != nil && lctx.Err() == nil {
 				failed.Add(1)
+				lastErr.Store(&err)
 			}
 			total.Add(1)
 		}
@@ -284,7 +286,7 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 	lcancel()
 	<-loopDone
 	if f := failed.Load(); f != 0 {
-		t.Errorf("%d of %d calls failed around the bad edit, want 0", f, total.Load())
+		t.Errorf("%d of %d calls failed around the bad edit (last: %v), want 0", f, total.Load(), *lastErr.Load())
 	}
 }
 
@@ -358,5 +360,47 @@ func TestMeshdDownTwentySeconds(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Error("test ran out of time")
+	}
+}
+
+// TestRouteMovedToAnotherVersionFailsNoCall is the regression test for
+// "unknown cluster selected for RPC": grpc-go swaps in a route table before
+// the balancer of a newly named cluster exists, so moving a route to a
+// version no route named failed calls until meshd kept every version's
+// cluster named (warmRoute).
+func TestRouteMovedToAnotherVersionFailsNoCall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m := xdstest.StartMeshd(t, "", twoVersions(controlplane.Route{Version: "v1"}))
+	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
+	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
+	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	waitServedBy(ctx, t, c, "v1")
+
+	var failed atomic.Int64
+	var lastErr atomic.Pointer[error]
+	lctx, lcancel := context.WithCancel(ctx)
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for lctx.Err() == nil {
+			if _, err := call(lctx, c); err != nil && lctx.Err() == nil {
+				failed.Add(1)
+				lastErr.Store(&err)
+			}
+		}
+	}()
+	for range 3 {
+		for _, v := range []string{"v2", "v1"} {
+			if err := m.SetConfig("test", twoVersions(controlplane.Route{Version: v})); err != nil {
+				t.Fatal(err)
+			}
+			waitServedBy(ctx, t, c, v)
+		}
+	}
+	lcancel()
+	<-loopDone
+	if f := failed.Load(); f != 0 {
+		t.Errorf("%d calls failed while the route moved (last: %v), want 0", f, *lastErr.Load())
 	}
 }
