@@ -383,3 +383,47 @@ func TestMeshCARotationWithoutRestart(t *testing.T) {
 		t.Errorf("fresh connections saw %d server certificates, want the old-CA and the new-CA one", n)
 	}
 }
+
+// TestMeshScheduledCARotation runs the server with a one-minute CA, so SPIRE
+// prepares and activates the next CA on its own schedule (at 1/2 and 5/6 of
+// the CA lifetime) while calls run: the services follow with no restart.
+func TestMeshScheduledCARotation(t *testing.T) {
+	t.Parallel()
+	// SVIDs no longer than 1/6 of the CA TTL, as SPIRE requires for full lifetimes.
+	const caTTL, ttl = time.Minute, 10 * time.Second
+	d := spire.Start(t, spire.Config{CATTL: caTTL, DefaultX509SVIDTTL: ttl})
+	registerAll(t, d, ttl, "/trading", "/frontend")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	trading := workloadSource(ctx, t, d, d.Addr(), "/trading")
+	frontend := workloadSource(ctx, t, d, d.Addr(), "/frontend")
+
+	addr := startMeshServer(t, &echo{}, mesh.WithIdentity(trading))
+	c := dialMesh(t, addr, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
+	caller := d.ID("/frontend")
+	dialOpts := []mesh.DialOption{mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading"))}
+	l := startLoad(t, loadWorkers, loadEvery, func(ctx context.Context, p *peer.Peer) error {
+		return checkCall(ctx, c, caller, p)
+	})
+	fresh := startLoad(t, 1, 250*time.Millisecond, func(ctx context.Context, p *peer.Peer) error {
+		return freshCall(ctx, addr, caller, p, dialOpts...)
+	})
+
+	start := time.Now()
+	first := signedBy(trading)
+	waitFor(ctx, t, "both SVIDs signed by the next CA", func() bool {
+		s, f := signedBy(trading), signedBy(frontend)
+		return s != first && s != "" && s == f
+	})
+	next := signedBy(trading)
+	t.Logf("SPIRE rotated its CA on schedule: SVIDs from %s after %v", next, time.Since(start).Round(time.Millisecond))
+	if !bundleHas(trading, d.TrustDomain(), next) || !bundleHas(frontend, d.TrustDomain(), next) {
+		t.Errorf("the bundles lack the new CA %s", next)
+	}
+	callsThen := fresh.calls.Load()
+	waitFor(ctx, t, "fresh connections on the new CA", func() bool { return fresh.calls.Load() >= callsThen+10 })
+	l.stop()
+	fresh.stop()
+	l.report(t, "calls on one connection")
+	fresh.report(t, "calls on fresh connections")
+}
