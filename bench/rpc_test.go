@@ -20,7 +20,6 @@ import (
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("bench.gridmesh.dev")
@@ -103,23 +102,19 @@ func startTLS(b *testing.B) testgrpc.TestServiceClient {
 	return client(b, addr, grpc.WithTransportCredentials(credentials.NewTLS(m.ClientConfig())))
 }
 
-// meshWith returns a setup for a mesh server and client, optionally with
-// resilience.Default() on the client and OTel (otelgrpc stats handlers and
-// mesh metrics interceptors on both sides, an SDK tracer provider with a
-// batch span processor, an SDK meter provider) as the mesh is to wire them.
+// meshWith returns a setup for a mesh server and client: mTLS only
+// (mesh.WithoutTelemetry) or with the mesh's default OTel handlers on SDK
+// providers (a batch span processor, in-memory metrics), and optionally
+// resilience.Default() on the client, which mesh.Dial does not apply
+// itself yet.
 func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 	return func(b *testing.B) testgrpc.TestServiceClient {
-		var sopts []grpc.ServerOption
-		var dopts []grpc.DialOption
+		tel := []mesh.Option{mesh.WithoutTelemetry()}
 		if otel {
 			tp, mp := otelProviders(b)
-			unary, stream := telemetry.ServerInterceptors(telemetry.NewMetrics(mp), "spiffe://bench.gridmesh.dev/server")
-			sopts = append(sopts, grpc.StatsHandler(telemetry.ServerHandler(tp, mp)),
-				grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
-			cu, cs := telemetry.ClientInterceptors(telemetry.NewMetrics(mp), "spiffe://bench.gridmesh.dev/client", "server")
-			dopts = append(dopts, grpc.WithStatsHandler(telemetry.ClientHandler(tp, mp)),
-				grpc.WithChainUnaryInterceptor(cu), grpc.WithChainStreamInterceptor(cs))
+			tel = []mesh.Option{mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp)}
 		}
+		var dopts []grpc.DialOption
 		if res {
 			rc, err := resilience.NewClient(resilience.DefaultConfig())
 			if err != nil {
@@ -129,7 +124,7 @@ func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 				grpc.WithChainUnaryInterceptor(rc.UnaryClientInterceptor()),
 				grpc.WithChainStreamInterceptor(rc.StreamClientInterceptor()))
 		}
-		return startMesh(b, sopts, dopts)
+		return startMesh(b, tel, dopts)
 	}
 }
 
@@ -152,7 +147,7 @@ type discard struct{}
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
 
-func startMesh(b *testing.B, sopts []grpc.ServerOption, dopts []grpc.DialOption) testgrpc.TestServiceClient {
+func startMesh(b *testing.B, tel []mesh.Option, dopts []grpc.DialOption) testgrpc.TestServiceClient {
 	b.Helper()
 	ca, err := security.NewDevCA(td, security.DevCAConfig{})
 	if err != nil {
@@ -166,7 +161,11 @@ func startMesh(b *testing.B, sopts []grpc.ServerOption, dopts []grpc.DialOption)
 		b.Cleanup(func() { src.Close() })
 		return src
 	}
-	srv, err := mesh.NewServer(mesh.WithIdentity(source("/server")), mesh.WithGRPCServerOptions(sopts...))
+	sopts := []mesh.ServerOption{mesh.WithIdentity(source("/server"))}
+	for _, o := range tel {
+		sopts = append(sopts, o)
+	}
+	srv, err := mesh.NewServer(sopts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -179,7 +178,11 @@ func startMesh(b *testing.B, sopts []grpc.ServerOption, dopts []grpc.DialOption)
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, lis); close(done) }()
 	b.Cleanup(func() { cancel(); srv.Close(); <-done })
-	conn, err := mesh.Dial(ctx, lis.Addr().String(), mesh.WithIdentity(source("/client")), mesh.WithGRPCDialOptions(dopts...))
+	copts := []mesh.DialOption{mesh.WithIdentity(source("/client")), mesh.WithGRPCDialOptions(dopts...)}
+	for _, o := range tel {
+		copts = append(copts, o)
+	}
+	conn, err := mesh.Dial(ctx, lis.Addr().String(), copts...)
 	if err != nil {
 		b.Fatal(err)
 	}

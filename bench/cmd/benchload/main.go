@@ -10,13 +10,12 @@
 // process on the path.
 //
 //	benchload -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n]
-//	     [-balance] [-resilience] [-otel]
+//	     [-balance] [-resilience] [-telemetry off|noop|otlp]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
 // SPIFFE_ENDPOINT_SOCKET; with -balance the target is static:///a,b,c and
-// calls are spread round robin; -resilience applies resilience.Default()
-// and -otel exports traces and metrics over OTLP/gRPC to
-// OTEL_EXPORTER_OTLP_ENDPOINT.
+// calls are spread round robin; -resilience applies resilience.Default();
+// -telemetry picks the mesh's OTel setup as in benchserver.
 package main
 
 import (
@@ -70,14 +69,14 @@ func run(ctx context.Context, args []string) error {
 	serverName := fs.String("server-name", "localhost", "name to verify in the server certificate (tls mode)")
 	balance := fs.Bool("balance", false, "resolve a static:/// target with gridmesh's discovery and balance round robin")
 	res := fs.Bool("resilience", false, "mesh mode: apply resilience.Default() to every call")
-	otel := fs.Bool("otel", false, "mesh mode: OTel on, exporting OTLP to OTEL_EXPORTER_OTLP_ENDPOINT")
+	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *target == "" {
 		return errors.New("-target is required")
 	}
-	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *otel)
+	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel)
 	if err != nil {
 		return err
 	}
@@ -132,7 +131,7 @@ func run(ctx context.Context, args []string) error {
 	return in.Err()
 }
 
-func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res, otel bool) (*grpc.ClientConn, func(), error) {
+func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res bool, tel string) (*grpc.ClientConn, func(), error) {
 	nop := func() {}
 	var opts []grpc.DialOption
 	if balance {
@@ -140,11 +139,11 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance,
 		if err != nil {
 			return nil, nop, err
 		}
-		sc, err := discovery.Balancer{Policy: discovery.RoundRobin}.ServiceConfig()
+		o, err := reg.DialOptions(discovery.Balancer{Policy: discovery.RoundRobin})
 		if err != nil {
 			return nil, nop, err
 		}
-		opts = append(opts, grpc.WithResolvers(reg.ResolverBuilders()...), grpc.WithDefaultServiceConfig(sc))
+		opts = append(opts, o...)
 	}
 	switch mode {
 	case "plain":
@@ -167,16 +166,12 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance,
 		if err != nil {
 			return nil, nop, err
 		}
-		cleanup := func() { src.Close() }
-		if otel {
-			o, shutdown, err := telemetryOn(ctx, src, target)
-			if err != nil {
-				cleanup()
-				return nil, nop, err
-			}
-			cleanup = func() { shutdown(); src.Close() }
-			opts = append(opts, o...)
+		mopts, shutdown, err := telemetryMode(ctx, tel, "bench-load")
+		if err != nil {
+			src.Close()
+			return nil, nop, err
 		}
+		cleanup := func() { shutdown(); src.Close() }
 		if res {
 			o, err := resilienceOn()
 			if err != nil {
@@ -185,7 +180,8 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance,
 			}
 			opts = append(opts, o...)
 		}
-		conn, err := mesh.Dial(ctx, target, mesh.WithIdentity(src), mesh.WithGRPCDialOptions(opts...))
+		mopts = append(mopts, mesh.WithIdentity(src), mesh.WithGRPCDialOptions(opts...))
+		conn, err := mesh.Dial(ctx, target, mopts...)
 		if err != nil {
 			cleanup()
 			return nil, nop, err

@@ -3,11 +3,12 @@
 // and discards spans. It prints "listening <addr>" once it accepts
 // connections and serves until SIGINT or SIGTERM.
 //
-//	benchserver -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem] [-otel]
+//	benchserver -mode plain|tls|mesh|otlp-sink [-listen 127.0.0.1:0] [-cert c.pem -key k.pem] [-telemetry off|noop|otlp]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
-// SPIFFE_ENDPOINT_SOCKET. With -otel, telemetry.Setup exports traces and
-// metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT (an otlp-sink).
+// SPIFFE_ENDPOINT_SOCKET; -telemetry picks the mesh's OTel setup (see
+// telemetryMode); with otlp the exporters send to OTEL_EXPORTER_OTLP_ENDPOINT
+// (an otlp-sink).
 package main
 
 import (
@@ -47,7 +48,7 @@ func run(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	certFile := fs.String("cert", "", "PEM certificate chain (tls mode)")
 	keyFile := fs.String("key", "", "PEM private key (tls mode)")
-	otel := fs.Bool("otel", false, "mesh mode: OTel on, exporting OTLP to OTEL_EXPORTER_OTLP_ENDPOINT")
+	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,16 +85,12 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		defer src.Close()
-		opts := []mesh.ServerOption{mesh.WithIdentity(src), mesh.WithDrainTimeout(0)}
-		if *otel {
-			o, shutdown, err := telemetryOn(ctx, "bench-server", src)
-			if err != nil {
-				return err
-			}
-			defer shutdown()
-			opts = append(opts, o...)
+		opts, shutdown, err := telemetryMode(ctx, *tel, "bench-server")
+		if err != nil {
+			return err
 		}
-		srv, err := mesh.NewServer(opts...)
+		defer shutdown()
+		srv, err := mesh.NewServer(append(opts, mesh.WithIdentity(src), mesh.WithDrainTimeout(0))...)
 		if err != nil {
 			return err
 		}

@@ -2,41 +2,39 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 )
 
-// telemetryOn sets up OTel (OTLP traces through a batch span processor, and
-// OTLP metrics) and returns the server options that install the otelgrpc
-// stats handler and the mesh metrics interceptors.
+// telemetryMode returns the mesh options for -telemetry and a shutdown
+// that flushes what Setup built:
 //
-// The mesh does not install these itself yet (mesh.NewServer at this
-// commit has no telemetry), so they are added here with the telemetry
-// package's own constructors, the way the mesh is to wire them.
-func telemetryOn(ctx context.Context, service string, src security.Source) ([]mesh.ServerOption, func(), error) {
-	p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp"})
-	if err != nil {
-		return nil, nil, err
+//	off    mesh.WithoutTelemetry(): no stats handlers, no metrics interceptors
+//	noop   the mesh's default handlers with OTel not set up (no-op globals),
+//	       what a service gets that never calls telemetry.Setup
+//	otlp   telemetry.Setup exporting traces (batch span processor) and
+//	       metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT; the mesh's
+//	       default handlers use the globals it installs
+func telemetryMode(ctx context.Context, mode, service string) ([]mesh.ServerOption, func(), error) {
+	switch mode {
+	case "off":
+		return []mesh.ServerOption{mesh.WithoutTelemetry()}, func() {}, nil
+	case "noop":
+		return nil, func() {}, nil
+	case "otlp":
+		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp"})
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			p.Shutdown(ctx)
+		}, nil
+	default:
+		return nil, nil, fmt.Errorf("-telemetry must be off, noop or otlp, not %q", mode)
 	}
-	shutdown := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	}
-	self, err := security.ID(src)
-	if err != nil {
-		shutdown()
-		return nil, nil, err
-	}
-	unary, stream := telemetry.ServerInterceptors(telemetry.NewMetrics(p.MeterProvider), self.String())
-	return []mesh.ServerOption{mesh.WithGRPCServerOptions(
-		grpc.StatsHandler(telemetry.ServerHandler(p.TracerProvider, p.MeterProvider)),
-		grpc.ChainUnaryInterceptor(unary),
-		grpc.ChainStreamInterceptor(stream),
-	)}, shutdown, nil
 }

@@ -180,7 +180,7 @@ func (r *result) finish() {
 		}
 	}
 	a, b := by["a-plain"], by["b-tls"]
-	for _, c := range []string{"c-mtls", "c-nootel", "c-full"} {
+	for _, c := range []string{"c-mtls", "c-bal", "c-nootel", "c-full"} {
 		if by[c] == nil {
 			continue
 		}
@@ -198,7 +198,7 @@ func (r *result) finish() {
 	}
 	// Targets, for the most complete mesh variant that ran, and for each
 	// variant so the cost can be split by component.
-	for _, c := range []string{"c-full", "c-nootel", "c-mtls"} {
+	for _, c := range []string{"c-full", "c-nootel", "c-bal", "c-mtls"} {
 		cs := by[c]
 		if cs == nil || b == nil {
 			continue
@@ -220,7 +220,7 @@ func (r *result) finish() {
 			meshAdds, sideAdds := cs.P50-b.P50, ds.P50-a.P50
 			r.Targets = append(r.Targets,
 				target{fmt.Sprintf("%s vs %s: p50 the mesh adds over b at least 5x smaller than what the sidecar adds over a", c, d),
-					fmt.Sprintf("mesh +%.0fµs, sidecar +%.0fµs (%.1fx)", meshAdds, sideAdds, sideAdds/max(meshAdds, 1)), meshAdds*5 <= sideAdds},
+					adds(meshAdds, sideAdds), meshAdds*5 <= sideAdds},
 				target{fmt.Sprintf("%s vs %s: max throughput at least 2x", c, d),
 					fmt.Sprintf("%.2fx", cs.MaxRPS/ds.MaxRPS), cs.MaxRPS >= 2*ds.MaxRPS},
 				target{fmt.Sprintf("%s vs %s: CPU per request (at 1,000/s) at least 2x lower", c, d),
@@ -228,6 +228,16 @@ func (r *result) finish() {
 			)
 		}
 	}
+}
+
+// adds describes the p50 latency the mesh and the sidecar add over their
+// baselines; noise can make either negative.
+func adds(mesh, sidecar float64) string {
+	s := fmt.Sprintf("mesh %+.0fµs, sidecar %+.0fµs", mesh, sidecar)
+	if mesh > 0 && sidecar > 0 {
+		s += fmt.Sprintf(" (%.1fx)", sidecar/mesh)
+	}
+	return s
 }
 
 func pct(x, base float64) string { return fmt.Sprintf("%+.0f%%", 100*(x/base-1)) }

@@ -41,23 +41,30 @@ func scenarios() []*scenario {
 		},
 		{
 			Name:        "c-mtls",
-			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial, SVIDs from the Workload API (meshd dev), per-call authorization, one backend",
+			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial with mesh.WithoutTelemetry(), SVIDs from the Workload API (meshd dev), per-call authorization, one backend, no resilience",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-mtls", 1, false, false)
+				return h.meshScenario(ctx, "c-mtls", 1, false, "off")
+			},
+		},
+		{
+			Name:        "c-bal",
+			Description: "(c) gridmesh mTLS with discovery: as c-mtls, but a static:/// target over three backends, round robin; no resilience, mesh.WithoutTelemetry()",
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "c-bal", 3, false, "off")
 			},
 		},
 		{
 			Name:        "c-nootel",
-			Description: "(c) gridmesh without OTel: static:/// target over three backends, round robin, default resilience policy",
+			Description: "(c) gridmesh with OTel not set up: mesh defaults (otelgrpc handlers and metrics interceptors on no-op providers), static:/// target over three backends, round robin, resilience.Default()",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-nootel", 3, true, false)
+				return h.meshScenario(ctx, "c-nootel", 3, true, "noop")
 			},
 		},
 		{
 			Name:        "c-full",
-			Description: "(c) gridmesh full: three backends, round robin, default resilience, OTel on with a batch span processor exporting OTLP to a sink",
+			Description: "(c) gridmesh full: three backends, round robin, resilience.Default(), OTel on (telemetry.Setup: batch span processor, OTLP/gRPC traces and metrics to a sink process), every call traced",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-full", 3, true, true)
+				return h.meshScenario(ctx, "c-full", 3, true, "otlp")
 			},
 		},
 		{
@@ -102,13 +109,16 @@ func (h *harness) direct(ctx context.Context, name, mode string, env []string) e
 }
 
 // meshScenario starts n mesh servers and a mesh load generator; with more
-// than one server the target is static:/// and calls are balanced. With
-// otel, every mesh process exports spans and metrics to an OTLP sink of
-// the scenario's own, which is then on the path too.
-func (h *harness) meshScenario(ctx context.Context, name string, n int, res, otel bool) error {
+// than one server the target is static:/// and calls are balanced; res
+// applies resilience.Default() to the client. tel is the -telemetry mode of
+// every mesh process; with otlp they export to an OTLP sink of the
+// scenario's own, which is then on the path too.
+func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool, tel string) error {
 	sc := h.byName[name]
-	var env, sargs, largs []string
-	if otel {
+	env := []string{}
+	sargs := []string{"-telemetry", tel}
+	largs := []string{"-telemetry", tel}
+	if tel == "otlp" {
 		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("benchserver"), "-mode", "otlp-sink")
 		if err != nil {
 			return err
@@ -116,8 +126,6 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res, ote
 		sink.role = "sink"
 		sc.path = append(sc.path, sink)
 		env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + addr, "OTEL_EXPORTER_OTLP_INSECURE=true"}
-		sargs = append(sargs, "-otel")
-		largs = append(largs, "-otel")
 	}
 	if res {
 		largs = append(largs, "-resilience")
