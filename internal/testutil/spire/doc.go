@@ -14,6 +14,16 @@
 //	src, err := workloadapi.NewX509Source(ctx,
 //		workloadapi.WithClientOptions(workloadapi.WithAddr(d.Agent().Addr())))
 //
+// Outages and rotations: [Deployment.StopServer] and [Deployment.StartServer]
+// (same port, datastore and CA keys), [Agent.Stop], [Agent.Start] and
+// [Agent.Restart] (the agent keeps its SVID and key on disk), and a CA rotation
+// forced through spire-server with [Deployment.PrepareX509Authority],
+// [Deployment.ActivateX509Authority], [Deployment.TaintX509Authority] and
+// [Deployment.RevokeX509Authority]; a short [Config.CATTL] makes SPIRE rotate
+// its CA on its own. SPIRE backdates SVIDs by 10s and agents renew them at
+// half of that whole lifetime, so an entry with a 20s TTL is renewed about
+// every 5s.
+//
 // Every workload in one test process has the same unix selectors, so one agent
 // hands it every entry registered for them. To give a client and a server in
 // the same process distinct identities, start a second agent with
