@@ -8,8 +8,14 @@
 // xds.BootstrapContentsForTesting. Each channel and server then has its own
 // xDS client and ADS stream.
 //
-//	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: "127.0.0.1:15010"})
-//	cc, err := grpc.NewClient("xds:///trading", grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds))
+//	cp, release := xdscert.Register(svidSource) // or xdscert.WorkloadAPI("")
+//	defer release()
+//	cfg := xdsbootstrap.Config{ServerURI: "127.0.0.1:15010", CertProvider: cp}
+//	dopts, err := xdsbootstrap.DialOptions(cfg, meshCreds)
+//	cc, err := grpc.NewClient("xds:///trading", dopts...)
+//
+//	sopts, err := xdsbootstrap.ServerOptions(cfg, meshServerCreds)
+//	srv, err := xds.NewGRPCServer(sopts...)
 package xdsbootstrap
 
 import (
@@ -24,6 +30,9 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/xds"
 )
@@ -163,4 +172,43 @@ func ServerOption(c Config) (grpc.ServerOption, error) {
 		return nil, err
 	}
 	return xds.BootstrapContentsForTesting(b), nil
+}
+
+// DialOptions returns what grpc.NewClient needs for an xds:/// target
+// through the control plane in c: the resolver and grpc-go's xDS client
+// credentials, which use the certificate provider in c when the control
+// plane asks for mTLS and fallback when it sends no security config
+// (fallback nil: plaintext).
+func DialOptions(c Config, fallback credentials.TransportCredentials) ([]grpc.DialOption, error) {
+	rb, err := NewResolverBuilder(c)
+	if err != nil {
+		return nil, err
+	}
+	if fallback == nil {
+		fallback = insecure.NewCredentials()
+	}
+	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: fallback})
+	if err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: %w", err)
+	}
+	return []grpc.DialOption{grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds)}, nil
+}
+
+// ServerOptions returns what xds.NewGRPCServer needs to be configured by
+// the control plane in c: the bootstrap and grpc-go's xDS server
+// credentials (certificate provider from c for mTLS listeners, fallback
+// otherwise; nil fallback: plaintext).
+func ServerOptions(c Config, fallback credentials.TransportCredentials) ([]grpc.ServerOption, error) {
+	bopt, err := ServerOption(c)
+	if err != nil {
+		return nil, err
+	}
+	if fallback == nil {
+		fallback = insecure.NewCredentials()
+	}
+	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: fallback})
+	if err != nil {
+		return nil, fmt.Errorf("xdsbootstrap: %w", err)
+	}
+	return []grpc.ServerOption{bopt, grpc.Creds(creds)}, nil
 }

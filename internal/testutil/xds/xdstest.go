@@ -16,8 +16,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
-	xdscreds "google.golang.org/grpc/credentials/xds"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/xds"
 
@@ -194,21 +192,17 @@ func StartBackend(t testing.TB, m *Meshd, o BackendOptions) *Backend {
 	if o.CertProvider != nil {
 		bc.CertProvider = o.CertProvider
 	}
-	bopt, err := xdsbootstrap.ServerOption(bc)
+	sopts, err := xdsbootstrap.ServerOptions(bc, nil)
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	serving := make(chan struct{})
 	var once sync.Once
-	srv, err := xds.NewGRPCServer(bopt, grpc.Creds(creds), xds.ServingModeCallback(func(_ net.Addr, a xds.ServingModeChangeArgs) {
+	srv, err := xds.NewGRPCServer(append(sopts, xds.ServingModeCallback(func(_ net.Addr, a xds.ServingModeChangeArgs) {
 		if a.Mode == connectivity.ServingModeServing {
 			once.Do(func() { close(serving) })
 		}
-	}))
+	}))...)
 	if err != nil {
 		t.Fatalf("xds server: %v", err)
 	}
@@ -244,15 +238,11 @@ func Register(t testing.TB, m *Meshd, r registration.Registration) {
 // addr, with src (may be nil) as the mTLS identity. Closed at cleanup.
 func Dial(t testing.TB, addr, service string, src xdscert.Source) testgrpc.TestServiceClient {
 	t.Helper()
-	rb, err := xdsbootstrap.NewResolverBuilder(Bootstrap(t, addr, src))
+	dopts, err := xdsbootstrap.DialOptions(Bootstrap(t, addr, src), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+service, grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds))
+	cc, err := grpc.NewClient("xds:///"+service, dopts...)
 	if err != nil {
 		t.Fatalf("dial xds:///%s: %v", service, err)
 	}
