@@ -11,6 +11,7 @@ import (
 
 	"github.com/failsafe-go/failsafe-go/bulkhead"
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
+	"github.com/failsafe-go/failsafe-go/ratelimiter"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,36 +23,51 @@ import (
 )
 
 // A backend failing 100% at steady load: the budget keeps attempts within
-// 1.2x the calls plus the floor, although each call may try 3 times.
+// 1.2x the calls plus the floor, although each call may try 3 times. Once
+// with a backend that answers UNAVAILABLE to reads, once with a dead one
+// that refuses connections, where even writes are retried (never sent).
 func TestRetryBudgetCapsAttemptsAgainstFailingBackend(t *testing.T) {
-	srv := ledgertest.Start(t)
-	srv.SetMode(ledgertest.Unavailable)
-	p := fastRetries(resilience.Default())
-	p.Breaker = resilience.Breaker{} // measure the budget alone
-	rc, ev := newClient(t, p)
-	var attempts atomic.Int64
-	conn := dial(t, "passthrough:///"+srv.Addr, rc, &attempts)
-	ctx := testCtx(t, time.Minute)
-
-	const calls = 3000
-	failed := load(calls, 8, func(i int) error {
-		_, err := ledgertest.Call(ctx, conn, ledgertest.Get, fmt.Sprint(i))
-		return err
-	})
-
-	floor := p.Budget.MinPerSecond * p.Budget.Window.Seconds()
-	limit := int64(1.2*calls + floor)
-	ratio := float64(attempts.Load()) / calls
-	t.Logf("calls=%d failed=%d attempts=%d (server saw %d) ratio=%.3f limit=%d budget-denied=%d",
-		calls, failed, attempts.Load(), srv.Attempts(ledgertest.Get), ratio, limit, ev.budget.Load())
-	if failed != calls {
-		t.Errorf("failed = %d, want all %d", failed, calls)
+	tests := []struct {
+		name   string
+		method string
+		target func(t testing.TB) string
+	}{
+		{"reads to a backend answering UNAVAILABLE", ledgertest.Get, func(t testing.TB) string {
+			srv := ledgertest.Start(t)
+			srv.SetMode(ledgertest.Unavailable)
+			return srv.Addr
+		}},
+		{"writes to a dead backend", ledgertest.Apply, closedPort},
 	}
-	if got := attempts.Load(); got > limit || got <= calls {
-		t.Errorf("attempts = %d, want in (%d, %d]: retries, but within the budget", got, calls, limit)
-	}
-	if ev.budget.Load() == 0 {
-		t.Error("budget was never exhausted")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fastRetries(resilience.Default())
+			p.Breaker = resilience.Breaker{} // measure the budget alone
+			rc, ev := newClient(t, p)
+			var attempts atomic.Int64
+			conn := dial(t, "passthrough:///"+tt.target(t), rc, &attempts)
+			ctx := testCtx(t, time.Minute)
+
+			const calls = 3000
+			failed := load(calls, 8, func(i int) error {
+				_, err := ledgertest.Call(ctx, conn, tt.method, fmt.Sprint(i))
+				return err
+			})
+
+			floor := p.Budget.MinPerSecond * p.Budget.Window.Seconds()
+			limit := int64(1.2*calls + floor)
+			t.Logf("calls=%d failed=%d attempts=%d ratio=%.3f limit=%d (1.2x+%v) retries=%d budget-denied=%d",
+				calls, failed, attempts.Load(), float64(attempts.Load())/calls, limit, floor, ev.retries.Load(), ev.budget.Load())
+			if failed != calls {
+				t.Errorf("failed = %d, want all %d", failed, calls)
+			}
+			if got := attempts.Load(); got > limit || got <= calls {
+				t.Errorf("attempts = %d, want in (%d, %d]: retries, but within the budget", got, calls, limit)
+			}
+			if ev.budget.Load() == 0 {
+				t.Error("budget was never exhausted")
+			}
+		})
 	}
 }
 
@@ -458,5 +474,26 @@ func TestStreamNeverSentIsRetried(t *testing.T) {
 	}
 	if got := ev.retries.Load(); got != 2 {
 		t.Errorf("retries = %d, want 2", got)
+	}
+}
+
+// Over the rate limit, calls are refused without being sent.
+func TestRateLimitRejects(t *testing.T) {
+	srv := ledgertest.Start(t)
+	p := resilience.Default()
+	p.RateLimit = resilience.RateLimit{Requests: 1, Per: time.Hour}
+	rc, _ := newClient(t, p)
+	var attempts atomic.Int64
+	conn := dial(t, "passthrough:///"+srv.Addr, rc, &attempts)
+	ctx := testCtx(t, 10*time.Second)
+	if _, err := ledgertest.Call(ctx, conn, ledgertest.Get, "1"); err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	_, err := ledgertest.Call(ctx, conn, ledgertest.Get, "2")
+	if !errors.Is(err, ratelimiter.ErrExceeded) || status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("second call error = %v, want ratelimiter.ErrExceeded as RESOURCE_EXHAUSTED", err)
+	}
+	if got := srv.Attempts(ledgertest.Get); got != 1 {
+		t.Errorf("server attempts = %d, want 1", got)
 	}
 }

@@ -25,9 +25,10 @@ import (
 // Retries need a replayable body: none, http.NoBody, or a request with
 // GetBody (http.NewRequest sets it for bytes and strings readers); others
 // get one attempt. A response the policy retries is drained and closed; the
-// last one is returned when the retries run out. Policy.Timeout and
-// PerTryTimeout bound the time until response headers, then the body read
-// until it is closed.
+// last one is returned when the retries run out. Policy.Timeout bounds the
+// whole request, reading the body included; Retry.PerTryTimeout bounds each
+// attempt until its response headers. HTTP has no standard deadline header,
+// so the server is not told the deadline.
 func (c *Client) RoundTripper(next http.RoundTripper) http.RoundTripper {
 	if next == nil {
 		next = http.DefaultTransport
@@ -107,6 +108,9 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if exec == nil {
 		resp, err := t.attempt(ctx, req, req.Body, d, ms, method, lvl, keyed)
+		if isRetryable(err) && resp != nil {
+			err = nil // a response the policy would retry, but it may not: return it
+		}
 		return finishHTTP(resp, unwrapResult(err), cancel)
 	}
 

@@ -55,6 +55,7 @@ func TestRoundTripperRetryRules(t *testing.T) {
 		key        bool
 		failStatus int
 		fails      int64 // -1: always
+		noRetry    bool
 		wantHits   int64
 		wantStatus int
 	}{
@@ -66,13 +67,18 @@ func TestRoundTripperRetryRules(t *testing.T) {
 		{name: "POST 409 with key retried (in flight)", method: "POST", body: "trade", key: true, failStatus: 409, fails: 2, wantHits: 3, wantStatus: 200},
 		{name: "POST 500 with key not retried", method: "POST", body: "trade", key: true, failStatus: 500, fails: -1, wantHits: 1, wantStatus: 500},
 		{name: "PUT 503 not retried by default", method: "PUT", body: "x", failStatus: 503, fails: -1, wantHits: 1, wantStatus: 503},
+		{name: "GET 503 without retries returns the response", method: "GET", failStatus: 503, fails: -1, noRetry: true, wantHits: 1, wantStatus: 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := &scripted{failStatus: tt.failStatus, fails: tt.fails}
 			ts := httptest.NewServer(h)
 			defer ts.Close()
-			rc, _ := newClient(t, fastRetries(resilience.Default()))
+			p := fastRetries(resilience.Default())
+			if tt.noRetry {
+				p.Retry.MaxAttempts = 1
+			}
+			rc, _ := newClient(t, p)
 			ctx := testCtx(t, 10*time.Second)
 			req, err := http.NewRequestWithContext(ctx, tt.method, ts.URL+"/trades", strings.NewReader(tt.body))
 			if err != nil {
