@@ -389,6 +389,11 @@ func runBenchmarks(ctx context.Context, bin, benchtime string) ([]benchmark, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w\n%s%s", bin, err, out, stderr.String())
 	}
+	return parseBenchmarks(out), nil
+}
+
+// parseBenchmarks reads the standard `go test -bench` result lines.
+func parseBenchmarks(out []byte) []benchmark {
 	var bs []benchmark
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
@@ -408,5 +413,5 @@ func runBenchmarks(ctx context.Context, bin, benchtime string) ([]benchmark, err
 		}
 		bs = append(bs, x)
 	}
-	return bs, nil
+	return bs
 }
