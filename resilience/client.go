@@ -444,6 +444,41 @@ func unwrapResult(err error) error {
 	return err
 }
 
+// attemptGroup tracks the attempts of one call so that the call returns
+// only after all of them ended. failsafe-go starts hedges on goroutines of
+// its own and may return before a late hedge has begun; such an attempt
+// finds the group finished and sends nothing.
+type attemptGroup struct {
+	mu       sync.Mutex
+	finished bool
+	wg       sync.WaitGroup
+}
+
+// enter registers an attempt, or reports false if the call already returned.
+func (g *attemptGroup) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.finished {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *attemptGroup) exit() { g.wg.Done() }
+
+// finish refuses new attempts and waits for the running ones.
+func (g *attemptGroup) finish() {
+	g.mu.Lock()
+	g.finished = true
+	g.mu.Unlock()
+	g.wg.Wait()
+}
+
+// errCallDone is what an attempt that started after its call returned
+// reports; nobody sees it.
+var errCallDone = errors.New("resilience: call already returned")
+
 // attemptLog is shared by the attempts of one call (hedges run in parallel).
 type attemptLog struct {
 	mu      sync.Mutex

@@ -56,8 +56,10 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 
 	st := &unaryCall{}
 	_, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
-		st.wg.Add(1)
-		defer st.wg.Done()
+		if !st.group.enter() {
+			return nil, errCallDone
+		}
+		defer st.group.exit()
 		if err := c.gate(d, method, e.IsHedge(), e.IsRetry(), e.Attempts(), &st.log); err != nil {
 			return nil, err
 		}
@@ -80,7 +82,7 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 	})
 	// Hedged losers were canceled by the hedge policy; wait for them so that
 	// no attempt outlives the call.
-	st.wg.Wait()
+	st.group.finish()
 	if err == nil && hedge && st.winner != nil {
 		proto.Reset(reply.(proto.Message))
 		proto.Merge(reply.(proto.Message), st.winner)
@@ -92,7 +94,7 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 // allocation.
 type unaryCall struct {
 	log    attemptLog
-	wg     sync.WaitGroup
+	group  attemptGroup
 	winMu  sync.Mutex
 	winner proto.Message
 }

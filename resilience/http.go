@@ -115,14 +115,16 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	var (
-		log  attemptLog
-		wg   sync.WaitGroup
-		call httpCall
-		used atomic.Bool // the original body went to an attempt
+		log   attemptLog
+		group attemptGroup
+		call  httpCall
+		used  atomic.Bool // the original body went to an attempt
 	)
 	res, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
-		wg.Add(1)
-		defer wg.Done()
+		if !group.enter() {
+			return nil, errCallDone
+		}
+		defer group.exit()
 		if err := c.gate(d, method, e.IsHedge(), e.IsRetry(), e.Attempts(), &log); err != nil {
 			return nil, err
 		}
@@ -145,7 +147,7 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return resp, err
 	})
-	wg.Wait()
+	group.finish()
 	resp, _ := res.(*http.Response)
 	err = unwrapResult(err)
 	var se *statusError
