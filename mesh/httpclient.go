@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
+	"github.com/gridmesh/gridmesh/internal/httpxds"
+	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 )
@@ -74,9 +77,13 @@ type HTTPTransport struct {
 
 type httpService struct {
 	target string
-	watch  *discovery.Watch
+	wait   func(context.Context) error // blocks for the first endpoint set
+	close  func() error
 	bal    *httpbalance.Balancer
 	tr     *http.Transport
+	// ids is the set of IDs endpoints without their own may present, from
+	// xDS; nil: the transport's default expectation.
+	ids atomic.Pointer[spiffeid.Matcher]
 }
 
 // NewHTTPTransport returns the mesh's HTTP transport (see HTTPTransport).
@@ -109,6 +116,12 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		return nil, err
 	}
 	for host, target := range cfg.http.targets {
+		if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
+			if cluster == "" || cfg.http.xds == "" {
+				return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): an xds:///<cluster> target needs a cluster name and mesh.WithHTTPXDS(meshd address)", host, target)
+			}
+			continue
+		}
 		if _, err := discovery.ParseTarget(target); err != nil {
 			return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): %w", host, target, err)
 		}
@@ -178,7 +191,7 @@ func (t *HTTPTransport) Close() error {
 	t.mu.Unlock()
 	var errs []error
 	for _, s := range services {
-		errs = append(errs, s.watch.Close())
+		errs = append(errs, s.close())
 		s.tr.CloseIdleConnections()
 	}
 	return errors.Join(errs...)
@@ -198,6 +211,9 @@ func (t *HTTPTransport) targetFor(host string) (string, error) {
 		return target, nil
 	}
 	if svc, ok := strings.CutSuffix(name, ".mesh"); ok && svc != "" {
+		if t.cfg.xds != "" {
+			return "xds:///" + svc, nil
+		}
 		return "consul:///" + svc, nil
 	}
 	if err != nil {
@@ -221,7 +237,20 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 	}
 	s := &httpService{target: target, bal: httpbalance.New(t.policy)}
 	s.tr = t.endpointTransport(s)
-	s.watch, err = t.registry.Watch(target, func(eps []discovery.Endpoint, err error) {
+	if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
+		err = t.watchXDS(s, cluster)
+	} else {
+		err = t.watchDiscovery(s)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
+	}
+	t.services[target] = s
+	return s, nil
+}
+
+func (t *HTTPTransport) watchDiscovery(s *httpService) error {
+	w, err := t.registry.Watch(s.target, func(eps []discovery.Endpoint, err error) {
 		if err != nil {
 			return
 		}
@@ -234,10 +263,53 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
+		return err
 	}
-	t.services[target] = s
-	return s, nil
+	s.wait = func(ctx context.Context) error { _, err := w.Wait(ctx); return err }
+	s.close = w.Close
+	return nil
+}
+
+func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
+	if t.cfg.xds == "" {
+		return errors.New("xds:/// targets need mesh.WithHTTPXDS(meshd address)")
+	}
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.cfg.xds, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster}, func(u httpxds.Update) {
+		if !t.cfg.policySet {
+			if u.Policy == "least_request" {
+				s.bal.SetPolicy(httpbalance.LeastRequest)
+			} else {
+				s.bal.SetPolicy(httpbalance.RoundRobin)
+			}
+		}
+		if len(u.IDs) > 0 {
+			ids := u.IDs
+			m := spiffeid.Matcher(func(id spiffeid.ID) error {
+				for _, want := range ids {
+					if id == want {
+						return nil
+					}
+				}
+				return fmt.Errorf("unexpected ID %q: xDS cluster %q accepts %v", id, cluster, ids)
+			})
+			s.ids.Store(&m)
+		} else {
+			s.ids.Store(nil)
+		}
+		set := make([]httpbalance.Endpoint, len(u.Endpoints))
+		for i, e := range u.Endpoints {
+			set[i] = httpbalance.Endpoint{Addr: e.Addr}
+		}
+		if s.bal.Update(set) {
+			s.tr.CloseIdleConnections()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	s.wait = func(ctx context.Context) error { _, err := w.Wait(ctx); return err }
+	s.close = w.Close
+	return nil
 }
 
 // endpointTransport is the connection pool of one service. Its dialer
@@ -253,6 +325,9 @@ func (t *HTTPTransport) endpointTransport(s *httpService) *http.Transport {
 		IdleConnTimeout:     90 * time.Second,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			expect := t.expect
+			if m := s.ids.Load(); m != nil {
+				expect = *m
+			}
 			if id, ok := s.bal.ID(addr); ok && !id.IsZero() {
 				expect = spiffeid.MatchID(id)
 			}
@@ -289,7 +364,7 @@ func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		closeBody(req)
 		return nil, err
 	}
-	if _, err := svc.watch.Wait(req.Context()); err != nil {
+	if err := svc.wait(req.Context()); err != nil {
 		closeBody(req)
 		return nil, fmt.Errorf("mesh: endpoints of %s: %w", svc.target, err)
 	}

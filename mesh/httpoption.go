@@ -19,6 +19,8 @@ type httpDialConfig struct {
 	targets   map[string]string // normalized host -> discovery target
 	balancer  discovery.Balancer
 	wrappers  []func(http.RoundTripper) http.RoundTripper
+	xds       string // meshd's xDS address for xds:/// targets
+	policySet bool   // WithHTTPBalancer was given
 }
 
 type httpProtocolsOption http.Protocols
@@ -39,12 +41,10 @@ func (o httpProtocolsOption) applyDial(c *dialConfig) {
 // HTTP/2 preferred when both sides offer it.
 func WithHTTPProtocols(p http.Protocols) Option { return httpProtocolsOption(p) }
 
-// WithRegistry sets the discovery Registry through which HTTPClient finds
-// the endpoints of consul:/// and static:/// targets. Default: a Registry
-// without Consul, which serves static:/// targets only. The mesh does not
-// close it (a Registry starts nothing of its own). Dial does not read it:
-// give grpc.WithResolvers(reg.ResolverBuilders()...) to
-// WithGRPCDialOptions.
+// WithRegistry sets the discovery Registry through which Dial and
+// HTTPClient find the endpoints of consul:/// and static:/// targets.
+// Default: a Registry without Consul, which serves static:/// targets only.
+// The mesh does not close it (a Registry starts nothing of its own).
 func WithRegistry(reg *discovery.Registry) DialOption {
 	return dialOption(func(c *dialConfig) { c.http.registry = reg })
 }
@@ -72,7 +72,23 @@ func WithHTTPTarget(host, target string) DialOption {
 // skipped for 1s, doubling up to 30s while it keeps failing, and the
 // request goes to another endpoint.
 func WithHTTPBalancer(b discovery.Balancer) DialOption {
-	return dialOption(func(c *dialConfig) { c.http.balancer = b })
+	return dialOption(func(c *dialConfig) { c.http.balancer, c.http.policySet = b, true })
+}
+
+// WithHTTPXDS makes HTTPClient follow xds:///<cluster> targets through
+// meshd's xDS server at serverURI (host:port, plaintext, as for gRPC's
+// xDS bootstrap), and makes "<name>.mesh" hosts without a WithHTTPTarget
+// mean xds:///<name> instead of consul:///<name>. From meshd the client
+// takes the cluster's endpoints (EDS), its load-balancing policy (CDS
+// lb_policy: round robin or least request; ring hash falls back to round
+// robin) unless WithHTTPBalancer is given, and the SPIFFE IDs its mTLS
+// context accepts (CDS subject alternative names). It honours nothing of
+// meshd's listeners and routes (no weighted splits, header routes, retries,
+// timeouts or fault injection), nor its circuit breakers and outlier
+// detection: use version clusters ("xds:///trading/v2") and the resilience
+// round tripper for those.
+func WithHTTPXDS(serverURI string) DialOption {
+	return dialOption(func(c *dialConfig) { c.http.xds = serverURI })
 }
 
 // WithHTTPRoundTripper wraps HTTPClient's transport in wrap, for example

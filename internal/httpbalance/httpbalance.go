@@ -107,6 +107,14 @@ func (b *Balancer) Update(eps []Endpoint) (removed bool) {
 	return len(old) > 0
 }
 
+// SetPolicy changes the policy for the next picks (a control plane's
+// choice arriving after New).
+func (b *Balancer) SetPolicy(p Policy) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cfg.Policy = p
+}
+
 // ID returns the expected SPIFFE ID of the endpoint at addr, if the set
 // has one.
 func (b *Balancer) ID(addr string) (spiffeid.ID, bool) {

@@ -1,0 +1,102 @@
+package mesh_test
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/controlplane/registration"
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/testutil/consul"
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/mesh"
+)
+
+// TestHTTPClientFollowsConsul resolves http://trading.mesh through Consul:
+// the registered instances share the calls, and an instance that
+// deregisters stops getting them.
+func TestHTTPClientFollowsConsul(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	fake := consul.New(t, consul.Options{})
+	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// discovery derives spiffe://example.org/service/trading for instances.
+	bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/service/trading")))
+	var regs []*discovery.Registration
+	for _, b := range bs {
+		host, port, _ := net.SplitHostPort(b.addr)
+		p, _ := strconv.Atoi(port)
+		r, err := reg.Register(callTimeout(t), discovery.Service{Name: "trading", Address: host, Port: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		regs = append(regs, r)
+	}
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithRegistry(reg))
+	got, failed := shares(load(t, c, "http://trading.mesh/v1/trades", 300, 3))
+	if failed != 0 || len(got) != 3 {
+		t.Fatalf("%d failed, shares %v; want 0 failed over 3 backends", failed, got)
+	}
+	if err := regs[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := bs[0].h.calls.Load()
+		_, failed := shares(load(t, c, "http://trading.mesh/v1/trades", 30, 3))
+		if failed != 0 {
+			t.Fatalf("%d requests failed after a deregistration", failed)
+		}
+		if bs[0].h.calls.Load() == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the deregistered instance still gets requests after 10s")
+		}
+	}
+}
+
+// TestHTTPClientFollowsXDS takes endpoints, balancing policy and accepted
+// SPIFFE IDs from meshd.
+func TestHTTPClientFollowsXDS(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request"}}})
+	bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/trading")))
+	impostor := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/impostor")))
+	for _, b := range append(bs, impostor...) {
+		// The impostor registers under the right ID but cannot present it.
+		xdstest.Register(t, m, registration.Registration{Service: "trading", Address: b.addr, SPIFFEID: "spiffe://example.org/trading"})
+	}
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithHTTPXDS(m.Addr))
+	got, failed := shares(load(t, c, "http://trading.mesh/v1/trades", 300, 3))
+	if failed != 0 || len(got) != 3 || impostor[0].h.calls.Load() != 0 {
+		t.Fatalf("%d failed, shares %v, impostor served %d; want 0 failed over the 3 real backends", failed, got, impostor[0].h.calls.Load())
+	}
+	t.Logf("xDS least_request over 3 backends: %.1f%% %.1f%% %.1f%%", got["b0"], got["b1"], got["b2"])
+
+	// Deregistered at meshd: no more requests.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := registration.NewClient(m.HTTPAddr).Deregister(ctx, "trading", bs[0].addr); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := bs[0].h.calls.Load()
+		if _, failed := shares(load(t, c, "http://trading.mesh/", 30, 3)); failed != 0 {
+			t.Fatalf("%d requests failed after a deregistration", failed)
+		}
+		if bs[0].h.calls.Load() == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the deregistered endpoint still gets requests after 10s")
+		}
+	}
+}
