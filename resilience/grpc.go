@@ -209,6 +209,9 @@ func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 // stream is retried only when it provably never left the client; an open
 // stream is never retried (its messages may have been processed) nor hedged.
 // Policy.Timeout does not apply: streams live as long as their context.
+// A stream ends for these purposes when RecvMsg returns an error (io.EOF
+// included) or its context ends; as grpc-go itself requires, read it to the
+// end or cancel its context, or its bulkhead slot is held.
 func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return c.stream
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
@@ -495,5 +497,72 @@ func TestRateLimitRejects(t *testing.T) {
 	}
 	if got := srv.Attempts(ledgertest.Get); got != 1 {
 		t.Errorf("server attempts = %d, want 1", got)
+	}
+}
+
+// A stream holds its bulkhead slot until it ends, by EOF or by its context.
+func TestStreamReleasesBulkheadWhenDone(t *testing.T) {
+	srv := ledgertest.Start(t)
+	p := resilience.Default()
+	p.Bulkhead = resilience.Bulkhead{MaxConcurrent: 1}
+	rc, _ := newClient(t, p)
+	var attempts atomic.Int64
+	conn := dial(t, "passthrough:///"+srv.Addr, rc, &attempts)
+	ctx := testCtx(t, 10*time.Second)
+
+	open := func(ctx context.Context) (grpc.ClientStream, error) {
+		s, err := conn.NewStream(ctx, ledgertest.WatchDesc, ledgertest.Watch)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.SendMsg(wrapperspb.String("w")); err != nil {
+			return nil, err
+		}
+		return s, s.CloseSend()
+	}
+	for i := range 3 { // read to EOF: each stream frees the slot
+		s, err := open(ctx)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		n := 0
+		for {
+			if err := s.RecvMsg(new(wrapperspb.StringValue)); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("stream %d recv: %v", i, err)
+			}
+			n++
+		}
+		if n != 3 {
+			t.Errorf("stream %d got %d messages, want 3", i, n)
+		}
+	}
+	// A stream in use holds the slot; canceling it frees the slot.
+	sctx, cancel := context.WithCancel(ctx)
+	if _, err := open(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open(ctx); !errors.Is(err, bulkhead.ErrFull) {
+		t.Errorf("second concurrent stream: %v, want bulkhead.ErrFull", err)
+	}
+	cancel()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		s, err := open(ctx)
+		if err == nil {
+			for s.RecvMsg(new(wrapperspb.StringValue)) == nil {
+			}
+			break
+		}
+		if !errors.Is(err, bulkhead.ErrFull) {
+			t.Fatalf("stream after cancel: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("slot never freed after cancel")
+		case <-tick.C:
+		}
 	}
 }

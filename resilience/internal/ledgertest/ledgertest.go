@@ -30,7 +30,11 @@ const (
 	Apply   = "/" + Service + "/Apply" // a write: no idempotency_level
 	Get     = "/" + Service + "/Get"   // NO_SIDE_EFFECTS
 	Put     = "/" + Service + "/Put"   // IDEMPOTENT
+	Watch   = "/" + Service + "/Watch" // server streaming, NO_SIDE_EFFECTS: three messages
 )
+
+// WatchDesc describes Watch for ClientConn.NewStream.
+var WatchDesc = &grpc.StreamDesc{StreamName: "Watch", ServerStreams: true}
 
 // SlowFirstPrefix makes Get hold the first attempt for a value until it is
 // canceled; later attempts for that value answer at once.
@@ -59,6 +63,11 @@ func init() {
 				m("Apply", nil),
 				m("Get", descriptorpb.MethodOptions_NO_SIDE_EFFECTS.Enum()),
 				m("Put", descriptorpb.MethodOptions_IDEMPOTENT.Enum()),
+				func() *descriptorpb.MethodDescriptorProto {
+					md := m("Watch", descriptorpb.MethodOptions_NO_SIDE_EFFECTS.Enum())
+					md.ServerStreaming = proto.Bool(true)
+					return md
+				}(),
 			},
 		}},
 	}
@@ -130,6 +139,7 @@ func Start(t testing.TB, opts ...grpc.ServerOption) *Server {
 			{MethodName: "Get", Handler: unary(Get, s.get)},
 			{MethodName: "Put", Handler: unary(Put, s.put)},
 		},
+		Streams: []grpc.StreamDesc{{StreamName: "Watch", ServerStreams: true, Handler: s.watch}},
 	}, s)
 	done := make(chan struct{})
 	go func() {
@@ -255,6 +265,23 @@ func (s *Server) put(ctx context.Context, req *wrapperspb.StringValue) (*wrapper
 		}
 	}
 	return wrapperspb.String("put " + req.GetValue()), nil
+}
+
+func (s *Server) watch(_ any, ss grpc.ServerStream) error {
+	s.count(Watch)
+	if Mode(s.mode.Load()) == Unavailable {
+		return status.Error(codes.Unavailable, "ledgertest: unavailable on command")
+	}
+	req := new(wrapperspb.StringValue)
+	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	for i := range 3 {
+		if err := ss.SendMsg(wrapperspb.String(fmt.Sprintf("%s %d", req.GetValue(), i))); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func unary(method string, h func(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
