@@ -17,6 +17,11 @@ import (
 // WithServerID; any ID in the trust domain of WithServerTrustDomain; or,
 // with none of these, any ID in the caller's own trust domain.
 //
+// Targets: static:///host:port,host:port and, with WithRegistry,
+// consul:///name?tag=&dc= resolve through discovery, balanced as
+// WithBalancer says (round robin by default); dns:/// and xds:/// are
+// grpc-go's. See the discovery package.
+//
 // Dial does not block: connections are made when the first call needs one,
 // as with grpc.NewClient. ctx bounds nothing yet beyond the call itself.
 // Close the returned connection when done.
@@ -44,9 +49,14 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 		}
 		expect = spiffeid.MatchMemberOf(own.TrustDomain())
 	}
+	_, discoveryOpts, err := cfg.discoveryDialOptions()
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
 	grpcOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(security.ClientCredentials(cfg.identity, expect)),
-	}, cfg.grpcOptions...)
+	}, discoveryOpts...)
+	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)

@@ -35,7 +35,8 @@ type serverConfig struct {
 	grace       time.Duration
 	drain       time.Duration
 	grpcOptions []grpc.ServerOption
-	http        httpServerConfig // mesh/httpoption.go
+	http        httpServerConfig      // mesh/httpoption.go
+	discovery   discoveryServerConfig // mesh/discovery.go
 }
 
 type dialConfig struct {
@@ -43,7 +44,8 @@ type dialConfig struct {
 	serverID    spiffeid.ID
 	serverTD    spiffeid.TrustDomain
 	grpcOptions []grpc.DialOption
-	http        httpDialConfig // mesh/httpoption.go
+	http        httpDialConfig      // mesh/httpoption.go
+	discovery   discoveryDialConfig // mesh/discovery.go
 }
 
 type bothOption func(*commonConfig)

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -31,7 +32,10 @@ type Server struct {
 	id     spiffeid.ID
 	drain  time.Duration
 	logger *slog.Logger
-	tel    *meshTelemetry // mesh/telemetry.go
+	// registry and service are set by WithRegistration (mesh/discovery.go).
+	registry *discovery.Registry
+	service  discovery.Service
+	tel      *meshTelemetry // mesh/telemetry.go
 
 	closeOnce sync.Once
 }
@@ -83,12 +87,14 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	tel.registerServer(cfg.identity, cfg.authorizer)
 	s := &Server{
-		tel:    tel,
-		grpc:   grpc.NewServer(grpcOpts...),
-		health: health.NewServer(),
-		id:     id,
-		drain:  cfg.drain,
-		logger: logger.With("component", "mesh.server", "spiffe_id", id.String()),
+		tel:      tel,
+		grpc:     grpc.NewServer(grpcOpts...),
+		health:   health.NewServer(),
+		id:       id,
+		drain:    cfg.drain,
+		registry: cfg.discovery.registry,
+		service:  cfg.discovery.service,
+		logger:   logger.With("component", "mesh.server", "spiffe_id", id.String()),
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -136,6 +142,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.logger.Info("serving", "address", lis.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
+	registration, err := s.register(ctx, lis)
+	if err != nil {
+		s.grpc.Stop()
+		<-errc
+		return err
+	}
+	if registration != nil {
+		defer registration.Close()
+	}
 	select {
 	case err := <-errc:
 		if err != nil {
@@ -145,6 +160,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.logger.Info("draining", "timeout", s.drain)
+	if registration != nil {
+		drainCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := registration.Drain(drainCtx); err != nil {
+			s.logger.Warn("marking the Consul registration failing", "error", err)
+		}
+		cancel()
+	}
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() {

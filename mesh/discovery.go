@@ -1,0 +1,104 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	"google.golang.org/grpc"
+
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// discoveryDialConfig is the discovery part of dialConfig.
+type discoveryDialConfig struct {
+	balancer *discovery.Balancer
+}
+
+// discoveryServerConfig is the discovery part of serverConfig.
+type discoveryServerConfig struct {
+	registry *discovery.Registry
+	service  discovery.Service
+}
+
+// WithBalancer sets how Dial spreads calls over a target's endpoints:
+// round_robin (the default), least_request, ring_hash on a metadata key,
+// weighted_round_robin, pick_first, each optionally with outlier detection.
+// See discovery.Balancer. An invalid balancer makes Dial fail with the field
+// at fault.
+func WithBalancer(b discovery.Balancer) DialOption {
+	return dialOption(func(c *dialConfig) { c.discovery.balancer = &b })
+}
+
+// WithRegistration makes Serve register the server in Consul through reg
+// once it listens (Address and Port default to the listener's, SPIFFEID to
+// the server's own), keep its check passing while serving, mark it failing
+// as soon as draining starts, and deregister it when Serve returns.
+func WithRegistration(reg *discovery.Registry, svc discovery.Service) ServerOption {
+	return serverOption(func(c *serverConfig) {
+		c.discovery.registry = reg
+		c.discovery.service = svc
+	})
+}
+
+// IntentionsAuthorizer turns Consul intentions watched with
+// discovery.Registry.WatchIntentions into a server authorizer, for
+// WithAuthorizer. A denial names the intention (or the default) that
+// decided.
+func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
+	return func(ctx context.Context, c security.Call) error {
+		if ok, rule := in.Authorize(ctx, c.Caller, c.Method); !ok {
+			return security.Deny(c, rule)
+		}
+		return nil
+	}
+}
+
+// discoveryDialOptions returns the resolvers for consul:/// and static:///
+// targets and the balancer's service config. Without WithRegistry, static
+// targets still work.
+func (c *dialConfig) discoveryDialOptions() (*discovery.Registry, []grpc.DialOption, error) {
+	reg := c.http.registry
+	if reg == nil {
+		var err error
+		if reg, err = discovery.New(discovery.Config{}); err != nil {
+			return nil, nil, err
+		}
+	}
+	b := discovery.Balancer{}
+	if c.discovery.balancer != nil {
+		b = *c.discovery.balancer
+	}
+	opts, err := reg.DialOptions(b)
+	return reg, opts, err
+}
+
+// register puts the server in Consul when WithRegistration was given.
+func (s *Server) register(ctx context.Context, lis net.Listener) (*discovery.Registration, error) {
+	if s.registry == nil {
+		return nil, nil
+	}
+	svc := s.service
+	if svc.Address == "" || svc.Port == 0 {
+		host, port, err := net.SplitHostPort(lis.Addr().String())
+		if err != nil {
+			return nil, fmt.Errorf("mesh: registering %s: %w", svc.Name, err)
+		}
+		if svc.Address == "" {
+			svc.Address = host
+		}
+		if svc.Port == 0 {
+			svc.Port, _ = strconv.Atoi(port)
+		}
+	}
+	if svc.SPIFFEID.IsZero() {
+		svc.SPIFFEID = s.id
+	}
+	reg, err := s.registry.Register(ctx, svc)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: registering %s in Consul: %w", svc.Name, err)
+	}
+	return reg, nil
+}

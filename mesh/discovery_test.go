@@ -1,0 +1,103 @@
+package mesh_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/testutil/consul"
+	"github.com/gridmesh/gridmesh/mesh"
+)
+
+func TestDialStaticTargetBalancesRoundRobin(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	var addrs []string
+	var svcs []*echoService
+	for i := 0; i < 3; i++ {
+		svc := &echoService{}
+		svcs = append(svcs, svc)
+		addrs = append(addrs, startServer(t, svc, mesh.WithIdentity(devSource(t, ca, "/trading"))))
+	}
+	target := "static:///" + strings.Join(addrs, ",") + "?spiffe_id=spiffe://example.org/trading"
+	client := dial(t, target, mesh.WithIdentity(devSource(t, ca, "/gateway")))
+	const calls = 300
+	for i := 0; i < calls; i++ {
+		if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	for i, svc := range svcs {
+		// Round robin starts on whichever backend connects first, so allow
+		// a few calls of difference.
+		if got := svc.calls.Load(); got < calls/3-5 || got > calls/3+5 {
+			t.Errorf("backend %d got %d calls, want %d±5 (round robin)", i, got, calls/3)
+		}
+	}
+}
+
+func TestDialRefusesInvalidBalancer(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	_, err := mesh.Dial(context.Background(), "static:///127.0.0.1:1", mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithBalancer(discovery.Balancer{Policy: discovery.RingHash}))
+	if err == nil || !strings.Contains(err.Error(), "HashHeader") {
+		t.Fatalf("Dial with ring_hash and no HashHeader: err = %v, want one naming HashHeader", err)
+	}
+}
+
+// TestServeRegistersInConsulAndDeregisters: a server with WithRegistration
+// is registered with its listener's address and SPIFFE ID, is found through
+// consul:/// while serving, and is gone once Serve returns.
+func TestServeRegistersInConsulAndDeregisters(t *testing.T) {
+	fake := consul.New(t, consul.Options{})
+	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newDevCA(t, time.Hour)
+	svc := &echoService{}
+	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/service/trading")),
+		mesh.WithRegistration(reg, discovery.Service{Name: "trading", Tags: []string{"v1"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, svc)
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis) }()
+	defer srv.Close()
+
+	health := func() []string {
+		entries, _, err := fake.Client().Health().Service("trading", "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			out = append(out, fmt.Sprintf("%s:%d %s %s", e.Service.Address, e.Service.Port, e.Checks.AggregatedStatus(), e.Service.Meta[discovery.MetaSPIFFEID]))
+		}
+		return out
+	}
+	want := lis.Addr().String() + " " + api.HealthPassing + " spiffe://example.org/service/trading"
+	waitFor(t, func() bool { h := health(); return len(h) == 1 && h[0] == want })
+
+	client := dial(t, "consul:///trading?tag=v1", mesh.WithIdentity(devSource(t, ca, "/service/gateway")), mesh.WithRegistry(reg))
+	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("call through consul:///trading: %v", err)
+	}
+
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if h := health(); len(h) != 0 {
+		t.Errorf("after Serve returned, Consul still has %v", h)
+	}
+}
