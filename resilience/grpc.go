@@ -113,7 +113,9 @@ func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *
 		defer cancel()
 	}
 	var p peer.Peer
-	err = invoker(actx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+	// The full slice expression copies opts: hedges run concurrently and
+	// must not append into the caller's backing array.
+	err = invoker(actx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
 	if err == nil {
 		done(false, false)
 		return nil
@@ -233,7 +235,7 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 			return nil, err
 		}
 		var p peer.Peer
-		s, err := streamer(ctx, desc, cc, method, append(opts, grpc.Peer(&p))...)
+		s, err := streamer(ctx, desc, cc, method, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
 		if err != nil {
 			code := status.Code(err)
 			canceled := ctx.Err() != nil

@@ -566,3 +566,23 @@ func TestStreamReleasesBulkheadWhenDone(t *testing.T) {
 		}
 	}
 }
+
+// Regression: concurrent hedges appended their grpc.Peer option into the
+// caller's CallOption slice when it had spare capacity (a data race).
+func TestHedgesDoNotShareCallOptionsArray(t *testing.T) {
+	srv := ledgertest.Start(t)
+	p := resilience.Default()
+	p.Hedge = resilience.Hedge{Delay: time.Millisecond, MaxHedges: 3}
+	rc, _ := newClient(t, p)
+	var attempts atomic.Int64
+	conn := dial(t, "passthrough:///"+srv.Addr, rc, &attempts)
+	ctx := testCtx(t, 10*time.Second)
+	for i := range 5 {
+		opts := make([]grpc.CallOption, 1, 8)
+		opts[0] = grpc.WaitForReady(false)
+		v := fmt.Sprintf("%sopts-%d", ledgertest.SlowFirstPrefix, i)
+		if _, err := ledgertest.Call(ctx, conn, ledgertest.Get, v, opts...); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+}
