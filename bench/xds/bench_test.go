@@ -10,6 +10,7 @@
 //	p50-ms, p99-ms, max-ms   time from the change to a client having it
 //	meshd-cpu-ms/push        meshd process CPU (user+sys) per push
 //	meshd-KB/client          meshd heap and stacks per connected client
+//	heap-KB/client, stack-KB/client   the two parts
 //
 // Run:
 //
@@ -67,14 +68,15 @@ func endpoints(k int) []controlplane.Endpoint {
 	return eps
 }
 
-// memInuse is meshd's live memory: heap plus goroutine stacks (each ADS
-// stream holds goroutines).
-func memInuse() uint64 {
+// memInuse is meshd's live memory: heap and goroutine stacks (each ADS
+// stream holds several goroutines: transport reader and writer, keepalive,
+// handler, request receiver).
+func memInuse() (heap, stack uint64) {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse + ms.StackInuse
+	return ms.HeapInuse, ms.StackInuse
 }
 
 func cpuTime() time.Duration {
@@ -103,7 +105,7 @@ func benchPush(b *testing.B, n int) {
 	go func() { defer close(served); _ = s.Serve(lis) }()
 	defer func() { s.Close(); <-served }()
 
-	heapBefore := memInuse()
+	heapBefore, stackBefore := memInuse()
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -150,7 +152,7 @@ func benchPush(b *testing.B, n int) {
 		return lat
 	}
 	waitAll(base, time.Now())
-	heapAfter := memInuse()
+	heapAfter, stackAfter := memInuse()
 	if st := s.Stats(); st.Clients < n {
 		b.Fatalf("meshd sees %d streams, want %d", st.Clients, n)
 	}
@@ -180,7 +182,11 @@ func benchPush(b *testing.B, n int) {
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(float64(all[len(all)-1])/float64(time.Millisecond), "max-ms")
 	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(b.N), "meshd-cpu-ms/push")
-	b.ReportMetric(float64(int64(heapAfter)-int64(heapBefore))/1024/float64(n), "meshd-KB/client")
+	heap := float64(int64(heapAfter)-int64(heapBefore)) / 1024 / float64(n)
+	stack := float64(int64(stackAfter)-int64(stackBefore)) / 1024 / float64(n)
+	b.ReportMetric(heap+stack, "meshd-KB/client")
+	b.ReportMetric(heap, "heap-KB/client")
+	b.ReportMetric(stack, "stack-KB/client")
 }
 
 type swarmEvent struct {
