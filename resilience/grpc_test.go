@@ -422,6 +422,9 @@ func TestTimeoutPropagatesAndIsNotRetried(t *testing.T) {
 	if got := attempts.Load(); got != 1 {
 		t.Errorf("attempts = %d, want 1", got)
 	}
+	if left, ok := srv.PutDeadline(); !ok || left <= 0 || left > p.Timeout {
+		t.Errorf("server saw deadline %v (set %v), want one within the 100ms timeout", left, ok)
+	}
 }
 
 // A full bulkhead refuses without sending, as RESOURCE_EXHAUSTED.

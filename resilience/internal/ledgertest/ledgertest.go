@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -108,6 +109,7 @@ type Server struct {
 	attempts sync.Map // method -> *atomic.Int64
 	applied  atomic.Int64
 	canceled atomic.Int64
+	deadline atomic.Int64 // remaining time Put saw at entry, ns; -1 none
 	unblock  chan struct{}
 
 	mu      sync.Mutex
@@ -201,6 +203,13 @@ func (s *Server) AppliedCount(value string) int {
 	return s.byKey[value]
 }
 
+// PutDeadline returns the time left until the deadline that the last Put
+// saw on arrival, and whether it had one.
+func (s *Server) PutDeadline() (time.Duration, bool) {
+	d := s.deadline.Load()
+	return time.Duration(d), d >= 0
+}
+
 // Canceled returns how many Get attempts ended because they were canceled.
 func (s *Server) Canceled() int64 { return s.canceled.Load() }
 
@@ -254,6 +263,10 @@ func (s *Server) get(ctx context.Context, req *wrapperspb.StringValue) (*wrapper
 
 func (s *Server) put(ctx context.Context, req *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
 	s.count(Put)
+	s.deadline.Store(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		s.deadline.Store(int64(time.Until(dl)))
+	}
 	switch Mode(s.mode.Load()) {
 	case Unavailable:
 		return nil, status.Error(codes.Unavailable, "ledgertest: unavailable on command")
