@@ -52,7 +52,16 @@ type Node struct {
 // Start fetches the identity from SPIFFE_ENDPOINT_SOCKET (a SPIRE agent, or
 // `meshd dev`); it blocks until the first SVID arrives or ctx ends.
 func Start(ctx context.Context, name string, log *slog.Logger) (*Node, error) {
-	src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Logger: log})
+	return StartAt(ctx, name, "", log)
+}
+
+// StartAt is Start with the Workload API at address ("unix:///path"); an
+// empty address means SPIFFE_ENDPOINT_SOCKET.
+func StartAt(ctx context.Context, name, address string, log *slog.Logger) (*Node, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: address, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("%s: identity: %w", name, err)
 	}

@@ -1,0 +1,85 @@
+package platform
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/gridmesh/gridmesh/examples/rec/policy"
+)
+
+// Pair is one (caller, method) of the authorization matrix and what the
+// running platform answered.
+type Pair struct {
+	Caller, Method string
+	Allowed        bool // by policy.Matrix
+	Code           codes.Code
+	Message        string
+}
+
+// Holds reports whether the platform answered as the matrix says: denied
+// pairs get PERMISSION_DENIED, allowed pairs anything else.
+func (p Pair) Holds() bool { return (p.Code == codes.PermissionDenied) != p.Allowed }
+
+// SweepAuthz calls every method of every service as every workload, with
+// an empty request (which every write refuses as INVALID_ARGUMENT before
+// changing anything), and returns each pair's answer.
+func (p *Platform) SweepAuthz(ctx context.Context) ([]Pair, error) {
+	var pairs []Pair
+	services := []string{policy.Registry, policy.Accounts, policy.Trading, policy.Settlement}
+	for _, w := range policy.Workloads {
+		c, err := p.Client(ctx, w, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return nil, fmt.Errorf("authz sweep as %s: %w", w, err)
+		}
+		for _, svc := range services {
+			for _, m := range policy.Methods(policy.Services[svc]) {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := c.Conns[svc].Invoke(cctx, m, &emptypb.Empty{}, &emptypb.Empty{})
+				cancel()
+				st := status.Convert(err)
+				pairs = append(pairs, Pair{Caller: w, Method: m, Allowed: policy.Allowed(w, m), Code: st.Code(), Message: st.Message()})
+			}
+		}
+		c.Close()
+	}
+	return pairs, nil
+}
+
+// AuthzCheck summarizes a sweep as a Check.
+func AuthzCheck(pairs []Pair) Check {
+	var denied, allowed int
+	var wrong []string
+	for _, p := range pairs {
+		if p.Allowed {
+			allowed++
+		} else {
+			denied++
+		}
+		if !p.Holds() {
+			wrong = append(wrong, fmt.Sprintf("%s → %s: %v %s", p.Caller, p.Method, p.Code, p.Message))
+		}
+	}
+	slices.Sort(wrong)
+	return Check{
+		Name:   "authorization matrix holds",
+		OK:     len(wrong) == 0,
+		Detail: fmt.Sprintf("%d denied pairs refused, %d allowed pairs let through; %d wrong %v", denied-countDenied(wrong, pairs), allowed, len(wrong), first(wrong, 3)),
+	}
+}
+
+func countDenied(wrong []string, pairs []Pair) int {
+	n := 0
+	for _, p := range pairs {
+		if !p.Allowed && !p.Holds() {
+			n++
+		}
+	}
+	return n
+}
