@@ -3,15 +3,18 @@
 # (the demo) on real SPIRE identities instead of `meshd dev`, and registers
 # workload entries for the current user.
 #
-#   bash tools/spire/up.sh [-d DIR] [-p PORT] [-t TRUST_DOMAIN] [-l TTL_SECONDS] /trading /orders ...
+#   bash tools/spire/up.sh [-d DIR] [-p PORT] [-t TRUST_DOMAIN] [-l TTL_SECONDS] \
+#       /greeter=bin/greeter /caller=bin/caller /tool ...
 #   export SPIFFE_ENDPOINT_SOCKET=unix://DIR/agent.sock   # printed, also in DIR/env
-#   ...run the services (each picks its SPIFFE ID, all run as this user)...
+#   ...run the services...
 #   bash tools/spire/down.sh [-d DIR]
 #
 # Defaults: DIR /tmp/gridmesh-spire, PORT 18081, TRUST_DOMAIN gridmesh.local,
-# TTL 3600. Every SPIFFE path is registered with the selector unix:uid:<your
-# uid>, so every process of yours is offered all of them: a service picks its
-# own with security.WorkloadAPIConfig.ExpectedID. Binaries come from
+# TTL 3600. "/greeter=bin/greeter" registers spiffe://TD/greeter for processes
+# of your uid running that binary (selectors unix:uid and unix:path), the way
+# SPIRE tells services on one node apart; a bare "/tool" registers it for every
+# process of your uid, which is then offered all such IDs (a service picks its
+# own with security.WorkloadAPIConfig.ExpectedID). Binaries come from
 # tools/spire/build.sh (built first if missing). Logs: DIR/server.log,
 # DIR/agent.log. Starting over: down.sh, then up.sh again (DIR is wiped).
 set -euo pipefail
@@ -27,7 +30,7 @@ while getopts "d:p:t:l:" opt; do
 	p) port="${OPTARG}" ;;
 	t) td="${OPTARG}" ;;
 	l) ttl="${OPTARG}" ;;
-	*) sed -n '2,17p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+	*) sed -n '2,19p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -122,8 +125,12 @@ plugins {
             directory = "${dir}/agent"
         }
     }
+    # unix:path selectors tell binaries apart; no sha256 hashing of them.
     WorkloadAttestor "unix" {
-        plugin_data {}
+        plugin_data {
+            discover_workload_path = true
+            workload_size_limit = -1
+        }
     }
 }
 EOF
@@ -132,10 +139,18 @@ nohup "${agent}" run -config "${dir}/agent.conf" -joinToken "${token}" >"${dir}/
 echo $! >"${dir}/agent.pid"
 wait_healthy agent "${agent}" healthcheck -socketPath "${asock}"
 
-for path in "$@"; do
+for arg in "$@"; do
+	path="${arg%%=*}"
+	selectors=(-selector "unix:uid:$(id -u)")
+	what="processes of uid $(id -u)"
+	if [[ "${arg}" == *=* ]]; then
+		exe="$(readlink -f "${arg#*=}")"
+		selectors+=(-selector "unix:path:${exe}")
+		what="${exe} run by uid $(id -u)"
+	fi
 	"${server}" entry create -socketPath "${ssock}" -parentID "spiffe://${td}/agent/local" \
-		-spiffeID "spiffe://${td}${path}" -selector "unix:uid:$(id -u)" -x509SVIDTTL "${ttl}" >/dev/null
-	echo "up.sh: registered spiffe://${td}${path} for uid $(id -u)" >&2
+		-spiffeID "spiffe://${td}${path}" "${selectors[@]}" -x509SVIDTTL "${ttl}" >/dev/null
+	echo "up.sh: registered spiffe://${td}${path} for ${what}" >&2
 done
 
 echo "SPIFFE_ENDPOINT_SOCKET=unix://${asock}" >"${dir}/env"
