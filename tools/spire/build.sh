@@ -47,10 +47,15 @@ if command -v flock >/dev/null 2>&1; then
 	fi
 fi
 
+if ! command -v "$(go env CC)" >/dev/null 2>&1; then
+	echo "tools/spire/build.sh: no C compiler ($(go env CC)): SPIRE's SQLite datastore needs cgo; apt-get install -y gcc" >&2
+	exit 1
+fi
+
 tmp="$(mktemp -d "${dir}/.build.XXXXXX")"
 trap 'rm -rf "${tmp}"' EXIT
 
-echo "tools/spire/build.sh: building spire-server and spire-agent ${version} into ${dir} (about 15 minutes the first time)" >&2
+echo "tools/spire/build.sh: building spire-server and spire-agent ${version} into ${dir} (8 to 15 minutes the first time)" >&2
 start=$(date +%s)
 (
 	cd "${here}"
