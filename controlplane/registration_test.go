@@ -84,3 +84,26 @@ func TestRegistrationTTLExpires(t *testing.T) {
 		t.Errorf("snapshot has %d endpoints for a, want 1", got)
 	}
 }
+
+// TestRegistrationOnTheXDSPort: the HTTP API answers on the xDS address
+// too, so a server registers where it gets its config.
+func TestRegistrationOnTheXDSPort(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := xdstest.StartMeshd(t, "", nil)
+	c := registration.NewClient(m.Addr)
+	r := registration.Registration{Service: "a", Address: "127.0.0.1:9000"}
+	if err := c.Register(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]registration.Registration{r}, got); diff != "" {
+		t.Errorf("registered (-want +got):\n%s", diff)
+	}
+	// And xDS still works on the same port.
+	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	waitServedBy(ctx, t, xdstest.Dial(t, m.Addr, "trading", nil), "b1")
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -254,7 +255,9 @@ func (s *Server) rebuild() error {
 	return nil
 }
 
-// Serve serves ADS (and the per-type xDS services) on lis until Close. It
+// Serve serves ADS (and the per-type xDS services) on lis until Close,
+// and on HTTP/1.1 connections to the same listener the HTTP API of
+// Handler, so mesh servers register at the address they get xDS from. It
 // blocks and returns nil after Close.
 func (s *Server) Serve(lis net.Listener) error {
 	gs := grpc.NewServer(
@@ -279,7 +282,18 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.grpcs = append(s.grpcs, gs)
 	s.mu.Unlock()
-	if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+
+	sp := newSplitter(lis)
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sp.run() }()
+	go func() { defer wg.Done(); _ = hs.Serve(sp.http) }()
+	err := gs.Serve(sp.grpc)
+	sp.close()
+	_ = hs.Close()
+	wg.Wait()
+	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("controlplane: serve xDS: %w", err)
 	}
 	return nil

@@ -21,7 +21,9 @@ import (
 const serveUsage = `usage: meshd serve [flags]
 
 Serve xDS (ADS) to grpc-go's xDS clients from a YAML config, the
-registration API and, optionally, the Consul catalog.
+registration API and, optionally, the Consul catalog. The -listen address
+also answers HTTP/1.1: the registration API (/v1/endpoints), /healthz,
+/metrics and /debug/config, /debug/clients.
 
 flags:`
 
@@ -42,7 +44,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	fs.SetOutput(out)
 	fs.StringVar(&f.config, "config", "", "YAML config file (services, routes, policies); reloaded when it changes. Optional: without it meshd serves registered endpoints with default settings")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:15010", "xDS (ADS) address")
-	fs.StringVar(&f.registration, "registration", "127.0.0.1:15011", "HTTP address of the registration API, /healthz, /metrics and /debug; empty to disable")
+	fs.StringVar(&f.registration, "registration", "", "extra HTTP address for the registration API, /healthz, /metrics and /debug; they are always served on -listen too (HTTP/1.1 beside gRPC)")
 	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from; empty to disable")
 	fs.DurationVar(&f.grace, "startup-grace", 0, "hold the first snapshot this long after start so restarted servers can re-register (set it above the servers' heartbeat interval)")
 	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
@@ -119,7 +121,7 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 		}
 	}()
 	var hsrv *http.Server
-	httpAddr := ""
+	httpAddr := xlis.Addr().String() // the HTTP API shares the xDS port
 	if hlis != nil {
 		httpAddr = hlis.Addr().String()
 		hsrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}

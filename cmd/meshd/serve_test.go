@@ -23,9 +23,9 @@ func TestParseServeFlags(t *testing.T) {
 		want    *serveFlags
 		wantErr string
 	}{
-		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", registration: "127.0.0.1:15011", watch: time.Second, logLevel: "info"}, ""},
-		{"all", []string{"-config", "m.yaml", "-listen", ":1", "-registration", "", "-consul", "127.0.0.1:8500", "-startup-grace", "5s"},
-			&serveFlags{config: "m.yaml", listen: ":1", consul: "127.0.0.1:8500", grace: 5 * time.Second, watch: time.Second, logLevel: "info"}, ""},
+		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", watch: time.Second, logLevel: "info"}, ""},
+		{"all", []string{"-config", "m.yaml", "-listen", ":1", "-registration", ":2", "-consul", "127.0.0.1:8500", "-startup-grace", "5s"},
+			&serveFlags{config: "m.yaml", listen: ":1", registration: ":2", consul: "127.0.0.1:8500", grace: 5 * time.Second, watch: time.Second, logLevel: "info"}, ""},
 		{"bad listen", []string{"-listen", "15010"}, nil, `-listen "15010" is not host:port`},
 		{"stray argument", []string{"extra"}, nil, "meshd serve takes no arguments"},
 	}
@@ -69,7 +69,8 @@ func TestServeRoutesRegisteredBackend(t *testing.T) {
 	if err := os.WriteFile(path, []byte("services:\n  - name: trading\n    timeout: 5s\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0", "-registration", "127.0.0.1:0"}, io.Discard)
+	// No -registration: servers register on the xDS port.
+	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,4 +103,3 @@ func TestServeRoutesRegisteredBackend(t *testing.T) {
 		t.Errorf("serve after cancel: %v", err)
 	}
 }
-
