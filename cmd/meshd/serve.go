@@ -46,7 +46,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:15010", "xDS (ADS) address")
 	fs.StringVar(&f.registration, "registration", "", "extra HTTP address for the registration API, /healthz, /metrics and /debug; they are always served on -listen too (HTTP/1.1 beside gRPC)")
 	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from; empty to disable")
-	fs.DurationVar(&f.grace, "startup-grace", 0, "hold the first snapshot this long after start so restarted servers can re-register (set it above the servers' heartbeat interval)")
+	fs.DurationVar(&f.grace, "startup-grace", 10*time.Second, "hold the first snapshot this long after start, so that after a restart servers re-register before clients are sent endpoint lists (keep it above the servers' heartbeat interval, 5s by default); clients keep their cached config meanwhile. 0 to serve at once")
 	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {

@@ -23,7 +23,7 @@ func TestParseServeFlags(t *testing.T) {
 		want    *serveFlags
 		wantErr string
 	}{
-		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", watch: time.Second, logLevel: "info"}, ""},
+		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", grace: 10 * time.Second, watch: time.Second, logLevel: "info"}, ""},
 		{"all", []string{"-config", "m.yaml", "-listen", ":1", "-registration", ":2", "-consul", "127.0.0.1:8500", "-startup-grace", "5s"},
 			&serveFlags{config: "m.yaml", listen: ":1", registration: ":2", consul: "127.0.0.1:8500", grace: 5 * time.Second, watch: time.Second, logLevel: "info"}, ""},
 		{"bad listen", []string{"-listen", "15010"}, nil, `-listen "15010" is not host:port`},
@@ -70,7 +70,7 @@ func TestServeRoutesRegisteredBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No -registration: servers register on the xDS port.
-	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0"}, io.Discard)
+	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0", "-startup-grace", "0"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,15 +101,16 @@ func (c *Client) List(ctx context.Context) ([]Registration, error) {
 	return out, err
 }
 
-// Heartbeat registers r and renews it every TTL/3 (every 10s when TTL is
-// zero, which re-adds it after a meshd restart) until ctx ends, then
+// Heartbeat registers r and renews it every TTL/3 (every 5s when TTL is
+// zero, which re-adds it after a meshd restart, within meshd serve's
+// default -startup-grace of 10s) until ctx ends, then
 // deregisters it with a 2-second deadline. Failed renewals are passed to
 // onError (may be nil) and retried at the next tick. It blocks until ctx
 // ends and returns the deregistration error.
 func (c *Client) Heartbeat(ctx context.Context, r Registration, onError func(error)) error {
 	every := time.Duration(r.TTL) / 3
 	if every <= 0 {
-		every = 10 * time.Second
+		every = 5 * time.Second
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
