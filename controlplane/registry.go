@@ -204,11 +204,14 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, s.reg.list())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.Snapshot() == nil {
+		switch st := s.Stats(); {
+		case st.Version == "":
 			http.Error(w, "no config yet", http.StatusServiceUnavailable)
-			return
+		case st.Holding:
+			http.Error(w, "starting: holding the first snapshot while servers re-register (startup grace)", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok", st.Version)
 		}
-		fmt.Fprintln(w, "ok", s.Version())
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		st := s.Stats()

@@ -339,6 +339,9 @@ type Stats struct {
 	Version string
 	// Registered is the number of endpoints from the registration API.
 	Registered int
+	// Holding is true during the startup grace (WithStartupGrace): the
+	// snapshot is built but not yet served.
+	Holding bool
 }
 
 // Stats returns the current counters.
@@ -346,7 +349,11 @@ func (s *Server) Stats() Stats {
 	s.clientsMu.Lock()
 	n := len(s.clients)
 	s.clientsMu.Unlock()
+	s.mu.Lock()
+	holding := s.holding
+	s.mu.Unlock()
 	return Stats{
+		Holding:     holding,
 		Clients:     n,
 		Pushes:      s.stats.pushes.Load(),
 		NACKs:       s.stats.nacks.Load(),
