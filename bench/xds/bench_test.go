@@ -15,6 +15,17 @@
 // Run:
 //
 //	go test -run '^$' -bench . -benchtime 20x ./bench/xds/
+//
+// Measured 2026-11-27 on the shared 2-core dev machine (load average 12-15
+// from other work; the client swarm shares the same two cores, so latency
+// includes its CPU), 10-20 pushes per run:
+//
+//	clients  p50       p99          max          meshd CPU/push  meshd memory/client
+//	100      4.5-10ms  14-64ms      15-65ms      6-8ms           43-49 KB (heap 26, stacks 17)
+//	1000     128-280ms 410-1360ms   470-1560ms   113-135ms       36-38 KB (heap 13-15, stacks 23)
+//
+// The 1000-client p99 met the 1 s target in runs at the lower load and
+// missed it (1.3-2.6 s) in runs where the machine was busiest.
 package xds
 
 import (
