@@ -56,6 +56,11 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	grpcOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(security.ClientCredentials(cfg.identity, expect)),
 	}, discoveryOpts...)
+	resilienceOpts, err := cfg.resilienceDialOptions()
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	grpcOpts = append(grpcOpts, resilienceOpts...)
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
+	"github.com/gridmesh/gridmesh/resilience/idempotency"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -37,6 +38,7 @@ type serverConfig struct {
 	grpcOptions []grpc.ServerOption
 	http        httpServerConfig      // mesh/httpoption.go
 	discovery   discoveryServerConfig // mesh/discovery.go
+	idempotency idempotency.Store     // mesh/resilience.go
 }
 
 type dialConfig struct {
@@ -44,8 +46,9 @@ type dialConfig struct {
 	serverID    spiffeid.ID
 	serverTD    spiffeid.TrustDomain
 	grpcOptions []grpc.DialOption
-	http        httpDialConfig      // mesh/httpoption.go
-	discovery   discoveryDialConfig // mesh/discovery.go
+	http        httpDialConfig       // mesh/httpoption.go
+	discovery   discoveryDialConfig  // mesh/discovery.go
+	resilience  resilienceDialConfig // mesh/resilience.go
 }
 
 type bothOption func(*commonConfig)

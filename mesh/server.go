@@ -77,6 +77,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	grpcOpts := []grpc.ServerOption{
 		grpc.Creds(security.ServerCredentials(cfg.identity, cfg.grace)),
 		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainUnaryInterceptor(cfg.unaryAfterAuthz()...),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge:      lifetime * 2 / 5,
