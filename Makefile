@@ -15,6 +15,7 @@ vet:
 	$(GO) vet ./...
 
 test: vet
+	bash tools/spire/build.sh >/dev/null
 	$(GO) test -race -count=1 -timeout 60m ./...
 
 # Regenerate the committed protobuf code (protoc from Debian, plugins from
