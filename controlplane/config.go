@@ -177,8 +177,9 @@ type Policy struct {
 	// Name identifies the policy in config dumps.
 	Name string `yaml:"name"`
 	// Sources are caller SPIFFE IDs: "spiffe://td/path" exactly,
-	// "spiffe://td/ns/prod/*" for every ID under a path, "spiffe://td/*"
-	// for a whole trust domain, or "*" for any authenticated caller.
+	// "spiffe://td/ns/prod/*" for spiffe://td/ns/prod and every ID under
+	// it (segment boundaries, as security.PathPrefix), "spiffe://td/*" for
+	// a whole trust domain, or "*" for any authenticated caller.
 	Sources []string `yaml:"sources"`
 	// Methods are full gRPC methods "/pkg.Service/Method", whole services
 	// "/pkg.Service/*", or "*". Empty: every method.

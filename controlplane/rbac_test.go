@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/controlplane"
@@ -45,6 +46,10 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 				Name:    "trading-may-call",
 				Sources: []string{"spiffe://rec.test/trading"},
 				Methods: []string{"/grpc.testing.TestService/UnaryCall"},
+			}, {
+				Name:    "ops-may-call-anything",
+				Sources: []string{"spiffe://rec.test/ops/*"},
+				Methods: []string{"/grpc.testing.TestService/*"},
 			}},
 		}},
 	})
@@ -73,12 +78,17 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 	tests := []struct {
 		name     string
 		caller   string
+		empty    bool // call EmptyCall instead of UnaryCall
 		wantCode codes.Code
 	}{
-		{"allowed identity", "spiffe://rec.test/trading", codes.OK},
-		{"other identity", "spiffe://rec.test/metering", codes.PermissionDenied},
-		{"allowed path prefix is not enough", "spiffe://rec.test/trading/extra", codes.PermissionDenied},
-		{"other trust domain", "spiffe://evil.test/trading", codes.Unavailable},
+		{"allowed identity", "spiffe://rec.test/trading", false, codes.OK},
+		{"allowed identity, method not listed", "spiffe://rec.test/trading", true, codes.PermissionDenied},
+		{"other identity", "spiffe://rec.test/metering", false, codes.PermissionDenied},
+		{"allowed path prefix is not enough", "spiffe://rec.test/trading/extra", false, codes.PermissionDenied},
+		{"under an allowed path", "spiffe://rec.test/ops/alice", true, codes.OK},
+		{"the allowed path itself", "spiffe://rec.test/ops", false, codes.OK},
+		{"a sibling sharing the prefix", "spiffe://rec.test/opsx", false, codes.PermissionDenied},
+		{"other trust domain", "spiffe://evil.test/trading", false, codes.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,7 +110,11 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 			}
 			var last error
 			xdstest.WaitFor(ctx, t, "a verdict from the ledger", func() error {
-				_, last = call(ctx, c)
+				if tt.empty {
+					_, last = c.EmptyCall(ctx, &testgrpc.Empty{})
+				} else {
+					_, last = call(ctx, c)
+				}
 				if code := status.Code(last); code == codes.OK || code == codes.PermissionDenied {
 					return nil
 				}

@@ -528,17 +528,26 @@ func rbacConfig(s *Service) *rbacpb.RBAC {
 			name = "policy-" + strconv.Itoa(i)
 		}
 		pol := &rbacconfigpb.Policy{}
+		principal := func(sm *matcherpb.StringMatcher) *rbacconfigpb.Principal {
+			return &rbacconfigpb.Principal{Identifier: &rbacconfigpb.Principal_Authenticated_{
+				Authenticated: &rbacconfigpb.Principal_Authenticated{PrincipalName: sm}}}
+		}
 		for _, src := range p.Sources {
 			match, prefix, _ := parseSource(src)
-			sm := &matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Exact{Exact: match}}
-			if prefix {
-				if match == "" {
-					match = "spiffe://"
+			switch {
+			case !prefix:
+				pol.Principals = append(pol.Principals, principal(&matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Exact{Exact: match}}))
+			case match == "":
+				pol.Principals = append(pol.Principals, principal(&matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Prefix{Prefix: "spiffe://"}}))
+			default:
+				// "spiffe://td/ops/*" matches spiffe://td/ops and the IDs
+				// under it, like security.PathPrefix; "spiffe://td/*" every
+				// ID of td.
+				pol.Principals = append(pol.Principals, principal(&matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Prefix{Prefix: match}}))
+				if base := strings.TrimSuffix(match, "/"); strings.Count(base, "/") > 2 {
+					pol.Principals = append(pol.Principals, principal(&matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Exact{Exact: base}}))
 				}
-				sm = &matcherpb.StringMatcher{MatchPattern: &matcherpb.StringMatcher_Prefix{Prefix: match}}
 			}
-			pol.Principals = append(pol.Principals, &rbacconfigpb.Principal{Identifier: &rbacconfigpb.Principal_Authenticated_{
-				Authenticated: &rbacconfigpb.Principal_Authenticated{PrincipalName: sm}}})
 		}
 		for _, m := range p.Methods {
 			if m == "*" {
