@@ -84,7 +84,7 @@ type Server struct {
 	closed    bool
 
 	clientsMu sync.Mutex
-	clients   map[int64]*clientState
+	clients   map[int64]*ClientStatus
 	lastSent  map[sentKey]string
 
 	stats struct {
@@ -97,7 +97,8 @@ type Server struct {
 
 type sentKey struct{ node, typeURL string }
 
-type clientState struct {
+// ClientStatus is what one connected xDS stream was sent.
+type ClientStatus struct {
 	Node     string              `json:"node"`
 	Since    time.Time           `json:"since"`
 	Versions map[string]string   `json:"versions"`  // type URL → version sent
@@ -119,7 +120,7 @@ func NewServer(opts ...Option) *Server {
 	s := &Server{
 		log:      o.logger.With("component", "meshd"),
 		sources:  map[string][]Endpoint{},
-		clients:  map[int64]*clientState{},
+		clients:  map[int64]*ClientStatus{},
 		lastSent: map[sentKey]string{},
 		stop:     make(chan struct{}),
 	}
@@ -364,9 +365,6 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// ClientStatus is what one connected client was sent.
-type ClientStatus = clientState
-
 // Clients returns, per connected stream, what it was sent. The result is a
 // copy.
 func (s *Server) Clients() []ClientStatus {
@@ -399,7 +397,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
 			s.stats.streams.Add(1)
 			s.clientsMu.Lock()
-			s.clients[id] = &clientState{Since: time.Now(), Versions: map[string]string{}, Names: map[string][]string{}}
+			s.clients[id] = &ClientStatus{Since: time.Now(), Versions: map[string]string{}, Names: map[string][]string{}}
 			s.clientsMu.Unlock()
 			return nil
 		},
