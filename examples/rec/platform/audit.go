@@ -2,9 +2,13 @@ package platform
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -307,4 +311,38 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %s %-34s %s\n", mark, c.Name, c.Detail)
 	}
+}
+
+// GatewayMesh reads the gateway's /debug/mesh and sums up what its
+// resilience client did, in one line.
+func (p *Platform) GatewayMesh(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.GatewayURL+"/debug/mesh", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Resilience struct {
+			Retries  map[string]int `json:"retries"`
+			Breakers []string       `json:"breaker_changes"`
+			Budget   int            `json:"budget_exhausted"`
+			Rejected int            `json:"rejected"`
+		} `json:"resilience"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		return "", fmt.Errorf("gateway /debug/mesh: %w", err)
+	}
+	var total int
+	var kinds []string
+	for k, n := range d.Resilience.Retries {
+		total += n
+		kinds = append(kinds, fmt.Sprintf("%s ×%d", strings.TrimPrefix(k, "/gridmesh.examples.rec."), n))
+	}
+	slices.Sort(kinds)
+	return fmt.Sprintf("%d retries (%s); %d breaker changes; %d retries denied by the budget; %d calls refused locally",
+		total, strings.Join(kinds, ", "), len(d.Resilience.Breakers), d.Resilience.Budget, d.Resilience.Rejected), nil
 }

@@ -103,6 +103,9 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 30 * time.Second
 	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("platform: %w", err)
+	}
 	p := &Platform{cfg: cfg, procs: map[string]*Proc{}, Addrs: map[string]string{}}
 	defer func() {
 		if err != nil {

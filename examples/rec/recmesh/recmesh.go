@@ -46,7 +46,9 @@ type Node struct {
 	Log *slog.Logger
 
 	Resilience *resilience.Client
-	discovery  *discovery.Registry
+	// Stats counts retries, breaker changes and refusals of Resilience.
+	Stats     *Stats
+	discovery *discovery.Registry
 }
 
 // Start fetches the identity from SPIFFE_ENDPOINT_SOCKET (a SPIRE agent, or
@@ -75,12 +77,13 @@ func StartAt(ctx context.Context, name, address string, log *slog.Logger) (*Node
 		src.Close()
 		return nil, err
 	}
-	rc, err := resilience.NewClient(Resilience())
+	stats := newStats()
+	rc, err := resilience.NewClient(Resilience(), resilience.WithObserver(stats.observer()))
 	if err != nil {
 		src.Close()
 		return nil, err
 	}
-	return &Node{Name: name, Src: src, ID: id, TD: id.TrustDomain(), Log: log, Resilience: rc, discovery: reg}, nil
+	return &Node{Name: name, Src: src, ID: id, TD: id.TrustDomain(), Log: log, Resilience: rc, Stats: stats, discovery: reg}, nil
 }
 
 // Resilience is the platform's client policy: the mesh defaults, with more

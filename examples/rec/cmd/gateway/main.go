@@ -81,7 +81,10 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: gateway.Handler(c, recdb.NewStore(db, 0)), ReadHeaderTimeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/", gateway.Handler(c, recdb.NewStore(db, 0)))
+	mux.Handle("GET /debug/mesh", node.DebugHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	fmt.Printf("gateway: serving as %s on http://%s\n", node.ID, lis.Addr())
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(lis) }()

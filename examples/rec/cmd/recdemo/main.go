@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,6 +50,7 @@ func run(ctx context.Context) error {
 	concurrency := flag.Int("concurrency", 8, "concurrent participants in the load phase")
 	svidTTL := flag.Duration("svid-ttl", 6*time.Second, "SVID lifetime: they rotate at half of it")
 	instances := flag.Int("trading", 2, "trading instances")
+	hold := flag.Bool("hold", false, "keep the platform running after the summary, until interrupted")
 	flag.Parse()
 
 	if *dir == "" {
@@ -64,6 +64,7 @@ func run(ctx context.Context) error {
 		}
 	}
 	out := os.Stdout
+	sigCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 
@@ -118,6 +119,27 @@ func run(ctx context.Context) error {
 	if b, err := get(ctx, p.GatewayURL+"/v1/markets/solar/2024/book"); err == nil {
 		fmt.Fprintf(out, "   GET /v1/markets/solar/2024/book → %s\n", b)
 	}
+	if b, err := post(ctx, p.GatewayURL+"/v1/participants/p03/retirements", `{"energy_source":"solar","vintage":2024,"mwh":2}`); err == nil {
+		fmt.Fprintf(out, "   POST /v1/participants/p03/retirements {solar:2024, 2 MWh} → %s\n", b)
+	}
+	if b, err := get(ctx, p.GatewayURL+"/v1/participants/p03/holdings"); err == nil {
+		var h struct {
+			Holdings []struct {
+				Market struct {
+					Source  string `json:"energy_source"`
+					Vintage int    `json:"vintage"`
+				} `json:"market"`
+				MWh     string `json:"mwh"`
+				Retired string `json:"retired_mwh"`
+			} `json:"holdings"`
+		}
+		json.Unmarshal([]byte(b), &h)
+		for _, x := range h.Holdings {
+			if x.Market.Source == "solar" && x.Market.Vintage == 2024 {
+				fmt.Fprintf(out, "   GET /v1/participants/p03/holdings → solar:2024: %s MWh owned, %s retired (of 500 seeded + 8 bought)\n", x.MWh, x.Retired)
+			}
+		}
+	}
 
 	// Load, with a trading instance killed and restarted in the middle.
 	fmt.Fprintf(out, "== load: %d orders from %d concurrent participants; trading-1 gets SIGKILL part-way and restarts\n", *orders, *concurrency)
@@ -168,6 +190,9 @@ func run(ctx context.Context) error {
 		fmt.Fprintln(out, "   "+e)
 	}
 	fmt.Fprint(out, indent(res.Summary()))
+	if m, err := p.GatewayMesh(ctx); err == nil {
+		fmt.Fprintf(out, "   mesh:       the gateway's client made %s\n", m)
+	}
 
 	// Audit.
 	fmt.Fprintln(out, "== audit")
@@ -189,14 +214,23 @@ func run(ctx context.Context) error {
 	fmt.Fprintf(out, "   identity: the operator's SVID rotated %d times during the run\n", rotations())
 
 	fmt.Fprintln(out, "== where to look")
-	fmt.Fprintf(out, "   logs and databases: %s (pass -keep to keep them)\n", *dir)
-	fmt.Fprintf(out, "   the API: curl %s/v1/participants/p03/holdings\n", p.GatewayURL)
-	fmt.Fprintln(out, "   admin endpoints, metrics and traces: not wired yet (the telemetry package has not landed)")
+	if *keep {
+		fmt.Fprintf(out, "   logs and databases: %s\n", *dir)
+	} else {
+		fmt.Fprintf(out, "   logs and databases: %s (removed on exit; pass -keep to keep them)\n", *dir)
+	}
+	fmt.Fprintf(out, "   the API: curl %s/v1/participants/p03/holdings (while the demo runs; -hold keeps it up)\n", p.GatewayURL)
+	fmt.Fprintf(out, "   the gateway's mesh state: curl %s/debug/mesh (identity, retries, breakers, effective policies)\n", p.GatewayURL)
+	fmt.Fprintln(out, "   metrics and traces: not wired yet (package telemetry has not landed)")
 
 	if !report.OK() || res.Invalid > 0 || res.Unknown > 0 {
 		return errors.New("an invariant failed: see the checks above")
 	}
 	fmt.Fprintln(out, "== all invariants hold")
+	if *hold {
+		fmt.Fprintln(out, "== holding the platform up; interrupt to stop")
+		<-sigCtx.Done()
+	}
 	return nil
 }
 
@@ -242,6 +276,16 @@ func placeByHand(ctx context.Context, url string, o gateway.OrderRequest) (platf
 
 func get(ctx context.Context, url string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	return do(req)
+}
+
+func post(ctx context.Context, url, body string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Idempotency-Key", load.NewKey())
+	return do(req)
+}
+
+func do(req *http.Request) (string, error) {
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", err
@@ -310,5 +354,3 @@ func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
-
-var _ = filepath.Join
