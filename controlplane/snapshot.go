@@ -606,9 +606,12 @@ func httpFilter(name string, m proto.Message) *hcmpb.HttpFilter {
 	return &hcmpb.HttpFilter{Name: name, ConfigType: &hcmpb.HttpFilter_TypedConfig{TypedConfig: mustAny(m)}}
 }
 
+// mustAny packs m with a deterministic encoding: anypb.New's default
+// encoding orders map entries (RBAC policies) at random, which would give
+// one input different versions from build to build and replica to replica.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(proto.Clone(m))
-	if err != nil {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic(fmt.Sprintf("controlplane: marshal %T: %v", m, err)) // only on a programming error
 	}
 	return a

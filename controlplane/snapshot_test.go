@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -104,5 +105,31 @@ func TestBuildSnapshotRefusesSharedListenAddress(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("two services on one address accepted")
+	}
+}
+
+// TestBuildSnapshotIsDeterministicWithManyPolicies is the regression test
+// for versions that changed from build to build: RBAC policies are a proto
+// map packed into an Any, and anypb.New encodes maps in random order.
+func TestBuildSnapshotIsDeterministicWithManyPolicies(t *testing.T) {
+	cfg := &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "ledger"}}}
+	for i := range 8 {
+		cfg.Services[0].Authorization = append(cfg.Services[0].Authorization, controlplane.Policy{
+			Name: fmt.Sprintf("p%d", i), Sources: []string{fmt.Sprintf("spiffe://rec.test/s%d", i)},
+		})
+	}
+	eps := []controlplane.Endpoint{{Service: "ledger", Address: "127.0.0.1:7000"}}
+	first, err := controlplane.BuildSnapshot(cfg, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		again, err := controlplane.BuildSnapshot(cfg, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.Version != first.Version {
+			t.Fatalf("version %s, then %s, for the same inputs", first.Version, again.Version)
+		}
 	}
 }
