@@ -156,11 +156,12 @@ func (s *Server) SetConfig(name string, cfg *Config) error {
 	s.mu.Lock()
 	prev, prevName := s.cfg, s.cfgName
 	s.cfg, s.cfgName = cfg, name
-	s.mu.Unlock()
-	if err := s.rebuild(); err != nil {
-		s.mu.Lock()
+	err := s.rebuildLocked()
+	if err != nil {
 		s.cfg, s.cfgName = prev, prevName
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if err != nil {
 		s.reject(err)
 		return err
 	}
@@ -192,19 +193,19 @@ func (s *Server) SetEndpoints(source string, eps []Endpoint) error {
 	s.mu.Lock()
 	prev, had := s.sources[source]
 	s.sources[source] = append([]Endpoint(nil), eps...)
-	s.mu.Unlock()
-	if err := s.rebuild(); err != nil {
-		s.mu.Lock()
+	err := s.rebuildLocked()
+	if err != nil {
 		if had {
 			s.sources[source] = prev
 		} else {
 			delete(s.sources, source)
 		}
-		s.mu.Unlock()
-		s.reject(err)
-		return err
 	}
-	return nil
+	s.mu.Unlock()
+	if err != nil {
+		s.reject(err)
+	}
+	return err
 }
 
 // Snapshot returns the snapshot in force (nil before the first one).
@@ -226,6 +227,12 @@ func (s *Server) Version() string {
 func (s *Server) rebuild() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.rebuildLocked()
+}
+
+// rebuildLocked is rebuild with s.mu held, so that an input and the
+// snapshot built from it change together.
+func (s *Server) rebuildLocked() error {
 	if s.closed {
 		return net.ErrClosed
 	}
