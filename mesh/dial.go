@@ -53,9 +53,18 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
-	grpcOpts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(security.ClientCredentials(cfg.identity, expect)),
-	}, discoveryOpts...)
+	creds := security.ClientCredentials(cfg.identity, expect)
+	xdsOpts, releaseXDS, err := cfg.xdsDialOptions(target, creds)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	grpcOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, discoveryOpts...)
+	if xdsOpts != nil {
+		grpcOpts = xdsOpts // meshd's resolver and xDS credentials, with creds as fallback
+		if cfg.resilience.client == nil {
+			cfg.resilience.off, cfg.resilience.keepGRPCRetries = true, true
+		}
+	}
 	resilienceOpts, err := cfg.resilienceDialOptions()
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
@@ -70,7 +79,13 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	cc, err := grpc.NewClient(target, grpcOpts...)
 	if err != nil {
 		tel.close()
+		if releaseXDS != nil {
+			releaseXDS()
+		}
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	if releaseXDS != nil {
+		releaseOnShutdown(cc, releaseXDS)
 	}
 	tel.registerClient(cfg.identity, target, cc)
 	return cc, nil

@@ -39,6 +39,7 @@ type serverConfig struct {
 	http        httpServerConfig      // mesh/httpoption.go
 	discovery   discoveryServerConfig // mesh/discovery.go
 	idempotency idempotency.Store     // mesh/resilience.go
+	xds         xdsConfig             // mesh/xds.go
 }
 
 type dialConfig struct {
@@ -49,6 +50,7 @@ type dialConfig struct {
 	http        httpDialConfig       // mesh/httpoption.go
 	discovery   discoveryDialConfig  // mesh/discovery.go
 	resilience  resilienceDialConfig // mesh/resilience.go
+	xds         xdsConfig            // mesh/xds.go
 }
 
 type bothOption func(*commonConfig)

@@ -14,6 +14,9 @@ import (
 type resilienceDialConfig struct {
 	client *resilience.Client
 	off    bool
+	// keepGRPCRetries leaves grpc-go's retries on: xds:/// targets, whose
+	// retry policy comes from the control plane's routes.
+	keepGRPCRetries bool
 }
 
 // WithResilience applies rc's retries, budget, breaker, timeouts, bulkhead,
@@ -60,8 +63,11 @@ func (c *dialConfig) resilienceClient() (*resilience.Client, error) {
 // and stack on top of ours.
 func (c *dialConfig) resilienceDialOptions() ([]grpc.DialOption, error) {
 	rc, err := c.resilienceClient()
-	if err != nil || rc == nil {
-		return []grpc.DialOption{grpc.WithDisableRetry()}, err
+	if err != nil || (rc == nil && c.resilience.keepGRPCRetries) {
+		return nil, err
+	}
+	if rc == nil {
+		return []grpc.DialOption{grpc.WithDisableRetry()}, nil
 	}
 	return []grpc.DialOption{
 		grpc.WithDisableRetry(),

@@ -27,7 +27,7 @@ const healthServicePrefix = "/grpc.health.v1.Health/"
 // SPIFFE ID, serves the standard gRPC health service, and drains gracefully.
 // Register services on it as on a *grpc.Server. Safe for concurrent use.
 type Server struct {
-	grpc   *grpc.Server
+	grpc   grpcServer // *grpc.Server, or *xds.GRPCServer with WithControlPlane
 	health *health.Server
 	id     spiffeid.ID
 	drain  time.Duration
@@ -36,6 +36,9 @@ type Server struct {
 	registry *discovery.Registry
 	service  discovery.Service
 	tel      *meshTelemetry // mesh/telemetry.go
+	// xds and releaseXDS are set by WithControlPlane (mesh/xds.go).
+	xds        xdsConfig
+	releaseXDS func()
 
 	closeOnce sync.Once
 }
@@ -74,8 +77,8 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 		return nil, err
 	}
 	unary, stream := security.Interceptors(openHealth(authz), tel.onDeny(cfg.onDeny))
+	creds := security.ServerCredentials(cfg.identity, cfg.grace)
 	grpcOpts := []grpc.ServerOption{
-		grpc.Creds(security.ServerCredentials(cfg.identity, cfg.grace)),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainUnaryInterceptor(cfg.unaryAfterAuthz()...),
 		grpc.ChainStreamInterceptor(stream),
@@ -86,16 +89,30 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	}
 	grpcOpts = append(tel.serverOptions(), grpcOpts...) // telemetry interceptors outermost
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
+	var (
+		srv        grpcServer
+		releaseXDS = func() {}
+	)
+	if cfg.xds.controlPlane != "" {
+		if srv, releaseXDS, err = cfg.newXDSServer(creds, grpcOpts); err != nil {
+			tel.close()
+			return nil, err
+		}
+	} else {
+		srv = grpc.NewServer(append(grpcOpts, grpc.Creds(creds))...)
+	}
 	tel.registerServer(cfg.identity, cfg.authorizer)
 	s := &Server{
-		tel:      tel,
-		grpc:     grpc.NewServer(grpcOpts...),
-		health:   health.NewServer(),
-		id:       id,
-		drain:    cfg.drain,
-		registry: cfg.discovery.registry,
-		service:  cfg.discovery.service,
-		logger:   logger.With("component", "mesh.server", "spiffe_id", id.String()),
+		tel:        tel,
+		grpc:       srv,
+		releaseXDS: releaseXDS,
+		xds:        cfg.xds,
+		health:     health.NewServer(),
+		id:         id,
+		drain:      cfg.drain,
+		registry:   cfg.discovery.registry,
+		service:    cfg.discovery.service,
+		logger:     logger.With("component", "mesh.server", "spiffe_id", id.String()),
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -116,10 +133,6 @@ func openHealth(authz security.Authorizer) security.Authorizer {
 func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	s.grpc.RegisterService(desc, impl)
 }
-
-// GRPCServer returns the underlying *grpc.Server, for reflection, channelz
-// and the like.
-func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
 
 // ID returns the server's own SPIFFE ID.
 func (s *Server) ID() spiffeid.ID { return s.id }
@@ -152,6 +165,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if registration != nil {
 		defer registration.Close()
 	}
+	stopHeartbeat := s.heartbeat(ctx, lis.Addr().String())
+	defer stopHeartbeat()
 	select {
 	case err := <-errc:
 		if err != nil {
@@ -161,6 +176,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.logger.Info("draining", "timeout", s.drain)
+	stopHeartbeat() // deregister from meshd first, so clients move away
 	if registration != nil {
 		drainCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := registration.Drain(drainCtx); err != nil {
@@ -194,6 +210,7 @@ func (s *Server) Close() error {
 		s.health.Shutdown()
 		s.grpc.Stop()
 		s.tel.close()
+		s.releaseXDS()
 	})
 	return nil
 }

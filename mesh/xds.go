@@ -1,0 +1,155 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/xds"
+
+	"github.com/gridmesh/gridmesh/controlplane/registration"
+	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
+	"github.com/gridmesh/gridmesh/internal/xdscert"
+)
+
+// xdsConfig is the control-plane part of the server and dial configs.
+type xdsConfig struct {
+	controlPlane string
+	service      string // servers: the service name clients dial as xds:///<service>
+	version      string
+	advertise    string
+}
+
+type controlPlaneOption string
+
+func (o controlPlaneOption) applyServer(c *serverConfig) { c.xds.controlPlane = string(o) }
+func (o controlPlaneOption) applyDial(c *dialConfig)     { c.xds.controlPlane = string(o) }
+
+// WithControlPlane makes the mesh take its configuration from meshd at addr
+// (host:port, meshd's default is 127.0.0.1:15010), with no bootstrap file.
+//
+// For Dial, xds:///<service> targets get routes, weighted splits, retries,
+// timeouts, fault injection, circuit breaking, balancing and the endpoints'
+// SPIFFE IDs from meshd, and mTLS from this process's identity. In this mode
+// the control plane owns traffic policy: grpc-go applies the route's retry
+// policy, and the mesh adds its own resilience layer only when
+// WithResilience is given.
+//
+// For NewServer (with WithXDSService), the server is an xDS server: it
+// stays NOT_SERVING until meshd sends its listener, then enforces the mTLS
+// and RBAC meshd configures, and Serve registers its endpoint with meshd
+// and keeps it registered until draining starts.
+func WithControlPlane(addr string) Option { return controlPlaneOption(addr) }
+
+// WithXDSService names the service a server in xDS mode registers under
+// (clients dial xds:///<service>) and, optionally, its version ("" for
+// none), which meshd's weighted splits refer to.
+func WithXDSService(service, version string) ServerOption {
+	return serverOption(func(c *serverConfig) {
+		c.xds.service, c.xds.version = service, version
+	})
+}
+
+// WithAdvertiseAddress sets the address a server in xDS mode registers for
+// clients to connect to, when it differs from the listener's (a server
+// listening on 0.0.0.0:8443). Default: the listener's address.
+func WithAdvertiseAddress(hostport string) ServerOption {
+	return serverOption(func(c *serverConfig) { c.xds.advertise = hostport })
+}
+
+// xdsDialOptions returns the options that resolve target through meshd, or
+// nil when target is not xds:/// or no control plane is set.
+func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCredentials) ([]grpc.DialOption, func(), error) {
+	if !strings.HasPrefix(target, "xds:") {
+		return nil, nil, nil
+	}
+	if c.xds.controlPlane == "" {
+		return nil, nil, fmt.Errorf("target %s needs a control plane: pass mesh.WithControlPlane(\"127.0.0.1:15010\")", target)
+	}
+	cp, release := xdscert.Register(c.identity)
+	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp}, creds)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return opts, release, nil
+}
+
+// releaseOnShutdown calls release once cc is closed.
+func releaseOnShutdown(cc *grpc.ClientConn, release func()) {
+	go func() {
+		defer release()
+		for {
+			st := cc.GetState()
+			if st == connectivity.Shutdown {
+				return
+			}
+			cc.WaitForStateChange(context.Background(), st)
+		}
+	}()
+}
+
+// newXDSServer builds the xDS-configured gRPC server. opts must not carry
+// credentials: the bootstrap's xDS credentials replace them, with creds as
+// the fallback for listeners meshd sends without security config.
+func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts []grpc.ServerOption) (grpcServer, func(), error) {
+	if c.xds.service == "" {
+		return nil, nil, errors.New("mesh: a server with WithControlPlane needs its service name: pass mesh.WithXDSService(\"trading\", \"v1\")")
+	}
+	cp, release := xdscert.Register(c.identity)
+	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service}, creds)
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("mesh: %w", err)
+	}
+	srv, err := xds.NewGRPCServer(append(sopts, opts...)...)
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("mesh: xDS server: %w", err)
+	}
+	return srv, release, nil
+}
+
+// heartbeat registers the server's endpoint with meshd until ctx ends.
+func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func()) {
+	if s.xds.controlPlane == "" {
+		return func() {}
+	}
+	addr := s.xds.advertise
+	if addr == "" {
+		addr = listenAddr
+	}
+	reg := registration.Registration{
+		Service: s.xds.service, Version: s.xds.version, Address: addr, ListenAddress: listenAddr,
+		SPIFFEID: s.id.String(), TTL: registration.Duration(15 * time.Second),
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := registration.NewClient(s.xds.controlPlane).Heartbeat(ctx, reg, func(err error) {
+			s.logger.Warn("renewing the registration with meshd", "error", err)
+		})
+		if err != nil {
+			s.logger.Warn("deregistering from meshd", "error", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// grpcServer is what Server needs of *grpc.Server and *xds.GRPCServer.
+type grpcServer interface {
+	grpc.ServiceRegistrar
+	Serve(net.Listener) error
+	Stop()
+	GracefulStop()
+}
