@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,8 @@ func runDev(ctx context.Context, args []string) error {
 	ttl := fs.Duration("svid-ttl", time.Hour, "lifetime of issued SVIDs; they rotate at half of it")
 	ids := fs.String("identities", "", "comma-separated workload names or SPIFFE IDs, e.g. trading,settlement (required)")
 	ready := fs.String("ready-file", "", "write the socket list to this file once every socket listens (for scripts)")
+	xdsListen := fs.String("xds", "127.0.0.1:15010", "also serve xDS and the registration API here, as `meshd serve` does; empty: Workload API only")
+	xdsConfig := fs.String("config", "", "meshd YAML config for the xDS server (see meshd serve -h); optional")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,14 +58,37 @@ func runDev(ctx context.Context, args []string) error {
 		}
 		lines = append(lines, fmt.Sprintf("%s SPIFFE_ENDPOINT_SOCKET=%s", id, addr))
 	}
+	xdsErr := make(chan error, 1)
+	if *xdsListen != "" {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		xdsReady := make(chan string, 1)
+		go func() {
+			// No startup grace: in development nothing needs to re-register
+			// before the first push.
+			xdsErr <- serve(ctx, &serveFlags{config: *xdsConfig, listen: *xdsListen, watch: time.Second},
+				slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+				func(xdsAddr, _ string) { xdsReady <- xdsAddr })
+		}()
+		select {
+		case addr := <-xdsReady:
+			lines = append(lines, "xDS and registration API: "+addr+" (mesh.WithControlPlane)")
+		case err := <-xdsErr:
+			return fmt.Errorf("xDS server: %w", err)
+		}
+	}
 	printTo(os.Stdout, "meshd dev: serving the SPIFFE Workload API (development CA, no attestation)", lines)
 	if *ready != "" {
 		if err := os.WriteFile(*ready, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 			return fmt.Errorf("-ready-file: %w", err)
 		}
 	}
-	<-ctx.Done()
-	return nil
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-xdsErr:
+		return fmt.Errorf("xDS server: %w", err)
+	}
 }
 
 // devIdentity maps a workload name ("trading", "ns/prod/trading") or a full

@@ -27,7 +27,7 @@ func TestDevServesOneIdentityPerSocket(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- runDev(ctx, []string{"-socket-dir", dir, "-identities", "trading, spiffe://gridmesh.dev/ops/settlement", "-ready-file", ready})
+		done <- runDev(ctx, []string{"-socket-dir", dir, "-identities", "trading, spiffe://gridmesh.dev/ops/settlement", "-ready-file", ready, "-xds", "127.0.0.1:0"})
 	}()
 	for {
 		if _, err := os.Stat(ready); err == nil {
@@ -40,6 +40,9 @@ func TestDevServesOneIdentityPerSocket(t *testing.T) {
 			t.Fatal("sockets not ready")
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+	if b, _ := os.ReadFile(ready); !strings.Contains(string(b), "xDS and registration API: 127.0.0.1:") {
+		t.Errorf("ready file does not name the xDS address:\n%s", b)
 	}
 	for sock, want := range map[string]string{
 		"trading.sock":        "spiffe://gridmesh.dev/trading",

@@ -17,7 +17,7 @@ wait_for() { # file, what
   echo "demo: $2 did not start" >&2; exit 1
 }
 
-"$bin/meshd" dev -socket-dir "$dir" -identities greeter,caller -svid-ttl 10m -ready-file "$dir/ready" &
+"$bin/meshd" dev -socket-dir "$dir" -identities greeter,caller -svid-ttl 10m -xds "" -ready-file "$dir/ready" &
 pids+=($!)
 wait_for "$dir/ready" "meshd dev"
 
