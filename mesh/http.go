@@ -13,8 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/gridmesh/gridmesh/resilience/idempotency"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // HTTPServer is an HTTPS server inside the mesh: it presents the service's
@@ -28,6 +28,7 @@ type HTTPServer struct {
 	grace  time.Duration
 	drain  time.Duration
 	logger *slog.Logger
+	tel    *meshTelemetry
 
 	closeOnce sync.Once
 }
@@ -37,14 +38,17 @@ type connStartKey struct{}
 // NewHTTPServer builds a mesh HTTP server for handler. It does not block.
 //
 // Every request passes, before handler: OpenTelemetry server
-// instrumentation (otelhttp with W3C trace context; spans and metrics go to the global providers);
+// instrumentation (otelhttp with W3C trace context, to the providers of
+// WithTracerProvider and WithMeterProvider; off with WithoutTelemetry);
 // the caller's SPIFFE ID from its verified certificate, which handlers read
 // with PeerID(r.Context()); path normalization (security.NormalizePath),
 // with 400 and the reason for an ambiguous path; and authorization
 // (WithAuthorizer, e.g. security.HTTPRules), with 403 and the reason for a
-// denial. handler sees the normalized path in r.URL and r.RequestURI and
-// the lower-cased r.Host. Default authorization: every authenticated caller
-// of a trusted trust domain.
+// denial, counted in the mesh metrics and passed to WithDenialHook; then,
+// with WithIdempotency, the idempotency middleware for requests with an
+// Idempotency-Key header. handler sees the normalized path in r.URL and
+// r.RequestURI and the lower-cased r.Host. Default authorization: every
+// authenticated caller of a trusted trust domain.
 //
 // Connections live at most 40% of the SVID lifetime: after that the next
 // response carries "Connection: close" (a GOAWAY on HTTP/2), so clients
@@ -79,8 +83,15 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	tlsCfg := security.ServerTLSConfig(cfg.identity, spiffeid.MatchAny())
 	tlsCfg.NextProtos = nextProtos(protocols)
 
+	tel, err := newTelemetry(&cfg.commonConfig, id)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.idempotency != nil {
+		handler = idempotency.NewServer(cfg.idempotency, callerKey).Handler(handler)
+	}
 	maxAge := lifetime * 2 / 5
-	guarded := security.HTTPHandler(handler, cfg.authorizer, cfg.onDeny)
+	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny))
 	capped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && time.Since(start) > maxAge {
 			w.Header().Set("Connection", "close") // HTTP/2: graceful GOAWAY
@@ -92,9 +103,14 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 		grace:  cfg.grace,
 		drain:  cfg.drain,
 		logger: logger.With("component", "mesh.httpserver", "spiffe_id", id.String()),
+		tel:    tel,
+	}
+	var outer http.Handler = capped
+	if !cfg.telemetry.off {
+		outer = otelhttp.NewHandler(capped, "gridmesh.http.server", cfg.otelhttpOptions()...)
 	}
 	s.srv = &http.Server{
-		Handler:           otelhttp.NewHandler(capped, "gridmesh.http.server", otelhttp.WithPropagators(telemetry.Propagator())),
+		Handler:           outer,
 		TLSConfig:         tlsCfg,
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -163,8 +179,12 @@ func (s *HTTPServer) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // Close stops the server at once, closing the listener and every
-// connection. It is safe to call more than once and together with Serve.
+// connection, and releases its telemetry. Call it also after Serve
+// returned. It is safe to call more than once and together with Serve.
 func (s *HTTPServer) Close() error {
-	s.closeOnce.Do(func() { s.srv.Close() })
+	s.closeOnce.Do(func() {
+		s.srv.Close()
+		s.tel.close()
+	})
 	return nil
 }

@@ -436,3 +436,46 @@ func TestHTTPPathNormalizationTable(t *testing.T) {
 	}
 	t.Logf("end-to-end normalization table: %d cases", len(tests))
 }
+
+// TestHTTPResumedSessionRechecksCertificate resumes a TLS session after the
+// client certificate it was made with has expired: the server must refuse
+// it, as it would a full handshake.
+func TestHTTPResumedSessionRechecksCertificate(t *testing.T) {
+	ca := pki.NewCA(t, "example.org")
+	h := &httpEcho{}
+	addr, _ := startHTTPServer(t, h, mesh.WithIdentity(ca.NewSource(t, "spiffe://example.org/server")))
+	cert := ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/client"}, NotAfter: time.Now().Add(2 * time.Second)})
+	cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+
+	request := func() (resumed bool, err error) {
+		conn, err := (&tls.Dialer{Config: cfg}).DialContext(callTimeout(t), "tcp", addr)
+		if err != nil {
+			return false, err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return conn.(*tls.Conn).ConnectionState().DidResume, err
+		}
+		resp.Body.Close()
+		return conn.(*tls.Conn).ConnectionState().DidResume, nil
+	}
+	if _, err := request(); err != nil {
+		t.Fatalf("first request: %v", err)
+	}
+	if resumed, err := request(); err != nil || !resumed {
+		t.Fatalf("second request: resumed=%v err=%v; want a resumed session", resumed, err)
+	}
+	calls := h.calls.Load()
+	for time.Now().Before(cert.Leaf.NotAfter.Add(100 * time.Millisecond)) {
+		time.Sleep(50 * time.Millisecond) // the certificate must expire; no state to poll
+	}
+	if _, err := request(); err == nil {
+		t.Fatal("request on a session resumed with an expired certificate succeeded")
+	}
+	if h.calls.Load() != calls {
+		t.Error("handler ran for the refused resumption")
+	}
+}

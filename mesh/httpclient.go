@@ -22,7 +22,6 @@ import (
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // HTTPClient returns an *http.Client whose transport is NewHTTPTransport's.
@@ -45,12 +44,24 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //   - a host given to WithHTTPTarget (with or without its port) uses that
 //     discovery target: http://trading.mesh/v1/trades with
 //     WithHTTPTarget("trading.mesh", "consul:///trading");
-//   - any other "<name>.mesh" host uses consul:///<name> (the Registry of
-//     WithRegistry must have Consul);
+//   - any other "<name>.mesh" host uses xds:///<name> when WithControlPlane
+//     is given, else consul:///<name> (the Registry of WithRegistry must
+//     have Consul);
 //   - any other host:port is a single endpoint (static:///host:port).
 //
-// Requests are balanced over the target's endpoints (WithHTTPBalancer);
-// HTTP/2 is used when the server offers it. Each endpoint must present the
+// xds:///<cluster> targets (with WithControlPlane) take from meshd the
+// cluster's endpoints (EDS), its load-balancing policy (CDS lb_policy:
+// round robin or least request; ring hash falls back to round robin)
+// unless WithBalancer is given, and the SPIFFE IDs its mTLS context accepts
+// (CDS subject alternative names). Nothing of meshd's listeners and routes
+// applies (no weighted splits, header routes, retries, timeouts or fault
+// injection), nor its circuit breakers and outlier detection: name a
+// version cluster ("xds:///trading/v2") and use the resilience policies.
+//
+// Requests are balanced over the target's endpoints by WithBalancer's
+// policy: round robin (the default), least request or pick first; endpoint
+// weights are not used, and other policies make HTTPClient fail. HTTP/2 is
+// used when the server offers it. Each endpoint must present the
 // SPIFFE ID discovery gives for it; without one, WithServerID's, else any ID
 // in WithServerTrustDomain's trust domain, else any ID in the caller's own
 // trust domain. A request that could not reach an endpoint (connection
@@ -58,16 +69,23 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // is sent to another endpoint, as long as its body can be replayed
 // (GetBody); the endpoint is skipped for a while.
 //
-// The round trip runs, outermost first: the WithHTTPRoundTripper wrappers
-// (e.g. resilience), OpenTelemetry (otelhttp: a client span per attempt
-// and W3C trace context in the headers, to the global providers), then
-// balancing. It is safe for concurrent use.
+// The round trip runs, outermost first: the WithHTTPRoundTripper wrappers;
+// the resilience policies (WithResilience; by default a client of its own
+// with resilience.DefaultConfig(), keyed by the URL host; off with
+// WithoutResilience), so a retry is balanced anew; OpenTelemetry (otelhttp:
+// a client span per attempt and W3C trace context in the headers, to the
+// providers of WithTracerProvider and WithMeterProvider; off with
+// WithoutTelemetry); then balancing. It is safe for concurrent use.
 type HTTPTransport struct {
 	rt       http.RoundTripper
 	identity security.Source
 	expect   spiffeid.Matcher
 	cfg      httpDialConfig
-	registry *discovery.Registry
+	// controlPlane is meshd's address for xds:/// targets; policySet says
+	// WithBalancer was given, which then wins over xDS's policy.
+	controlPlane string
+	policySet    bool
+	registry     *discovery.Registry
 	policy   httpbalance.Config
 
 	mu       sync.Mutex
@@ -111,14 +129,18 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		}
 		expect = spiffeid.MatchMemberOf(own.TrustDomain())
 	}
-	policy, err := httpBalancePolicy(cfg.http.balancer)
+	policy, err := httpBalancePolicy(cfg.discovery.balancer)
 	if err != nil {
 		return nil, err
 	}
+	rc, err := cfg.resilienceClient()
+	if err != nil {
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
 	for host, target := range cfg.http.targets {
 		if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
-			if cluster == "" || cfg.http.xds == "" {
-				return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): an xds:///<cluster> target needs a cluster name and mesh.WithHTTPXDS(meshd address)", host, target)
+			if cluster == "" || cfg.xds.controlPlane == "" {
+				return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): an xds:///<cluster> target needs a cluster name and mesh.WithControlPlane(meshd address)", host, target)
 			}
 			continue
 		}
@@ -133,14 +155,22 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		}
 	}
 	t := &HTTPTransport{
-		identity: cfg.identity,
-		expect:   expect,
-		cfg:      cfg.http,
-		registry: reg,
-		policy:   policy,
-		services: map[string]*httpService{},
+		identity:     cfg.identity,
+		expect:       expect,
+		cfg:          cfg.http,
+		controlPlane: cfg.xds.controlPlane,
+		policySet:    cfg.discovery.balancer != nil,
+		registry:     reg,
+		policy:       policy,
+		services:     map[string]*httpService{},
 	}
-	var rt http.RoundTripper = otelhttp.NewTransport(balancedTransport{t}, otelhttp.WithPropagators(telemetry.Propagator()))
+	var rt http.RoundTripper = balancedTransport{t}
+	if !cfg.telemetry.off {
+		rt = otelhttp.NewTransport(rt, cfg.otelhttpOptions()...)
+	}
+	if rc != nil {
+		rt = rc.RoundTripper(rt)
+	}
 	for i := len(cfg.http.wrappers) - 1; i >= 0; i-- {
 		rt = cfg.http.wrappers[i](rt)
 	}
@@ -148,12 +178,16 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	return t, nil
 }
 
-func httpBalancePolicy(b discovery.Balancer) (httpbalance.Config, error) {
+func httpBalancePolicy(bp *discovery.Balancer) (httpbalance.Config, error) {
+	var b discovery.Balancer
+	if bp != nil {
+		b = *bp
+	}
 	if err := b.Validate(); err != nil {
-		return httpbalance.Config{}, fmt.Errorf("mesh: WithHTTPBalancer: %w", err)
+		return httpbalance.Config{}, fmt.Errorf("mesh: WithBalancer: %w", err)
 	}
 	if b.Outlier != nil {
-		return httpbalance.Config{}, errors.New("mesh: WithHTTPBalancer: Outlier is not supported by the HTTP client yet; it ejects endpoints that refuse connections on its own")
+		return httpbalance.Config{}, errors.New("mesh: WithBalancer: Outlier is not supported by HTTPClient; it skips endpoints that refuse connections on its own")
 	}
 	switch b.Policy {
 	case "", discovery.RoundRobin:
@@ -163,7 +197,7 @@ func httpBalancePolicy(b discovery.Balancer) (httpbalance.Config, error) {
 	case discovery.PickFirst:
 		return httpbalance.Config{Policy: httpbalance.PickFirst}, nil
 	}
-	return httpbalance.Config{}, fmt.Errorf("mesh: WithHTTPBalancer: Policy %q is not supported by the HTTP client; use %q, %q or %q",
+	return httpbalance.Config{}, fmt.Errorf("mesh: WithBalancer: Policy %q is not supported by HTTPClient; use %q, %q or %q",
 		b.Policy, discovery.RoundRobin, discovery.LeastRequest, discovery.PickFirst)
 }
 
@@ -211,7 +245,7 @@ func (t *HTTPTransport) targetFor(host string) (string, error) {
 		return target, nil
 	}
 	if svc, ok := strings.CutSuffix(name, ".mesh"); ok && svc != "" {
-		if t.cfg.xds != "" {
+		if t.controlPlane != "" {
 			return "xds:///" + svc, nil
 		}
 		return "consul:///" + svc, nil
@@ -271,11 +305,11 @@ func (t *HTTPTransport) watchDiscovery(s *httpService) error {
 }
 
 func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
-	if t.cfg.xds == "" {
-		return errors.New("xds:/// targets need mesh.WithHTTPXDS(meshd address)")
+	if t.controlPlane == "" {
+		return errors.New("xds:/// targets need mesh.WithControlPlane(meshd address)")
 	}
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.cfg.xds, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster}, func(u httpxds.Update) {
-		if !t.cfg.policySet {
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster}, func(u httpxds.Update) {
+		if !t.policySet {
 			if u.Policy == "least_request" {
 				s.bal.SetPolicy(httpbalance.LeastRequest)
 			} else {

@@ -127,11 +127,17 @@ func TestHTTPClientBalancesAcrossThreeBackends(t *testing.T) {
 			bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/trading")))
 			c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 				mesh.WithHTTPTarget("trading.mesh", staticTarget(bs, "spiffe://example.org/trading")),
-				mesh.WithHTTPBalancer(discovery.Balancer{Policy: policy}))
+				mesh.WithBalancer(discovery.Balancer{Policy: policy}))
 			const n = 1500
-			got, failed := shares(load(t, c, "http://trading.mesh/v1/trades", n, 6))
+			rs := load(t, c, "http://trading.mesh/v1/trades", n, 6)
+			got, failed := shares(rs)
 			if failed > 0 {
 				t.Errorf("%d of %d requests failed", failed, n)
+				for _, r := range rs {
+					if r.err != nil {
+						t.Log(r.err)
+					}
+				}
 			}
 			for _, b := range bs {
 				if d := math.Abs(got[b.h.name] - 100.0/3); d > tolerance {
@@ -143,7 +149,7 @@ func TestHTTPClientBalancesAcrossThreeBackends(t *testing.T) {
 			// Kill one backend; the others take over without a failed request.
 			bs[1].stop()
 			killed := time.Now()
-			rs := load(t, c, "http://trading.mesh/v1/trades", 600, 6)
+			rs = load(t, c, "http://trading.mesh/v1/trades", 600, 6)
 			var lastOnDead, lastFailure time.Duration
 			for _, r := range rs {
 				if r.err != nil {
@@ -227,7 +233,7 @@ func TestHTTPClientAppliesResilienceAndCarriesTraceContext(t *testing.T) {
 	var traceparent atomic.Value
 	addr, _ := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		traceparent.Store(r.Header.Get("traceparent"))
-		if calls.Add(1) == 1 {
+		if calls.Add(1)%2 == 1 { // every other call fails
 			http.Error(w, "warming up", http.StatusServiceUnavailable)
 			return
 		}
@@ -239,7 +245,7 @@ func TestHTTPClientAppliesResilienceAndCarriesTraceContext(t *testing.T) {
 	}
 	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 		mesh.WithHTTPTarget("trading.mesh", "static:///"+addr),
-		mesh.WithHTTPRoundTripper(rc.RoundTripper))
+		mesh.WithResilience(rc))
 
 	traceID := trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36}
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: trace.SpanID{1, 2, 3, 4, 5, 6, 7, 8}, TraceFlags: trace.FlagsSampled, Remote: true})
@@ -256,6 +262,13 @@ func TestHTTPClientAppliesResilienceAndCarriesTraceContext(t *testing.T) {
 	}
 	if tp, _ := traceparent.Load().(string); !strings.Contains(tp, traceID.String()) {
 		t.Errorf("server saw traceparent %q, want trace %s", tp, traceID)
+	}
+
+	// WithoutResilience: the caller gets the 503 itself.
+	c = httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithHTTPTarget("trading.mesh", "static:///"+addr), mesh.WithoutResilience())
+	if r := getOnce(t, c, "http://trading.mesh/v1/lots"); r.err == nil || calls.Load() != 3 {
+		t.Errorf("without resilience: err %v after %d calls, want the 503 after 3", r.err, calls.Load())
 	}
 }
 
@@ -359,7 +372,7 @@ func TestHTTPClientErrorsExplainFix(t *testing.T) {
 		want string
 	}{
 		{"no identity", nil, "mesh.WithIdentity"},
-		{"unsupported policy", []mesh.DialOption{mesh.WithIdentity(src), mesh.WithHTTPBalancer(discovery.Balancer{Policy: discovery.WeightedRoundRobin})}, "least_request"},
+		{"unsupported policy", []mesh.DialOption{mesh.WithIdentity(src), mesh.WithBalancer(discovery.Balancer{Policy: discovery.WeightedRoundRobin})}, "least_request"},
 		{"bad target", []mesh.DialOption{mesh.WithIdentity(src), mesh.WithHTTPTarget("x", "nope:///y")}, `WithHTTPTarget("x", "nope:///y")`},
 	}
 	for _, tc := range tests {

@@ -73,7 +73,7 @@ func TestHTTPClientFollowsXDS(t *testing.T) {
 		// The impostor registers under the right ID but cannot present it.
 		xdstest.Register(t, m, registration.Registration{Service: "trading", Address: b.addr, SPIFFEID: "spiffe://example.org/trading"})
 	}
-	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithHTTPXDS(m.Addr))
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr))
 	got, failed := shares(load(t, c, "http://trading.mesh/v1/trades", 300, 3))
 	if failed != 0 || len(got) != 3 || impostor[0].h.calls.Load() != 0 {
 		t.Fatalf("%d failed, shares %v, impostor served %d; want 0 failed over the 3 real backends", failed, got, impostor[0].h.calls.Load())

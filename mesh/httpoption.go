@@ -17,10 +17,7 @@ type httpDialConfig struct {
 	protocols *http.Protocols
 	registry  *discovery.Registry
 	targets   map[string]string // normalized host -> discovery target
-	balancer  discovery.Balancer
 	wrappers  []func(http.RoundTripper) http.RoundTripper
-	xds       string // meshd's xDS address for xds:/// targets
-	policySet bool   // WithHTTPBalancer was given
 }
 
 type httpProtocolsOption http.Protocols
@@ -64,39 +61,10 @@ func WithHTTPTarget(host, target string) DialOption {
 	})
 }
 
-// WithHTTPBalancer sets how HTTPClient spreads requests over a service's
-// endpoints. Supported: discovery.RoundRobin (the default),
-// discovery.LeastRequest (with ChoiceCount) and discovery.PickFirst; other
-// policies and the Outlier field make HTTPClient fail with an error that
-// says so. Independently of it, an endpoint that cannot be connected to is
-// skipped for 1s, doubling up to 30s while it keeps failing, and the
-// request goes to another endpoint.
-func WithHTTPBalancer(b discovery.Balancer) DialOption {
-	return dialOption(func(c *dialConfig) { c.http.balancer, c.http.policySet = b, true })
-}
-
-// WithHTTPXDS makes HTTPClient follow xds:///<cluster> targets through
-// meshd's xDS server at serverURI (host:port, plaintext, as for gRPC's
-// xDS bootstrap), and makes "<name>.mesh" hosts without a WithHTTPTarget
-// mean xds:///<name> instead of consul:///<name>. From meshd the client
-// takes the cluster's endpoints (EDS), its load-balancing policy (CDS
-// lb_policy: round robin or least request; ring hash falls back to round
-// robin) unless WithHTTPBalancer is given, and the SPIFFE IDs its mTLS
-// context accepts (CDS subject alternative names). It honours nothing of
-// meshd's listeners and routes (no weighted splits, header routes, retries,
-// timeouts or fault injection), nor its circuit breakers and outlier
-// detection: use version clusters ("xds:///trading/v2") and the resilience
-// round tripper for those.
-func WithHTTPXDS(serverURI string) DialOption {
-	return dialOption(func(c *dialConfig) { c.http.xds = serverURI })
-}
-
-// WithHTTPRoundTripper wraps HTTPClient's transport in wrap, for example
-// the resilience policies: mesh.WithHTTPRoundTripper(resilienceClient.RoundTripper).
-// Wrappers see the request as the application made it (URL host
-// "trading.mesh"), outside the OpenTelemetry transport, so each retry is
-// its own client span and a retried request may reach another endpoint.
-// The first given is the outermost.
+// WithHTTPRoundTripper wraps HTTPClient's transport in wrap, e.g. for
+// request signing or header policies. Wrappers see the request as the
+// application made it (URL host "trading.mesh"), outside the resilience
+// policies and OpenTelemetry. The first given is the outermost.
 func WithHTTPRoundTripper(wrap func(next http.RoundTripper) http.RoundTripper) DialOption {
 	return dialOption(func(c *dialConfig) { c.http.wrappers = append(c.http.wrappers, wrap) })
 }
