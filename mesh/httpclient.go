@@ -86,7 +86,7 @@ type HTTPTransport struct {
 	controlPlane string
 	policySet    bool
 	registry     *discovery.Registry
-	policy   httpbalance.Config
+	policy       httpbalance.Config
 
 	mu       sync.Mutex
 	services map[string]*httpService // by discovery target
