@@ -31,6 +31,12 @@ type telemetryConfig struct {
 // WithTracerProvider sets where the spans of the mesh's otelgrpc stats
 // handlers go. Default: the global TracerProvider (otel.GetTracerProvider),
 // a no-op until telemetry.Setup or otel.SetTracerProvider installs one.
+//
+// Off means off: NewServer and Dial install the stats handlers only if a
+// provider is an SDK one when they run, and the metrics interceptors only
+// if metrics are on or WithAdmin is given. Set up telemetry before building
+// servers and clients. With telemetry off, W3C trace context does not pass
+// through the process.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.tracer = tp })
 }
@@ -109,7 +115,7 @@ func (t *meshTelemetry) close() {
 // onDeny counts denials and records them for the admin endpoint, then calls
 // next (the WithDenialHook function, may be nil).
 func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.DeniedError) {
-	if t == nil || t.metrics == nil {
+	if !t.interceptorsOn() {
 		return next
 	}
 	m := t.metrics
@@ -121,31 +127,44 @@ func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.
 	}
 }
 
+// Off means off: what a server or client installs is decided when it is
+// built. The otelgrpc stats handler only when a tracer or meter provider is
+// an SDK one (grpc-go builds per-call stats events for any installed
+// handler, even one that ignores them); the metrics interceptors only when
+// metrics are on or the admin endpoint wants call events.
+func (t *meshTelemetry) statsOn() bool {
+	return t != nil && !t.cfg.off && telemetry.Enabled(t.cfg.tracer, t.cfg.meter)
+}
+
+func (t *meshTelemetry) interceptorsOn() bool {
+	return t != nil && !t.cfg.off && (t.admin != nil || telemetry.MetricsEnabled(t.cfg.meter))
+}
+
 // serverOptions are the stats handler and the metrics interceptors, to be
 // put before every other server option so the interceptors run outermost.
 func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
-	if t == nil || t.cfg.off {
-		return nil
+	var opts []grpc.ServerOption
+	if t.statsOn() {
+		opts = append(opts, grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter)))
 	}
-	unary, stream := telemetry.ServerInterceptors(t.metrics, t.self.String())
-	return []grpc.ServerOption{
-		grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter)),
-		grpc.ChainUnaryInterceptor(unary),
-		grpc.ChainStreamInterceptor(stream),
+	if t.interceptorsOn() {
+		unary, stream := telemetry.ServerInterceptors(t.metrics, t.self.String())
+		opts = append(opts, grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
 	}
+	return opts
 }
 
 // dialOptions are the client counterpart of serverOptions.
 func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
-	if t == nil || t.cfg.off {
-		return nil
+	var opts []grpc.DialOption
+	if t.statsOn() {
+		opts = append(opts, grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter)))
 	}
-	unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)
-	return []grpc.DialOption{
-		grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter)),
-		grpc.WithChainUnaryInterceptor(unary),
-		grpc.WithChainStreamInterceptor(stream),
+	if t.interceptorsOn() {
+		unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)
+		opts = append(opts, grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	}
+	return opts
 }
 
 // registerServer shows a server on the admin endpoint until close.

@@ -8,8 +8,11 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -20,6 +23,10 @@ import (
 // ServerHandler returns the otelgrpc stats handler for a server: a span per
 // call continuing the caller's W3C trace context and baggage, and the
 // semantic-convention RPC metrics. Nil providers mean the globals.
+//
+// Merely installing a stats handler makes grpc-go build per-call stats
+// events (header copies and the like), whatever the handler does with
+// them: install it only when Enabled, as the mesh does.
 func ServerHandler(tp trace.TracerProvider, mp metric.MeterProvider) stats.Handler {
 	return otelgrpc.NewServerHandler(handlerOptions(tp, mp)...)
 }
@@ -40,6 +47,60 @@ func handlerOptions(tp trace.TracerProvider, mp metric.MeterProvider) []otelgrpc
 		opts = append(opts, otelgrpc.WithMeterProvider(mp))
 	}
 	return opts
+}
+
+// The globals as the otel package starts them: delegating no-ops.
+var (
+	initialTracerProvider = otel.GetTracerProvider()
+	initialMeterProvider  = otel.GetMeterProvider()
+)
+
+// Enabled reports whether anything recorded through tp or mp can reach an
+// exporter: false while both are no-ops (the OpenTelemetry globals before
+// anyone installs SDK providers, or the providers of the noop packages).
+// Nil means the current global. The mesh checks it when it builds a server
+// or client and installs no telemetry at all when false: set up telemetry
+// (Setup, or otel.SetTracerProvider/SetMeterProvider) before building them.
+func Enabled(tp trace.TracerProvider, mp metric.MeterProvider) bool {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return !noopTracer(tp) || !noopMeter(mp)
+}
+
+// TracingEnabled reports Enabled for traces alone.
+func TracingEnabled(tp trace.TracerProvider) bool {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return !noopTracer(tp)
+}
+
+// MetricsEnabled reports Enabled for metrics alone.
+func MetricsEnabled(mp metric.MeterProvider) bool {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return !noopMeter(mp)
+}
+
+func noopTracer(tp trace.TracerProvider) bool {
+	switch tp.(type) {
+	case tracenoop.TracerProvider, *tracenoop.TracerProvider:
+		return true
+	}
+	return tp == initialTracerProvider // a pointer: == cannot panic
+}
+
+func noopMeter(mp metric.MeterProvider) bool {
+	switch mp.(type) {
+	case metricnoop.MeterProvider, *metricnoop.MeterProvider:
+		return true
+	}
+	return mp == initialMeterProvider
 }
 
 // PeerSPIFFEID returns the SPIFFE ID in the verified certificate of the
