@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,47 +19,83 @@ import (
 	"github.com/gridmesh/gridmesh/bench/internal/echo"
 	"github.com/gridmesh/gridmesh/bench/internal/pki"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("bench.gridmesh.dev")
 
-// BenchmarkUnary measures one unary call through client and server in one
-// process over loopback TCP, so allocs/op and B/op are the whole call path
-// of both sides: plaintext and static TLS 1.3 grpc-go as baselines, then
-// the mesh (mTLS from a dev CA source, per-call authorization).
-func BenchmarkUnary(b *testing.B) {
-	setups := []struct {
-		name  string
-		start func(b *testing.B) testgrpc.TestServiceClient
-	}{
-		{"plaintext", startPlain},
-		{"tls", startTLS},
-		{"mesh", meshWith(false, false)},
-		{"mesh+resilience", meshWith(true, false)},
-		{"mesh+otel", meshWith(false, true)},
-		{"mesh+resilience+otel", meshWith(true, true)},
-	}
+// setups are the call paths BenchmarkUnary and BenchmarkUnaryParallel
+// compare.
+var setups = []struct {
+	name  string
+	start func(b *testing.B) testgrpc.TestServiceClient
+}{
+	{"plaintext", startPlain},
+	{"tls", startTLS},
+	{"mesh", meshWith(false, false)},
+	{"mesh+resilience", meshWith(true, false)},
+	{"mesh+noop-otel", meshNoopOTel},
+	{"mesh-defaults", meshDefaults},
+	{"mesh+otel", meshWith(false, true)},
+	{"mesh+resilience+otel", meshWith(true, true)},
+}
+
+// BenchmarkUnary measures one unary call at a time through client and
+// server in one process over loopback TCP, so allocs/op and B/op are the
+// whole call path of both sides: plaintext and static TLS 1.3 grpc-go as
+// baselines, then the mesh (mTLS from a dev CA source, per-call
+// authorization) with its parts added one by one. cpu-ns/op is the
+// process's user+system CPU time per call, which a busy machine disturbs
+// less than ns/op.
+func BenchmarkUnary(b *testing.B) { benchUnary(b, 1) }
+
+// BenchmarkUnaryParallel is BenchmarkUnary with 32 callers per CPU in
+// flight, where the mesh's per-call state meets concurrency.
+func BenchmarkUnaryParallel(b *testing.B) { benchUnary(b, 32) }
+
+func benchUnary(b *testing.B, parallelism int) {
 	for _, s := range setups {
 		for _, size := range []int{100, 1024} {
 			b.Run(fmt.Sprintf("%s/%dB", s.name, size), func(b *testing.B) {
 				client := s.start(b)
 				req := echo.Request(size)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				defer cancel()
 				if _, err := client.UnaryCall(ctx, req); err != nil {
 					b.Fatal(err)
 				}
 				b.ReportAllocs()
-				for b.Loop() {
-					if _, err := client.UnaryCall(ctx, req); err != nil {
-						b.Fatal(err)
+				cpu0 := cpuTime(b)
+				if parallelism == 1 {
+					for b.Loop() {
+						if _, err := client.UnaryCall(ctx, req); err != nil {
+							b.Fatal(err)
+						}
 					}
+				} else {
+					b.SetParallelism(parallelism)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if _, err := client.UnaryCall(ctx, req); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
 				}
+				b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			})
 		}
 	}
+}
+
+// cpuTime is the user+system CPU time of the whole process so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func serve(b *testing.B, srv *grpc.Server) string {
@@ -103,10 +140,10 @@ func startTLS(b *testing.B) testgrpc.TestServiceClient {
 }
 
 // meshWith returns a setup for a mesh server and client: mTLS only
-// (mesh.WithoutTelemetry) or with the mesh's default OTel handlers on SDK
-// providers (a batch span processor, in-memory metrics), and optionally
-// resilience.Default() on the client, which mesh.Dial does not apply
-// itself yet.
+// (mesh.WithoutTelemetry, mesh.WithoutResilience), then with the default
+// resilience policy that mesh.Dial applies, and with the mesh's default
+// OTel handlers on SDK providers (a batch span processor, in-memory
+// metrics).
 func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 	return func(b *testing.B) testgrpc.TestServiceClient {
 		tel := []mesh.Option{mesh.WithoutTelemetry()}
@@ -114,18 +151,25 @@ func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 			tp, mp := otelProviders(b)
 			tel = []mesh.Option{mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp)}
 		}
-		var dopts []grpc.DialOption
-		if res {
-			rc, err := resilience.NewClient(resilience.DefaultConfig())
-			if err != nil {
-				b.Fatal(err)
-			}
-			dopts = append(dopts, grpc.WithDisableRetry(),
-				grpc.WithChainUnaryInterceptor(rc.UnaryClientInterceptor()),
-				grpc.WithChainStreamInterceptor(rc.StreamClientInterceptor()))
+		var dopts []mesh.DialOption
+		if !res {
+			dopts = append(dopts, mesh.WithoutResilience())
 		}
 		return startMesh(b, tel, dopts)
 	}
+}
+
+// meshNoopOTel is the mesh's telemetry as shipped to a service that never
+// sets OTel up: the default stats handlers and metrics interceptors, on
+// the no-op global providers (resilience off, to isolate them).
+func meshNoopOTel(b *testing.B) testgrpc.TestServiceClient {
+	return startMesh(b, nil, []mesh.DialOption{mesh.WithoutResilience()})
+}
+
+// meshDefaults is mesh.NewServer and mesh.Dial with nothing but an
+// identity: default resilience, default telemetry on no-op providers.
+func meshDefaults(b *testing.B) testgrpc.TestServiceClient {
+	return startMesh(b, nil, nil)
 }
 
 // otelProviders returns SDK providers: traces through a batch span
@@ -147,7 +191,7 @@ type discard struct{}
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
 
-func startMesh(b *testing.B, tel []mesh.Option, dopts []grpc.DialOption) testgrpc.TestServiceClient {
+func startMesh(b *testing.B, tel []mesh.Option, dopts []mesh.DialOption) testgrpc.TestServiceClient {
 	b.Helper()
 	ca, err := security.NewDevCA(td, security.DevCAConfig{})
 	if err != nil {
@@ -178,7 +222,7 @@ func startMesh(b *testing.B, tel []mesh.Option, dopts []grpc.DialOption) testgrp
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, lis); close(done) }()
 	b.Cleanup(func() { cancel(); srv.Close(); <-done })
-	copts := []mesh.DialOption{mesh.WithIdentity(source("/client")), mesh.WithGRPCDialOptions(dopts...)}
+	copts := append([]mesh.DialOption{mesh.WithIdentity(source("/client"))}, dopts...)
 	for _, o := range tel {
 		copts = append(copts, o)
 	}

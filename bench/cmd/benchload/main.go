@@ -14,7 +14,8 @@
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
 // SPIFFE_ENDPOINT_SOCKET; with -balance the target is static:///a,b,c and
-// calls are spread round robin; -resilience applies resilience.Default();
+// calls are spread round robin (mesh.WithBalancer); -resilience=false turns
+// off the resilience policy mesh.Dial applies by default (resilience.Default());
 // -telemetry picks the mesh's OTel setup as in benchserver.
 package main
 
@@ -68,7 +69,7 @@ func run(ctx context.Context, args []string) error {
 	caFile := fs.String("ca", "", "PEM CA certificate that signed the server's (tls mode)")
 	serverName := fs.String("server-name", "localhost", "name to verify in the server certificate (tls mode)")
 	balance := fs.Bool("balance", false, "resolve a static:/// target with gridmesh's discovery and balance round robin")
-	res := fs.Bool("resilience", false, "mesh mode: apply resilience.Default() to every call")
+	res := fs.Bool("resilience", true, "mesh mode: keep the resilience policy mesh.Dial applies by default (false: mesh.WithoutResilience)")
 	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -134,7 +135,7 @@ func run(ctx context.Context, args []string) error {
 func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res bool, tel string) (*grpc.ClientConn, func(), error) {
 	nop := func() {}
 	var opts []grpc.DialOption
-	if balance {
+	if balance && mode != "mesh" {
 		reg, err := discovery.New(discovery.Config{})
 		if err != nil {
 			return nil, nop, err
@@ -172,15 +173,13 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance,
 			return nil, nop, err
 		}
 		cleanup := func() { shutdown(); src.Close() }
-		if res {
-			o, err := resilienceOn()
-			if err != nil {
-				cleanup()
-				return nil, nop, err
-			}
-			opts = append(opts, o...)
+		if !res {
+			mopts = append(mopts, mesh.WithoutResilience())
 		}
-		mopts = append(mopts, mesh.WithIdentity(src), mesh.WithGRPCDialOptions(opts...))
+		if balance {
+			mopts = append(mopts, mesh.WithBalancer(discovery.Balancer{Policy: discovery.RoundRobin}))
+		}
+		mopts = append(mopts, mesh.WithIdentity(src))
 		conn, err := mesh.Dial(ctx, target, mopts...)
 		if err != nil {
 			cleanup()

@@ -41,28 +41,28 @@ func scenarios() []*scenario {
 		},
 		{
 			Name:        "c-mtls",
-			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial with mesh.WithoutTelemetry(), SVIDs from the Workload API (meshd dev), per-call authorization, one backend, no resilience",
+			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial with mesh.WithoutTelemetry() and mesh.WithoutResilience(), SVIDs from the Workload API (meshd dev), per-call authorization, one backend",
 			setup: func(ctx context.Context, h *harness) error {
 				return h.meshScenario(ctx, "c-mtls", 1, false, "off")
 			},
 		},
 		{
 			Name:        "c-bal",
-			Description: "(c) gridmesh mTLS with discovery: as c-mtls, but a static:/// target over three backends, round robin; no resilience, mesh.WithoutTelemetry()",
+			Description: "(c) gridmesh mTLS with discovery: as c-mtls, but a static:/// target over three backends, round robin (mesh.WithBalancer)",
 			setup: func(ctx context.Context, h *harness) error {
 				return h.meshScenario(ctx, "c-bal", 3, false, "off")
 			},
 		},
 		{
 			Name:        "c-nootel",
-			Description: "(c) gridmesh with OTel not set up: mesh defaults (otelgrpc handlers and metrics interceptors on no-op providers), static:/// target over three backends, round robin, resilience.Default()",
+			Description: "(c) gridmesh defaults with OTel not set up: three backends, round robin, mesh.Dial's default resilience policy, the mesh's otelgrpc handlers and metrics interceptors on no-op providers",
 			setup: func(ctx context.Context, h *harness) error {
 				return h.meshScenario(ctx, "c-nootel", 3, true, "noop")
 			},
 		},
 		{
 			Name:        "c-full",
-			Description: "(c) gridmesh full: three backends, round robin, resilience.Default(), OTel on (telemetry.Setup: batch span processor, OTLP/gRPC traces and metrics to a sink process), every call traced",
+			Description: "(c) gridmesh full: three backends, round robin, default resilience, OTel on (telemetry.Setup: batch span processor, OTLP/gRPC traces and metrics to a sink process), every call traced",
 			setup: func(ctx context.Context, h *harness) error {
 				return h.meshScenario(ctx, "c-full", 3, true, "otlp")
 			},
@@ -110,7 +110,7 @@ func (h *harness) direct(ctx context.Context, name, mode string, env []string) e
 
 // meshScenario starts n mesh servers and a mesh load generator; with more
 // than one server the target is static:/// and calls are balanced; res
-// applies resilience.Default() to the client. tel is the -telemetry mode of
+// keeps the resilience policy mesh.Dial applies by default. tel is the -telemetry mode of
 // every mesh process; with otlp they export to an OTLP sink of the
 // scenario's own, which is then on the path too.
 func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool, tel string) error {
@@ -127,9 +127,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool
 		sc.path = append(sc.path, sink)
 		env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + addr, "OTEL_EXPORTER_OTLP_INSECURE=true"}
 	}
-	if res {
-		largs = append(largs, "-resilience")
-	}
+	largs = append(largs, fmt.Sprintf("-resilience=%v", res))
 	var addrs []string
 	for i := range n {
 		srv, addr, err := h.l.startServer(fmt.Sprintf("%s-server%d", name, i), append(h.identityEnv("server"), env...),

@@ -5,27 +5,9 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/telemetry"
 )
-
-// resilienceOn returns dial options applying resilience.Default() to every
-// call, with grpc-go's own retries off as the resilience package asks.
-// mesh.Dial does not apply resilience itself yet; when it does, this goes.
-func resilienceOn() ([]grpc.DialOption, error) {
-	rc, err := resilience.NewClient(resilience.DefaultConfig())
-	if err != nil {
-		return nil, err
-	}
-	return []grpc.DialOption{
-		grpc.WithDisableRetry(),
-		grpc.WithChainUnaryInterceptor(rc.UnaryClientInterceptor()),
-		grpc.WithChainStreamInterceptor(rc.StreamClientInterceptor()),
-	}, nil
-}
 
 // telemetryMode returns the mesh options for -telemetry and a shutdown
 // that flushes what Setup built:
