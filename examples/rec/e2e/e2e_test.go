@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/examples/rec/load"
 	"github.com/gridmesh/gridmesh/examples/rec/platform"
+	"github.com/gridmesh/gridmesh/examples/rec/policy"
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
 )
 
@@ -103,9 +103,12 @@ func TestKillTradingAndSettlementUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	transport := &http.Transport{MaxIdleConnsPerHost: 32}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	portal, err := p.Client(ctx, policy.Portal, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer portal.Close()
+	client := portal.HTTP
 
 	const orders = 2000
 	var (
@@ -159,7 +162,7 @@ func TestKillTradingAndSettlementUnderLoad(t *testing.T) {
 	}
 	t.Logf("chaos:\n  %s", strings.Join(chaos, "\n  "))
 	t.Logf("load:\n%s", res.Summary())
-	if m, err := p.GatewayMesh(ctx); err == nil {
+	if m, err := p.GatewayMesh(ctx, op); err == nil {
 		t.Logf("mesh at the gateway: %s", m)
 	}
 	if len(chaos) != 6 {

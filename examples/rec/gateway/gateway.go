@@ -17,8 +17,10 @@
 // body) reaches the same order, whichever gateway or trading instance
 // serves the repeat.
 //
-// Participants are named in the request: authenticating them (OAuth, mTLS
-// client certificates) is outside this example.
+// The mesh HTTP server in front of it (cmd/gateway) lets only the portal
+// workload trade (policy.GatewayRoutes). Participants are named in the
+// request: the portal authenticates the people behind them, which is
+// outside this example.
 package gateway
 
 import (
@@ -40,6 +42,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
 )
@@ -99,7 +102,11 @@ func Handler(c Clients, store idempotency.Store) http.Handler {
 	mux.HandleFunc("GET /v1/participants/{p}/balance", g.balance)
 	mux.HandleFunc("POST /v1/participants/{p}/retirements", g.retire)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	ids := idempotency.NewServer(store, nil)
+	// Keys are scoped by the caller's SPIFFE ID, as on the gRPC side.
+	ids := idempotency.NewServer(store, func(ctx context.Context) string {
+		id, _ := mesh.PeerID(ctx)
+		return id.String()
+	})
 	return ids.Handler(mux)
 }
 

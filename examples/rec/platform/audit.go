@@ -17,6 +17,7 @@ import (
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
 	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+	"github.com/gridmesh/gridmesh/mesh"
 )
 
 // Operator is the back office: clients of every service under the
@@ -29,6 +30,8 @@ type Operator struct {
 	Settlement recpb.SettlementClient
 	// Conns are the connections by the workload they reach.
 	Conns map[string]*grpc.ClientConn
+	// HTTP calls the gateway (https://, mesh mTLS) as this workload.
+	HTTP *http.Client
 }
 
 // Operator connects to the platform as the operator workload.
@@ -39,11 +42,15 @@ func (p *Platform) Operator(ctx context.Context, log *slog.Logger) (*Operator, e
 // Client connects to every service as workload (any of policy.Workloads):
 // the tests call as each one to check the authorization matrix.
 func (p *Platform) Client(ctx context.Context, workload string, log *slog.Logger) (*Operator, error) {
-	node, err := recmesh.StartAt(ctx, workload, p.Socket(workload), log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: workload, Socket: p.Socket(workload), Logger: log})
 	if err != nil {
 		return nil, err
 	}
 	op := &Operator{Node: node, Conns: map[string]*grpc.ClientConn{}}
+	if op.HTTP, err = node.HTTPClient(policy.Gateway); err != nil {
+		op.Close()
+		return nil, err
+	}
 	for _, d := range []struct {
 		w   string
 		set func(*grpc.ClientConn)
@@ -68,6 +75,11 @@ func (p *Platform) Client(ctx context.Context, workload string, log *slog.Logger
 func (o *Operator) Close() error {
 	for _, c := range o.Conns {
 		c.Close()
+	}
+	if o.HTTP != nil {
+		if t, ok := o.HTTP.Transport.(*mesh.HTTPTransport); ok {
+			t.Close()
+		}
 	}
 	return o.Node.Close()
 }
@@ -315,12 +327,12 @@ func (r *Report) Print(w io.Writer) {
 
 // GatewayMesh reads the gateway's /debug/mesh and sums up what its
 // resilience client did, in one line.
-func (p *Platform) GatewayMesh(ctx context.Context) (string, error) {
+func (p *Platform) GatewayMesh(ctx context.Context, op *Operator) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.GatewayURL+"/debug/mesh", nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := op.HTTP.Do(req)
 	if err != nil {
 		return "", err
 	}

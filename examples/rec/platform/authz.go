@@ -3,8 +3,11 @@ package platform
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -20,16 +23,25 @@ type Pair struct {
 	Caller, Method string
 	Allowed        bool // by policy.Matrix
 	Code           codes.Code
-	Message        string
+	// HTTPStatus is the gateway's answer, for HTTP routes (Method is then
+	// "VERB /path").
+	HTTPStatus int
+	Message    string
 }
 
 // Holds reports whether the platform answered as the matrix says: denied
-// pairs get PERMISSION_DENIED, allowed pairs anything else.
-func (p Pair) Holds() bool { return (p.Code == codes.PermissionDenied) != p.Allowed }
+// pairs get PERMISSION_DENIED (HTTP 403), allowed pairs anything else.
+func (p Pair) Holds() bool {
+	if p.HTTPStatus != 0 {
+		return (p.HTTPStatus == http.StatusForbidden) != p.Allowed
+	}
+	return (p.Code == codes.PermissionDenied) != p.Allowed
+}
 
-// SweepAuthz calls every method of every service as every workload, with
-// an empty request (which every write refuses as INVALID_ARGUMENT before
-// changing anything), and returns each pair's answer.
+// SweepAuthz calls every method of every service, and every route of the
+// gateway, as every workload, with an empty request (which every write
+// refuses as INVALID_ARGUMENT / 400 before changing anything), and returns
+// each pair's answer.
 func (p *Platform) SweepAuthz(ctx context.Context) ([]Pair, error) {
 	var pairs []Pair
 	services := []string{policy.Registry, policy.Accounts, policy.Trading, policy.Settlement}
@@ -47,6 +59,31 @@ func (p *Platform) SweepAuthz(ctx context.Context) ([]Pair, error) {
 				pairs = append(pairs, Pair{Caller: w, Method: m, Allowed: policy.Allowed(w, m), Code: st.Code(), Message: st.Message()})
 			}
 		}
+		for _, r := range policy.GatewayRoutes {
+			verb, path, _ := strings.Cut(r.Example, " ")
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			var body io.Reader
+			if verb == http.MethodPost {
+				body = strings.NewReader("{}")
+			}
+			req, err := http.NewRequestWithContext(cctx, verb, p.GatewayURL+path, body)
+			if err != nil {
+				cancel()
+				c.Close()
+				return nil, err
+			}
+			pair := Pair{Caller: w, Method: r.Example, Allowed: r.HTTPAllowed(w)}
+			resp, err := c.HTTP.Do(req)
+			if err != nil {
+				pair.Message = err.Error()
+			} else {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				pair.HTTPStatus, pair.Message = resp.StatusCode, strings.TrimSpace(string(b))
+			}
+			cancel()
+			pairs = append(pairs, pair)
+		}
 		c.Close()
 	}
 	return pairs, nil
@@ -63,7 +100,11 @@ func AuthzCheck(pairs []Pair) Check {
 			denied++
 		}
 		if !p.Holds() {
-			wrong = append(wrong, fmt.Sprintf("%s → %s: %v %s", p.Caller, p.Method, p.Code, p.Message))
+			got := p.Code.String()
+			if p.HTTPStatus != 0 {
+				got = fmt.Sprint(p.HTTPStatus)
+			}
+			wrong = append(wrong, fmt.Sprintf("%s → %s: %s %s", p.Caller, p.Method, got, p.Message))
 		}
 	}
 	slices.Sort(wrong)

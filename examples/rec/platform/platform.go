@@ -43,19 +43,29 @@ type Config struct {
 	SVIDTTL time.Duration
 	// StartTimeout bounds the wait for each process to serve. Default 30s.
 	StartTimeout time.Duration
+	// Metrics turns on each service's Prometheus endpoint (Proc.Metrics),
+	// through the standard OTEL_METRICS_EXPORTER=prometheus.
+	Metrics bool
+	// Env is added to every service's environment, e.g.
+	// OTEL_TRACES_EXPORTER=otlp.
+	Env []string
 }
 
 // Proc is one started process.
 type Proc struct {
 	Name string
-	// Addr is where it serves (gRPC, or HTTP for the gateway).
-	Addr     string
-	Log      string
-	args     []string
-	workload string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	Restarts int
+	// Addr is where it serves (gRPC, or HTTPS for the gateway).
+	Addr string
+	// Admin is its mesh admin endpoint, Metrics its Prometheus endpoint
+	// (with Config.Metrics); empty for meshd.
+	Admin, Metrics string
+	Log            string
+	env            []string
+	args           []string
+	workload       string
+	cmd            *exec.Cmd
+	done           chan struct{}
+	Restarts       int
 }
 
 // Platform is a running platform. Its methods are safe for concurrent use.
@@ -64,7 +74,8 @@ type Platform struct {
 	mu    sync.Mutex
 	procs map[string]*Proc
 	order []string
-	// GatewayURL is the gateway's base URL, http://127.0.0.1:port.
+	// GatewayURL is the gateway's base URL, https://127.0.0.1:port (mesh
+	// mTLS: call it with an Operator's HTTP client).
 	GatewayURL string
 	// TradingAddrs are the trading instances' addresses, comma-separated.
 	TradingAddrs string
@@ -138,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		trading = append(trading, a)
 	}
 	p.TradingAddrs = strings.Join(trading, ",")
-	p.GatewayURL = "http://" + addr["gateway"]
+	p.GatewayURL = "https://" + addr["gateway"]
 	p.Addrs = map[string]string{
 		policy.Registry: addr["registry"], policy.Accounts: addr["accounts"],
 		policy.Settlement: addr["settlement"], policy.Trading: p.TradingAddrs,
@@ -165,6 +176,18 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	)
 	for _, pr := range procs {
 		pr.Addr = pr.args[slices.Index(pr.args, "-listen")+1]
+		if pr.Admin, err = freePort(); err != nil {
+			return nil, err
+		}
+		pr.args = append(pr.args, "-admin", pr.Admin)
+		pr.env = append([]string{"OTEL_SERVICE_NAME=" + pr.Name}, cfg.Env...)
+		if cfg.Metrics {
+			if pr.Metrics, err = freePort(); err != nil {
+				return nil, err
+			}
+			host, port, _ := net.SplitHostPort(pr.Metrics)
+			pr.env = append(pr.env, "OTEL_METRICS_EXPORTER=prometheus", "OTEL_EXPORTER_PROMETHEUS_HOST="+host, "OTEL_EXPORTER_PROMETHEUS_PORT="+port)
+		}
 		if err := p.start(ctx, pr, nil); err != nil {
 			return nil, err
 		}
@@ -191,6 +214,7 @@ func (p *Platform) start(ctx context.Context, pr *Proc, ready func() bool) error
 	if pr.workload != "" {
 		cmd.Env = append(cmd.Env, "SPIFFE_ENDPOINT_SOCKET="+p.Socket(pr.workload))
 	}
+	cmd.Env = append(cmd.Env, pr.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("platform: start %s: %w", pr.Name, err)
@@ -267,7 +291,7 @@ func (p *Platform) Restart(ctx context.Context, name string) error {
 	default:
 		return fmt.Errorf("platform: %s is still running", name)
 	}
-	next := &Proc{Name: pr.Name, Addr: pr.Addr, args: pr.args, workload: pr.workload, Restarts: pr.Restarts + 1}
+	next := &Proc{Name: pr.Name, Addr: pr.Addr, Admin: pr.Admin, Metrics: pr.Metrics, env: pr.env, args: pr.args, workload: pr.workload, Restarts: pr.Restarts + 1}
 	return p.start(ctx, next, nil)
 }
 

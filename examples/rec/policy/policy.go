@@ -31,6 +31,25 @@
 // column: every call they make is denied. Everything not marked is denied
 // (default deny), for example the gateway may read holdings but never
 // transfer them, and trading may hold cash but never capture it.
+//
+// The gateway's HTTP API (served by the mesh HTTP server, so callers
+// present SVIDs too) has its own matrix, GatewayRoutes:
+//
+//	route                                   portal operator
+//	POST   /v1/orders                         x
+//	GET    /v1/orders/*                       x      x
+//	DELETE /v1/orders/*                       x
+//	GET    /v1/markets/*/*/book               x      x
+//	GET    /v1/trades                         x      x
+//	GET    /v1/trades/*                       x      x
+//	GET    /v1/participants/*/holdings        x      x
+//	GET    /v1/participants/*/balance         x      x
+//	POST   /v1/participants/*/retirements     x
+//	GET    /debug/mesh                               x
+//	GET    /healthz                         every workload
+//
+// The portal is the participants' front end (and the load generator): it
+// authenticates people and names the participant in each request.
 package policy
 
 import (
@@ -55,10 +74,13 @@ const (
 	// Operator is the platform's back office: it issues certificates, opens
 	// accounts and audits the totals. The demo and the tests run as it.
 	Operator = "operator"
+	// Portal is the participants' front end: the only workload that may
+	// trade through the gateway. recload runs as it.
+	Portal = "portal"
 )
 
 // Workloads lists every workload of the platform.
-var Workloads = []string{Gateway, Trading, Settlement, Registry, Accounts, Operator}
+var Workloads = []string{Gateway, Trading, Settlement, Registry, Accounts, Operator, Portal}
 
 // Matrix maps each full gRPC method to the workloads allowed to call it.
 // Do not modify it at run time.
@@ -136,4 +158,52 @@ func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) security.Author
 		}
 	}
 	return security.Rules(rules...)
+}
+
+// HTTPRoute is one route of the gateway's API and who may call it.
+type HTTPRoute struct {
+	// Pattern is the security.HTTPRule pattern.
+	Pattern string
+	// Example is a concrete request matching Pattern ("GET /v1/trades/t1"),
+	// for the tests' sweep.
+	Example string
+	// Callers may call it; nil means every workload.
+	Callers []string
+}
+
+// GatewayRoutes is the gateway's HTTP authorization matrix.
+var GatewayRoutes = []HTTPRoute{
+	{"POST /v1/orders", "POST /v1/orders", []string{Portal}},
+	{"GET /v1/orders/*", "GET /v1/orders/o-none", []string{Portal, Operator}},
+	{"DELETE /v1/orders/*", "DELETE /v1/orders/o-none", []string{Portal}},
+	{"GET /v1/markets/*/*/book", "GET /v1/markets/solar/2024/book", []string{Portal, Operator}},
+	{"GET /v1/trades", "GET /v1/trades", []string{Portal, Operator}},
+	{"GET /v1/trades/*", "GET /v1/trades/t-none", []string{Portal, Operator}},
+	{"GET /v1/participants/*/holdings", "GET /v1/participants/p01/holdings", []string{Portal, Operator}},
+	{"GET /v1/participants/*/balance", "GET /v1/participants/p01/balance", []string{Portal, Operator}},
+	{"POST /v1/participants/*/retirements", "POST /v1/participants/p01/retirements", []string{Portal}},
+	{"GET /debug/mesh", "GET /debug/mesh", []string{Operator}},
+	{"GET /healthz", "GET /healthz", nil},
+}
+
+// HTTPAllowed reports whether workload caller may make the request of
+// route r.
+func (r HTTPRoute) HTTPAllowed(caller string) bool {
+	return r.Callers == nil || slices.Contains(r.Callers, caller)
+}
+
+// GatewayAuthorizer returns the default-deny authorizer of the gateway's
+// HTTP API in trust domain td.
+func GatewayAuthorizer(td spiffeid.TrustDomain) (security.Authorizer, error) {
+	var rules []security.HTTPRule
+	for _, r := range GatewayRoutes {
+		if r.Callers == nil {
+			rules = append(rules, security.AllowHTTP("anyone calls "+r.Pattern, security.MemberOf(td), r.Pattern))
+			continue
+		}
+		for _, c := range r.Callers {
+			rules = append(rules, security.AllowHTTP(c+" calls "+r.Pattern, security.ExactID(ID(td, c)), r.Pattern))
+		}
+	}
+	return security.HTTPRules(rules...)
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
@@ -58,9 +59,19 @@ func Open(ctx context.Context, path string, schema ...string) (*sql.DB, error) {
 	return db, nil
 }
 
+// writers serializes the write transactions of one process per database:
+// SQLite admits one writer at a time anyway, and waiting on a Go mutex is
+// fair and immediate where SQLite's busy handler polls with growing sleeps,
+// which starves some writers under load. Other processes sharing the file
+// still meet at SQLite's lock.
+var writers sync.Map // *sql.DB → *sync.Mutex
+
 // Tx runs fn in a transaction and commits it, or rolls it back when fn
 // fails.
 func Tx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	mu, _ := writers.LoadOrStore(db, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

@@ -1,42 +1,65 @@
 // Package recmesh wires a REC service into the mesh with public gridmesh
-// API only: its identity from the SPIFFE Workload API, a mesh server that
-// enforces the authorization matrix (package policy) and answers repeated
-// idempotency keys from the service's own database, and clients with
-// discovery and resilience.
+// API only: its identity from the SPIFFE Workload API, OpenTelemetry from
+// the standard OTEL_* environment, a mesh server that enforces the
+// authorization matrix (package policy) and answers repeated idempotency
+// keys from the service's own database, clients with discovery, balancing
+// and resilience, and the mesh admin endpoint.
 //
-//	node, err := recmesh.Start(ctx, "registry", logger)
+//	node, err := recmesh.Start(ctx, recmesh.Config{Name: "registry", Admin: "127.0.0.1:15001"})
 //	defer node.Close()
 //	srv, err := node.NewServer(&recpb.Registry_ServiceDesc, db)
-//	conn, err := node.Dial(ctx, "127.0.0.1:7001,127.0.0.1:7002", policy.Trading, ringHash)
+//	conn, err := node.Dial(ctx, "127.0.0.1:7001,127.0.0.1:7002", policy.Trading, recmesh.RingHash)
 package recmesh
 
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
-	"github.com/gridmesh/gridmesh/resilience/idempotency"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // MarketHeader is the request metadata key whose value (a market key,
 // "solar:2024") the trading clients hash to pick an instance.
 const MarketHeader = "x-rec-market"
 
-// Node is one service process's place in the mesh. Close it when done.
+// Config says how a process joins the mesh.
+type Config struct {
+	// Name is the workload name, for logs.
+	Name string
+	// Socket is the Workload API address ("unix:///path"). Default: the
+	// SPIFFE_ENDPOINT_SOCKET environment variable.
+	Socket string
+	// Admin is the loopback host:port of the mesh admin endpoint; empty
+	// turns it off.
+	Admin string
+	// Telemetry turns on OpenTelemetry exporters from the OTEL_*
+	// environment (telemetry.FromEnv). Services set it; in-process clients
+	// (tests, the demo's operator) leave it off.
+	Telemetry bool
+	// Logger defaults to silent.
+	Logger *slog.Logger
+}
+
+// Node is one process's place in the mesh. Close it when done.
 type Node struct {
 	Name string
 	Src  *security.WorkloadAPISource
@@ -48,49 +71,51 @@ type Node struct {
 	Resilience *resilience.Client
 	// Stats counts retries, breaker changes and refusals of Resilience.
 	Stats     *Stats
+	admin     string
 	discovery *discovery.Registry
+	tel       *telemetry.Providers
 }
 
-// Start fetches the identity from SPIFFE_ENDPOINT_SOCKET (a SPIRE agent, or
-// `meshd dev`); it blocks until the first SVID arrives or ctx ends.
-func Start(ctx context.Context, name string, log *slog.Logger) (*Node, error) {
-	return StartAt(ctx, name, "", log)
-}
-
-// StartAt is Start with the Workload API at address ("unix:///path"); an
-// empty address means SPIFFE_ENDPOINT_SOCKET.
-func StartAt(ctx context.Context, name, address string, log *slog.Logger) (*Node, error) {
+// Start joins the mesh: it fetches the identity (blocking until the first
+// SVID arrives or ctx ends) and sets up telemetry.
+func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
+	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: address, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("%s: identity: %w", name, err)
+	n := &Node{Name: cfg.Name, Log: log, admin: cfg.Admin}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if cfg.Telemetry {
+		if n.tel, err = telemetry.Setup(ctx, telemetry.FromEnv()); err != nil {
+			return nil, fmt.Errorf("%s: telemetry: %w", cfg.Name, err)
+		}
 	}
-	id, err := security.ID(src)
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("%s: identity: %w", name, err)
+	if n.Src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: cfg.Socket, Logger: log}); err != nil {
+		return nil, fmt.Errorf("%s: identity: %w", cfg.Name, err)
 	}
-	reg, err := discovery.New(discovery.Config{TrustDomain: id.TrustDomain()})
-	if err != nil {
-		src.Close()
+	if n.ID, err = security.ID(n.Src); err != nil {
+		return nil, fmt.Errorf("%s: identity: %w", cfg.Name, err)
+	}
+	n.TD = n.ID.TrustDomain()
+	if n.discovery, err = discovery.New(discovery.Config{TrustDomain: n.TD}); err != nil {
 		return nil, err
 	}
-	stats := newStats()
-	rc, err := resilience.NewClient(Resilience(), resilience.WithObserver(stats.observer()))
-	if err != nil {
-		src.Close()
+	n.Stats = newStats()
+	if n.Resilience, err = resilience.NewClient(Resilience(), resilience.WithObserver(n.Stats.observer())); err != nil {
 		return nil, err
 	}
-	return &Node{Name: name, Src: src, ID: id, TD: id.TrustDomain(), Log: log, Resilience: rc, Stats: stats, discovery: reg}, nil
+	return n, nil
 }
 
 // Resilience is the platform's client policy: the mesh defaults, with more
-// patient retries (a trading instance that died takes its calls' keys into
-// the idempotency stores, which answer ABORTED until recdb.StaleAfter) and
-// a breaker that opens only on a destination-wide outage, not on the loss
-// of one instance among several.
+// patient retries (a trading instance that died leaves its calls' keys in
+// flight in the idempotency store, which answers ABORTED until
+// recdb.StaleAfter) and a breaker that opens only on a destination-wide
+// outage, not on the loss of one instance among several.
 func Resilience() resilience.Config {
 	p := resilience.Default()
 	p.Retry = resilience.Retry{MaxAttempts: 8, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Jitter: 0.2}
@@ -99,27 +124,48 @@ func Resilience() resilience.Config {
 	return resilience.Config{Source: resilience.SourceCode, Default: p}
 }
 
-// Close releases the identity source.
-func (n *Node) Close() error { return n.Src.Close() }
+// Close releases the identity source and flushes telemetry. Safe to call
+// twice.
+func (n *Node) Close() error {
+	var errs []error
+	if n.Src != nil {
+		errs = append(errs, n.Src.Close())
+	}
+	if n.tel != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		errs = append(errs, n.tel.Shutdown(ctx))
+		n.tel = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Options are the mesh options every server and client of the node shares.
+func (n *Node) Options() []mesh.Option {
+	opts := []mesh.Option{mesh.WithIdentity(n.Src), mesh.WithLogger(n.Log)}
+	if n.admin != "" {
+		opts = append(opts, mesh.WithAdmin(n.admin))
+	}
+	return opts
+}
 
 // NewServer returns a mesh server for the service desc: callers are
 // authorized by policy.Matrix, and keyed writes are answered once, from
 // db's idempotency table (db must come from recdb.Open).
 func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, error) {
-	ids := idempotency.NewServer(recdb.NewStore(db, 0), func(ctx context.Context) string {
-		id, _ := mesh.PeerID(ctx)
-		return id.String()
-	})
-	return mesh.NewServer(
-		mesh.WithIdentity(n.Src),
-		mesh.WithLogger(n.Log),
+	opts := []mesh.ServerOption{
 		mesh.WithAuthorizer(policy.Authorizer(n.TD, desc)),
 		mesh.WithDenialHook(func(d *security.DeniedError) {
 			n.Log.Warn("denied", "caller", d.Caller.String(), "target", d.Target, "rule", d.Rule)
 		}),
-		mesh.WithDrainTimeout(5*time.Second),
-		mesh.WithGRPCServerOptions(grpc.ChainUnaryInterceptor(ids.UnaryServerInterceptor())),
-	)
+		mesh.WithIdempotency(recdb.NewStore(db, 0)),
+		mesh.WithDrainTimeout(5 * time.Second),
+		mesh.WithGRPCServerOptions(grpc.ChainUnaryInterceptor(n.logFailures)),
+	}
+	for _, o := range n.Options() {
+		opts = append(opts, o)
+	}
+	return mesh.NewServer(opts...)
 }
 
 // Target turns a flag value into a gRPC target: "host:port[,host:port...]"
@@ -136,21 +182,16 @@ func Target(s string) string {
 // present workload's SPIFFE ID, balancing with bal and retrying through the
 // node's resilience client.
 func (n *Node) Dial(ctx context.Context, addrs, workload string, bal discovery.Balancer) (*grpc.ClientConn, error) {
-	sc, err := bal.ServiceConfig()
-	if err != nil {
-		return nil, err
-	}
-	return mesh.Dial(ctx, Target(addrs),
-		mesh.WithIdentity(n.Src),
-		mesh.WithLogger(n.Log),
+	opts := []mesh.DialOption{
 		mesh.WithServerID(policy.ID(n.TD, workload)),
-		mesh.WithGRPCDialOptions(
-			grpc.WithResolvers(n.discovery.ResolverBuilders()...),
-			grpc.WithDefaultServiceConfig(sc),
-			grpc.WithDisableRetry(),
-			grpc.WithChainUnaryInterceptor(n.Resilience.UnaryClientInterceptor()),
-		),
-	)
+		mesh.WithRegistry(n.discovery),
+		mesh.WithBalancer(bal),
+		mesh.WithResilience(n.Resilience),
+	}
+	for _, o := range n.Options() {
+		opts = append(opts, o)
+	}
+	return mesh.Dial(ctx, Target(addrs), opts...)
 }
 
 // RingHash balances trading calls by market (MarketHeader).
@@ -170,7 +211,35 @@ func (n *Node) Serve(ctx context.Context, srv *mesh.Server, addr string) error {
 	return srv.Serve(ctx, lis)
 }
 
-// Logger returns the text logger the services write to stderr.
+// Logger returns the text logger the services write to stderr, with trace
+// ids on records logged inside a traced call.
 func Logger(name string) *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("service", name)
+	return slog.New(telemetry.NewLogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))).With("service", name)
+}
+
+// logFailures logs calls that fail for a reason other than the caller's
+// request: storage trouble, an unreachable dependency.
+func (n *Node) logFailures(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss:
+		n.Log.WarnContext(ctx, "call failed", "method", info.FullMethod, "err", err)
+	}
+	return resp, err
+}
+
+// HTTPClient returns an HTTP client that speaks the mesh's mTLS as this
+// node and accepts only a server presenting workload's SPIFFE ID. Release
+// it with client.Transport.(*mesh.HTTPTransport).Close().
+func (n *Node) HTTPClient(workload string) (*http.Client, error) {
+	opts := []mesh.DialOption{mesh.WithServerID(policy.ID(n.TD, workload)), mesh.WithRegistry(n.discovery)}
+	for _, o := range n.Options() {
+		opts = append(opts, o)
+	}
+	c, err := mesh.HTTPClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	c.Timeout = 30 * time.Second
+	return c, nil
 }

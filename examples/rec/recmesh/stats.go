@@ -19,6 +19,8 @@ type Stats struct {
 	Breakers []string       `json:"breaker_changes"`
 	Budget   int            `json:"budget_exhausted"`
 	Rejected int            `json:"rejected"`
+	// Recent are the last few errors that caused a retry.
+	Recent []string `json:"recent_retry_errors"`
 }
 
 func newStats() *Stats { return &Stats{Retries: map[string]int{}} }
@@ -28,6 +30,9 @@ func (s *Stats) observer() resilience.Observer {
 		OnRetry: func(e resilience.RetryEvent) {
 			s.mu.Lock()
 			s.Retries[e.Method+" after "+status.Code(e.Err).String()]++
+			if s.Recent = append(s.Recent, e.Err.Error()); len(s.Recent) > 10 {
+				s.Recent = s.Recent[1:]
+			}
 			s.mu.Unlock()
 		},
 		OnBreakerStateChange: func(e resilience.BreakerEvent) {

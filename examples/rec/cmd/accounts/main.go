@@ -28,10 +28,11 @@ func main() {
 func run(ctx context.Context) error {
 	listen := flag.String("listen", "127.0.0.1:7102", "address to serve gRPC on")
 	dbPath := flag.String("db", "accounts.db", "SQLite database file (created if missing)")
+	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	flag.Parse()
 
 	log := recmesh.Logger("accounts")
-	node, err := recmesh.Start(ctx, "accounts", log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "accounts", Admin: *admin, Telemetry: true, Logger: log})
 	if err != nil {
 		return err
 	}

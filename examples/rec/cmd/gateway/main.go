@@ -1,10 +1,10 @@
-// Command gateway serves the REC platform's HTTP JSON API (package
-// gateway) and calls the services over the mesh.
+// Command gateway serves the REC platform's HTTP JSON API (package gateway)
+// with the mesh HTTP server, which authorizes callers by SPIFFE ID
+// (policy.GatewayRoutes), and calls the services over the mesh.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -21,6 +21,8 @@ import (
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
 	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
 )
 
 func main() {
@@ -33,16 +35,17 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	listen := flag.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
+	listen := flag.String("listen", "127.0.0.1:8443", "address to serve HTTPS (mesh mTLS) on")
 	dbPath := flag.String("db", "gateway.db", "SQLite database for HTTP idempotency keys (created if missing)")
 	tradingAddr := flag.String("trading", "127.0.0.1:7103", "trading instances: host:port[,...] or a target")
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
 	settlementAddr := flag.String("settlement", "127.0.0.1:7104", "settlement service: host:port[,...] or a target")
+	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	flag.Parse()
 
 	log := recmesh.Logger("gateway")
-	node, err := recmesh.Start(ctx, "gateway", log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "gateway", Admin: *admin, Telemetry: true, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -75,31 +78,32 @@ func run(ctx context.Context) error {
 		d.set(cc)
 	}
 
-	// TODO(mesh.NewHTTPServer): serve through the mesh HTTP server once it
-	// exists; only these lines change.
-	lis, err := net.Listen("tcp", *listen)
+	authz, err := policy.GatewayAuthorizer(node.TD)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", gateway.Handler(c, recdb.NewStore(db, 0)))
 	mux.Handle("GET /debug/mesh", node.DebugHandler())
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	fmt.Printf("gateway: serving as %s on http://%s\n", node.ID, lis.Addr())
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	opts := []mesh.ServerOption{
+		mesh.WithAuthorizer(authz),
+		mesh.WithDenialHook(func(d *security.DeniedError) {
+			log.Warn("denied", "caller", d.Caller.String(), "target", d.Target, "rule", d.Rule)
+		}),
+		mesh.WithDrainTimeout(5 * time.Second),
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		return err
+	for _, o := range node.Options() {
+		opts = append(opts, o)
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+	srv, err := mesh.NewHTTPServer(mux, opts...)
+	if err != nil {
 		return err
 	}
-	return nil
+	defer srv.Close()
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("gateway: serving as %s on https://%s\n", srv.ID(), lis.Addr())
+	return srv.Serve(ctx, lis)
 }

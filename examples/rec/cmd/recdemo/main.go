@@ -31,6 +31,7 @@ import (
 	"github.com/gridmesh/gridmesh/examples/rec/gateway"
 	"github.com/gridmesh/gridmesh/examples/rec/load"
 	"github.com/gridmesh/gridmesh/examples/rec/platform"
+	"github.com/gridmesh/gridmesh/examples/rec/policy"
 )
 
 func main() {
@@ -69,19 +70,22 @@ func run(ctx context.Context) error {
 	defer cancel()
 
 	fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
-	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL})
+	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true})
 	if err != nil {
 		return err
 	}
 	defer p.Stop()
-	for _, n := range []string{"meshd", "registry", "accounts"} {
-		fmt.Fprintf(out, "   %-11s %s\n", n, p.Proc(n).Addr)
-	}
+	fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload\n", "meshd dev", *dir)
+	fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", "", "serves", "admin", "metrics")
+	names := []string{"registry", "accounts"}
 	for i := 1; i <= *instances; i++ {
-		n := fmt.Sprintf("trading-%d", i)
-		fmt.Fprintf(out, "   %-11s %s\n", n, p.Proc(n).Addr)
+		names = append(names, fmt.Sprintf("trading-%d", i))
 	}
-	fmt.Fprintf(out, "   %-11s %s\n   %-11s %s (HTTP JSON API)\n", "settlement", p.Proc("settlement").Addr, "gateway", p.GatewayURL)
+	for _, n := range append(names, "settlement", "gateway") {
+		pr := p.Proc(n)
+		fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", n, pr.Addr, pr.Admin, pr.Metrics)
+	}
+	fmt.Fprintf(out, "   the gateway serves its HTTP JSON API at %s with mesh mTLS: only the portal workload may trade\n", p.GatewayURL)
 	fmt.Fprintf(out, "   SVIDs live %v and rotate every %v\n", *svidTTL, *svidTTL/2)
 
 	op, err := p.Operator(ctx, slog.New(slog.DiscardHandler))
@@ -90,6 +94,12 @@ func run(ctx context.Context) error {
 	}
 	defer op.Close()
 	rotations := watchRotations(ctx, op)
+	portal, err := p.Client(ctx, policy.Portal, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer portal.Close()
+	hc := portal.HTTP
 
 	seed := platform.NewSeed(20, 10_000_000, 500) // $100,000 and 500 MWh per market each
 	if err := seed.Apply(ctx, op); err != nil {
@@ -109,20 +119,20 @@ func run(ctx context.Context) error {
 		{Participant: "p05", EnergySource: "wind", Vintage: 2024, Side: "sell", PriceCents: 1300, MWh: 3},
 		{Participant: "p06", EnergySource: "hydro", Vintage: 2023, Side: "buy", PriceCents: 100_000_000, MWh: 1000},
 	} {
-		ack, line, err := placeByHand(ctx, p.GatewayURL, o)
+		ack, line, err := placeByHand(ctx, hc, p.GatewayURL, o)
 		if err != nil {
 			return err
 		}
 		acks = append(acks, ack)
 		fmt.Fprintln(out, "   "+line)
 	}
-	if b, err := get(ctx, p.GatewayURL+"/v1/markets/solar/2024/book"); err == nil {
+	if b, err := get(ctx, hc, p.GatewayURL+"/v1/markets/solar/2024/book"); err == nil {
 		fmt.Fprintf(out, "   GET /v1/markets/solar/2024/book → %s\n", b)
 	}
-	if b, err := post(ctx, p.GatewayURL+"/v1/participants/p03/retirements", `{"energy_source":"solar","vintage":2024,"mwh":2}`); err == nil {
+	if b, err := post(ctx, hc, p.GatewayURL+"/v1/participants/p03/retirements", `{"energy_source":"solar","vintage":2024,"mwh":2}`); err == nil {
 		fmt.Fprintf(out, "   POST /v1/participants/p03/retirements {solar:2024, 2 MWh} → %s\n", b)
 	}
-	if b, err := get(ctx, p.GatewayURL+"/v1/participants/p03/holdings"); err == nil {
+	if b, err := get(ctx, hc, p.GatewayURL+"/v1/participants/p03/holdings"); err == nil {
 		var h struct {
 			Holdings []struct {
 				Market struct {
@@ -156,7 +166,7 @@ func run(ctx context.Context) error {
 		progress = out
 	}
 	go func() {
-		r, _ := load.Run(loadCtx, load.Config{URL: p.GatewayURL, Orders: *orders, Concurrency: *concurrency,
+		r, _ := load.Run(loadCtx, load.Config{URL: p.GatewayURL, Client: hc, Orders: *orders, Concurrency: *concurrency,
 			Participants: seed.Participants, Markets: seed.Markets, CancelShare: 0.1, Progress: progress})
 		resc <- r
 	}()
@@ -190,7 +200,7 @@ func run(ctx context.Context) error {
 		fmt.Fprintln(out, "   "+e)
 	}
 	fmt.Fprint(out, indent(res.Summary()))
-	if m, err := p.GatewayMesh(ctx); err == nil {
+	if m, err := p.GatewayMesh(ctx, op); err == nil {
 		fmt.Fprintf(out, "   mesh:       the gateway's client made %s\n", m)
 	}
 
@@ -219,9 +229,10 @@ func run(ctx context.Context) error {
 	} else {
 		fmt.Fprintf(out, "   logs and databases: %s (removed on exit; pass -keep to keep them)\n", *dir)
 	}
-	fmt.Fprintf(out, "   the API: curl %s/v1/participants/p03/holdings (while the demo runs; -hold keeps it up)\n", p.GatewayURL)
-	fmt.Fprintf(out, "   the gateway's mesh state: curl %s/debug/mesh (identity, retries, breakers, effective policies)\n", p.GatewayURL)
-	fmt.Fprintln(out, "   metrics and traces: not wired yet (package telemetry has not landed)")
+	fmt.Fprintf(out, "   admin endpoints (while the demo runs; -hold keeps it up): curl http://%s/status, /identity, /targets, /config, /denials, /events\n", p.Proc("gateway").Admin)
+	fmt.Fprintf(out, "   metrics: curl http://%s/metrics (each service has its own, listed above)\n", p.Proc("gateway").Metrics)
+	fmt.Fprintln(out, "   traces: run with OTEL_TRACES_EXPORTER=otlp (and a collector at localhost:4317) or =console; the services pass W3C trace context")
+	fmt.Fprintf(out, "   the API needs an SVID: SPIFFE_ENDPOINT_SOCKET=%s bin/recload -url %s\n", p.Socket(policy.Portal), p.GatewayURL)
 
 	if !report.OK() || res.Invalid > 0 || res.Unknown > 0 {
 		return errors.New("an invariant failed: see the checks above")
@@ -234,11 +245,11 @@ func run(ctx context.Context) error {
 	return nil
 }
 
-func placeByHand(ctx context.Context, url string, o gateway.OrderRequest) (platform.Ack, string, error) {
+func placeByHand(ctx context.Context, hc *http.Client, url string, o gateway.OrderRequest) (platform.Ack, string, error) {
 	body, _ := json.Marshal(o)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/orders", bytes.NewReader(body))
 	req.Header.Set("Idempotency-Key", load.NewKey())
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return platform.Ack{}, "", err
 	}
@@ -274,19 +285,19 @@ func placeByHand(ctx context.Context, url string, o gateway.OrderRequest) (platf
 	return ack, line, nil
 }
 
-func get(ctx context.Context, url string) (string, error) {
+func get(ctx context.Context, hc *http.Client, url string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	return do(req)
+	return do(hc, req)
 }
 
-func post(ctx context.Context, url, body string) (string, error) {
+func post(ctx context.Context, hc *http.Client, url, body string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("Idempotency-Key", load.NewKey())
-	return do(req)
+	return do(hc, req)
 }
 
-func do(req *http.Request) (string, error) {
-	resp, err := http.DefaultClient.Do(req)
+func do(hc *http.Client, req *http.Request) (string, error) {
+	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -28,10 +28,11 @@ func main() {
 func run(ctx context.Context) error {
 	listen := flag.String("listen", "127.0.0.1:7101", "address to serve gRPC on")
 	dbPath := flag.String("db", "registry.db", "SQLite database file (created if missing)")
+	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	flag.Parse()
 
 	log := recmesh.Logger("registry")
-	node, err := recmesh.Start(ctx, "registry", log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "registry", Admin: *admin, Telemetry: true, Logger: log})
 	if err != nil {
 		return err
 	}

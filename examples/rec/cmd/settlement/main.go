@@ -36,10 +36,11 @@ func run(ctx context.Context) error {
 	tradingAddr := flag.String("trading", "127.0.0.1:7103", "trading instances: host:port[,...] or a target")
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
+	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	flag.Parse()
 
 	log := recmesh.Logger("settlement")
-	node, err := recmesh.Start(ctx, "settlement", log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "settlement", Admin: *admin, Telemetry: true, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -33,13 +33,14 @@ func run(ctx context.Context) error {
 	instance := flag.String("instance", "", "this instance's name (default: the listen address)")
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target like consul:///accounts")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
+	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	flag.Parse()
 	if *instance == "" {
 		*instance = *listen
 	}
 
 	log := recmesh.Logger("trading").With("instance", *instance)
-	node, err := recmesh.Start(ctx, "trading", log)
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "trading", Admin: *admin, Telemetry: true, Logger: log})
 	if err != nil {
 		return err
 	}
