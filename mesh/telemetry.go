@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -82,15 +83,19 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 		return t, nil
 	}
 	t.metrics = telemetry.NewMetrics(t.cfg.meter)
-	t.closers = append(t.closers, t.metrics.ObserveSVID(svidObserver(c.identity)))
 	if t.cfg.adminAddr != "" {
 		a, release, err := acquireAdmin(t.cfg.adminAddr, c.logger)
 		if err != nil {
-			t.close()
 			return nil, err
 		}
 		t.admin = a
 		t.closers = append(t.closers, release, t.metrics.OnEvent(a.Record))
+	}
+	if telemetry.MetricsEnabled(t.cfg.meter) {
+		t.closers = append(t.closers, t.metrics.ObserveSVID(svidObserver(c.identity)))
+	}
+	if t.interceptorsOn() { // metrics on or admin endpoint: count rotations
+		t.closers = append(t.closers, watchRotations(c.identity, t.metrics))
 	}
 	return t, nil
 }
@@ -200,9 +205,30 @@ func (t *meshTelemetry) registerServer(src security.Source, authorizer security.
 // registerClient shows a client connection on the admin endpoint until the
 // connection is closed (or close is called).
 func (t *meshTelemetry) registerClient(src security.Source, target string, cc *grpc.ClientConn) {
-	if t == nil || t.admin == nil {
+	if t == nil {
 		return
 	}
+	if t.admin != nil {
+		t.registerTarget(src, target, cc)
+	}
+	t.mu.Lock()
+	closers := len(t.closers)
+	t.mu.Unlock()
+	if closers == 0 {
+		return
+	}
+	// A ClientConn has no close hook: watch for its Shutdown state, then
+	// release what the connection holds (admin endpoint, watchers). The
+	// goroutine ends when the connection is closed.
+	go func() {
+		for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
+			cc.WaitForStateChange(context.Background(), s)
+		}
+		t.close()
+	}()
+}
+
+func (t *meshTelemetry) registerTarget(src security.Source, target string, cc *grpc.ClientConn) {
 	unregister := t.admin.Register(admin.Provider{
 		Component: admin.Component{Kind: "client", Name: target},
 		Identity:  func() admin.Identity { return identityView(src, t.self) },
@@ -224,14 +250,6 @@ func (t *meshTelemetry) registerClient(src security.Source, target string, cc *g
 	t.mu.Lock()
 	t.closers = append(t.closers, unregister)
 	t.mu.Unlock()
-	// A ClientConn has no close hook: watch for its Shutdown state. The
-	// goroutine ends when the connection is closed.
-	go func() {
-		for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
-			cc.WaitForStateChange(context.Background(), s)
-		}
-		t.close()
-	}()
 }
 
 func scheme(target string) string {
@@ -310,4 +328,91 @@ func (c *commonConfig) otelhttpOptions() []otelhttp.Option {
 		opts = append(opts, otelhttp.WithMeterProvider(c.telemetry.meter))
 	}
 	return opts
+}
+
+// rotationWatchers watch each identity source of the process once, however
+// many servers and clients share it, so a rotation counts once.
+var rotationWatchers = struct {
+	sync.Mutex
+	m map[security.Source]*rotationWatcher
+}{m: map[security.Source]*rotationWatcher{}}
+
+type rotationWatcher struct {
+	refs int
+	stop chan struct{}
+	done chan struct{}
+}
+
+// rotationPoll is how often a source without a Changed channel is polled.
+const rotationPoll = 10 * time.Second
+
+// watchRotations calls m.SVIDRotated whenever src's SVID changes, until the
+// returned func is called by every user of src. Sources with a
+// Changed() <-chan struct{} (closed at the next update: DevSource,
+// FileSource) are followed exactly; others are polled every 10s.
+func watchRotations(src security.Source, m *telemetry.Metrics) (release func()) {
+	if src == nil || !reflect.TypeOf(src).Comparable() {
+		return func() {}
+	}
+	rotationWatchers.Lock()
+	defer rotationWatchers.Unlock()
+	w := rotationWatchers.m[src]
+	if w == nil {
+		w = &rotationWatcher{stop: make(chan struct{}), done: make(chan struct{})}
+		rotationWatchers.m[src] = w
+		go w.run(src, m)
+	}
+	w.refs++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			rotationWatchers.Lock()
+			defer rotationWatchers.Unlock()
+			if w.refs--; w.refs == 0 {
+				delete(rotationWatchers.m, src)
+				close(w.stop)
+				<-w.done
+			}
+		})
+	}
+}
+
+func (w *rotationWatcher) run(src security.Source, m *telemetry.Metrics) {
+	defer close(w.done)
+	changer, _ := src.(interface{ Changed() <-chan struct{} })
+	serial := func() string {
+		svid, err := src.GetX509SVID()
+		if err != nil || len(svid.Certificates) == 0 {
+			return ""
+		}
+		return svid.Certificates[0].SerialNumber.String()
+	}
+	last := serial()
+	for {
+		// Subscribe before comparing, so an update in between is not lost.
+		var changed <-chan struct{}
+		var timer *time.Timer
+		var tick <-chan time.Time
+		if changer != nil {
+			changed = changer.Changed()
+		} else {
+			timer = time.NewTimer(rotationPoll)
+			tick = timer.C
+		}
+		if now := serial(); now != "" && now != last {
+			last = now
+			if svid, err := src.GetX509SVID(); err == nil && len(svid.Certificates) > 0 {
+				m.SVIDRotated(svid.ID.String(), svid.Certificates[0].NotAfter)
+			}
+		}
+		select {
+		case <-w.stop:
+			if timer != nil {
+				timer.Stop()
+			}
+			return
+		case <-changed:
+		case <-tick:
+		}
+	}
 }

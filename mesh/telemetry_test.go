@@ -370,3 +370,37 @@ func getJSON[T any](t *testing.T, url string) T {
 	}
 	return v
 }
+
+func TestSVIDRotationsCountedOncePerSource(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	ca := newDevCA(t, 2*time.Second) // rotates about every second
+	src := devSource(t, ca, "/server")
+	// A server and a client sharing one source: each rotation counts once.
+	addr := startServer(t, &echoService{}, mesh.WithIdentity(src), mesh.WithMeterProvider(mp))
+	dial(t, addr, mesh.WithIdentity(src), mesh.WithMeterProvider(mp))
+
+	start := src.Rotations()
+	var counted int64
+	waitFor(t, func() bool {
+		counted = 0
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "mesh.svid.rotations" {
+					for _, dp := range sum.DataPoints {
+						counted += dp.Value
+					}
+				}
+			}
+		}
+		return counted >= 2
+	})
+	if rotated := src.Rotations() - start; counted > rotated {
+		t.Errorf("mesh.svid.rotations = %d, but the source rotated only %d times", counted, rotated)
+	}
+}
