@@ -171,6 +171,10 @@ func Listen(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// Handler returns the endpoint's handler, loopback checks included, to
+// serve it elsewhere (with the caller's own listener and its risks).
+func (s *Server) Handler() http.Handler { return s.http.Handler }
+
 // Addr returns the address the endpoint listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
 

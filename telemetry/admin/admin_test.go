@@ -1,0 +1,171 @@
+package admin_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"go.uber.org/goleak"
+
+	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func listen(t *testing.T, cfg admin.Config) *admin.Server {
+	t.Helper()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	s, err := admin.Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestCheckLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"127.0.0.1:15000", true},
+		{"127.0.0.2:15000", true},
+		{"[::1]:15000", true},
+		{"localhost:15000", true},
+		{"LOCALHOST:0", true},
+		{"0.0.0.0:15000", false},
+		{":15000", false},
+		{"[::]:15000", false},
+		{"192.168.1.10:15000", false},
+		{"admin.internal:15000", false},
+		{"127.0.0.1", false}, // no port
+	} {
+		t.Run(tc.addr, func(t *testing.T) {
+			err := admin.CheckLoopback(tc.addr)
+			if (err == nil) != tc.ok {
+				t.Fatalf("CheckLoopback(%q) = %v, want ok=%v", tc.addr, err, tc.ok)
+			}
+			if !tc.ok {
+				if _, err := admin.Listen(admin.Config{Addr: tc.addr}); err == nil {
+					t.Errorf("Listen(%q) succeeded", tc.addr)
+				}
+			}
+		})
+	}
+	if err := admin.CheckLoopback("0.0.0.0:1"); !errors.Is(err, admin.ErrNotLoopback) {
+		t.Errorf("error %v does not wrap ErrNotLoopback", err)
+	}
+}
+
+func TestRefusesNonLoopbackCallers(t *testing.T) {
+	s := listen(t, admin.Config{})
+	for _, tc := range []struct {
+		name, remote, host string
+		want               int
+	}{
+		{"loopback caller", "127.0.0.1:5555", "127.0.0.1:15000", http.StatusOK},
+		{"ipv6 loopback caller", "[::1]:5555", "localhost:15000", http.StatusOK},
+		{"remote caller", "192.0.2.7:5555", "127.0.0.1:15000", http.StatusForbidden},
+		{"remote ipv6 caller", "[2001:db8::1]:5555", "127.0.0.1:15000", http.StatusForbidden},
+		{"rebinding host header", "127.0.0.1:5555", "evil.example.com", http.StatusForbidden},
+		{"ipv6 host header", "127.0.0.1:5555", "[::1]:15000", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/status", nil)
+			req.RemoteAddr, req.Host = tc.remote, tc.host
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Errorf("status %d, want %d: %s", rec.Code, tc.want, rec.Body)
+			}
+		})
+	}
+}
+
+func TestEventsFeedDenialsConfigAndObservedEndpoints(t *testing.T) {
+	s := listen(t, admin.Config{Events: 4, Denials: 2})
+	s.Register(admin.Provider{
+		Component: admin.Component{Kind: "client", Name: "xds:///trading"},
+		Targets: func() []admin.Target {
+			return []admin.Target{{Target: "xds:///trading", State: "ready", Balancer: "round_robin"}}
+		},
+	})
+	m := telemetry.NewMetrics(nil) // no-op instruments; events still flow to the sink
+	m.OnEvent(s.Record)
+	for i := range 3 {
+		m.AuthzDenied("default deny", fmt.Sprintf("spiffe://example.org/c%d", i), "/rec.Trading/Buy")
+	}
+	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "7", false, "")
+	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "unknown lb policy")
+	m.UnsupportedField("xds", "trading", "cluster.dns_lookup_family")
+	m.RecordCall(telemetry.Event{Side: "client", Target: "xds:///trading", Method: "/rec.Trading/Buy",
+		Endpoint: "10.0.0.1:8443", Peer: "spiffe://example.org/trading", Code: "OK"})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := s.Status(ctx)
+	ignoreTime := cmpopts.IgnoreFields(admin.Denial{}, "Time")
+	wantDenials := []admin.Denial{ // ring of 2: the oldest went
+		{Caller: "spiffe://example.org/c1", Method: "/rec.Trading/Buy", Rule: "default deny"},
+		{Caller: "spiffe://example.org/c2", Method: "/rec.Trading/Buy", Rule: "default deny"},
+	}
+	if diff := cmp.Diff(wantDenials, st.Denials, ignoreTime); diff != "" {
+		t.Errorf("denials (-want +got):\n%s", diff)
+	}
+	var kinds []string
+	for _, e := range st.Events {
+		kinds = append(kinds, e.Kind)
+	}
+	if diff := cmp.Diff([]string{"xds_update", "xds_update", "unsupported_field", "call"}, kinds); diff != "" {
+		t.Errorf("events, a ring of 4 (-want +got):\n%s", diff)
+	}
+	wantConfig := []admin.ConfigUpdate{{Source: "xds", Resource: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+		Version: "8", Accepted: false, Detail: "unknown lb policy"}}
+	if diff := cmp.Diff(wantConfig, st.Config, cmpopts.IgnoreFields(admin.ConfigUpdate{}, "ReceivedAt")); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	wantUnsupported := []admin.Unsupported{{Source: "xds", Resource: "trading", Field: "cluster.dns_lookup_family"}}
+	if diff := cmp.Diff(wantUnsupported, st.Unsupported, cmpopts.IgnoreFields(admin.Unsupported{}, "Seen")); diff != "" {
+		t.Errorf("unsupported (-want +got):\n%s", diff)
+	}
+	wantTargets := []admin.Target{{Target: "xds:///trading", State: "ready", Balancer: "round_robin", Endpoints: []admin.Endpoint{},
+		Observed: []admin.Endpoint{{Address: "10.0.0.1:8443", Identity: "spiffe://example.org/trading", LastCode: "OK"}}}}
+	if diff := cmp.Diff(wantTargets, st.Targets, cmpopts.IgnoreFields(admin.Endpoint{}, "LastCall")); diff != "" {
+		t.Errorf("targets (-want +got):\n%s", diff)
+	}
+
+	// The same over HTTP, for a filtered target.
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+s.Addr()+"/targets?target=xds:///nothing", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var none []admin.Target
+	if err := json.NewDecoder(resp.Body).Decode(&none); err != nil || len(none) != 0 {
+		t.Errorf("/targets?target=xds:///nothing = %v, %v; want an empty list", none, err)
+	}
+}
+
+func TestCloseTwice(t *testing.T) {
+	s, err := admin.Listen(admin.Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
