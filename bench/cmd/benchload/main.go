@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string) error {
 	serverName := fs.String("server-name", "localhost", "name to verify in the server certificate (tls mode)")
 	balance := fs.Bool("balance", false, "resolve a static:/// target with gridmesh's discovery and balance round robin")
 	res := fs.Bool("resilience", true, "mesh mode: keep the resilience policy mesh.Dial applies by default (false: mesh.WithoutResilience)")
+	sample := fs.Float64("sample", 1, "with -telemetry otlp: fraction of traces sampled")
 	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,7 +78,7 @@ func run(ctx context.Context, args []string) error {
 	if *target == "" {
 		return errors.New("-target is required")
 	}
-	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel)
+	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel, *sample)
 	if err != nil {
 		return err
 	}
@@ -132,7 +133,7 @@ func run(ctx context.Context, args []string) error {
 	return in.Err()
 }
 
-func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res bool, tel string) (*grpc.ClientConn, func(), error) {
+func dial(ctx context.Context, mode, target, caFile, serverName string, balance, res bool, tel string, sample float64) (*grpc.ClientConn, func(), error) {
 	nop := func() {}
 	var opts []grpc.DialOption
 	if balance && mode != "mesh" {
@@ -167,7 +168,7 @@ func dial(ctx context.Context, mode, target, caFile, serverName string, balance,
 		if err != nil {
 			return nil, nop, err
 		}
-		mopts, shutdown, err := telemetryMode(ctx, tel, "bench-load")
+		mopts, shutdown, err := telemetryMode(ctx, tel, "bench-load", sample)
 		if err != nil {
 			src.Close()
 			return nil, nop, err

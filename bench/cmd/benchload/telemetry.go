@@ -16,15 +16,16 @@ import (
 //	noop   the mesh's default handlers with OTel not set up (no-op globals)
 //	otlp   telemetry.Setup exporting traces (batch span processor) and
 //	       metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT; the mesh's
-//	       default handlers use the globals it installs
-func telemetryMode(ctx context.Context, mode, service string) ([]mesh.DialOption, func(), error) {
+//	       default handlers use the globals it installs; sample, when in
+//	       (0,1), is the fraction of traces sampled (telemetry.Config.SampleRatio)
+func telemetryMode(ctx context.Context, mode, service string, sample float64) ([]mesh.DialOption, func(), error) {
 	switch mode {
 	case "off":
 		return []mesh.DialOption{mesh.WithoutTelemetry()}, func() {}, nil
 	case "noop":
 		return nil, func() {}, nil
 	case "otlp":
-		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp"})
+		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp", SampleRatio: sample})
 		if err != nil {
 			return nil, nil, err
 		}

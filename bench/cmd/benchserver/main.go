@@ -48,6 +48,7 @@ func run(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	certFile := fs.String("cert", "", "PEM certificate chain (tls mode)")
 	keyFile := fs.String("key", "", "PEM private key (tls mode)")
+	sample := fs.Float64("sample", 1, "with -telemetry otlp: fraction of traces sampled")
 	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,7 +86,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		defer src.Close()
-		opts, shutdown, err := telemetryMode(ctx, *tel, "bench-server")
+		opts, shutdown, err := telemetryMode(ctx, *tel, "bench-server", *sample)
 		if err != nil {
 			return err
 		}

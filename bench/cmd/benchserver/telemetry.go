@@ -17,15 +17,16 @@ import (
 //	       what a service gets that never calls telemetry.Setup
 //	otlp   telemetry.Setup exporting traces (batch span processor) and
 //	       metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT; the mesh's
-//	       default handlers use the globals it installs
-func telemetryMode(ctx context.Context, mode, service string) ([]mesh.ServerOption, func(), error) {
+//	       default handlers use the globals it installs; sample, when in
+//	       (0,1), is the fraction of traces sampled (telemetry.Config.SampleRatio)
+func telemetryMode(ctx context.Context, mode, service string, sample float64) ([]mesh.ServerOption, func(), error) {
 	switch mode {
 	case "off":
 		return []mesh.ServerOption{mesh.WithoutTelemetry()}, func() {}, nil
 	case "noop":
 		return nil, func() {}, nil
 	case "otlp":
-		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp"})
+		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp", SampleRatio: sample})
 		if err != nil {
 			return nil, nil, err
 		}

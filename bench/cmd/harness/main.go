@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 0, "rounds over all scenarios (default 3, or 1 with -quick)")
 	pin := fs.Bool("pin", runtime.NumCPU() >= 2, "pin the client side to CPU 0 and the server side to CPU 1 (taskset)")
 	only := fs.String("scenarios", "", "comma-separated scenario names to run (default all)")
-	benchtime := fs.String("benchtime", "", "-test.benchtime for the in-process benchmarks (default 1s, 100ms with -quick)")
+	benchtime := fs.String("benchtime", "", "-test.benchtime for the in-process benchmarks (default 500ms, 100ms with -quick)")
 	keep := fs.Bool("keep", false, "keep the work directory with logs and configs")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -221,13 +221,24 @@ func measure(sc *scenario, spec loadgen.Spec) (measurement, error) {
 	if err != nil {
 		return measurement{}, err
 	}
-	cpu := r.CPUSeconds
-	for i := range others {
-		cpu += (after[i] - before[i]).Seconds()
+	cpu, client := r.CPUSeconds, r.CPUSeconds
+	by := map[string]float64{sc.load.name: r.CPUSeconds}
+	for i, p := range others {
+		d := (after[i] - before[i]).Seconds()
+		cpu += d
+		by[p.name] = d
+		if p.side == "client" {
+			client += d
+		}
 	}
 	m := measurement{Result: r.Result, CPUSeconds: cpu}
-	if r.Requests > 0 {
-		m.CPUPerReq = cpu / float64(r.Requests) * 1e6
+	if n := float64(r.Requests); n > 0 {
+		m.CPUPerReq = cpu / n * 1e6
+		m.ClientCPUPerReq = client / n * 1e6
+		m.CPUByProcess = map[string]float64{}
+		for k, v := range by {
+			m.CPUByProcess[k] = v / n * 1e6
+		}
 	}
 	m.RSS, err = rssOf(sc.path)
 	return m, err
@@ -243,13 +254,13 @@ type plan struct {
 }
 
 func fullPlan() plan {
-	p := plan{Rounds: 3, Benchtime: "1s"}
+	p := plan{Rounds: 3, Benchtime: "500ms"}
 	for _, size := range []int{100, 1024} {
 		for _, c := range []int{1, 8, 64} {
 			p.Specs = append(p.Specs, loadgen.Spec{Concurrency: c, Payload: size, Duration: 2 * time.Second, Warmup: 300 * time.Millisecond})
 		}
 		p.Specs = append(p.Specs,
-			loadgen.Spec{Rate: 1000, Payload: size, Duration: 4 * time.Second, Warmup: 300 * time.Millisecond},
+			loadgen.Spec{Rate: 1000, Payload: size, Duration: 3 * time.Second, Warmup: 300 * time.Millisecond},
 			loadgen.Spec{Rate: 5000, Payload: size, Duration: 2 * time.Second, Warmup: 300 * time.Millisecond})
 	}
 	return p

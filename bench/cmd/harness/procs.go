@@ -22,6 +22,7 @@ import (
 type process struct {
 	name string
 	role string // "load", "server", "proxy", "sink", "control"
+	side string // "client" or "server"
 	cmd  *exec.Cmd
 	log  string // stderr (and for proxies stdout) file
 	out  *bufio.Reader
@@ -64,7 +65,7 @@ func (l *launcher) start(name, role, side string, env []string, stdio bool, argv
 	}
 	defer logf.Close()
 	cmd.Stderr = logf
-	p := &process{name: name, role: role, cmd: cmd, log: logName, done: make(chan struct{})}
+	p := &process{name: name, role: role, side: side, cmd: cmd, log: logName, done: make(chan struct{})}
 	if stdio {
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {

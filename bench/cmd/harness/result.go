@@ -26,6 +26,12 @@ type measurement struct {
 	CPUPerReq  float64 `json:"cpu_us_per_req"`
 	// RSS is VmRSS summed over the path's processes after the window.
 	RSS int64 `json:"rss_bytes"`
+	// ClientCPUPerReq is the part of CPUPerReq spent on the client side:
+	// the load generator (the mesh client lives in it) and the client-side
+	// proxy.
+	ClientCPUPerReq float64 `json:"client_cpu_us_per_req"`
+	// CPUByProcess splits CPUPerReq by process.
+	CPUByProcess map[string]float64 `json:"cpu_us_per_req_by_process,omitempty"`
 }
 
 type point struct {
@@ -54,8 +60,14 @@ type summary struct {
 	// CPUPerReq at 1,000 calls/s and at the maximum throughput point.
 	CPUPerReqFixed float64 `json:"cpu_us_per_req_r1000"`
 	CPUPerReqMax   float64 `json:"cpu_us_per_req_max"`
-	// RSS is the largest path VmRSS sum seen.
-	RSSMB float64 `json:"rss_mb"`
+	// RSSMB is the path's VmRSS sum after the 64-in-flight 100 B window
+	// (median over rounds): steady state under load. The largest sum seen
+	// at any point is MaxRSSMB; open-loop backlogs on a busy machine can
+	// inflate it.
+	RSSMB    float64 `json:"rss_mb"`
+	MaxRSSMB float64 `json:"max_rss_mb"`
+	// ClientCPUPerReqMax is the client side's share of CPUPerReqMax.
+	ClientCPUPerReqMax float64 `json:"client_cpu_us_per_req_max"`
 }
 
 type processInfo struct {
@@ -133,9 +145,10 @@ func (s *scenarioResult) finish() {
 				Max:      median(rs, func(m measurement) float64 { return m.Max }),
 				Late:     int64(median(rs, func(m measurement) float64 { return float64(m.Late) })),
 			},
-			CPUSeconds: median(rs, func(m measurement) float64 { return m.CPUSeconds }),
-			CPUPerReq:  median(rs, func(m measurement) float64 { return m.CPUPerReq }),
-			RSS:        int64(median(rs, func(m measurement) float64 { return float64(m.RSS) })),
+			CPUSeconds:      median(rs, func(m measurement) float64 { return m.CPUSeconds }),
+			CPUPerReq:       median(rs, func(m measurement) float64 { return m.CPUPerReq }),
+			RSS:             int64(median(rs, func(m measurement) float64 { return float64(m.RSS) })),
+			ClientCPUPerReq: median(rs, func(m measurement) float64 { return m.ClientCPUPerReq }),
 		}
 		for _, m := range rs {
 			maxRSS = max(maxRSS, m.RSS)
@@ -143,13 +156,17 @@ func (s *scenarioResult) finish() {
 		if p.Spec.Concurrency > 0 && p.Spec.Payload == 100 && p.Median.RPS > sum.MaxRPS {
 			sum.MaxRPS = p.Median.RPS
 			sum.CPUPerReqMax = p.Median.CPUPerReq
+			sum.ClientCPUPerReqMax = p.Median.ClientCPUPerReq
 		}
 	}
 	if p := s.Points["r1000/100B"]; p != nil {
 		m := p.Median
 		sum.P50, sum.P90, sum.P99, sum.P999, sum.CPUPerReqFixed = m.P50, m.P90, m.P99, m.P999, m.CPUPerReq
 	}
-	sum.RSSMB = float64(maxRSS) / (1 << 20)
+	sum.MaxRSSMB = float64(maxRSS) / (1 << 20)
+	if p := s.Points["c64/100B"]; p != nil {
+		sum.RSSMB = float64(p.Median.RSS) / (1 << 20)
+	}
 	s.Summary = sum
 }
 
@@ -180,7 +197,7 @@ func (r *result) finish() {
 		}
 	}
 	a, b := by["a-plain"], by["b-tls"]
-	for _, c := range []string{"c-mtls", "c-bal", "c-nootel", "c-full"} {
+	for _, c := range []string{"c-mtls", "c-bal", "c-nootel", "c-full", "c-full-1pct"} {
 		if by[c] == nil {
 			continue
 		}
@@ -198,7 +215,7 @@ func (r *result) finish() {
 	}
 	// Targets, for the most complete mesh variant that ran, and for each
 	// variant so the cost can be split by component.
-	for _, c := range []string{"c-full", "c-nootel", "c-bal", "c-mtls"} {
+	for _, c := range []string{"c-full", "c-full-1pct", "c-nootel", "c-bal", "c-mtls"} {
 		cs := by[c]
 		if cs == nil || b == nil {
 			continue
@@ -214,7 +231,9 @@ func (r *result) finish() {
 		}
 		for _, d := range []string{"d-sidecar", "d-l4"} {
 			ds := by[d]
-			if ds == nil {
+			// The L4 variant is compared with the full mesh only, to keep
+			// the table short; the JSON ratios have the rest.
+			if ds == nil || (d == "d-l4" && c != "c-full") {
 				continue
 			}
 			meshAdds, sideAdds := cs.P50-b.P50, ds.P50-a.P50
@@ -276,8 +295,8 @@ func (r *result) table() string {
 	fmt.Fprintf(&b, "# gridmesh bench, %s\n\n", r.Started.Format(time.RFC3339))
 	fmt.Fprintf(&b, "host: %s, %s CPUs, %s; pinned: %v; rounds: %d; loadavg: %s\n\n",
 		r.Host["kernel"], r.Host["cpus"], r.Host["go"], r.Pinned, r.Plan.Rounds, strings.Join(r.LoadAvg, "; "))
-	b.WriteString("Latency at a fixed 1,000 calls/s (100 B, open loop, from intended send time); max throughput is the best closed-loop point (100 B); CPU is µs per request summed over every process on the path; RSS sums VmRSS over the path's processes, load generator included. Medians over rounds.\n\n")
-	b.WriteString("| scenario | p50 µs | p90 µs | p99 µs | p99.9 µs | max rps | CPU µs/req @1k/s | CPU µs/req @max | RSS MB |\n")
+	b.WriteString("Latency at a fixed 1,000 calls/s (100 B, open loop, from intended send time); max throughput is the best closed-loop point (100 B); CPU is µs per request summed over every process on the path; \"client\" is the part of it on the client side (load generator with the mesh client in it, client-side proxy); RSS sums VmRSS over the path's processes, load generator included, after the 64-in-flight 100 B window. Medians over rounds.\n\n")
+	b.WriteString("| scenario | p50 µs | p90 µs | p99 µs | p99.9 µs | max rps | CPU µs/req @1k/s | CPU µs/req @max (client) | RSS MB |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scenarios {
 		if s.Summary == nil {
@@ -285,8 +304,8 @@ func (r *result) table() string {
 			continue
 		}
 		m := s.Summary
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.1f |\n",
-			s.Name, m.P50, m.P90, m.P99, m.P999, m.MaxRPS, m.CPUPerReqFixed, m.CPUPerReqMax, m.RSSMB)
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f (%.1f) | %.1f |\n",
+			s.Name, m.P50, m.P90, m.P99, m.P999, m.MaxRPS, m.CPUPerReqFixed, m.CPUPerReqMax, m.ClientCPUPerReqMax, m.RSSMB)
 	}
 	b.WriteString("\n| ratio | p50 | p99 | max rps | CPU/req @1k/s | CPU/req @max | RSS |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range r.Ratios {

@@ -43,28 +43,35 @@ func scenarios() []*scenario {
 			Name:        "c-mtls",
 			Description: "(c) gridmesh mTLS only: mesh.NewServer/mesh.Dial with mesh.WithoutTelemetry() and mesh.WithoutResilience(), SVIDs from the Workload API (meshd dev), per-call authorization, one backend",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-mtls", 1, false, "off")
+				return h.meshScenario(ctx, "c-mtls", 1, false, "off", 1)
 			},
 		},
 		{
 			Name:        "c-bal",
 			Description: "(c) gridmesh mTLS with discovery: as c-mtls, but a static:/// target over three backends, round robin (mesh.WithBalancer)",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-bal", 3, false, "off")
+				return h.meshScenario(ctx, "c-bal", 3, false, "off", 1)
 			},
 		},
 		{
 			Name:        "c-nootel",
 			Description: "(c) gridmesh defaults with OTel not set up: three backends, round robin, mesh.Dial's default resilience policy, the mesh's otelgrpc handlers and metrics interceptors on no-op providers",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-nootel", 3, true, "noop")
+				return h.meshScenario(ctx, "c-nootel", 3, true, "noop", 1)
 			},
 		},
 		{
 			Name:        "c-full",
 			Description: "(c) gridmesh full: three backends, round robin, default resilience, OTel on (telemetry.Setup: batch span processor, OTLP/gRPC traces and metrics to a sink process), every call traced",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.meshScenario(ctx, "c-full", 3, true, "otlp")
+				return h.meshScenario(ctx, "c-full", 3, true, "otlp", 1)
+			},
+		},
+		{
+			Name:        "c-full-1pct",
+			Description: "(c) as c-full with 1% of traces sampled (parent-based; Istio's default sampling rate); metrics for every call",
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "c-full-1pct", 3, true, "otlp", 0.01)
 			},
 		},
 		{
@@ -112,12 +119,13 @@ func (h *harness) direct(ctx context.Context, name, mode string, env []string) e
 // than one server the target is static:/// and calls are balanced; res
 // keeps the resilience policy mesh.Dial applies by default. tel is the -telemetry mode of
 // every mesh process; with otlp they export to an OTLP sink of the
-// scenario's own, which is then on the path too.
-func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool, tel string) error {
+// scenario's own, which is then on the path too, and sample is the
+// fraction of traces sampled.
+func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool, tel string, sample float64) error {
 	sc := h.byName[name]
 	env := []string{}
-	sargs := []string{"-telemetry", tel}
-	largs := []string{"-telemetry", tel}
+	sargs := []string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}
+	largs := []string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}
 	if tel == "otlp" {
 		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("benchserver"), "-mode", "otlp-sink")
 		if err != nil {
