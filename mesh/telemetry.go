@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 	"reflect"
 	"strings"
 	"sync"
@@ -415,4 +416,30 @@ func (w *rotationWatcher) run(src security.Source, m *telemetry.Metrics) {
 		case <-tick:
 		}
 	}
+}
+
+// httpHandler wraps an HTTP server's handler (outside its authorization)
+// in the telemetry that is on: the identity-labelled call metrics and
+// admin events, and otelhttp spans with W3C propagation. Off means off: h
+// unchanged.
+func (t *meshTelemetry) httpHandler(c *commonConfig, h http.Handler) http.Handler {
+	if t.interceptorsOn() {
+		h = telemetry.HTTPHandler(t.metrics, t.self.String(), h)
+	}
+	if t.statsOn() {
+		h = otelhttp.NewHandler(h, "gridmesh.http.server", c.otelhttpOptions()...)
+	}
+	return h
+}
+
+// httpTransport is httpHandler for an HTTP client's transport; target ""
+// labels each request with its URL host.
+func (t *meshTelemetry) httpTransport(c *commonConfig, target string, rt http.RoundTripper) http.RoundTripper {
+	if t.interceptorsOn() {
+		rt = telemetry.HTTPTransport(t.metrics, t.self.String(), target, rt)
+	}
+	if t.statsOn() {
+		rt = otelhttp.NewTransport(rt, c.otelhttpOptions()...)
+	}
+	return rt
 }
