@@ -1,0 +1,46 @@
+package telemetry_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/gridmesh/gridmesh/telemetry"
+)
+
+func ExampleNewLogHandler() {
+	plain := slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{} // keep the output stable
+			}
+			return a
+		},
+	})
+	logger := slog.New(telemetry.NewLogHandler(plain))
+
+	// In a meshed handler the span comes from the incoming call.
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:     trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+		TraceFlags: trace.FlagsSampled,
+	})
+	ctx := trace.ContextWithSpanContext(context.Background(), sc)
+	logger.InfoContext(ctx, "order placed", "lots", 3)
+	// Output:
+	// level=INFO msg="order placed" lots=3 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7
+}
+
+func ExampleMetrics_OnEvent() {
+	m := telemetry.NewMetrics(nil) // the global MeterProvider: a no-op until one is installed
+	m.OnEvent(func(e telemetry.Event) { fmt.Println(e.Kind, e.Target, e.Detail) })
+	// What the resilience and discovery callbacks call, one line each:
+	m.BreakerStateChanged("xds:///trading", "closed", "open")
+	m.DiscoveryUpdate("consul:///registry", 3, nil)
+	// Output:
+	// breaker xds:///trading closed -> open
+	// discovery_update consul:///registry 3 endpoints
+}
