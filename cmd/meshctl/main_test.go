@@ -29,7 +29,9 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type echo struct{ testgrpc.UnimplementedTestServiceServer }
+type echo struct {
+	testgrpc.UnimplementedTestServiceServer
+}
 
 func (echo) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	return &testpb.SimpleResponse{}, nil
