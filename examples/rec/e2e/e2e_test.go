@@ -98,6 +98,9 @@ func TestKillTradingAndSettlementUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer op.Close()
+	rctx, stopRotations := context.WithCancel(ctx)
+	defer stopRotations()
+	rotations := op.WatchRotations(rctx)
 	seed := platform.NewSeed(20, 10_000_000, 500)
 	if err := seed.Apply(ctx, op); err != nil {
 		t.Fatal(err)
@@ -198,6 +201,11 @@ func TestKillTradingAndSettlementUnderLoad(t *testing.T) {
 	}
 	if crashed := p.Exited(); len(crashed) > 0 {
 		t.Errorf("processes exited on their own: %v", crashed)
+	}
+	stopRotations()
+	t.Logf("the operator's SVID rotated %d times during the run", rotations())
+	if rotations() < 2 {
+		t.Errorf("SVIDs rotated %d times during the run, want at least 2 (10s SVIDs rotate every 5s)", rotations())
 	}
 	if report.Trading.GetMarketMoves() == 0 {
 		t.Errorf("no market moved between trading instances: the kills did not exercise failover")

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -357,4 +358,39 @@ func (p *Platform) GatewayMesh(ctx context.Context, op *Operator) (string, error
 	slices.Sort(kinds)
 	return fmt.Sprintf("%d retries (%s); %d breaker changes; %d retries denied by the budget; %d calls refused locally",
 		total, strings.Join(kinds, ", "), len(d.Resilience.Breakers), d.Resilience.Budget, d.Resilience.Rejected), nil
+}
+
+// WatchRotations counts, until ctx ends, the new SVIDs the operator's
+// identity source hands out (meshd dev rotates them at half their life);
+// the returned func reads the count.
+func (o *Operator) WatchRotations(ctx context.Context) func() int {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	serial := func() string {
+		svid, err := o.Node.Src.GetX509SVID()
+		if err != nil || len(svid.Certificates) == 0 {
+			return ""
+		}
+		return svid.Certificates[0].SerialNumber.String()
+	}
+	first := serial()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if s := serial(); s != "" && s != first {
+				mu.Lock()
+				seen[s] = true
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen)
+	}
 }

@@ -125,9 +125,13 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}()
 
 	ready := filepath.Join(cfg.Dir, "meshd.ready")
-	if err := p.start(ctx, &Proc{Name: "meshd", args: []string{filepath.Join(cfg.Bin, "meshd"), "dev",
+	xds, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.start(ctx, &Proc{Name: "meshd", Addr: xds, args: []string{filepath.Join(cfg.Bin, "meshd"), "dev",
 		"-identities", strings.Join(policy.Workloads, ","), "-socket-dir", cfg.Dir,
-		"-svid-ttl", cfg.SVIDTTL.String(), "-ready-file", ready}}, func() bool {
+		"-svid-ttl", cfg.SVIDTTL.String(), "-ready-file", ready, "-xds", xds}}, func() bool {
 		_, err := os.Stat(ready)
 		return err == nil
 	}); err != nil {
@@ -215,7 +219,7 @@ func (p *Platform) start(ctx context.Context, pr *Proc, ready func() bool) error
 		cmd.Env = append(cmd.Env, "SPIFFE_ENDPOINT_SOCKET="+p.Socket(pr.workload))
 	}
 	cmd.Env = append(cmd.Env, pr.env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("platform: start %s: %w", pr.Name, err)
 	}

@@ -13,7 +13,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -75,7 +74,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer p.Stop()
-	fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload\n", "meshd dev", *dir)
+	fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s\n", "meshd dev", *dir, p.Proc("meshd").Addr)
 	fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", "", "serves", "admin", "metrics")
 	names := []string{"registry", "accounts"}
 	for i := 1; i <= *instances; i++ {
@@ -93,7 +92,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer op.Close()
-	rotations := watchRotations(ctx, op)
+	rotations := op.WatchRotations(ctx)
 	portal, err := p.Client(ctx, policy.Portal, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
@@ -310,45 +309,6 @@ func do(hc *http.Client, req *http.Request) (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
-// watchRotations counts the distinct SVIDs the operator's source hands out
-// from now on.
-func watchRotations(ctx context.Context, op *platform.Operator) func() int {
-	var mu sync.Mutex
-	seen := map[string]bool{}
-	serial := func() string {
-		svid, err := op.Node.Src.GetX509SVID()
-		if err != nil || len(svid.Certificates) == 0 {
-			return ""
-		}
-		return serialOf(svid.Certificates[0])
-	}
-	first := serial()
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			if s := serial(); s != "" {
-				mu.Lock()
-				seen[s] = true
-				mu.Unlock()
-			}
-		}
-	}()
-	return func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		n := len(seen)
-		if seen[first] {
-			n--
-		}
-		return n
-	}
-}
-
-func serialOf(c *x509.Certificate) string { return c.SerialNumber.String() }
 
 func indent(s string) string {
 	return "   " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n   ") + "\n"
