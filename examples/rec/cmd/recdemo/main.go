@@ -309,7 +309,6 @@ func do(hc *http.Client, req *http.Request) (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
-
 func indent(s string) string {
 	return "   " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n   ") + "\n"
 }
