@@ -127,7 +127,8 @@ func TestHTTPClientBalancesAcrossThreeBackends(t *testing.T) {
 			bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/trading")))
 			c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 				mesh.WithHTTPTarget("trading.mesh", staticTarget(bs, "spiffe://example.org/trading")),
-				mesh.WithBalancer(discovery.Balancer{Policy: policy}))
+				mesh.WithBalancer(discovery.Balancer{Policy: policy}),
+				mesh.WithoutResilience()) // the transport alone must cope with the kill
 			const n = 1500
 			rs := load(t, c, "http://trading.mesh/v1/trades", n, 6)
 			got, failed := shares(rs)
