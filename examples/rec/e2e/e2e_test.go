@@ -68,16 +68,29 @@ func waitFor(ctx context.Context, cond func() bool) error {
 // twice, every trade settled exactly once on both legs, MWh and cash
 // conserved overall and per participant, holds equal to the open orders,
 // and every pair of the authorization matrix answered as written.
+//
+// It runs twice: with static targets and in-code policy, and on meshd's
+// xDS (servers registered with meshd, xds:/// targets, meshd's RBAC).
 func TestKillTradingAndSettlementUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole platform as processes")
 	}
 	bin := build(t)
+	for _, xds := range []bool{false, true} {
+		name := "static"
+		if xds {
+			name = "xds"
+		}
+		t.Run(name, func(t *testing.T) { killUnderLoad(t, bin, xds) })
+	}
+}
+
+func killUnderLoad(t *testing.T, bin string, xds bool) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
-	p, err := platform.Start(ctx, platform.Config{Bin: bin, Dir: dir, Trading: 2, SVIDTTL: 10 * time.Second})
+	p, err := platform.Start(ctx, platform.Config{Bin: bin, Dir: dir, Trading: 2, SVIDTTL: 10 * time.Second, XDS: xds})
 	if err != nil {
 		t.Fatal(err)
 	}

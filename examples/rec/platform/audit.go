@@ -43,7 +43,11 @@ func (p *Platform) Operator(ctx context.Context, log *slog.Logger) (*Operator, e
 // Client connects to every service as workload (any of policy.Workloads):
 // the tests call as each one to check the authorization matrix.
 func (p *Platform) Client(ctx context.Context, workload string, log *slog.Logger) (*Operator, error) {
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: workload, Socket: p.Socket(workload), Logger: log})
+	cp := ""
+	if p.cfg.XDS {
+		cp = p.ControlPlane
+	}
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: workload, Socket: p.Socket(workload), ControlPlane: cp, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -182,25 +186,11 @@ func (r *Report) check(name string, ok bool, format string, args ...any) {
 func Audit(ctx context.Context, op *Operator, seed Seed, acks []Ack, unknown int) (*Report, error) {
 	r := &Report{}
 	start := time.Now()
-	for {
-		var err error
-		if r.Trading, err = op.Trading.Stats(ctx, &recpb.TradingStatsRequest{}); err != nil {
-			return nil, fmt.Errorf("audit: trading stats: %w", err)
-		}
-		if r.Settlement, err = op.Settlement.Stats(ctx, &recpb.SettlementStatsRequest{}); err != nil {
-			return nil, fmt.Errorf("audit: settlement stats: %w", err)
-		}
-		if r.Settlement.GetCursor() >= r.Trading.GetLastSeq() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("audit: settlement stuck at journal seq %d of %d: %w", r.Settlement.GetCursor(), r.Trading.GetLastSeq(), ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
+	var err error
+	if r.Trading, r.Settlement, err = WaitSettled(ctx, op); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	r.SettleWait = time.Since(start)
-	var err error
 	if r.Registry, err = op.Registry.Totals(ctx, &recpb.TotalsRequest{}); err != nil {
 		return nil, fmt.Errorf("audit: registry totals: %w", err)
 	}
@@ -297,6 +287,29 @@ func Audit(ctx context.Context, op *Operator, seed Seed, acks []Ack, unknown int
 		r.check("no order placed twice", ok, "journal has %d orders for %d acknowledged (+%d with unknown outcome)", journal, len(acks), unknown)
 	}
 	return r, nil
+}
+
+// WaitSettled polls until settlement has applied the whole trading journal
+// and returns both sides' stats.
+func WaitSettled(ctx context.Context, op *Operator) (*recpb.TradingStats, *recpb.SettlementStats, error) {
+	for {
+		t, err := op.Trading.Stats(ctx, &recpb.TradingStatsRequest{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("trading stats: %w", err)
+		}
+		s, err := op.Settlement.Stats(ctx, &recpb.SettlementStatsRequest{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("settlement stats: %w", err)
+		}
+		if s.GetCursor() >= t.GetLastSeq() {
+			return t, s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("settlement stuck at journal seq %d of %d: %w", s.GetCursor(), t.GetLastSeq(), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func first(s []string, n int) []string {

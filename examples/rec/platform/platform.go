@@ -26,7 +26,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
+	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
 )
 
 // Config says what to start.
@@ -49,6 +52,10 @@ type Config struct {
 	// Env is added to every service's environment, e.g.
 	// OTEL_TRACES_EXPORTER=otlp.
 	Env []string
+	// XDS runs the platform on meshd's xDS: servers register with meshd
+	// and take mTLS and RBAC (policy.MeshdConfig) from it, clients dial
+	// xds:///<service>. Default: static targets and in-code policy.
+	XDS bool
 }
 
 // Proc is one started process.
@@ -79,8 +86,11 @@ type Platform struct {
 	GatewayURL string
 	// TradingAddrs are the trading instances' addresses, comma-separated.
 	TradingAddrs string
-	// Addrs maps a workload to its address list (comma-separated).
+	// Addrs maps a workload to its gRPC target: an address list
+	// (comma-separated), or xds:///<workload> with Config.XDS.
 	Addrs map[string]string
+	// ControlPlane is meshd's xDS address.
+	ControlPlane string
 }
 
 // Socket returns the Workload API socket of workload, as an address for
@@ -129,9 +139,19 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.start(ctx, &Proc{Name: "meshd", Addr: xds, args: []string{filepath.Join(cfg.Bin, "meshd"), "dev",
+	p.ControlPlane = xds
+	meshd := []string{filepath.Join(cfg.Bin, "meshd"), "dev",
 		"-identities", strings.Join(policy.Workloads, ","), "-socket-dir", cfg.Dir,
-		"-svid-ttl", cfg.SVIDTTL.String(), "-ready-file", ready, "-xds", xds}}, func() bool {
+		"-svid-ttl", cfg.SVIDTTL.String(), "-ready-file", ready, "-xds", xds}
+	if cfg.XDS {
+		conf := filepath.Join(cfg.Dir, "meshd.yaml")
+		td := spiffeid.RequireTrustDomainFromString("gridmesh.dev")
+		if err := os.WriteFile(conf, []byte(policy.MeshdConfig(td, recmesh.MarketHeader)), 0o644); err != nil {
+			return nil, err
+		}
+		meshd = append(meshd, "-config", conf)
+	}
+	if err := p.start(ctx, &Proc{Name: "meshd", Addr: xds, args: meshd}, func() bool {
 		_, err := os.Stat(ready)
 		return err == nil
 	}); err != nil {
@@ -158,9 +178,18 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		policy.Registry: addr["registry"], policy.Accounts: addr["accounts"],
 		policy.Settlement: addr["settlement"], policy.Trading: p.TradingAddrs,
 	}
+	if cfg.XDS {
+		for w := range p.Addrs {
+			p.Addrs[w] = "xds:///" + w
+		}
+	}
+	target := p.Addrs
 	db := func(name string) string { return filepath.Join(cfg.Dir, name+".db") }
 	bin := func(name string) string { return filepath.Join(cfg.Bin, name) }
 	svc := func(name, workload string, args ...string) *Proc {
+		if cfg.XDS {
+			args = append(args, "-control-plane", xds)
+		}
 		return &Proc{Name: name, workload: workload, args: append([]string{bin(workload)}, args...)}
 	}
 	procs := []*Proc{
@@ -170,13 +199,13 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	for i, a := range trading {
 		name := fmt.Sprintf("trading-%d", i+1)
 		procs = append(procs, svc(name, policy.Trading, "-listen", a, "-instance", name, "-db", db("trading"),
-			"-accounts", addr["accounts"], "-registry", addr["registry"]))
+			"-accounts", target[policy.Accounts], "-registry", target[policy.Registry]))
 	}
 	procs = append(procs,
 		svc("settlement", policy.Settlement, "-listen", addr["settlement"], "-db", db("settlement"),
-			"-trading", p.TradingAddrs, "-accounts", addr["accounts"], "-registry", addr["registry"]),
+			"-trading", target[policy.Trading], "-accounts", target[policy.Accounts], "-registry", target[policy.Registry]),
 		svc("gateway", policy.Gateway, "-listen", addr["gateway"], "-db", db("gateway"),
-			"-trading", p.TradingAddrs, "-accounts", addr["accounts"], "-registry", addr["registry"], "-settlement", addr["settlement"]),
+			"-trading", target[policy.Trading], "-accounts", target[policy.Accounts], "-registry", target[policy.Registry], "-settlement", target[policy.Settlement]),
 	)
 	for _, pr := range procs {
 		pr.Addr = pr.args[slices.Index(pr.args, "-listen")+1]

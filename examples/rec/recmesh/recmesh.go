@@ -55,6 +55,11 @@ type Config struct {
 	// environment (telemetry.FromEnv). Services set it; in-process clients
 	// (tests, the demo's operator) leave it off.
 	Telemetry bool
+	// ControlPlane is meshd's xDS address. With it, servers register with
+	// meshd as the xDS service Name and take their mTLS and RBAC from it,
+	// and xds:///<service> targets get endpoints, balancing and policy
+	// from it. Empty: static targets and in-code policy only.
+	ControlPlane string
 	// Logger defaults to silent.
 	Logger *slog.Logger
 }
@@ -72,6 +77,7 @@ type Node struct {
 	// Stats counts retries, breaker changes and refusals of Resilience.
 	Stats     *Stats
 	admin     string
+	cp        string
 	discovery *discovery.Registry
 	tel       *telemetry.Providers
 }
@@ -83,7 +89,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{Name: cfg.Name, Log: log, admin: cfg.Admin}
+	n := &Node{Name: cfg.Name, Log: log, admin: cfg.Admin, cp: cfg.ControlPlane}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -162,6 +168,11 @@ func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, erro
 		mesh.WithDrainTimeout(5 * time.Second),
 		mesh.WithGRPCServerOptions(grpc.ChainUnaryInterceptor(n.logFailures)),
 	}
+	if n.cp != "" {
+		// meshd enforces its RBAC (generated from the same matrix, see
+		// policy.MeshdConfig) in front of the authorizer above.
+		opts = append(opts, mesh.WithControlPlane(n.cp), mesh.WithXDSService(n.Name, ""))
+	}
 	for _, o := range n.Options() {
 		opts = append(opts, o)
 	}
@@ -182,16 +193,22 @@ func Target(s string) string {
 // present workload's SPIFFE ID, balancing with bal and retrying through the
 // node's resilience client.
 func (n *Node) Dial(ctx context.Context, addrs, workload string, bal discovery.Balancer) (*grpc.ClientConn, error) {
+	target := Target(addrs)
 	opts := []mesh.DialOption{
 		mesh.WithServerID(policy.ID(n.TD, workload)),
-		mesh.WithRegistry(n.discovery),
-		mesh.WithBalancer(bal),
 		mesh.WithResilience(n.Resilience),
+	}
+	if strings.HasPrefix(target, "xds:") {
+		// meshd says how to balance (ring hash for trading) and where the
+		// endpoints are.
+		opts = append(opts, mesh.WithControlPlane(n.cp))
+	} else {
+		opts = append(opts, mesh.WithRegistry(n.discovery), mesh.WithBalancer(bal))
 	}
 	for _, o := range n.Options() {
 		opts = append(opts, o)
 	}
-	return mesh.Dial(ctx, Target(addrs), opts...)
+	return mesh.Dial(ctx, target, opts...)
 }
 
 // RingHash balances trading calls by market (MarketHeader).

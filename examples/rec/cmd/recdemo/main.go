@@ -51,6 +51,7 @@ func run(ctx context.Context) error {
 	svidTTL := flag.Duration("svid-ttl", 6*time.Second, "SVID lifetime: they rotate at half of it")
 	instances := flag.Int("trading", 2, "trading instances")
 	hold := flag.Bool("hold", false, "keep the platform running after the summary, until interrupted")
+	xds := flag.Bool("xds", false, "run on meshd's xDS: servers register with meshd, clients dial xds:///<service>, mTLS and RBAC come from meshd")
 	flag.Parse()
 
 	if *dir == "" {
@@ -69,7 +70,7 @@ func run(ctx context.Context) error {
 	defer cancel()
 
 	fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
-	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true})
+	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds})
 	if err != nil {
 		return err
 	}
@@ -131,6 +132,9 @@ func run(ctx context.Context) error {
 	if b, err := post(ctx, hc, p.GatewayURL+"/v1/participants/p03/retirements", `{"energy_source":"solar","vintage":2024,"mwh":2}`); err == nil {
 		fmt.Fprintf(out, "   POST /v1/participants/p03/retirements {solar:2024, 2 MWh} → %s\n", b)
 	}
+	if _, _, err := platform.WaitSettled(ctx, op); err != nil {
+		return err
+	}
 	if b, err := get(ctx, hc, p.GatewayURL+"/v1/participants/p03/holdings"); err == nil {
 		var h struct {
 			Holdings []struct {
@@ -145,7 +149,7 @@ func run(ctx context.Context) error {
 		json.Unmarshal([]byte(b), &h)
 		for _, x := range h.Holdings {
 			if x.Market.Source == "solar" && x.Market.Vintage == 2024 {
-				fmt.Fprintf(out, "   GET /v1/participants/p03/holdings → solar:2024: %s MWh owned, %s retired (of 500 seeded + 8 bought)\n", x.MWh, x.Retired)
+				fmt.Fprintf(out, "   GET /v1/participants/p03/holdings → solar:2024: %s MWh owned, %s retired (500 seeded + 8 bought, settled)\n", x.MWh, x.Retired)
 			}
 		}
 	}

@@ -29,10 +29,11 @@ func run(ctx context.Context) error {
 	listen := flag.String("listen", "127.0.0.1:7101", "address to serve gRPC on")
 	dbPath := flag.String("db", "registry.db", "SQLite database file (created if missing)")
 	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
+	controlPlane := flag.String("control-plane", "", "meshd's xDS address: register with it and take mTLS and RBAC from it (xds:///name targets need it); empty: static targets only")
 	flag.Parse()
 
 	log := recmesh.Logger("registry")
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: "registry", Admin: *admin, Telemetry: true, Logger: log})
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "registry", Admin: *admin, Telemetry: true, ControlPlane: *controlPlane, Logger: log})
 	if err != nil {
 		return err
 	}

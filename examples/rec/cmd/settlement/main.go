@@ -37,10 +37,11 @@ func run(ctx context.Context) error {
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
 	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
+	controlPlane := flag.String("control-plane", "", "meshd's xDS address: register with it and take mTLS and RBAC from it (xds:///name targets need it); empty: static targets only")
 	flag.Parse()
 
 	log := recmesh.Logger("settlement")
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: "settlement", Admin: *admin, Telemetry: true, Logger: log})
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "settlement", Admin: *admin, Telemetry: true, ControlPlane: *controlPlane, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -34,13 +34,14 @@ func run(ctx context.Context) error {
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target like consul:///accounts")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
 	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
+	controlPlane := flag.String("control-plane", "", "meshd's xDS address: register with it and take mTLS and RBAC from it (xds:///name targets need it); empty: static targets only")
 	flag.Parse()
 	if *instance == "" {
 		*instance = *listen
 	}
 
 	log := recmesh.Logger("trading").With("instance", *instance)
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: "trading", Admin: *admin, Telemetry: true, Logger: log})
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "trading", Admin: *admin, Telemetry: true, ControlPlane: *controlPlane, Logger: log})
 	if err != nil {
 		return err
 	}
