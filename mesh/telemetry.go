@@ -151,7 +151,7 @@ func (t *meshTelemetry) interceptorsOn() bool {
 func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
 	var opts []grpc.ServerOption
 	if t.statsOn() {
-		opts = append(opts, grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter)))
+		opts = append(opts, grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter, telemetry.WithSelf(t.self.String()))))
 	}
 	if t.interceptorsOn() {
 		unary, stream := telemetry.ServerInterceptors(t.metrics, t.self.String())
@@ -164,7 +164,7 @@ func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
 func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 	var opts []grpc.DialOption
 	if t.statsOn() {
-		opts = append(opts, grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter)))
+		opts = append(opts, grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter, telemetry.WithSelf(t.self.String()))))
 	}
 	if t.interceptorsOn() {
 		unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)

@@ -77,6 +77,7 @@ func TestTraceAcrossTwoMeshedHopsIsOneTrace(t *testing.T) {
 	type hop struct {
 		Name, Kind, Parent string
 		SameTrace          bool
+		Self, Peer         string // mesh.spiffe_id, mesh.peer.spiffe_id
 	}
 	byID := map[trace.SpanID]sdktrace.ReadOnlySpan{}
 	for _, s := range spans {
@@ -88,16 +89,28 @@ func TestTraceAcrossTwoMeshedHopsIsOneTrace(t *testing.T) {
 		if p, ok := byID[s.Parent().SpanID()]; ok {
 			parent = p.Name() + "/" + p.SpanKind().String()
 		}
-		got = append(got, hop{s.Name(), s.SpanKind().String(), parent, s.SpanContext().TraceID() == root.SpanContext().TraceID()})
+		var self, peerID string
+		for _, kv := range s.Attributes() {
+			switch kv.Key {
+			case "mesh.spiffe_id":
+				self = kv.Value.AsString()
+			case "mesh.peer.spiffe_id":
+				peerID = kv.Value.AsString()
+			}
+		}
+		got = append(got, hop{s.Name(), s.SpanKind().String(), parent, s.SpanContext().TraceID() == root.SpanContext().TraceID(), self, peerID})
 	}
-	sort.Slice(got, func(i, j int) bool { return got[i].Kind+got[i].Parent < got[j].Kind+got[j].Parent })
+	sort.Slice(got, func(i, j int) bool {
+		return got[i].Kind+got[i].Parent+got[i].Self < got[j].Kind+got[j].Parent+got[j].Self
+	})
 	const m = "grpc.testing.TestService/UnaryCall"
+	const clientID, frontID, backID = "spiffe://example.org/client", "spiffe://example.org/front", "spiffe://example.org/back"
 	want := []hop{
-		{m, "client", "grpc.testing.TestService/UnaryCall/server", true}, // front -> back
-		{m, "client", "root/internal", true},                             // client -> front
-		{"root", "internal", "-", true},
-		{m, "server", "grpc.testing.TestService/UnaryCall/client", true},
-		{m, "server", "grpc.testing.TestService/UnaryCall/client", true},
+		{m, "client", "grpc.testing.TestService/UnaryCall/server", true, frontID, backID}, // front -> back
+		{m, "client", "root/internal", true, clientID, frontID},                           // client -> front
+		{"root", "internal", "-", true, "", ""},
+		{m, "server", "grpc.testing.TestService/UnaryCall/client", true, backID, frontID},
+		{m, "server", "grpc.testing.TestService/UnaryCall/client", true, frontID, clientID},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("spans (-want +got):\n%s", diff)

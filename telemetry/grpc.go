@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
@@ -22,20 +23,88 @@ import (
 
 // ServerHandler returns the otelgrpc stats handler for a server: a span per
 // call continuing the caller's W3C trace context and baggage, and the
-// semantic-convention RPC metrics. Nil providers mean the globals.
+// semantic-convention RPC metrics. Nil providers mean the globals. Each
+// span also gets the caller's SPIFFE ID (mesh.peer.spiffe_id) and, with
+// WithSelf, the server's own (mesh.spiffe_id).
 //
 // Merely installing a stats handler makes grpc-go build per-call stats
 // events (header copies and the like), whatever the handler does with
 // them: install it only when Enabled, as the mesh does.
-func ServerHandler(tp trace.TracerProvider, mp metric.MeterProvider) stats.Handler {
-	return otelgrpc.NewServerHandler(handlerOptions(tp, mp)...)
+func ServerHandler(tp trace.TracerProvider, mp metric.MeterProvider, opts ...HandlerOption) stats.Handler {
+	return withIdentities(otelgrpc.NewServerHandler(handlerOptions(tp, mp)...), opts)
 }
 
 // ClientHandler returns the otelgrpc stats handler for a client: a span per
-// call whose context and baggage travel to the server in W3C headers.
-// Nil providers mean the globals.
-func ClientHandler(tp trace.TracerProvider, mp metric.MeterProvider) stats.Handler {
-	return otelgrpc.NewClientHandler(handlerOptions(tp, mp)...)
+// call whose context and baggage travel to the server in W3C headers, with
+// the SPIFFE ID the server presented (mesh.peer.spiffe_id) and, with
+// WithSelf, the caller's own (mesh.spiffe_id). Nil providers mean the
+// globals.
+func ClientHandler(tp trace.TracerProvider, mp metric.MeterProvider, opts ...HandlerOption) stats.Handler {
+	return withIdentities(otelgrpc.NewClientHandler(handlerOptions(tp, mp)...), opts)
+}
+
+// Span attribute keys for identities.
+const (
+	KeySpanSelf = attribute.Key("mesh.spiffe_id")      // this side's SPIFFE ID
+	KeySpanPeer = attribute.Key("mesh.peer.spiffe_id") // the other side's, from its verified certificate
+)
+
+// HandlerOption configures ServerHandler and ClientHandler.
+type HandlerOption interface{ apply(*handlerConfig) }
+
+type handlerConfig struct{ self string }
+
+type handlerOptionFunc func(*handlerConfig)
+
+func (f handlerOptionFunc) apply(c *handlerConfig) { f(c) }
+
+// WithSelf names this side's SPIFFE ID, recorded on every span.
+func WithSelf(id string) HandlerOption {
+	return handlerOptionFunc(func(c *handlerConfig) { c.self = id })
+}
+
+func withIdentities(h stats.Handler, opts []HandlerOption) stats.Handler {
+	var cfg handlerConfig
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	return &identityHandler{Handler: h, self: cfg.self}
+}
+
+// identityHandler adds the SPIFFE IDs of both sides to the span once the
+// connection is known: at the client's outgoing header, at the server's
+// incoming header.
+type identityHandler struct {
+	stats.Handler
+	self string
+}
+
+func (h *identityHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	switch s := s.(type) {
+	case *stats.OutHeader:
+		if s.IsClient() {
+			h.annotate(ctx)
+		}
+	case *stats.InHeader:
+		if !s.IsClient() {
+			h.annotate(ctx)
+		}
+	}
+	h.Handler.HandleRPC(ctx, s)
+}
+
+func (h *identityHandler) annotate(ctx context.Context) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	p, _ := peer.FromContext(ctx)
+	if id := PeerSPIFFEID(p); id != "" {
+		span.SetAttributes(KeySpanPeer.String(id))
+	}
+	if h.self != "" {
+		span.SetAttributes(KeySpanSelf.String(h.self))
+	}
 }
 
 func handlerOptions(tp trace.TracerProvider, mp metric.MeterProvider) []otelgrpc.Option {
