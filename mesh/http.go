@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // HTTPServer is an HTTPS server inside the mesh: it presents the service's
@@ -92,11 +93,14 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	}
 	maxAge := lifetime * 2 / 5
 	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny))
+	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,
+	// status) outside the authorization, so refusals count.
+	measured := telemetry.HTTPHandler(tel.metrics, id.String(), guarded)
 	capped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && time.Since(start) > maxAge {
 			w.Header().Set("Connection", "close") // HTTP/2: graceful GOAWAY
 		}
-		guarded.ServeHTTP(w, r)
+		measured.ServeHTTP(w, r)
 	})
 	s := &HTTPServer{
 		id:     id,

@@ -22,6 +22,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // HTTPClient returns an *http.Client whose transport is NewHTTPTransport's.
@@ -87,6 +88,7 @@ type HTTPTransport struct {
 	policySet    bool
 	registry     *discovery.Registry
 	policy       httpbalance.Config
+	tel          *meshTelemetry
 
 	mu       sync.Mutex
 	services map[string]*httpService // by discovery target
@@ -164,7 +166,14 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		policy:       policy,
 		services:     map[string]*httpService{},
 	}
-	var rt http.RoundTripper = balancedTransport{t}
+	tel, err := newDialTelemetry(&cfg.commonConfig)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
+	t.tel = tel
+	self, _ := security.ID(cfg.identity)
+	// Mesh metrics per attempt, with the endpoint that served it.
+	var rt http.RoundTripper = telemetry.HTTPTransport(tel.metrics, self.String(), "", balancedTransport{t})
 	if !cfg.telemetry.off {
 		rt = otelhttp.NewTransport(rt, cfg.otelhttpOptions()...)
 	}
@@ -228,6 +237,7 @@ func (t *HTTPTransport) Close() error {
 		errs = append(errs, s.close())
 		s.tr.CloseIdleConnections()
 	}
+	t.tel.close()
 	return errors.Join(errs...)
 }
 

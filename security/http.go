@@ -267,6 +267,8 @@ func HTTPHost(ctx context.Context) (string, bool) {
 // None of these reach next. next sees the normalized path (URL.Path,
 // URL.RawPath and RequestURI), the lower-cased Host, and the caller's ID
 // in the context (PeerID). Nil authz allows every authenticated caller.
+// Once next returns, the route pattern a ServeMux matched is copied to the
+// original request's Pattern for the layers outside (metrics, tracing).
 func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError)) http.Handler {
 	if authz == nil {
 		authz = AllowAll()
@@ -313,6 +315,11 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError))
 		}
 		r2.Host = host
 		next.ServeHTTP(w, r2)
+		// Hand the ServeMux pattern that matched back to the layers outside
+		// (metrics, tracing), which see only the original request.
+		if r.Pattern == "" {
+			r.Pattern = r2.Pattern
+		}
 	})
 }
 

@@ -1,0 +1,100 @@
+package mesh_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// TestHTTPTelemetry checks the HTTP side's spans (one trace from client to
+// server) and mesh metrics (both identities, the route pattern, denials).
+func TestHTTPTelemetry(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+
+	authz, err := security.HTTPRules(security.AllowHTTP("reads", security.AnyID(), "GET /v1/trades/*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/trades/{id}", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	addr, _ := startHTTPServer(t, mux, mesh.WithIdentity(devSource(t, ca, "/trading")),
+		mesh.WithAuthorizer(authz), mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp))
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp),
+		mesh.WithHTTPTarget("trading.mesh", "static:///"+addr))
+
+	for _, path := range []string{"/v1/trades/42", "/v1/accounts/1"} { // the second is refused
+		getOnce(t, c, "http://trading.mesh"+path)
+	}
+
+	// Spans: client and server of the allowed request share a trace.
+	var spans []sdktrace.ReadOnlySpan
+	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 4 })
+	traces := map[string][]string{}
+	for _, s := range spans {
+		traces[s.SpanContext().TraceID().String()] = append(traces[s.SpanContext().TraceID().String()], s.SpanKind().String())
+	}
+	for id, kinds := range traces {
+		sort.Strings(kinds)
+		if diff := cmp.Diff([]string{"client", "server"}, kinds); diff != "" {
+			t.Errorf("trace %s spans (-want +got):\n%s", id, diff)
+		}
+	}
+
+	// Metrics.
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok || !strings.HasPrefix(m.Name, "mesh.") {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				var kv []string
+				for _, a := range dp.Attributes.ToSlice() {
+					kv = append(kv, string(a.Key)+"="+a.Value.Emit())
+				}
+				got = append(got, m.Name+" "+strings.Join(kv, " "))
+			}
+		}
+	}
+	sort.Strings(got)
+	for _, want := range []string{
+		"mesh.authz.denials mesh.authz.rule=default deny mesh.source=spiffe://example.org/gateway rpc.method=GET /v1/accounts/1",
+		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=server mesh.source=spiffe://example.org/gateway mesh.target= rpc.grpc.status_code=200 rpc.method=GET /v1/trades/{id}",
+		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=server mesh.source=spiffe://example.org/gateway mesh.target= rpc.grpc.status_code=403 rpc.method=GET",
+		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=client mesh.source=spiffe://example.org/gateway mesh.target=trading.mesh rpc.grpc.status_code=200 rpc.method=GET",
+	} {
+		found := false
+		for _, g := range got {
+			if g == want {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no metric data point containing %q in:\n%s", want, strings.Join(got, "\n"))
+		}
+	}
+}
