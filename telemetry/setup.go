@@ -155,6 +155,7 @@ type Providers struct {
 	promLis  net.Listener
 	promDone chan struct{}
 	shutdown []func(context.Context) error
+	flush    []func(context.Context) error
 	once     sync.Once
 	err      error
 }
@@ -170,6 +171,19 @@ func (p *Providers) PrometheusAddr() string {
 		return ""
 	}
 	return p.promLis.Addr().String()
+}
+
+// ForceFlush exports what has been recorded so far. It blocks until done or
+// ctx ends.
+func (p *Providers) ForceFlush(ctx context.Context) error {
+	var errs []error
+	for _, f := range p.flush {
+		errs = append(errs, f(ctx))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("telemetry: flush: %w", err)
+	}
+	return nil
 }
 
 // Shutdown flushes and stops the exporters and the scrape endpoint. It
@@ -252,6 +266,7 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spanExp), sdktrace.WithResource(res), sdktrace.WithSampler(sampler))
 		p.TracerProvider = tp
 		p.shutdown = append(p.shutdown, tp.Shutdown)
+		p.flush = append(p.flush, tp.ForceFlush)
 	}
 
 	var reader sdkmetric.Reader
@@ -298,6 +313,7 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
 		p.MeterProvider = mp
 		p.shutdown = append(p.shutdown, mp.Shutdown)
+		p.flush = append(p.flush, mp.ForceFlush)
 	}
 	if p.prom != nil && cfg.PrometheusAddr != "-" {
 		addr := cfg.PrometheusAddr
