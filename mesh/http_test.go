@@ -2,18 +2,22 @@ package mesh_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
@@ -330,6 +334,86 @@ func rawRequest(t *testing.T, addr string, cfg *tls.Config, method, target, host
 	return resp.StatusCode, e
 }
 
+// streamReset stands for an HTTP/2 stream or connection reset where
+// rawH2Request expected a response.
+const streamReset = -1
+
+// rawH2Request sends one HTTP/2 request with :path and :authority exactly
+// as given, writing the frames itself so that no client-side validation
+// changes them.
+func rawH2Request(t *testing.T, addr string, cfg *tls.Config, method, path, authority string) (int, echoed) {
+	t.Helper()
+	c := cfg.Clone()
+	c.NextProtos = []string{"h2"}
+	conn, err := (&tls.Dialer{Config: c}).DialContext(callTimeout(t), "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	for _, f := range [][2]string{{":method", method}, {":scheme", "https"}, {":authority", authority}, {":path", path}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hbuf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	status := 0
+	var body bytes.Buffer
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			if status == 0 {
+				return streamReset, echoed{}
+			}
+			t.Fatalf("reading frames: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == 1 {
+				status, _ = strconv.Atoi(f.PseudoValue("status"))
+				if f.StreamEnded() {
+					return status, echoed{}
+				}
+			}
+		case *http2.DataFrame:
+			if f.StreamID == 1 {
+				body.Write(f.Data())
+				if f.StreamEnded() {
+					var e echoed
+					if status == http.StatusOK {
+						if err := json.Unmarshal(body.Bytes(), &e); err != nil {
+							t.Fatalf("decoding %q: %v", body.Bytes(), err)
+						}
+					}
+					return status, e
+				}
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == 1 {
+				return streamReset, echoed{}
+			}
+		case *http2.GoAwayFrame:
+			if status == 0 {
+				return streamReset, echoed{}
+			}
+		}
+	}
+}
+
 // TestHTTPPathNormalizationTable sends known authorization bypasses to a
 // server that refuses /admin/** and anything on host admin.example.org:
 // no denied path may reach the handler, and for every allowed request the
@@ -408,33 +492,46 @@ func TestHTTPPathNormalizationTable(t *testing.T) {
 		{"/public", "api.example.org", "/public"},
 		{"*", "api", ""},
 	}
-	for _, tc := range tests {
-		t.Run(tc.host+" "+tc.target, func(t *testing.T) {
-			checked.Store("")
-			before := h.calls.Load()
-			status, e := rawRequest(t, addr, cfg, http.MethodGet, tc.target, tc.host)
-			ran := h.calls.Load() != before
-			if tc.want == "" {
-				if status != http.StatusBadRequest && status != http.StatusForbidden || ran {
-					t.Fatalf("status %d, handler ran=%v: want 400 or 403 without the handler", status, ran)
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		for _, tc := range tests {
+			t.Run(proto+" "+tc.host+" "+tc.target, func(t *testing.T) {
+				checked.Store("")
+				before := h.calls.Load()
+				var status int
+				var e echoed
+				if proto == "HTTP/2" {
+					status, e = rawH2Request(t, addr, cfg, http.MethodGet, tc.target, tc.host)
+				} else {
+					status, e = rawRequest(t, addr, cfg, http.MethodGet, tc.target, tc.host)
 				}
-				return
-			}
-			if status != http.StatusOK {
-				t.Fatalf("status %d, want 200", status)
-			}
-			if diff := cmp.Diff(tc.want, e.Path); diff != "" {
-				t.Errorf("handler path (-want +got):\n%s", diff)
-			}
-			if got := checked.Load(); got != e.Path {
-				t.Errorf("policy checked %q, handler saw %q", got, e.Path)
-			}
-			if !strings.HasPrefix(e.RequestURI, e.Path) {
-				t.Errorf("RequestURI %q does not start with the checked path %q", e.RequestURI, e.Path)
-			}
-		})
+				ran := h.calls.Load() != before
+				if tc.want == "" {
+					// 400 or 403 from the mesh, or a stream reset from the
+					// HTTP/2 server for a malformed :path.
+					if status != http.StatusBadRequest && status != http.StatusForbidden && status != streamReset || ran {
+						t.Fatalf("status %d, handler ran=%v: want a refusal without the handler", status, ran)
+					}
+					return
+				}
+				if status != http.StatusOK {
+					t.Fatalf("status %d, want 200", status)
+				}
+				if diff := cmp.Diff(tc.want, e.Path); diff != "" {
+					t.Errorf("handler path (-want +got):\n%s", diff)
+				}
+				if got := checked.Load(); got != e.Path {
+					t.Errorf("policy checked %q, handler saw %q", got, e.Path)
+				}
+				if !strings.HasPrefix(e.RequestURI, e.Path) {
+					t.Errorf("RequestURI %q does not start with the checked path %q", e.RequestURI, e.Path)
+				}
+				if e.Proto != proto && !(proto == "HTTP/2" && e.Proto == "HTTP/2.0") {
+					t.Errorf("served over %s, want %s", e.Proto, proto)
+				}
+			})
+		}
 	}
-	t.Logf("end-to-end normalization table: %d cases", len(tests))
+	t.Logf("end-to-end normalization table: %d cases, each over HTTP/1.1 and HTTP/2", len(tests))
 }
 
 // TestHTTPResumedSessionRechecksCertificate resumes a TLS session after the
