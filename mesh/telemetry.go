@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 
+	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -442,4 +445,71 @@ func (t *meshTelemetry) httpTransport(c *commonConfig, target string, rt http.Ro
 		rt = otelhttp.NewTransport(rt, c.otelhttpOptions()...)
 	}
 	return rt
+}
+
+// resilienceObserver turns the resilience client's events into metrics and
+// admin events (retries, hedges, breaker changes, budget exhaustion,
+// local rejections). Pass it with resilience.WithObserver when building
+// the default client; it is empty while telemetry is off.
+func (t *meshTelemetry) resilienceObserver() resilience.Observer {
+	if !t.interceptorsOn() {
+		return resilience.Observer{}
+	}
+	m := t.metrics
+	return resilience.Observer{
+		OnRetry: func(e resilience.RetryEvent) {
+			detail := "attempt " + strconv.Itoa(e.Attempt)
+			if e.Err != nil {
+				detail += " after " + e.Err.Error()
+			}
+			m.RecordRetry(e.Destination, e.Method, detail)
+		},
+		OnHedge: func(e resilience.HedgeEvent) { m.RecordHedge(e.Destination, e.Method) },
+		OnBreakerStateChange: func(e resilience.BreakerEvent) {
+			m.BreakerStateChanged(e.Destination, string(e.From), string(e.To))
+		},
+		OnBudgetExhausted: func(e resilience.BudgetEvent) { m.RetryBudgetExhausted(e.Destination, e.Method) },
+		OnRejected: func(e resilience.RejectedEvent) {
+			detail := "rejected locally"
+			if e.Err != nil {
+				detail = e.Err.Error()
+			}
+			m.Rejected(e.Destination, e.Method, detail)
+		},
+	}
+}
+
+// attachResilience shows rc's breaker state and effective policy for
+// target on the admin endpoint. Call it before registerClient.
+func (t *meshTelemetry) attachResilience(rc *resilience.Client, target string) {
+	if t == nil || rc == nil || t.admin == nil {
+		return
+	}
+	effective := func() (resilience.Effective, bool) {
+		for _, e := range rc.Destinations() { // Describe would create state for target
+			if e.Destination == target && e.Method == "" {
+				return e, true
+			}
+		}
+		return resilience.Effective{}, false
+	}
+	t.breaker = func() string {
+		if e, ok := effective(); ok {
+			return string(e.BreakerState)
+		}
+		return ""
+	}
+	prev := t.policies
+	t.policies = func() []admin.Policy {
+		var ps []admin.Policy
+		if prev != nil {
+			ps = prev()
+		}
+		e, ok := effective()
+		if !ok {
+			return ps
+		}
+		detail, _ := json.Marshal(e)
+		return append(ps, admin.Policy{Kind: "resilience", Scope: target, Name: "client", Source: e.Source, Detail: string(detail)})
+	}
 }

@@ -38,6 +38,7 @@ const (
 	EventHedge       = "hedge"
 	EventBudget      = "retry_budget_exhausted"
 	EventBreaker     = "breaker"
+	EventRejected    = "rejected"
 	EventEjected     = "outlier_ejected"
 	EventUnejected   = "outlier_unejected"
 	EventDenied      = "denied"
@@ -79,6 +80,7 @@ type Event struct {
 //	mesh.retries                 counter   target, method
 //	mesh.hedges                  counter   target, method
 //	mesh.retry_budget.exhausted  counter   target
+//	mesh.rejected                counter   target, method (breaker open, bulkhead full, rate limited)
 //	mesh.breaker.transitions     counter   target, from, state
 //	mesh.outlier.ejections       counter   target, endpoint
 //	mesh.authz.denials           counter   rule, source, method
@@ -93,6 +95,7 @@ type Metrics struct {
 	retries     metric.Int64Counter
 	hedges      metric.Int64Counter
 	budget      metric.Int64Counter
+	rejected    metric.Int64Counter
 	breaker     metric.Int64Counter
 	ejections   metric.Int64Counter
 	denials     metric.Int64Counter
@@ -127,6 +130,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mt.retries, _ = m.Int64Counter("mesh.retries", metric.WithUnit("{retry}"), metric.WithDescription("Retry attempts."))
 	mt.hedges, _ = m.Int64Counter("mesh.hedges", metric.WithUnit("{hedge}"), metric.WithDescription("Hedged attempts."))
 	mt.budget, _ = m.Int64Counter("mesh.retry_budget.exhausted", metric.WithUnit("{retry}"), metric.WithDescription("Retries refused because the retry budget was spent."))
+	mt.rejected, _ = m.Int64Counter("mesh.rejected", metric.WithUnit("{attempt}"), metric.WithDescription("Attempts refused locally: breaker open, bulkhead full, rate limited."))
 	mt.breaker, _ = m.Int64Counter("mesh.breaker.transitions", metric.WithUnit("{transition}"), metric.WithDescription("Circuit breaker state changes."))
 	mt.ejections, _ = m.Int64Counter("mesh.outlier.ejections", metric.WithUnit("{ejection}"), metric.WithDescription("Endpoints ejected by outlier detection."))
 	mt.denials, _ = m.Int64Counter("mesh.authz.denials", metric.WithUnit("{call}"), metric.WithDescription("Calls refused by authorization, by deciding rule."))
@@ -231,6 +235,16 @@ func (m *Metrics) RetryBudgetExhausted(dest, method string) {
 	}
 	m.budget.Add(bg, 1, metric.WithAttributes(KeyTarget.String(dest)))
 	m.emit(Event{Kind: EventBudget, Side: "client", Target: dest, Method: method})
+}
+
+// Rejected records an attempt to dest refused locally (breaker open,
+// bulkhead full, rate limited) and so never sent.
+func (m *Metrics) Rejected(dest, method, detail string) {
+	if m == nil {
+		return
+	}
+	m.rejected.Add(bg, 1, metric.WithAttributes(KeyTarget.String(dest), KeyMethod.String(method)))
+	m.emit(Event{Kind: EventRejected, Side: "client", Target: dest, Method: method, Detail: detail})
 }
 
 // BreakerStateChanged records a circuit breaker for dest moving from one

@@ -282,6 +282,8 @@ func why(e telemetry.Event) string {
 		return "hedged attempt"
 	case telemetry.EventBudget:
 		return "retry refused: retry budget spent"
+	case telemetry.EventRejected:
+		return "refused locally, not sent: " + dash(e.Detail)
 	case telemetry.EventBreaker:
 		return "circuit breaker " + e.Detail
 	case telemetry.EventEjected:
