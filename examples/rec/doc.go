@@ -8,7 +8,27 @@
 //	make demo                                  # or:
 //	go build -o bin/ ./cmd/meshd ./examples/rec/cmd/...
 //	bin/recdemo -bin bin                       # -hold keeps it up, -keep keeps logs and databases
+//	bin/recdemo -bin bin -xds                  # the same on meshd's xDS
 //	go test -race ./examples/rec/...           # unit tests and the fault-tolerance e2e test
+//
+// recdemo starts `meshd dev` (the SPIFFE Workload API from a dev CA, one
+// socket per workload, SVIDs rotating every few seconds, and xDS), then
+// every service as its own process (cmd/registry, cmd/accounts, two
+// cmd/trading, cmd/settlement, cmd/gateway), places orders by hand, runs
+// load while it kills (SIGKILL) and restarts trading-1, audits the books
+// and prints a summary; it exits non-zero if an invariant fails. While it
+// runs (-hold), each service has a mesh admin endpoint (/status,
+// /identity, /targets, /config, /denials, /events) and a Prometheus
+// endpoint, listed at start; OTEL_TRACES_EXPORTER=otlp sends traces.
+// cmd/recload loads a running gateway as the portal workload.
+//
+// Two ways to run the mesh: by default clients dial static:/// targets
+// (gridmesh's discovery and ring-hash balancer) and servers enforce the
+// matrix in code. With -xds, servers register with meshd
+// (mesh.WithControlPlane, mesh.WithXDSService) and take mTLS and RBAC from
+// it, clients dial xds:///<service>, and meshd's config is generated from
+// the same matrix (policy.MeshdConfig), ring hash on the market included;
+// the in-code authorizer stays on behind meshd's RBAC.
 //
 // # Services
 //
