@@ -60,8 +60,9 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // version cluster ("xds:///trading/v2") and use the resilience policies.
 //
 // Requests are balanced over the target's endpoints by WithBalancer's
-// policy: round robin (the default), least request or pick first; endpoint
-// weights are not used, and other policies make HTTPClient fail. HTTP/2 is
+// policy: round robin (the default; smooth weighted by the endpoints'
+// Consul or xDS weights), least request or pick first; other policies make
+// HTTPClient fail. HTTP/2 is
 // used when the server offers it. Each endpoint must present the
 // SPIFFE ID discovery gives for it; without one, WithServerID's, else any ID
 // in WithServerTrustDomain's trust domain, else any ID in the caller's own
@@ -300,7 +301,7 @@ func (t *HTTPTransport) watchDiscovery(s *httpService) error {
 		}
 		set := make([]httpbalance.Endpoint, len(eps))
 		for i, e := range eps {
-			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID}
+			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID, Weight: e.Weight}
 		}
 		if s.bal.Update(set) {
 			s.tr.CloseIdleConnections()
@@ -342,7 +343,7 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 		}
 		set := make([]httpbalance.Endpoint, len(u.Endpoints))
 		for i, e := range u.Endpoints {
-			set[i] = httpbalance.Endpoint{Addr: e.Addr}
+			set[i] = httpbalance.Endpoint{Addr: e.Addr, Weight: int(e.Weight)}
 		}
 		if s.bal.Update(set) {
 			s.tr.CloseIdleConnections()

@@ -100,3 +100,18 @@ func TestHTTPClientFollowsXDS(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPClientHonoursXDSWeights: with round robin, endpoints get calls in
+// proportion to the weights they registered with meshd.
+func TestHTTPClientHonoursXDSWeights(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{Services: []controlplane.Service{{Name: "trading"}}})
+	bs := startBackends(t, 2, mesh.WithIdentity(devSource(t, ca, "/trading")))
+	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, Weight: 1})
+	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[1].addr, Weight: 3})
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithoutResilience())
+	got, failed := shares(load(t, c, "http://trading.mesh/", 400, 1))
+	if failed != 0 || got["b0"] != 25 || got["b1"] != 75 {
+		t.Errorf("%d failed, shares %v; want b0 25%%, b1 75%%", failed, got)
+	}
+}

@@ -33,6 +33,9 @@ const (
 type Endpoint struct {
 	Addr string
 	ID   spiffeid.ID // zero: the caller's default check applies
+	// Weight is the endpoint's share for RoundRobin, relative to the
+	// others (smooth weighted round robin); 0 counts as 1.
+	Weight int
 }
 
 // Config configures a Balancer. Zero fields take the defaults given.
@@ -55,9 +58,8 @@ var ErrNoEndpoints = errors.New("httpbalance: no endpoint available")
 type Balancer struct {
 	cfg Config
 
-	mu   sync.Mutex
-	eps  []*state
-	next uint64
+	mu  sync.Mutex
+	eps []*state
 }
 
 type state struct {
@@ -65,6 +67,7 @@ type state struct {
 	inflight     atomic.Int64
 	ejectedUntil time.Time // guarded by Balancer.mu
 	failures     int       // guarded by Balancer.mu
+	current      int       // smooth weighted round robin state, guarded by Balancer.mu
 }
 
 // New returns a Balancer with no endpoints.
@@ -199,8 +202,19 @@ func (b *Balancer) Pick(tried []string) (*Pick, error) {
 			}
 		}
 	default:
-		s = live[b.next%uint64(len(live))]
-		b.next++
+		// Smooth weighted round robin (as in nginx): every candidate gains
+		// its weight, the one with the most is picked and pays the total
+		// back. Equal weights give plain rotation.
+		total := 0
+		for _, c := range live {
+			w := max(c.Weight, 1)
+			c.current += w
+			total += w
+			if s == nil || c.current > s.current {
+				s = c
+			}
+		}
+		s.current -= total
 	}
 	s.inflight.Add(1)
 	return &Pick{Endpoint: s.Endpoint, b: b, s: s}, nil

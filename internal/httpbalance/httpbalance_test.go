@@ -107,3 +107,28 @@ func TestUpdateKeepsState(t *testing.T) {
 		t.Error("removed endpoint still known")
 	}
 }
+
+func TestRoundRobinHonoursWeights(t *testing.T) {
+	b := httpbalance.New(httpbalance.Config{})
+	b.Update([]httpbalance.Endpoint{{Addr: "a", Weight: 1}, {Addr: "b", Weight: 3}, {Addr: "c"}})
+	got := map[string]int{}
+	var seq []string
+	for i := range 500 {
+		p, err := b.Pick(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[p.Addr]++
+		if i < 5 {
+			seq = append(seq, p.Addr)
+		}
+		p.Done()
+	}
+	if diff := cmp.Diff(map[string]int{"a": 100, "b": 300, "c": 100}, got); diff != "" {
+		t.Errorf("picks (-want +got):\n%s", diff)
+	}
+	// Smooth: b's picks are spread, not three in a row.
+	if diff := cmp.Diff([]string{"b", "a", "b", "c", "b"}, seq); diff != "" {
+		t.Errorf("first five picks (-want +got):\n%s", diff)
+	}
+}
