@@ -49,9 +49,10 @@ func WithRegistry(reg *discovery.Registry) DialOption {
 // WithHTTPTarget makes HTTPClient send requests for host (a URL host such
 // as "trading.mesh" or "trading:8080", compared case-insensitively; without
 // a port it matches every port) to the endpoints of a discovery target,
-// e.g. "consul:///trading?tag=v2" or
-// "static:///10.0.0.1:8443,10.0.0.2:8443?spiffe_id=spiffe://example.org/trading".
-// It may be given several times. See HTTPClient for hosts without a target.
+// e.g. "consul:///trading?tag=v2",
+// "static:///10.0.0.1:8443,10.0.0.2:8443?spiffe_id=spiffe://example.org/trading"
+// or, with WithControlPlane, "xds:///trading/v2". It may be given several
+// times. See HTTPTransport for hosts without a target.
 func WithHTTPTarget(host, target string) DialOption {
 	return dialOption(func(c *dialConfig) {
 		if c.http.targets == nil {
