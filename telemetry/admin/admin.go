@@ -406,7 +406,9 @@ func (s *Server) configView(ctx context.Context) ConfigView {
 		cv.Unsupported = append(cv.Unsupported, u)
 	}
 	s.mu.Unlock()
-	cv.Updates = append(cv.Updates, s.csdsUpdates(ctx)...)
+	updates, unsupported := s.csdsStatus(ctx)
+	cv.Updates = append(cv.Updates, updates...)
+	cv.Unsupported = append(cv.Unsupported, unsupported...)
 	slices.SortFunc(cv.Updates, func(a, b ConfigUpdate) int {
 		return strings.Compare(a.Source+a.Resource, b.Source+b.Resource)
 	})
@@ -416,13 +418,15 @@ func (s *Server) configView(ctx context.Context) ConfigView {
 	return cv
 }
 
-// csdsUpdates reads grpc-go's xDS client status: one entry per resource.
-func (s *Server) csdsUpdates(ctx context.Context) []ConfigUpdate {
+// csdsStatus reads grpc-go's xDS client status: one entry per resource,
+// and the fields of those resources grpc-go ignores.
+func (s *Server) csdsStatus(ctx context.Context) ([]ConfigUpdate, []Unsupported) {
 	resp, err := s.csds.FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{})
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var out []ConfigUpdate
+	var unsupported []Unsupported
 	for _, cc := range resp.GetConfig() {
 		for _, g := range cc.GetGenericXdsConfigs() {
 			u := ConfigUpdate{
@@ -439,9 +443,16 @@ func (s *Server) csdsUpdates(ctx context.Context) []ConfigUpdate {
 				u.Detail += ": " + es.GetDetails()
 			}
 			out = append(out, u)
+			if a := g.GetXdsConfig(); a != nil {
+				if m, err := a.UnmarshalNew(); err == nil {
+					for _, f := range UnsupportedFields(m) {
+						unsupported = append(unsupported, Unsupported{Source: "xds", Resource: u.Resource, Field: f, Seen: u.ReceivedAt})
+					}
+				}
+			}
 		}
 	}
-	return out
+	return out, unsupported
 }
 
 func (s *Server) denialList() []Denial {

@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -167,5 +171,33 @@ func TestCloseTwice(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestUnsupportedFields(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		msg  proto.Message
+		want []string
+	}{
+		{"cluster", &clusterpb.Cluster{
+			Name:                 "trading",
+			ClusterDiscoveryType: &clusterpb.Cluster_Type{Type: clusterpb.Cluster_EDS},
+			EdsClusterConfig:     &clusterpb.Cluster_EdsClusterConfig{ServiceName: "trading"},
+			ConnectTimeout:       durationpb.New(time.Second),
+			DnsLookupFamily:      clusterpb.Cluster_V4_ONLY,
+			CircuitBreakers: &clusterpb.CircuitBreakers{Thresholds: []*clusterpb.CircuitBreakers_Thresholds{
+				{MaxRequests: wrapperspb.UInt32(100), MaxConnections: wrapperspb.UInt32(10)},
+				{MaxConnections: wrapperspb.UInt32(20), MaxRetries: wrapperspb.UInt32(3)},
+			}},
+		}, []string{"circuit_breakers.thresholds.max_connections", "circuit_breakers.thresholds.max_retries", "connect_timeout", "dns_lookup_family"}},
+		{"supported cluster", &clusterpb.Cluster{Name: "trading", LbPolicy: clusterpb.Cluster_RING_HASH}, nil},
+		{"not an xDS resource", &clusterpb.Cluster_EdsClusterConfig{ServiceName: "x"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, admin.UnsupportedFields(tc.msg)); diff != "" {
+				t.Errorf("UnsupportedFields (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
