@@ -14,10 +14,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/experimental/stats"
+	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
@@ -172,6 +175,21 @@ func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 	if t.interceptorsOn() {
 		unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)
 		opts = append(opts, grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
+	}
+	if strings.HasPrefix(target, "xds:") && telemetry.MetricsEnabled(t.cfg.meter) {
+		// grpc-go's xDS client reports accepted and NACKed updates, its
+		// connection to the control plane and its resources only through
+		// a stats plugin: take those metrics, not the per-call ones
+		// (otelgrpc and the mesh already record calls).
+		mp := t.cfg.meter
+		if mp == nil {
+			mp = otel.GetMeterProvider()
+		}
+		opts = append(opts, grpcotel.DialOption(grpcotel.Options{MetricsOptions: grpcotel.MetricsOptions{
+			MeterProvider: mp,
+			Metrics: stats.NewMetrics("grpc.xds_client.resource_updates_valid", "grpc.xds_client.resource_updates_invalid",
+				"grpc.xds_client.server_failure", "grpc.xds_client.connected", "grpc.xds_client.resources"),
+		}}))
 	}
 	return opts
 }

@@ -28,6 +28,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/gridmesh/gridmesh/controlplane"
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -415,5 +417,63 @@ func TestSVIDRotationsCountedOncePerSource(t *testing.T) {
 	})
 	if rotated := src.Rotations() - start; counted > rotated {
 		t.Errorf("mesh.svid.rotations = %d, but the source rotated only %d times", counted, rotated)
+	}
+}
+
+// TestXDSClientUpdatesCounted: for xds:/// targets the mesh takes grpc-go's
+// own xDS client metrics (accepted and NACKed updates per resource type).
+func TestXDSClientUpdatesCounted(t *testing.T) {
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshd := xdstest.StartMeshd(t, "", cfg)
+	ca := newDevCA(t, time.Hour)
+	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, &echoService{})
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); srv.Close(); <-served })
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithMeterProvider(mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	callCtx, callCancel := context.WithTimeout(ctx, 20*time.Second)
+	defer callCancel()
+	if _, err := testgrpc.NewTestServiceClient(cc).UnaryCall(callCtx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("call over xDS: %v", err)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	valid := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "grpc.xds_client.resource_updates_valid" {
+				for _, dp := range sum.DataPoints {
+					v, _ := dp.Attributes.Value("grpc.xds.resource_type")
+					valid[v.AsString()] += dp.Value
+				}
+			}
+		}
+	}
+	for _, typ := range []string{"ListenerResource", "RouteConfigResource", "ClusterResource", "EndpointsResource"} {
+		if valid[typ] == 0 {
+			t.Errorf("grpc.xds_client.resource_updates_valid has no %s: %v", typ, valid)
+		}
 	}
 }
