@@ -66,6 +66,9 @@ type summary struct {
 	// inflate it.
 	RSSMB    float64 `json:"rss_mb"`
 	MaxRSSMB float64 `json:"max_rss_mb"`
+	// P50Serial is the p50 latency with one call in flight (100 B): the
+	// latency a call path adds, with no queueing.
+	P50Serial float64 `json:"p50_us_c1"`
 	// ClientCPUPerReqMax is the client side's share of CPUPerReqMax.
 	ClientCPUPerReqMax float64 `json:"client_cpu_us_per_req_max"`
 }
@@ -158,6 +161,9 @@ func (s *scenarioResult) finish() {
 			sum.CPUPerReqMax = p.Median.CPUPerReq
 			sum.ClientCPUPerReqMax = p.Median.ClientCPUPerReq
 		}
+	}
+	if p := s.Points["c1/100B"]; p != nil {
+		sum.P50Serial = p.Median.P50
 	}
 	if p := s.Points["r1000/100B"]; p != nil {
 		m := p.Median
@@ -296,16 +302,16 @@ func (r *result) table() string {
 	fmt.Fprintf(&b, "host: %s, %s CPUs, %s; pinned: %v; rounds: %d; loadavg: %s\n\n",
 		r.Host["kernel"], r.Host["cpus"], r.Host["go"], r.Pinned, r.Plan.Rounds, strings.Join(r.LoadAvg, "; "))
 	b.WriteString("Latency at a fixed 1,000 calls/s (100 B, open loop, from intended send time); max throughput is the best closed-loop point (100 B); CPU is µs per request summed over every process on the path; \"client\" is the part of it on the client side (load generator with the mesh client in it, client-side proxy); RSS sums VmRSS over the path's processes, load generator included, after the 64-in-flight 100 B window. Medians over rounds.\n\n")
-	b.WriteString("| scenario | p50 µs | p90 µs | p99 µs | p99.9 µs | max rps | CPU µs/req @1k/s | CPU µs/req @max (client) | RSS MB |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| scenario | p50 µs | p90 µs | p99 µs | p99.9 µs | p50 µs 1 in flight | max rps | CPU µs/req @1k/s | CPU µs/req @max (client) | RSS MB |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scenarios {
 		if s.Summary == nil {
-			fmt.Fprintf(&b, "| %s | missing: %s |||||||| \n", s.Name, s.Missing)
+			fmt.Fprintf(&b, "| %s | missing: %s ||||||||| \n", s.Name, s.Missing)
 			continue
 		}
 		m := s.Summary
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f (%.1f) | %.1f |\n",
-			s.Name, m.P50, m.P90, m.P99, m.P999, m.MaxRPS, m.CPUPerReqFixed, m.CPUPerReqMax, m.ClientCPUPerReqMax, m.RSSMB)
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f (%.1f) | %.1f |\n",
+			s.Name, m.P50, m.P90, m.P99, m.P999, m.P50Serial, m.MaxRPS, m.CPUPerReqFixed, m.CPUPerReqMax, m.ClientCPUPerReqMax, m.RSSMB)
 	}
 	b.WriteString("\n| ratio | p50 | p99 | max rps | CPU/req @1k/s | CPU/req @max | RSS |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range r.Ratios {
@@ -328,9 +334,13 @@ func (r *result) table() string {
 		}
 	}
 	if len(r.Benchmarks) > 0 {
-		b.WriteString("\nIn-process benchmarks (client+server call path, testing.B):\n\n| benchmark | ns/op | B/op | allocs/op |\n|---|---:|---:|---:|\n")
+		b.WriteString("\nIn-process benchmarks (testing.B; BenchmarkUnary* is client and server in one process, so the figures cover both sides of a call; cpu-ns/op is process CPU time per call, steadier than ns/op on a busy machine):\n\n| benchmark | ns/op | cpu-ns/op | B/op | allocs/op |\n|---|---:|---:|---:|---:|\n")
 		for _, x := range r.Benchmarks {
-			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", x.Name, x.Metrics["ns/op"], x.Metrics["B/op"], x.Metrics["allocs/op"])
+			cpu := "–"
+			if v, ok := x.Metrics["cpu-ns/op"]; ok {
+				cpu = fmt.Sprintf("%.0f", v)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.0f |\n", x.Name, x.Metrics["ns/op"], cpu, x.Metrics["B/op"], x.Metrics["allocs/op"])
 		}
 	}
 	return b.String()
