@@ -10,8 +10,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
-	"github.com/gridmesh/gridmesh/examples/rec/registry"
 	"github.com/gridmesh/gridmesh/examples/rec/rectest"
+	"github.com/gridmesh/gridmesh/examples/rec/registry"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
