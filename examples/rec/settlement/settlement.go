@@ -22,6 +22,7 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -165,14 +166,23 @@ func (s *Server) apply(ctx context.Context, ev *recpb.Event) error {
 	switch k := ev.GetKind().(type) {
 	case *recpb.Event_Trade:
 		t := k.Trade
-		if _, err := s.cfg.Registry.Transfer(resilience.WithIdempotencyKey(ctx, "settle-mwh-"+t.GetTradeId()), &recpb.TransferRequest{
-			TransferId: t.GetTradeId(), HoldId: t.GetSellOrderId(), To: t.GetBuyer(), Mwh: t.GetMwh(),
-		}); err != nil {
-			return err
-		}
-		if _, err := s.cfg.Accounts.Capture(resilience.WithIdempotencyKey(ctx, "settle-cash-"+t.GetTradeId()), &recpb.CaptureRequest{
+		// The two legs are independent (each idempotent on the trade id in
+		// its own database), so they run side by side; the event counts as
+		// settled only when both have applied.
+		var wg sync.WaitGroup
+		var mwhErr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, mwhErr = s.cfg.Registry.Transfer(resilience.WithIdempotencyKey(ctx, "settle-mwh-"+t.GetTradeId()), &recpb.TransferRequest{
+				TransferId: t.GetTradeId(), HoldId: t.GetSellOrderId(), To: t.GetBuyer(), Mwh: t.GetMwh(),
+			})
+		}()
+		_, cashErr := s.cfg.Accounts.Capture(resilience.WithIdempotencyKey(ctx, "settle-cash-"+t.GetTradeId()), &recpb.CaptureRequest{
 			TransferId: t.GetTradeId(), HoldId: t.GetBuyOrderId(), To: t.GetSeller(), Cents: t.GetMwh() * t.GetPriceCents(),
-		}); err != nil {
+		})
+		wg.Wait()
+		if err := errors.Join(mwhErr, cashErr); err != nil {
 			return err
 		}
 		return recdb.Tx(ctx, s.db, func(tx *sql.Tx) error {
