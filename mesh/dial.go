@@ -65,16 +65,17 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 			cfg.resilience.off, cfg.resilience.keepGRPCRetries = true, true
 		}
 	}
-	resilienceOpts, err := cfg.resilienceDialOptions()
-	if err != nil {
-		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
-	}
-	grpcOpts = append(grpcOpts, resilienceOpts...)
-	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
+	resilienceOpts, err := cfg.resilienceDialOptions(tel, target)
+	if err != nil {
+		tel.close()
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	grpcOpts = append(grpcOpts, resilienceOpts...)
+	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	grpcOpts = append(tel.dialOptions(target), grpcOpts...) // telemetry interceptors outermost
 	cc, err := grpc.NewClient(target, grpcOpts...)
 	if err != nil {

@@ -136,8 +136,13 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := cfg.resilienceClient()
+	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
+	rc, err := cfg.resilienceClient(tel)
+	if err != nil {
+		tel.close()
 		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 	}
 	for host, target := range cfg.http.targets {
@@ -166,10 +171,6 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		registry:     reg,
 		policy:       policy,
 		services:     map[string]*httpService{},
-	}
-	tel, err := newDialTelemetry(&cfg.commonConfig)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 	}
 	t.tel = tel
 	self, _ := security.ID(cfg.identity)

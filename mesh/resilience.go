@@ -43,15 +43,21 @@ func WithIdempotency(store idempotency.Store) ServerOption {
 	return serverOption(func(c *serverConfig) { c.idempotency = store })
 }
 
-// resilienceClient returns the client Dial applies, or nil when off.
-func (c *dialConfig) resilienceClient() (*resilience.Client, error) {
+// resilienceClient returns the client Dial applies, or nil when off. The
+// default client reports to tel; a client given with WithResilience keeps
+// the observer it was built with.
+func (c *dialConfig) resilienceClient(tel *meshTelemetry) (*resilience.Client, error) {
 	if c.resilience.off {
 		return nil, nil
 	}
 	if c.resilience.client != nil {
 		return c.resilience.client, nil
 	}
-	rc, err := resilience.NewClient(resilience.DefaultConfig(), c.resilienceOptions()...)
+	opts := []resilience.Option{resilience.WithObserver(tel.resilienceObserver())}
+	if c.logger != nil {
+		opts = append(opts, resilience.WithLogger(c.logger))
+	}
+	rc, err := resilience.NewClient(resilience.DefaultConfig(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("default resilience policy: %w", err)
 	}
@@ -61,14 +67,15 @@ func (c *dialConfig) resilienceClient() (*resilience.Client, error) {
 // resilienceDialOptions returns the client interceptors. grpc-go's own
 // retries are disabled: they would retry writes regardless of idempotency
 // and stack on top of ours.
-func (c *dialConfig) resilienceDialOptions() ([]grpc.DialOption, error) {
-	rc, err := c.resilienceClient()
+func (c *dialConfig) resilienceDialOptions(tel *meshTelemetry, target string) ([]grpc.DialOption, error) {
+	rc, err := c.resilienceClient(tel)
 	if err != nil || (rc == nil && c.resilience.keepGRPCRetries) {
 		return nil, err
 	}
 	if rc == nil {
 		return []grpc.DialOption{grpc.WithDisableRetry()}, nil
 	}
+	tel.attachResilience(rc, target)
 	return []grpc.DialOption{
 		grpc.WithDisableRetry(),
 		grpc.WithChainUnaryInterceptor(rc.UnaryClientInterceptor()),
@@ -98,14 +105,4 @@ func (c *serverConfig) unaryAfterAuthz() []grpc.UnaryServerInterceptor {
 		out = append(out, i)
 	}
 	return out
-}
-
-// resilienceOptions connects the default resilience client to the mesh's
-// logger.
-func (c *dialConfig) resilienceOptions() []resilience.Option {
-	var opts []resilience.Option
-	if c.logger != nil {
-		opts = append(opts, resilience.WithLogger(c.logger))
-	}
-	return opts
 }
