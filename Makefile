@@ -17,6 +17,7 @@ vet:
 test: vet
 	bash tools/spire/build.sh >/dev/null
 	$(GO) test -race -count=1 -timeout 60m ./...
+	$(GO) test -run '^$$' -fuzz FuzzNormalizePathDenyRule -fuzztime 30s ./security/
 
 # Regenerate the committed protobuf code (protoc from Debian, plugins from
 # the Go module proxy).

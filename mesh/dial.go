@@ -36,18 +36,9 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if cfg.identity == nil {
 		return nil, errors.New("mesh: Dial has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
 	}
-	var expect spiffeid.Matcher
-	switch {
-	case !cfg.serverID.IsZero():
-		expect = spiffeid.MatchID(cfg.serverID)
-	case !cfg.serverTD.IsZero():
-		expect = spiffeid.MatchMemberOf(cfg.serverTD)
-	default:
-		own, err := security.ID(cfg.identity)
-		if err != nil {
-			return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
-		}
-		expect = spiffeid.MatchMemberOf(own.TrustDomain())
+	expect, err := cfg.expectedServer()
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	_, discoveryOpts, err := cfg.discoveryDialOptions()
 	if err != nil {
@@ -90,4 +81,21 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	}
 	tel.registerClient(cfg.identity, target, cc)
 	return cc, nil
+}
+
+// expectedServer is the check a server's SPIFFE ID must pass when the
+// resolver names no ID for the endpoint: WithServerID, else
+// WithServerTrustDomain, else the caller's own trust domain.
+func (c *dialConfig) expectedServer() (spiffeid.Matcher, error) {
+	switch {
+	case !c.serverID.IsZero():
+		return spiffeid.MatchID(c.serverID), nil
+	case !c.serverTD.IsZero():
+		return spiffeid.MatchMemberOf(c.serverTD), nil
+	}
+	own, err := security.ID(c.identity)
+	if err != nil {
+		return nil, err
+	}
+	return spiffeid.MatchMemberOf(own.TrustDomain()), nil
 }

@@ -119,18 +119,9 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	if cfg.identity == nil {
 		return nil, errors.New("mesh: HTTPClient has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
 	}
-	var expect spiffeid.Matcher
-	switch {
-	case !cfg.serverID.IsZero():
-		expect = spiffeid.MatchID(cfg.serverID)
-	case !cfg.serverTD.IsZero():
-		expect = spiffeid.MatchMemberOf(cfg.serverTD)
-	default:
-		own, err := security.ID(cfg.identity)
-		if err != nil {
-			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
-		}
-		expect = spiffeid.MatchMemberOf(own.TrustDomain())
+	expect, err := cfg.expectedServer()
+	if err != nil {
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 	}
 	policy, err := httpBalancePolicy(cfg.discovery.balancer)
 	if err != nil {
