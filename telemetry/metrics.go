@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -271,12 +272,18 @@ func (m *Metrics) OutlierEjected(dest, endpoint string, ejected bool, reason str
 	m.emit(Event{Kind: kind, Side: "client", Target: dest, Endpoint: endpoint, Detail: reason})
 }
 
-// AuthzDenied records a call to method by caller refused by rule.
+// AuthzDenied records a call to method by caller refused by rule. method
+// is a full gRPC method, or "VERB /path" for HTTP, of which the metric
+// keeps only the verb.
 func (m *Metrics) AuthzDenied(rule, caller, method string) {
 	if m == nil {
 		return
 	}
-	m.denials.Add(bg, 1, metric.WithAttributes(KeyRule.String(rule), KeySource.String(caller), KeyMethod.String(method)))
+	label := method
+	if verb, _, isHTTP := strings.Cut(method, " "); isHTTP {
+		label = verb // raw HTTP paths would make the label unbounded; the event keeps the path
+	}
+	m.denials.Add(bg, 1, metric.WithAttributes(KeyRule.String(rule), KeySource.String(caller), KeyMethod.String(label)))
 	m.emit(Event{Kind: EventDenied, Side: "server", Source: caller, Method: method, Rule: rule})
 }
 
