@@ -30,6 +30,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
 	"github.com/gridmesh/gridmesh/examples/rec/recmesh"
+	"github.com/gridmesh/gridmesh/security"
 )
 
 // Config says what to start.
@@ -52,6 +53,11 @@ type Config struct {
 	// Env is added to every service's environment, e.g.
 	// OTEL_TRACES_EXPORTER=otlp.
 	Env []string
+	// Socket, when set, is the one SPIFFE Workload API every service and
+	// client uses (a SPIRE agent's), instead of meshd dev's socket per
+	// workload; each process takes the SVID spiffe://<td>/<workload>.
+	// meshd dev still runs, for xDS.
+	Socket string
 	// XDS runs the platform on meshd's xDS: servers register with meshd
 	// and take mTLS and RBAC (policy.MeshdConfig) from it, clients dial
 	// xds:///<service>. Default: static targets and in-code policy.
@@ -96,6 +102,9 @@ type Platform struct {
 // Socket returns the Workload API socket of workload, as an address for
 // SPIFFE_ENDPOINT_SOCKET.
 func (p *Platform) Socket(workload string) string {
+	if p.cfg.Socket != "" {
+		return p.cfg.Socket
+	}
 	return "unix://" + filepath.Join(p.cfg.Dir, workload+".sock")
 }
 
@@ -146,6 +155,11 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if cfg.XDS {
 		conf := filepath.Join(cfg.Dir, "meshd.yaml")
 		td := spiffeid.RequireTrustDomainFromString("gridmesh.dev")
+		if cfg.Socket != "" {
+			if td, err = trustDomain(ctx, cfg.Socket); err != nil {
+				return nil, err
+			}
+		}
 		if err := os.WriteFile(conf, []byte(policy.MeshdConfig(td, recmesh.MarketHeader)), 0o644); err != nil {
 			return nil, err
 		}
@@ -368,4 +382,18 @@ func (p *Platform) Exited() []string {
 		}
 	}
 	return out
+}
+
+// trustDomain asks the Workload API at socket for the trust domain.
+func trustDomain(ctx context.Context, socket string) (spiffeid.TrustDomain, error) {
+	src, err := security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: socket})
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("platform: %w", err)
+	}
+	defer src.Close()
+	id, err := security.ID(src)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("platform: %w", err)
+	}
+	return id.TrustDomain(), nil
 }

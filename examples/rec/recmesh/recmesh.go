@@ -43,7 +43,8 @@ const MarketHeader = "x-rec-market"
 
 // Config says how a process joins the mesh.
 type Config struct {
-	// Name is the workload name, for logs.
+	// Name is the workload name: the process takes the SVID
+	// spiffe://<trust domain>/<Name> (policy.ID).
 	Name string
 	// Socket is the Workload API address ("unix:///path"). Default: the
 	// SPIFFE_ENDPOINT_SOCKET environment variable.
@@ -105,6 +106,15 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	if n.ID, err = security.ID(n.Src); err != nil {
 		return nil, fmt.Errorf("%s: identity: %w", cfg.Name, err)
+	}
+	if want := policy.ID(n.ID.TrustDomain(), cfg.Name); cfg.Name != "" && n.ID != want {
+		// A SPIRE agent may offer a process several SVIDs (entries that
+		// match every process of a user); take the workload's own.
+		n.Src.Close()
+		if n.Src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: cfg.Socket, ExpectedID: want, Logger: log}); err != nil {
+			return nil, fmt.Errorf("%s: identity: the Workload API offered %s, not %s: %w", cfg.Name, n.ID, want, err)
+		}
+		n.ID = want
 	}
 	n.TD = n.ID.TrustDomain()
 	if n.discovery, err = discovery.New(discovery.Config{TrustDomain: n.TD}); err != nil {

@@ -51,6 +51,7 @@ func run(ctx context.Context) error {
 	svidTTL := flag.Duration("svid-ttl", 6*time.Second, "SVID lifetime: they rotate at half of it")
 	instances := flag.Int("trading", 2, "trading instances")
 	hold := flag.Bool("hold", false, "keep the platform running after the summary, until interrupted")
+	socket := flag.String("spiffe-socket", "", "use this SPIFFE Workload API (a SPIRE agent, e.g. unix:///tmp/gridmesh-spire/agent.sock) for every workload instead of meshd dev's; see tools/spire/up.sh")
 	xds := flag.Bool("xds", false, "run on meshd's xDS: servers register with meshd, clients dial xds:///<service>, mTLS and RBAC come from meshd")
 	flag.Parse()
 
@@ -70,12 +71,16 @@ func run(ctx context.Context) error {
 	defer cancel()
 
 	fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
-	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds})
+	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds, Socket: *socket})
 	if err != nil {
 		return err
 	}
 	defer p.Stop()
-	fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s\n", "meshd dev", *dir, p.Proc("meshd").Addr)
+	if *socket != "" {
+		fmt.Fprintf(out, "   %-11s every workload's SVID from %s; meshd dev serves xDS and registration on %s\n", "SPIRE", *socket, p.Proc("meshd").Addr)
+	} else {
+		fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s\n", "meshd dev", *dir, p.Proc("meshd").Addr)
+	}
 	fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", "", "serves", "admin", "metrics")
 	names := []string{"registry", "accounts"}
 	for i := 1; i <= *instances; i++ {
@@ -86,7 +91,9 @@ func run(ctx context.Context) error {
 		fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", n, pr.Addr, pr.Admin, pr.Metrics)
 	}
 	fmt.Fprintf(out, "   the gateway serves its HTTP JSON API at %s with mesh mTLS: only the portal workload may trade\n", p.GatewayURL)
-	fmt.Fprintf(out, "   SVIDs live %v and rotate every %v\n", *svidTTL, *svidTTL/2)
+	if *socket == "" {
+		fmt.Fprintf(out, "   SVIDs live %v and rotate every %v\n", *svidTTL, *svidTTL/2)
+	}
 
 	op, err := p.Operator(ctx, slog.New(slog.DiscardHandler))
 	if err != nil {

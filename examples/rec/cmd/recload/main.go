@@ -54,7 +54,7 @@ func run(ctx context.Context) error {
 
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	node, err := recmesh.Start(sctx, recmesh.Config{Name: "recload", Socket: *socket, Logger: slog.New(slog.DiscardHandler)})
+	node, err := recmesh.Start(sctx, recmesh.Config{Name: policy.Portal, Socket: *socket, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return fmt.Errorf("%w (recload needs an SVID: set SPIFFE_ENDPOINT_SOCKET to the portal workload's socket)", err)
 	}
