@@ -22,6 +22,15 @@
 // endpoint, listed at start; OTEL_TRACES_EXPORTER=otlp sends traces.
 // cmd/recload loads a running gateway as the portal workload.
 //
+// On a real SPIRE agent instead of meshd dev's identities (SPIRE from
+// tools/spire, which registers each service by its binary, and the
+// operator and portal identities for the demo runner itself):
+//
+//	bash tools/spire/up.sh -l 60 /registry=$PWD/bin/registry /accounts=$PWD/bin/accounts \
+//	    /trading=$PWD/bin/trading /settlement=$PWD/bin/settlement /gateway=$PWD/bin/gateway /operator /portal
+//	bin/recdemo -bin bin -spiffe-socket unix:///tmp/gridmesh-spire/agent.sock [-xds]
+//	bash tools/spire/down.sh
+//
 // Two ways to run the mesh: by default clients dial static:/// targets
 // (gridmesh's discovery and ring-hash balancer) and servers enforce the
 // matrix in code. With -xds, servers register with meshd
