@@ -94,6 +94,14 @@
 // id and the order id is the orders table's unique key, so the repeat finds
 // the accepted order, or accepts it now, once.
 //
+// One gap remains: a hold placed for an order that is then never accepted
+// (its instance died between the hold and the commit, and the client gave
+// up instead of repeating the request) stays held. No MWh or cent is lost
+// (the audit's conservation checks hold), but the participant cannot use
+// them until an operator releases the hold; a reconciler that releases
+// holds without an order is not written yet. The audit's "held = open
+// orders" checks catch such a hold.
+//
 // The shared journal is SQLite on one host, the embedded default; a
 // deployment across hosts would put it on a server database (the schema and
 // transactions carry over) or replicate it. That is the design's limit: the

@@ -31,6 +31,7 @@ import (
 	"github.com/gridmesh/gridmesh/examples/rec/load"
 	"github.com/gridmesh/gridmesh/examples/rec/platform"
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
+	"github.com/gridmesh/gridmesh/examples/rec/recpb"
 )
 
 func main() {
@@ -190,11 +191,27 @@ func run(ctx context.Context) error {
 			case <-time.After(d):
 			}
 		}
-		wait(1500 * time.Millisecond)
+		// Kill once a third of the load is in, so orders are in flight.
+		base, err := op.Trading.Stats(ctx, &recpb.TradingStatsRequest{})
+		if err != nil {
+			killErr = err
+			return
+		}
+		for {
+			st, err := op.Trading.Stats(ctx, &recpb.TradingStatsRequest{})
+			if err == nil && st.GetOrdersAccepted()+st.GetOrdersRejected()-base.GetOrdersAccepted()-base.GetOrdersRejected() >= int64(*orders/3) {
+				break
+			}
+			if ctx.Err() != nil {
+				killErr = ctx.Err()
+				return
+			}
+			wait(20 * time.Millisecond)
+		}
 		if killErr = p.Kill("trading-1"); killErr != nil {
 			return
 		}
-		events = append(events, fmt.Sprintf("%5.1fs  trading-1 killed (SIGKILL)", time.Since(start).Seconds()))
+		events = append(events, fmt.Sprintf("%5.1fs  trading-1 killed (SIGKILL) after %d orders", time.Since(start).Seconds(), *orders/3))
 		wait(2 * time.Second)
 		if killErr = p.Restart(ctx, "trading-1"); killErr != nil {
 			return
