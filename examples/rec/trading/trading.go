@@ -165,15 +165,30 @@ func (s *Server) PlaceOrder(ctx context.Context, req *recpb.PlaceOrderRequest) (
 	// on the order id, so a crash after it and a retry hold once. An
 	// order whose hold is refused is recorded as rejected, so its repeats
 	// get the same answer.
-	var holdErr error
+	var (
+		holdErr    error
+		held, need int64
+	)
 	if req.GetSide() == recpb.Side_BUY {
-		_, holdErr = s.cfg.Accounts.Hold(ctx, &recpb.CashHoldRequest{HoldId: req.GetOrderId(), Participant: req.GetParticipant(), Cents: req.GetPriceCents() * req.GetMwh()})
+		need = req.GetPriceCents() * req.GetMwh()
+		var r *recpb.CashHoldReply
+		r, holdErr = s.cfg.Accounts.Hold(ctx, &recpb.CashHoldRequest{HoldId: req.GetOrderId(), Participant: req.GetParticipant(), Cents: need})
+		held = r.GetRemainingCents()
 	} else {
-		_, holdErr = s.cfg.Registry.Hold(ctx, &recpb.HoldRequest{HoldId: req.GetOrderId(), Owner: req.GetParticipant(), Market: req.GetMarket(), Mwh: req.GetMwh()})
+		need = req.GetMwh()
+		var r *recpb.HoldReply
+		r, holdErr = s.cfg.Registry.Hold(ctx, &recpb.HoldRequest{HoldId: req.GetOrderId(), Owner: req.GetParticipant(), Market: req.GetMarket(), Mwh: need})
+		held = r.GetRemainingMwh()
 	}
 	reason := ""
 	switch status.Code(holdErr) {
 	case codes.OK:
+		if held < need {
+			// The order does not exist, so nothing traded against its
+			// hold: a short hold was released (or tombstoned) already.
+			// Accepting would leave settlement nothing to move.
+			reason = fmt.Sprintf("the hold for this order was released (%d of %d left)", held, need)
+		}
 	case codes.FailedPrecondition, codes.NotFound:
 		reason = status.Convert(holdErr).Message()
 	default:

@@ -125,6 +125,14 @@ func TestRepeatsAndRejections(t *testing.T) {
 	if _, err := p.Trading.PlaceOrder(ctx, order("s2", "b", recpb.Side_SELL, 101, 10)); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("different order under a used id: %v, want AlreadyExists", err)
 	}
+	// An order whose hold was released before it was accepted is refused,
+	// not accepted without cover.
+	if _, err := p.Registry.Release(ctx, &recpb.ReleaseRequest{HoldId: "s3"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := p.Trading.PlaceOrder(ctx, order("s3", "b", recpb.Side_SELL, 100, 1)); err != nil || r.GetStatus() != recpb.OrderStatus_REJECTED {
+		t.Errorf("order after its hold was released: %v, %v; want REJECTED", r.GetStatus(), err)
+	}
 	h, err := p.Registry.Holdings(ctx, &recpb.HoldingsRequest{Owner: "b"})
 	if err != nil || len(h.GetHoldings()) != 1 || h.GetHoldings()[0].GetHeldMwh() != 10 {
 		t.Errorf("b's holdings after a repeated sell: %v, %v; want 10 MWh held once", h, err)
