@@ -168,8 +168,8 @@ func TestCallAcrossThreeServicesIsOneTraceInJaeger(t *testing.T) {
 		{"registry", m, "server", id("registry"), id("trading"), "trading client"},
 		{"trading", m, "client", id("trading"), id("registry"), "trading server"},
 		{"trading", m, "server", id("trading"), id("gateway"), "gateway client"},
-		{"web", "place order", "", "", "", "-"},
-		{"web", m, "client", id("web"), id("gateway"), "web "},
+		{"web", m, "client", id("web"), id("gateway"), "web internal"},
+		{"web", "place order", "internal", "", "", "-"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("trace %s in Jaeger (-want +got):\n%s", traceID, diff)
