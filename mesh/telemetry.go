@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
+	"fmt"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -527,7 +527,28 @@ func (t *meshTelemetry) attachResilience(rc *resilience.Client, target string) {
 		if !ok {
 			return ps
 		}
-		detail, _ := json.Marshal(e)
-		return append(ps, admin.Policy{Kind: "resilience", Scope: target, Name: "client", Source: e.Source, Detail: string(detail)})
+		return append(ps, admin.Policy{Kind: "resilience", Scope: target, Name: "client", Source: e.Source, Detail: describeResilience(e)})
 	}
+}
+
+// describeResilience says in one line what a destination's policy does.
+func describeResilience(e resilience.Effective) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "timeout %s; retry up to %d attempts, backoff %s..%s", e.Timeout, e.Retry.MaxAttempts, e.Retry.InitialBackoff, e.Retry.MaxBackoff)
+	if e.Retry.PerTryTimeout > 0 {
+		fmt.Fprintf(&b, ", %s per try", e.Retry.PerTryTimeout)
+	}
+	fmt.Fprintf(&b, "; budget %g%% of calls + %g/s over %s", e.Budget.Ratio*100, e.Budget.MinPerSecond, e.Budget.Window)
+	fmt.Fprintf(&b, "; breaker %s, opens at %d consecutive failures or %g%% of >=%d calls in %s, for %s",
+		e.BreakerState, e.Breaker.ConsecutiveFailures, e.Breaker.FailureRate*100, e.Breaker.MinRequests, e.Breaker.Window, e.Breaker.OpenDelay)
+	if e.Bulkhead.MaxConcurrent > 0 {
+		fmt.Fprintf(&b, "; bulkhead %d in flight", e.Bulkhead.MaxConcurrent)
+	}
+	if e.RateLimit.Requests > 0 {
+		fmt.Fprintf(&b, "; rate limit %d per %s", e.RateLimit.Requests, e.RateLimit.Per)
+	}
+	if e.Hedge.MaxHedges > 0 {
+		fmt.Fprintf(&b, "; hedge reads after %s, up to %d", e.Hedge.Delay, e.Hedge.MaxHedges)
+	}
+	return b.String()
 }

@@ -313,7 +313,7 @@ func summarize(evs []telemetry.Event) []string {
 		switch e.Kind {
 		case telemetry.EventCall:
 			calls++
-			if e.Code == "OK" {
+			if succeeded(e.Code) {
 				ok++
 			} else {
 				codes[e.Code]++
@@ -355,4 +355,13 @@ func counts(m map[string]int, format string) string {
 		fmt.Fprintf(&b, format, m[k], k)
 	}
 	return b.String()
+}
+
+// succeeded says whether a call's code is a success: gRPC OK, or an HTTP
+// 1xx-3xx status.
+func succeeded(code string) bool {
+	if code == "OK" {
+		return true
+	}
+	return len(code) == 3 && code[0] >= '1' && code[0] <= '3' && code[1] >= '0' && code[1] <= '9' && code[2] >= '0' && code[2] <= '9'
 }

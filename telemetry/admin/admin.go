@@ -393,9 +393,16 @@ type ConfigView struct {
 
 func (s *Server) configView(ctx context.Context) ConfigView {
 	cv := ConfigView{Policies: []Policy{}, Updates: []ConfigUpdate{}, Unsupported: []Unsupported{}}
+	seen := map[Policy]bool{} // clients of one target often share a policy
 	for _, p := range s.snapshotProviders() {
-		if p.Policies != nil {
-			cv.Policies = append(cv.Policies, p.Policies()...)
+		if p.Policies == nil {
+			continue
+		}
+		for _, pol := range p.Policies() {
+			if !seen[pol] {
+				seen[pol] = true
+				cv.Policies = append(cv.Policies, pol)
+			}
 		}
 	}
 	s.mu.Lock()
