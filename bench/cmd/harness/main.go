@@ -257,7 +257,7 @@ func fullPlan() plan {
 	p := plan{Rounds: 3, Benchtime: "500ms"}
 	for _, size := range []int{100, 1024} {
 		for _, c := range []int{1, 8, 64} {
-			p.Specs = append(p.Specs, loadgen.Spec{Concurrency: c, Payload: size, Duration: 2 * time.Second, Warmup: 300 * time.Millisecond})
+			p.Specs = append(p.Specs, loadgen.Spec{Concurrency: c, Payload: size, Duration: 1500 * time.Millisecond, Warmup: 300 * time.Millisecond})
 		}
 		p.Specs = append(p.Specs,
 			loadgen.Spec{Rate: 1000, Payload: size, Duration: 3 * time.Second, Warmup: 300 * time.Millisecond},

@@ -214,6 +214,13 @@ func (r *result) finish() {
 			r.Ratios = append(r.Ratios, ratioOf(c+" / a-plain", by[c], a))
 		}
 	}
+	if b3 := by["b-tls-3"]; b3 != nil {
+		for _, c := range []string{"c-bal", "c-nootel", "c-full", "c-full-1pct"} {
+			if by[c] != nil {
+				r.Ratios = append(r.Ratios, ratioOf(c+" / b-tls-3", by[c], b3))
+			}
+		}
+	}
 	for _, d := range []string{"d-sidecar", "d-l4"} {
 		if by[d] != nil && b != nil {
 			r.Ratios = append(r.Ratios, ratioOf(d+" / b-tls", by[d], b))

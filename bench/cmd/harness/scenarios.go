@@ -29,14 +29,21 @@ func scenarios() []*scenario {
 			Name:        "a-plain",
 			Description: "(a) grpc-go, plaintext h2c",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.direct(ctx, "a-plain", "plain", nil)
+				return h.direct(ctx, "a-plain", "plain", 1)
 			},
 		},
 		{
 			Name:        "b-tls",
 			Description: "(b) grpc-go, static TLS 1.3, P-256 ECDSA server certificate",
 			setup: func(ctx context.Context, h *harness) error {
-				return h.direct(ctx, "b-tls", "tls", nil)
+				return h.direct(ctx, "b-tls", "tls", 1)
+			},
+		},
+		{
+			Name:        "b-tls-3",
+			Description: "(b) over three backends: grpc-go static TLS 1.3, a static:/// target (gridmesh's discovery resolver only) balanced round robin; the like-for-like baseline for c's three-backend variants",
+			setup: func(ctx context.Context, h *harness) error {
+				return h.direct(ctx, "b-tls-3", "tls", 3)
 			},
 		},
 		{
@@ -91,27 +98,40 @@ func scenarios() []*scenario {
 	}
 }
 
-// direct starts one grpc-go server and a load generator that calls it.
-func (h *harness) direct(ctx context.Context, name, mode string, env []string) error {
+// direct starts n grpc-go servers and a load generator that calls them;
+// with more than one the target is static:/// and calls are balanced.
+func (h *harness) direct(ctx context.Context, name, mode string, n int) error {
 	sc := h.byName[name]
 	args := []string{h.bin("benchserver"), "-mode", mode}
 	if mode == "tls" {
 		args = append(args, "-cert", h.pki.ServerCert, "-key", h.pki.ServerKey)
 	}
-	srv, addr, err := h.l.startServer(name+"-server", env, args...)
-	if err != nil {
-		return err
+	var addrs []string
+	for i := range n {
+		srvName := name + "-server"
+		if n > 1 {
+			srvName = fmt.Sprintf("%s-server%d", name, i)
+		}
+		srv, addr, err := h.l.startServer(srvName, nil, args...)
+		if err != nil {
+			return err
+		}
+		sc.path = append(sc.path, srv)
+		addrs = append(addrs, addr)
 	}
-	largs := []string{h.bin("benchload"), "-mode", mode, "-target", addr}
+	largs := []string{h.bin("benchload"), "-mode", mode, "-target", addrs[0]}
+	if n > 1 {
+		largs = []string{h.bin("benchload"), "-mode", mode, "-balance", "-target", "static:///" + strings.Join(addrs, ",")}
+	}
 	if mode == "tls" {
 		largs = append(largs, "-ca", h.pki.CA, "-server-name", "localhost")
 	}
-	load, err := h.l.startLoad(name+"-load", env, largs...)
+	load, err := h.l.startLoad(name+"-load", nil, largs...)
 	if err != nil {
 		return err
 	}
 	sc.load = load
-	sc.path = []*process{load, srv}
+	sc.path = append([]*process{load}, sc.path...)
 	return nil
 }
 
