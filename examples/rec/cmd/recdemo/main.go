@@ -52,6 +52,7 @@ func run(ctx context.Context) error {
 	svidTTL := flag.Duration("svid-ttl", 6*time.Second, "SVID lifetime: they rotate at half of it")
 	instances := flag.Int("trading", 2, "trading instances")
 	hold := flag.Bool("hold", false, "keep the platform running after the summary, until interrupted")
+	traces := flag.String("traces", "", "trace exporter for every service: otlp (OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4317), console (spans in each service's log), or none")
 	socket := flag.String("spiffe-socket", "", "use this SPIFFE Workload API (a SPIRE agent, e.g. unix:///tmp/gridmesh-spire/agent.sock) for every workload instead of meshd dev's; see tools/spire/up.sh")
 	xds := flag.Bool("xds", false, "run on meshd's xDS: servers register with meshd, clients dial xds:///<service>, mTLS and RBAC come from meshd")
 	flag.Parse()
@@ -72,7 +73,7 @@ func run(ctx context.Context) error {
 	defer cancel()
 
 	fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
-	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds, Socket: *socket})
+	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds, Socket: *socket, Env: traceEnv(*traces)})
 	if err != nil {
 		return err
 	}
@@ -258,7 +259,14 @@ func run(ctx context.Context) error {
 	}
 	fmt.Fprintf(out, "   admin endpoints (while the demo runs; -hold keeps it up): curl http://%s/status, /identity, /targets, /config, /denials, /events\n", p.Proc("gateway").Admin)
 	fmt.Fprintf(out, "   metrics: curl http://%s/metrics (each service has its own, listed above)\n", p.Proc("gateway").Metrics)
-	fmt.Fprintln(out, "   traces: run with OTEL_TRACES_EXPORTER=otlp (and a collector at localhost:4317) or =console; the services pass W3C trace context")
+	switch *traces {
+	case "", "none":
+		fmt.Fprintln(out, "   traces: pass -traces otlp (a collector or Jaeger at OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4317) or -traces console; the services pass W3C trace context")
+	case "console":
+		fmt.Fprintf(out, "   traces: as JSON spans in each service's log in %s (with -keep); log lines carry trace_id\n", *dir)
+	default:
+		fmt.Fprintf(out, "   traces: exported with OTEL_TRACES_EXPORTER=%s\n", *traces)
+	}
 	fmt.Fprintf(out, "   the API needs an SVID: SPIFFE_ENDPOINT_SOCKET=%s bin/recload -url %s\n", p.Socket(policy.Portal), p.GatewayURL)
 
 	if !report.OK() || res.Invalid > 0 || res.Unknown > 0 {
@@ -351,4 +359,14 @@ func (i indentWriter) Write(b []byte) (int, error) {
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// traceEnv turns -traces into the services' OTEL_* environment; the
+// environment the demo runs in (OTEL_EXPORTER_OTLP_ENDPOINT, ...) passes
+// through as well.
+func traceEnv(traces string) []string {
+	if traces == "" || traces == "none" {
+		return nil
+	}
+	return []string{"OTEL_TRACES_EXPORTER=" + traces}
 }
