@@ -16,6 +16,7 @@ import (
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
 	"github.com/gridmesh/gridmesh/examples/rec/recpb"
 	"github.com/gridmesh/gridmesh/examples/rec/registry"
+	"github.com/gridmesh/gridmesh/examples/rec/settlement"
 	"github.com/gridmesh/gridmesh/examples/rec/trading"
 )
 
@@ -154,4 +155,14 @@ func (p *Platform) Seed(t testing.TB, m *recpb.Market, cents, mwh int64, partici
 			t.Fatal(err)
 		}
 	}
+}
+
+// SettlementClient calls a settlement server directly.
+type SettlementClient struct{ S *settlement.Server }
+
+func (c SettlementClient) GetTrade(ctx context.Context, in *recpb.GetTradeRequest, _ ...grpc.CallOption) (*recpb.SettledTrade, error) {
+	return c.S.GetTrade(ctx, in)
+}
+func (c SettlementClient) Stats(ctx context.Context, in *recpb.SettlementStatsRequest, _ ...grpc.CallOption) (*recpb.SettlementStats, error) {
+	return c.S.Stats(ctx, in)
 }
