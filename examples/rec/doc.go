@@ -94,13 +94,12 @@
 // id and the order id is the orders table's unique key, so the repeat finds
 // the accepted order, or accepts it now, once.
 //
-// One gap remains: a hold placed for an order that is then never accepted
-// (its instance died between the hold and the commit, and the client gave
-// up instead of repeating the request) stays held. No MWh or cent is lost
-// (the audit's conservation checks hold), but the participant cannot use
-// them until an operator releases the hold; a reconciler that releases
-// holds without an order is not written yet. The audit's "held = open
-// orders" checks catch such a hold.
+// A hold placed for an order that then never reached the journal (its
+// instance died between the hold and the commit, and the client gave up
+// instead of repeating the request) would stay held. Each trading instance
+// reconciles: holds older than -reconcile-after (1m) without an order get
+// their order id recorded as voided, in a transaction, so the order can no
+// longer be accepted (a late repeat is rejected), and only then released.
 //
 // The shared journal is SQLite on one host, the embedded default; a
 // deployment across hosts would put it on a server database (the schema and

@@ -29,8 +29,10 @@ var Schema = []string{
 		participant TEXT NOT NULL,
 		cents INTEGER NOT NULL,
 		remaining INTEGER NOT NULL CHECK (remaining >= 0),
-		released INTEGER NOT NULL DEFAULT 0
+		released INTEGER NOT NULL DEFAULT 0,
+		at_ms INTEGER NOT NULL DEFAULT 0
 	)`,
+	`CREATE INDEX IF NOT EXISTS holds_open ON holds (released, at_ms)`,
 	`CREATE INDEX IF NOT EXISTS holds_by_participant ON holds (participant, released)`,
 	`CREATE TABLE IF NOT EXISTS captures (
 		transfer_id TEXT PRIMARY KEY,
@@ -107,8 +109,8 @@ func (s *Server) Hold(ctx context.Context, req *recpb.CashHoldRequest) (*recpb.C
 			return status.Errorf(codes.FailedPrecondition, "%s has %d cents free, the order needs %d", req.GetParticipant(), free, req.GetCents())
 		}
 		reply.RemainingCents = req.GetCents()
-		_, err = tx.ExecContext(ctx, `INSERT INTO holds (hold_id, participant, cents, remaining) VALUES (?, ?, ?, ?)`,
-			req.GetHoldId(), req.GetParticipant(), req.GetCents(), req.GetCents())
+		_, err = tx.ExecContext(ctx, `INSERT INTO holds (hold_id, participant, cents, remaining, at_ms) VALUES (?, ?, ?, ?, ?)`,
+			req.GetHoldId(), req.GetParticipant(), req.GetCents(), req.GetCents(), time.Now().UnixMilli())
 		return err
 	})
 	if err != nil {
@@ -216,4 +218,26 @@ func (s *Server) Totals(ctx context.Context, _ *recpb.TotalsRequest) (*recpb.Acc
 		return nil, recdb.StoreErr(err)
 	}
 	return t, nil
+}
+
+// ListHolds lists unreleased holds placed before req's time, oldest first.
+func (s *Server) ListHolds(ctx context.Context, req *recpb.ListHoldsRequest) (*recpb.ListHoldsReply, error) {
+	limit := req.GetLimit()
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT hold_id, participant, at_ms FROM holds WHERE released = 0 AND at_ms < ? ORDER BY at_ms LIMIT ?`, req.GetPlacedBeforeUnixMs(), limit)
+	if err != nil {
+		return nil, recdb.StoreErr(err)
+	}
+	defer rows.Close()
+	reply := &recpb.ListHoldsReply{}
+	for rows.Next() {
+		h := &recpb.HoldInfo{}
+		if err := rows.Scan(&h.HoldId, &h.Owner, &h.PlacedUnixMs); err != nil {
+			return nil, recdb.StoreErr(err)
+		}
+		reply.Holds = append(reply.Holds, h)
+	}
+	return reply, recdb.StoreErr(rows.Err())
 }

@@ -322,8 +322,8 @@ func first(s []string, n int) []string {
 // Print writes the report.
 func (r *Report) Print(w io.Writer) {
 	t, s, g, a := r.Trading, r.Settlement, r.Registry, r.Accounts
-	fmt.Fprintf(w, "orders:     %d accepted, %d rejected (no MWh or cash to hold), %d open, %d cancelled\n",
-		t.GetOrdersAccepted(), t.GetOrdersRejected(), t.GetOrdersOpen(), t.GetOrdersCancelled())
+	fmt.Fprintf(w, "orders:     %d accepted, %d rejected (no MWh or cash to hold), %d open, %d cancelled, %d voided by the reconciler\n",
+		t.GetOrdersAccepted(), t.GetOrdersRejected(), t.GetOrdersOpen(), t.GetOrdersCancelled(), t.GetOrdersVoided())
 	fmt.Fprintf(w, "trades:     %d (%d MWh, $%.2f); %d settled, %d holds released; settlement caught up in %v\n",
 		t.GetTrades(), t.GetTradedMwh(), float64(t.GetTradedCents())/100, s.GetTradesSettled(), s.GetHoldsReleased(), r.SettleWait.Round(time.Millisecond))
 	fmt.Fprintf(w, "markets:    %d moves between trading instances\n", t.GetMarketMoves())

@@ -6,16 +6,18 @@
 //	method                      gateway trading settlement operator
 //	Registry/Issue                                              x
 //	Registry/Hold                          x
-//	Registry/Release                               x
+//	Registry/Release                       x       x
 //	Registry/Transfer                              x
 //	Registry/Retire                x
 //	Registry/Holdings              x                            x
+//	Registry/ListHolds                     x                    x
 //	Registry/Totals                                             x
 //	Accounts/Open                                               x
 //	Accounts/Hold                          x
-//	Accounts/Release                               x
+//	Accounts/Release                       x       x
 //	Accounts/Capture                               x
 //	Accounts/Balance               x                            x
+//	Accounts/ListHolds                     x                    x
 //	Accounts/Totals                                             x
 //	Trading/PlaceOrder             x
 //	Trading/CancelOrder            x
@@ -30,7 +32,9 @@
 // The registry and accounts workloads call nobody, so they appear in no
 // column: every call they make is denied. Everything not marked is denied
 // (default deny), for example the gateway may read holdings but never
-// transfer them, and trading may hold cash but never capture it.
+// transfer them, and trading may hold cash but never capture it. (Trading
+// releases only the holds of orders that never came: see the reconciler
+// in package trading.)
 //
 // The gateway's HTTP API (served by the mesh HTTP server, so callers
 // present SVIDs too) has its own matrix, GatewayRoutes:
@@ -86,20 +90,22 @@ var Workloads = []string{Gateway, Trading, Settlement, Registry, Accounts, Opera
 // Matrix maps each full gRPC method to the workloads allowed to call it.
 // Do not modify it at run time.
 var Matrix = map[string][]string{
-	recpb.Registry_Issue_FullMethodName:    {Operator},
-	recpb.Registry_Hold_FullMethodName:     {Trading},
-	recpb.Registry_Release_FullMethodName:  {Settlement},
-	recpb.Registry_Transfer_FullMethodName: {Settlement},
-	recpb.Registry_Retire_FullMethodName:   {Gateway},
-	recpb.Registry_Holdings_FullMethodName: {Gateway, Operator},
-	recpb.Registry_Totals_FullMethodName:   {Operator},
+	recpb.Registry_Issue_FullMethodName:     {Operator},
+	recpb.Registry_Hold_FullMethodName:      {Trading},
+	recpb.Registry_Release_FullMethodName:   {Settlement, Trading},
+	recpb.Registry_Transfer_FullMethodName:  {Settlement},
+	recpb.Registry_Retire_FullMethodName:    {Gateway},
+	recpb.Registry_Holdings_FullMethodName:  {Gateway, Operator},
+	recpb.Registry_ListHolds_FullMethodName: {Trading, Operator},
+	recpb.Registry_Totals_FullMethodName:    {Operator},
 
-	recpb.Accounts_Open_FullMethodName:    {Operator},
-	recpb.Accounts_Hold_FullMethodName:    {Trading},
-	recpb.Accounts_Release_FullMethodName: {Settlement},
-	recpb.Accounts_Capture_FullMethodName: {Settlement},
-	recpb.Accounts_Balance_FullMethodName: {Gateway, Operator},
-	recpb.Accounts_Totals_FullMethodName:  {Operator},
+	recpb.Accounts_Open_FullMethodName:      {Operator},
+	recpb.Accounts_Hold_FullMethodName:      {Trading},
+	recpb.Accounts_Release_FullMethodName:   {Settlement, Trading},
+	recpb.Accounts_Capture_FullMethodName:   {Settlement},
+	recpb.Accounts_Balance_FullMethodName:   {Gateway, Operator},
+	recpb.Accounts_ListHolds_FullMethodName: {Trading, Operator},
+	recpb.Accounts_Totals_FullMethodName:    {Operator},
 
 	recpb.Trading_PlaceOrder_FullMethodName:  {Gateway},
 	recpb.Trading_CancelOrder_FullMethodName: {Gateway},

@@ -976,6 +976,163 @@ func (x *HoldingsReply) GetHoldings() []*Holding {
 	return nil
 }
 
+type ListHoldsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// placed_before_unix_ms: only holds placed before this time.
+	PlacedBeforeUnixMs int64 `protobuf:"varint,1,opt,name=placed_before_unix_ms,json=placedBeforeUnixMs,proto3" json:"placed_before_unix_ms,omitempty"`
+	Limit              int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ListHoldsRequest) Reset() {
+	*x = ListHoldsRequest{}
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHoldsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHoldsRequest) ProtoMessage() {}
+
+func (x *ListHoldsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHoldsRequest.ProtoReflect.Descriptor instead.
+func (*ListHoldsRequest) Descriptor() ([]byte, []int) {
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListHoldsRequest) GetPlacedBeforeUnixMs() int64 {
+	if x != nil {
+		return x.PlacedBeforeUnixMs
+	}
+	return 0
+}
+
+func (x *ListHoldsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type HoldInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HoldId        string                 `protobuf:"bytes,1,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`
+	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	PlacedUnixMs  int64                  `protobuf:"varint,3,opt,name=placed_unix_ms,json=placedUnixMs,proto3" json:"placed_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldInfo) Reset() {
+	*x = HoldInfo{}
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldInfo) ProtoMessage() {}
+
+func (x *HoldInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldInfo.ProtoReflect.Descriptor instead.
+func (*HoldInfo) Descriptor() ([]byte, []int) {
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HoldInfo) GetHoldId() string {
+	if x != nil {
+		return x.HoldId
+	}
+	return ""
+}
+
+func (x *HoldInfo) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *HoldInfo) GetPlacedUnixMs() int64 {
+	if x != nil {
+		return x.PlacedUnixMs
+	}
+	return 0
+}
+
+type ListHoldsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holds         []*HoldInfo            `protobuf:"bytes,1,rep,name=holds,proto3" json:"holds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHoldsReply) Reset() {
+	*x = ListHoldsReply{}
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHoldsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHoldsReply) ProtoMessage() {}
+
+func (x *ListHoldsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHoldsReply.ProtoReflect.Descriptor instead.
+func (*ListHoldsReply) Descriptor() ([]byte, []int) {
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListHoldsReply) GetHolds() []*HoldInfo {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
 type TotalsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -984,7 +1141,7 @@ type TotalsRequest struct {
 
 func (x *TotalsRequest) Reset() {
 	*x = TotalsRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[14]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1153,7 @@ func (x *TotalsRequest) String() string {
 func (*TotalsRequest) ProtoMessage() {}
 
 func (x *TotalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[14]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1166,7 @@ func (x *TotalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TotalsRequest.ProtoReflect.Descriptor instead.
 func (*TotalsRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{14}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{17}
 }
 
 type RegistryTotals struct {
@@ -1027,7 +1184,7 @@ type RegistryTotals struct {
 
 func (x *RegistryTotals) Reset() {
 	*x = RegistryTotals{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[15]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1196,7 @@ func (x *RegistryTotals) String() string {
 func (*RegistryTotals) ProtoMessage() {}
 
 func (x *RegistryTotals) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[15]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1209,7 @@ func (x *RegistryTotals) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryTotals.ProtoReflect.Descriptor instead.
 func (*RegistryTotals) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{15}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegistryTotals) GetTotalMwh() int64 {
@@ -1114,7 +1271,7 @@ type OpenRequest struct {
 
 func (x *OpenRequest) Reset() {
 	*x = OpenRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[16]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1283,7 @@ func (x *OpenRequest) String() string {
 func (*OpenRequest) ProtoMessage() {}
 
 func (x *OpenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[16]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1296,7 @@ func (x *OpenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRequest.ProtoReflect.Descriptor instead.
 func (*OpenRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{16}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *OpenRequest) GetParticipant() string {
@@ -1167,7 +1324,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[17]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1336,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[17]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1349,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{17}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Account) GetParticipant() string {
@@ -1227,7 +1384,7 @@ type CashHoldRequest struct {
 
 func (x *CashHoldRequest) Reset() {
 	*x = CashHoldRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[18]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1396,7 @@ func (x *CashHoldRequest) String() string {
 func (*CashHoldRequest) ProtoMessage() {}
 
 func (x *CashHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[18]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1409,7 @@ func (x *CashHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CashHoldRequest.ProtoReflect.Descriptor instead.
 func (*CashHoldRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{18}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CashHoldRequest) GetHoldId() string {
@@ -1286,7 +1443,7 @@ type CashHoldReply struct {
 
 func (x *CashHoldReply) Reset() {
 	*x = CashHoldReply{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[19]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1455,7 @@ func (x *CashHoldReply) String() string {
 func (*CashHoldReply) ProtoMessage() {}
 
 func (x *CashHoldReply) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[19]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1468,7 @@ func (x *CashHoldReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CashHoldReply.ProtoReflect.Descriptor instead.
 func (*CashHoldReply) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{19}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CashHoldReply) GetHoldId() string {
@@ -1340,7 +1497,7 @@ type CaptureRequest struct {
 
 func (x *CaptureRequest) Reset() {
 	*x = CaptureRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[20]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1509,7 @@ func (x *CaptureRequest) String() string {
 func (*CaptureRequest) ProtoMessage() {}
 
 func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[20]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1522,7 @@ func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureRequest.ProtoReflect.Descriptor instead.
 func (*CaptureRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{20}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CaptureRequest) GetTransferId() string {
@@ -1406,7 +1563,7 @@ type CaptureReply struct {
 
 func (x *CaptureReply) Reset() {
 	*x = CaptureReply{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[21]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1575,7 @@ func (x *CaptureReply) String() string {
 func (*CaptureReply) ProtoMessage() {}
 
 func (x *CaptureReply) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[21]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1588,7 @@ func (x *CaptureReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureReply.ProtoReflect.Descriptor instead.
 func (*CaptureReply) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{21}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CaptureReply) GetTransferId() string {
@@ -1457,7 +1614,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[22]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1626,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[22]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1639,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{22}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BalanceRequest) GetParticipant() string {
@@ -1506,7 +1663,7 @@ type AccountsTotals struct {
 
 func (x *AccountsTotals) Reset() {
 	*x = AccountsTotals{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[23]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1675,7 @@ func (x *AccountsTotals) String() string {
 func (*AccountsTotals) ProtoMessage() {}
 
 func (x *AccountsTotals) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[23]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1688,7 @@ func (x *AccountsTotals) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountsTotals.ProtoReflect.Descriptor instead.
 func (*AccountsTotals) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{23}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AccountsTotals) GetTotalCents() int64 {
@@ -1590,7 +1747,7 @@ type PlaceOrderRequest struct {
 
 func (x *PlaceOrderRequest) Reset() {
 	*x = PlaceOrderRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[24]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1759,7 @@ func (x *PlaceOrderRequest) String() string {
 func (*PlaceOrderRequest) ProtoMessage() {}
 
 func (x *PlaceOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[24]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1772,7 @@ func (x *PlaceOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceOrderRequest.ProtoReflect.Descriptor instead.
 func (*PlaceOrderRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{24}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PlaceOrderRequest) GetOrderId() string {
@@ -1680,7 +1837,7 @@ type Order struct {
 
 func (x *Order) Reset() {
 	*x = Order{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[25]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1849,7 @@ func (x *Order) String() string {
 func (*Order) ProtoMessage() {}
 
 func (x *Order) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[25]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1862,7 @@ func (x *Order) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Order.ProtoReflect.Descriptor instead.
 func (*Order) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{25}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Order) GetOrderId() string {
@@ -1809,7 +1966,7 @@ type Trade struct {
 
 func (x *Trade) Reset() {
 	*x = Trade{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[26]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1978,7 @@ func (x *Trade) String() string {
 func (*Trade) ProtoMessage() {}
 
 func (x *Trade) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[26]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1991,7 @@ func (x *Trade) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Trade.ProtoReflect.Descriptor instead.
 func (*Trade) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{26}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Trade) GetTradeId() string {
@@ -1910,7 +2067,7 @@ type CancelOrderRequest struct {
 
 func (x *CancelOrderRequest) Reset() {
 	*x = CancelOrderRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[27]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2079,7 @@ func (x *CancelOrderRequest) String() string {
 func (*CancelOrderRequest) ProtoMessage() {}
 
 func (x *CancelOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[27]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2092,7 @@ func (x *CancelOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOrderRequest.ProtoReflect.Descriptor instead.
 func (*CancelOrderRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{27}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CancelOrderRequest) GetOrderId() string {
@@ -1961,7 +2118,7 @@ type GetOrderRequest struct {
 
 func (x *GetOrderRequest) Reset() {
 	*x = GetOrderRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[28]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2130,7 @@ func (x *GetOrderRequest) String() string {
 func (*GetOrderRequest) ProtoMessage() {}
 
 func (x *GetOrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[28]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2143,7 @@ func (x *GetOrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrderRequest.ProtoReflect.Descriptor instead.
 func (*GetOrderRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{28}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetOrderRequest) GetOrderId() string {
@@ -2006,7 +2163,7 @@ type BookRequest struct {
 
 func (x *BookRequest) Reset() {
 	*x = BookRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[29]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2175,7 @@ func (x *BookRequest) String() string {
 func (*BookRequest) ProtoMessage() {}
 
 func (x *BookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[29]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2188,7 @@ func (x *BookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BookRequest.ProtoReflect.Descriptor instead.
 func (*BookRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{29}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *BookRequest) GetMarket() *Market {
@@ -2059,7 +2216,7 @@ type BookLevel struct {
 
 func (x *BookLevel) Reset() {
 	*x = BookLevel{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[30]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2228,7 @@ func (x *BookLevel) String() string {
 func (*BookLevel) ProtoMessage() {}
 
 func (x *BookLevel) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[30]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2241,7 @@ func (x *BookLevel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BookLevel.ProtoReflect.Descriptor instead.
 func (*BookLevel) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{30}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BookLevel) GetPriceCents() int64 {
@@ -2119,7 +2276,7 @@ type BookReply struct {
 
 func (x *BookReply) Reset() {
 	*x = BookReply{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[31]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2288,7 @@ func (x *BookReply) String() string {
 func (*BookReply) ProtoMessage() {}
 
 func (x *BookReply) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[31]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2301,7 @@ func (x *BookReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BookReply.ProtoReflect.Descriptor instead.
 func (*BookReply) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{31}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BookReply) GetMarket() *Market {
@@ -2179,7 +2336,7 @@ type TradesRequest struct {
 
 func (x *TradesRequest) Reset() {
 	*x = TradesRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[32]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2348,7 @@ func (x *TradesRequest) String() string {
 func (*TradesRequest) ProtoMessage() {}
 
 func (x *TradesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[32]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2361,7 @@ func (x *TradesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TradesRequest.ProtoReflect.Descriptor instead.
 func (*TradesRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{32}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TradesRequest) GetMarket() *Market {
@@ -2237,7 +2394,7 @@ type TradesReply struct {
 
 func (x *TradesReply) Reset() {
 	*x = TradesReply{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[33]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2406,7 @@ func (x *TradesReply) String() string {
 func (*TradesReply) ProtoMessage() {}
 
 func (x *TradesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[33]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2419,7 @@ func (x *TradesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TradesReply.ProtoReflect.Descriptor instead.
 func (*TradesReply) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{33}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TradesReply) GetTrades() []*Trade {
@@ -2282,7 +2439,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[34]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2451,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[34]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2464,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{34}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EventsRequest) GetAfterSeq() int64 {
@@ -2338,7 +2495,7 @@ type OrderClosed struct {
 
 func (x *OrderClosed) Reset() {
 	*x = OrderClosed{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[35]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +2507,7 @@ func (x *OrderClosed) String() string {
 func (*OrderClosed) ProtoMessage() {}
 
 func (x *OrderClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[35]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +2520,7 @@ func (x *OrderClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderClosed.ProtoReflect.Descriptor instead.
 func (*OrderClosed) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{35}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *OrderClosed) GetOrderId() string {
@@ -2408,7 +2565,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[36]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2577,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[36]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2590,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{36}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Event) GetSeq() int64 {
@@ -2494,7 +2651,7 @@ type EventsReply struct {
 
 func (x *EventsReply) Reset() {
 	*x = EventsReply{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[37]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2663,7 @@ func (x *EventsReply) String() string {
 func (*EventsReply) ProtoMessage() {}
 
 func (x *EventsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[37]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2676,7 @@ func (x *EventsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsReply.ProtoReflect.Descriptor instead.
 func (*EventsReply) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{37}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *EventsReply) GetEvents() []*Event {
@@ -2544,7 +2701,7 @@ type TradingStatsRequest struct {
 
 func (x *TradingStatsRequest) Reset() {
 	*x = TradingStatsRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[38]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2713,7 @@ func (x *TradingStatsRequest) String() string {
 func (*TradingStatsRequest) ProtoMessage() {}
 
 func (x *TradingStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[38]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2726,7 @@ func (x *TradingStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TradingStatsRequest.ProtoReflect.Descriptor instead.
 func (*TradingStatsRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{38}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{41}
 }
 
 type TradingStats struct {
@@ -2591,13 +2748,16 @@ type TradingStats struct {
 	// MWh less what their fills cost): the accounts' held cents once
 	// settlement has caught up.
 	OpenBuyHoldCents int64 `protobuf:"varint,11,opt,name=open_buy_hold_cents,json=openBuyHoldCents,proto3" json:"open_buy_hold_cents,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// orders_voided counts holds the reconciler released because their
+	// order never reached the journal (not in accepted or rejected).
+	OrdersVoided  int64 `protobuf:"varint,12,opt,name=orders_voided,json=ordersVoided,proto3" json:"orders_voided,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TradingStats) Reset() {
 	*x = TradingStats{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[39]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2769,7 @@ func (x *TradingStats) String() string {
 func (*TradingStats) ProtoMessage() {}
 
 func (x *TradingStats) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[39]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2782,7 @@ func (x *TradingStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TradingStats.ProtoReflect.Descriptor instead.
 func (*TradingStats) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{39}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TradingStats) GetOrdersAccepted() int64 {
@@ -2702,6 +2862,13 @@ func (x *TradingStats) GetOpenBuyHoldCents() int64 {
 	return 0
 }
 
+func (x *TradingStats) GetOrdersVoided() int64 {
+	if x != nil {
+		return x.OrdersVoided
+	}
+	return 0
+}
+
 type GetTradeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TradeId       string                 `protobuf:"bytes,1,opt,name=trade_id,json=tradeId,proto3" json:"trade_id,omitempty"`
@@ -2711,7 +2878,7 @@ type GetTradeRequest struct {
 
 func (x *GetTradeRequest) Reset() {
 	*x = GetTradeRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[40]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2890,7 @@ func (x *GetTradeRequest) String() string {
 func (*GetTradeRequest) ProtoMessage() {}
 
 func (x *GetTradeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[40]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2903,7 @@ func (x *GetTradeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTradeRequest.ProtoReflect.Descriptor instead.
 func (*GetTradeRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{40}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetTradeRequest) GetTradeId() string {
@@ -2757,7 +2924,7 @@ type SettledTrade struct {
 
 func (x *SettledTrade) Reset() {
 	*x = SettledTrade{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[41]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2936,7 @@ func (x *SettledTrade) String() string {
 func (*SettledTrade) ProtoMessage() {}
 
 func (x *SettledTrade) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[41]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2949,7 @@ func (x *SettledTrade) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettledTrade.ProtoReflect.Descriptor instead.
 func (*SettledTrade) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{41}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SettledTrade) GetTrade() *Trade {
@@ -2814,7 +2981,7 @@ type SettlementStatsRequest struct {
 
 func (x *SettlementStatsRequest) Reset() {
 	*x = SettlementStatsRequest{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[42]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2826,7 +2993,7 @@ func (x *SettlementStatsRequest) String() string {
 func (*SettlementStatsRequest) ProtoMessage() {}
 
 func (x *SettlementStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[42]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2839,7 +3006,7 @@ func (x *SettlementStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettlementStatsRequest.ProtoReflect.Descriptor instead.
 func (*SettlementStatsRequest) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{42}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{45}
 }
 
 type SettlementStats struct {
@@ -2856,7 +3023,7 @@ type SettlementStats struct {
 
 func (x *SettlementStats) Reset() {
 	*x = SettlementStats{}
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[43]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3035,7 @@ func (x *SettlementStats) String() string {
 func (*SettlementStats) ProtoMessage() {}
 
 func (x *SettlementStats) ProtoReflect() protoreflect.Message {
-	mi := &file_examples_rec_recpb_rec_proto_msgTypes[43]
+	mi := &file_examples_rec_recpb_rec_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3048,7 @@ func (x *SettlementStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettlementStats.ProtoReflect.Descriptor instead.
 func (*SettlementStats) Descriptor() ([]byte, []int) {
-	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{43}
+	return file_examples_rec_recpb_rec_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SettlementStats) GetCursor() int64 {
@@ -2989,7 +3156,16 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"retiredMwh\"a\n" +
 	"\rHoldingsReply\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12:\n" +
-	"\bholdings\x18\x02 \x03(\v2\x1e.gridmesh.examples.rec.HoldingR\bholdings\"\x0f\n" +
+	"\bholdings\x18\x02 \x03(\v2\x1e.gridmesh.examples.rec.HoldingR\bholdings\"[\n" +
+	"\x10ListHoldsRequest\x121\n" +
+	"\x15placed_before_unix_ms\x18\x01 \x01(\x03R\x12placedBeforeUnixMs\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"_\n" +
+	"\bHoldInfo\x12\x17\n" +
+	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12$\n" +
+	"\x0eplaced_unix_ms\x18\x03 \x01(\x03R\fplacedUnixMs\"G\n" +
+	"\x0eListHoldsReply\x125\n" +
+	"\x05holds\x18\x01 \x03(\v2\x1f.gridmesh.examples.rec.HoldInfoR\x05holds\"\x0f\n" +
 	"\rTotalsRequest\"\xef\x01\n" +
 	"\x0eRegistryTotals\x12\x1b\n" +
 	"\ttotal_mwh\x18\x01 \x01(\x03R\btotalMwh\x12\x1f\n" +
@@ -3111,7 +3287,7 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"\vEventsReply\x124\n" +
 	"\x06events\x18\x01 \x03(\v2\x1c.gridmesh.examples.rec.EventR\x06events\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x03R\alastSeq\"\x15\n" +
-	"\x13TradingStatsRequest\"\x97\x03\n" +
+	"\x13TradingStatsRequest\"\xbc\x03\n" +
 	"\fTradingStats\x12'\n" +
 	"\x0forders_accepted\x18\x01 \x01(\x03R\x0eordersAccepted\x12'\n" +
 	"\x0forders_rejected\x18\x02 \x01(\x03R\x0eordersRejected\x12\x1f\n" +
@@ -3126,7 +3302,8 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"\fmarket_moves\x18\t \x01(\x03R\vmarketMoves\x12\"\n" +
 	"\ropen_sell_mwh\x18\n" +
 	" \x01(\x03R\vopenSellMwh\x12-\n" +
-	"\x13open_buy_hold_cents\x18\v \x01(\x03R\x10openBuyHoldCents\",\n" +
+	"\x13open_buy_hold_cents\x18\v \x01(\x03R\x10openBuyHoldCents\x12#\n" +
+	"\rorders_voided\x18\f \x01(\x03R\fordersVoided\",\n" +
 	"\x0fGetTradeRequest\x12\x19\n" +
 	"\btrade_id\x18\x01 \x01(\tR\atradeId\"\x84\x01\n" +
 	"\fSettledTrade\x122\n" +
@@ -3152,21 +3329,23 @@ const file_examples_rec_recpb_rec_proto_rawDesc = "" +
 	"\n" +
 	"\x06FILLED\x10\x02\x12\r\n" +
 	"\tCANCELLED\x10\x03\x12\f\n" +
-	"\bREJECTED\x10\x042\xfb\x04\n" +
+	"\bREJECTED\x10\x042\xdd\x05\n" +
 	"\bRegistry\x12M\n" +
 	"\x05Issue\x12#.gridmesh.examples.rec.IssueRequest\x1a\x1a.gridmesh.examples.rec.Lot\"\x03\x90\x02\x02\x12Q\n" +
 	"\x04Hold\x12\".gridmesh.examples.rec.HoldRequest\x1a .gridmesh.examples.rec.HoldReply\"\x03\x90\x02\x02\x12Z\n" +
 	"\aRelease\x12%.gridmesh.examples.rec.ReleaseRequest\x1a#.gridmesh.examples.rec.ReleaseReply\"\x03\x90\x02\x02\x12]\n" +
 	"\bTransfer\x12&.gridmesh.examples.rec.TransferRequest\x1a$.gridmesh.examples.rec.TransferReply\"\x03\x90\x02\x02\x12W\n" +
 	"\x06Retire\x12$.gridmesh.examples.rec.RetireRequest\x1a\".gridmesh.examples.rec.RetireReply\"\x03\x90\x02\x02\x12]\n" +
-	"\bHoldings\x12&.gridmesh.examples.rec.HoldingsRequest\x1a$.gridmesh.examples.rec.HoldingsReply\"\x03\x90\x02\x01\x12Z\n" +
-	"\x06Totals\x12$.gridmesh.examples.rec.TotalsRequest\x1a%.gridmesh.examples.rec.RegistryTotals\"\x03\x90\x02\x012\xa1\x04\n" +
+	"\bHoldings\x12&.gridmesh.examples.rec.HoldingsRequest\x1a$.gridmesh.examples.rec.HoldingsReply\"\x03\x90\x02\x01\x12`\n" +
+	"\tListHolds\x12'.gridmesh.examples.rec.ListHoldsRequest\x1a%.gridmesh.examples.rec.ListHoldsReply\"\x03\x90\x02\x01\x12Z\n" +
+	"\x06Totals\x12$.gridmesh.examples.rec.TotalsRequest\x1a%.gridmesh.examples.rec.RegistryTotals\"\x03\x90\x02\x012\x83\x05\n" +
 	"\bAccounts\x12O\n" +
 	"\x04Open\x12\".gridmesh.examples.rec.OpenRequest\x1a\x1e.gridmesh.examples.rec.Account\"\x03\x90\x02\x02\x12Y\n" +
 	"\x04Hold\x12&.gridmesh.examples.rec.CashHoldRequest\x1a$.gridmesh.examples.rec.CashHoldReply\"\x03\x90\x02\x02\x12Z\n" +
 	"\aRelease\x12%.gridmesh.examples.rec.ReleaseRequest\x1a#.gridmesh.examples.rec.ReleaseReply\"\x03\x90\x02\x02\x12Z\n" +
 	"\aCapture\x12%.gridmesh.examples.rec.CaptureRequest\x1a#.gridmesh.examples.rec.CaptureReply\"\x03\x90\x02\x02\x12U\n" +
-	"\aBalance\x12%.gridmesh.examples.rec.BalanceRequest\x1a\x1e.gridmesh.examples.rec.Account\"\x03\x90\x02\x01\x12Z\n" +
+	"\aBalance\x12%.gridmesh.examples.rec.BalanceRequest\x1a\x1e.gridmesh.examples.rec.Account\"\x03\x90\x02\x01\x12`\n" +
+	"\tListHolds\x12'.gridmesh.examples.rec.ListHoldsRequest\x1a%.gridmesh.examples.rec.ListHoldsReply\"\x03\x90\x02\x01\x12Z\n" +
 	"\x06Totals\x12$.gridmesh.examples.rec.TotalsRequest\x1a%.gridmesh.examples.rec.AccountsTotals\"\x03\x90\x02\x012\xfc\x04\n" +
 	"\aTrading\x12Y\n" +
 	"\n" +
@@ -3195,7 +3374,7 @@ func file_examples_rec_recpb_rec_proto_rawDescGZIP() []byte {
 }
 
 var file_examples_rec_recpb_rec_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_examples_rec_recpb_rec_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_examples_rec_recpb_rec_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_examples_rec_recpb_rec_proto_goTypes = []any{
 	(Side)(0),                      // 0: gridmesh.examples.rec.Side
 	(OrderStatus)(0),               // 1: gridmesh.examples.rec.OrderStatus
@@ -3213,36 +3392,39 @@ var file_examples_rec_recpb_rec_proto_goTypes = []any{
 	(*HoldingsRequest)(nil),        // 13: gridmesh.examples.rec.HoldingsRequest
 	(*Holding)(nil),                // 14: gridmesh.examples.rec.Holding
 	(*HoldingsReply)(nil),          // 15: gridmesh.examples.rec.HoldingsReply
-	(*TotalsRequest)(nil),          // 16: gridmesh.examples.rec.TotalsRequest
-	(*RegistryTotals)(nil),         // 17: gridmesh.examples.rec.RegistryTotals
-	(*OpenRequest)(nil),            // 18: gridmesh.examples.rec.OpenRequest
-	(*Account)(nil),                // 19: gridmesh.examples.rec.Account
-	(*CashHoldRequest)(nil),        // 20: gridmesh.examples.rec.CashHoldRequest
-	(*CashHoldReply)(nil),          // 21: gridmesh.examples.rec.CashHoldReply
-	(*CaptureRequest)(nil),         // 22: gridmesh.examples.rec.CaptureRequest
-	(*CaptureReply)(nil),           // 23: gridmesh.examples.rec.CaptureReply
-	(*BalanceRequest)(nil),         // 24: gridmesh.examples.rec.BalanceRequest
-	(*AccountsTotals)(nil),         // 25: gridmesh.examples.rec.AccountsTotals
-	(*PlaceOrderRequest)(nil),      // 26: gridmesh.examples.rec.PlaceOrderRequest
-	(*Order)(nil),                  // 27: gridmesh.examples.rec.Order
-	(*Trade)(nil),                  // 28: gridmesh.examples.rec.Trade
-	(*CancelOrderRequest)(nil),     // 29: gridmesh.examples.rec.CancelOrderRequest
-	(*GetOrderRequest)(nil),        // 30: gridmesh.examples.rec.GetOrderRequest
-	(*BookRequest)(nil),            // 31: gridmesh.examples.rec.BookRequest
-	(*BookLevel)(nil),              // 32: gridmesh.examples.rec.BookLevel
-	(*BookReply)(nil),              // 33: gridmesh.examples.rec.BookReply
-	(*TradesRequest)(nil),          // 34: gridmesh.examples.rec.TradesRequest
-	(*TradesReply)(nil),            // 35: gridmesh.examples.rec.TradesReply
-	(*EventsRequest)(nil),          // 36: gridmesh.examples.rec.EventsRequest
-	(*OrderClosed)(nil),            // 37: gridmesh.examples.rec.OrderClosed
-	(*Event)(nil),                  // 38: gridmesh.examples.rec.Event
-	(*EventsReply)(nil),            // 39: gridmesh.examples.rec.EventsReply
-	(*TradingStatsRequest)(nil),    // 40: gridmesh.examples.rec.TradingStatsRequest
-	(*TradingStats)(nil),           // 41: gridmesh.examples.rec.TradingStats
-	(*GetTradeRequest)(nil),        // 42: gridmesh.examples.rec.GetTradeRequest
-	(*SettledTrade)(nil),           // 43: gridmesh.examples.rec.SettledTrade
-	(*SettlementStatsRequest)(nil), // 44: gridmesh.examples.rec.SettlementStatsRequest
-	(*SettlementStats)(nil),        // 45: gridmesh.examples.rec.SettlementStats
+	(*ListHoldsRequest)(nil),       // 16: gridmesh.examples.rec.ListHoldsRequest
+	(*HoldInfo)(nil),               // 17: gridmesh.examples.rec.HoldInfo
+	(*ListHoldsReply)(nil),         // 18: gridmesh.examples.rec.ListHoldsReply
+	(*TotalsRequest)(nil),          // 19: gridmesh.examples.rec.TotalsRequest
+	(*RegistryTotals)(nil),         // 20: gridmesh.examples.rec.RegistryTotals
+	(*OpenRequest)(nil),            // 21: gridmesh.examples.rec.OpenRequest
+	(*Account)(nil),                // 22: gridmesh.examples.rec.Account
+	(*CashHoldRequest)(nil),        // 23: gridmesh.examples.rec.CashHoldRequest
+	(*CashHoldReply)(nil),          // 24: gridmesh.examples.rec.CashHoldReply
+	(*CaptureRequest)(nil),         // 25: gridmesh.examples.rec.CaptureRequest
+	(*CaptureReply)(nil),           // 26: gridmesh.examples.rec.CaptureReply
+	(*BalanceRequest)(nil),         // 27: gridmesh.examples.rec.BalanceRequest
+	(*AccountsTotals)(nil),         // 28: gridmesh.examples.rec.AccountsTotals
+	(*PlaceOrderRequest)(nil),      // 29: gridmesh.examples.rec.PlaceOrderRequest
+	(*Order)(nil),                  // 30: gridmesh.examples.rec.Order
+	(*Trade)(nil),                  // 31: gridmesh.examples.rec.Trade
+	(*CancelOrderRequest)(nil),     // 32: gridmesh.examples.rec.CancelOrderRequest
+	(*GetOrderRequest)(nil),        // 33: gridmesh.examples.rec.GetOrderRequest
+	(*BookRequest)(nil),            // 34: gridmesh.examples.rec.BookRequest
+	(*BookLevel)(nil),              // 35: gridmesh.examples.rec.BookLevel
+	(*BookReply)(nil),              // 36: gridmesh.examples.rec.BookReply
+	(*TradesRequest)(nil),          // 37: gridmesh.examples.rec.TradesRequest
+	(*TradesReply)(nil),            // 38: gridmesh.examples.rec.TradesReply
+	(*EventsRequest)(nil),          // 39: gridmesh.examples.rec.EventsRequest
+	(*OrderClosed)(nil),            // 40: gridmesh.examples.rec.OrderClosed
+	(*Event)(nil),                  // 41: gridmesh.examples.rec.Event
+	(*EventsReply)(nil),            // 42: gridmesh.examples.rec.EventsReply
+	(*TradingStatsRequest)(nil),    // 43: gridmesh.examples.rec.TradingStatsRequest
+	(*TradingStats)(nil),           // 44: gridmesh.examples.rec.TradingStats
+	(*GetTradeRequest)(nil),        // 45: gridmesh.examples.rec.GetTradeRequest
+	(*SettledTrade)(nil),           // 46: gridmesh.examples.rec.SettledTrade
+	(*SettlementStatsRequest)(nil), // 47: gridmesh.examples.rec.SettlementStatsRequest
+	(*SettlementStats)(nil),        // 48: gridmesh.examples.rec.SettlementStats
 }
 var file_examples_rec_recpb_rec_proto_depIdxs = []int32{
 	2,  // 0: gridmesh.examples.rec.IssueRequest.market:type_name -> gridmesh.examples.rec.Market
@@ -3252,74 +3434,79 @@ var file_examples_rec_recpb_rec_proto_depIdxs = []int32{
 	2,  // 4: gridmesh.examples.rec.RetireRequest.market:type_name -> gridmesh.examples.rec.Market
 	2,  // 5: gridmesh.examples.rec.Holding.market:type_name -> gridmesh.examples.rec.Market
 	14, // 6: gridmesh.examples.rec.HoldingsReply.holdings:type_name -> gridmesh.examples.rec.Holding
-	2,  // 7: gridmesh.examples.rec.PlaceOrderRequest.market:type_name -> gridmesh.examples.rec.Market
-	0,  // 8: gridmesh.examples.rec.PlaceOrderRequest.side:type_name -> gridmesh.examples.rec.Side
-	2,  // 9: gridmesh.examples.rec.Order.market:type_name -> gridmesh.examples.rec.Market
-	0,  // 10: gridmesh.examples.rec.Order.side:type_name -> gridmesh.examples.rec.Side
-	1,  // 11: gridmesh.examples.rec.Order.status:type_name -> gridmesh.examples.rec.OrderStatus
-	28, // 12: gridmesh.examples.rec.Order.fills:type_name -> gridmesh.examples.rec.Trade
-	2,  // 13: gridmesh.examples.rec.Trade.market:type_name -> gridmesh.examples.rec.Market
-	2,  // 14: gridmesh.examples.rec.BookRequest.market:type_name -> gridmesh.examples.rec.Market
-	2,  // 15: gridmesh.examples.rec.BookReply.market:type_name -> gridmesh.examples.rec.Market
-	32, // 16: gridmesh.examples.rec.BookReply.bids:type_name -> gridmesh.examples.rec.BookLevel
-	32, // 17: gridmesh.examples.rec.BookReply.asks:type_name -> gridmesh.examples.rec.BookLevel
-	2,  // 18: gridmesh.examples.rec.TradesRequest.market:type_name -> gridmesh.examples.rec.Market
-	28, // 19: gridmesh.examples.rec.TradesReply.trades:type_name -> gridmesh.examples.rec.Trade
-	0,  // 20: gridmesh.examples.rec.OrderClosed.side:type_name -> gridmesh.examples.rec.Side
-	1,  // 21: gridmesh.examples.rec.OrderClosed.status:type_name -> gridmesh.examples.rec.OrderStatus
-	28, // 22: gridmesh.examples.rec.Event.trade:type_name -> gridmesh.examples.rec.Trade
-	37, // 23: gridmesh.examples.rec.Event.closed:type_name -> gridmesh.examples.rec.OrderClosed
-	38, // 24: gridmesh.examples.rec.EventsReply.events:type_name -> gridmesh.examples.rec.Event
-	28, // 25: gridmesh.examples.rec.SettledTrade.trade:type_name -> gridmesh.examples.rec.Trade
-	3,  // 26: gridmesh.examples.rec.Registry.Issue:input_type -> gridmesh.examples.rec.IssueRequest
-	5,  // 27: gridmesh.examples.rec.Registry.Hold:input_type -> gridmesh.examples.rec.HoldRequest
-	7,  // 28: gridmesh.examples.rec.Registry.Release:input_type -> gridmesh.examples.rec.ReleaseRequest
-	9,  // 29: gridmesh.examples.rec.Registry.Transfer:input_type -> gridmesh.examples.rec.TransferRequest
-	11, // 30: gridmesh.examples.rec.Registry.Retire:input_type -> gridmesh.examples.rec.RetireRequest
-	13, // 31: gridmesh.examples.rec.Registry.Holdings:input_type -> gridmesh.examples.rec.HoldingsRequest
-	16, // 32: gridmesh.examples.rec.Registry.Totals:input_type -> gridmesh.examples.rec.TotalsRequest
-	18, // 33: gridmesh.examples.rec.Accounts.Open:input_type -> gridmesh.examples.rec.OpenRequest
-	20, // 34: gridmesh.examples.rec.Accounts.Hold:input_type -> gridmesh.examples.rec.CashHoldRequest
-	7,  // 35: gridmesh.examples.rec.Accounts.Release:input_type -> gridmesh.examples.rec.ReleaseRequest
-	22, // 36: gridmesh.examples.rec.Accounts.Capture:input_type -> gridmesh.examples.rec.CaptureRequest
-	24, // 37: gridmesh.examples.rec.Accounts.Balance:input_type -> gridmesh.examples.rec.BalanceRequest
-	16, // 38: gridmesh.examples.rec.Accounts.Totals:input_type -> gridmesh.examples.rec.TotalsRequest
-	26, // 39: gridmesh.examples.rec.Trading.PlaceOrder:input_type -> gridmesh.examples.rec.PlaceOrderRequest
-	29, // 40: gridmesh.examples.rec.Trading.CancelOrder:input_type -> gridmesh.examples.rec.CancelOrderRequest
-	30, // 41: gridmesh.examples.rec.Trading.GetOrder:input_type -> gridmesh.examples.rec.GetOrderRequest
-	31, // 42: gridmesh.examples.rec.Trading.Book:input_type -> gridmesh.examples.rec.BookRequest
-	34, // 43: gridmesh.examples.rec.Trading.Trades:input_type -> gridmesh.examples.rec.TradesRequest
-	36, // 44: gridmesh.examples.rec.Trading.Events:input_type -> gridmesh.examples.rec.EventsRequest
-	40, // 45: gridmesh.examples.rec.Trading.Stats:input_type -> gridmesh.examples.rec.TradingStatsRequest
-	42, // 46: gridmesh.examples.rec.Settlement.GetTrade:input_type -> gridmesh.examples.rec.GetTradeRequest
-	44, // 47: gridmesh.examples.rec.Settlement.Stats:input_type -> gridmesh.examples.rec.SettlementStatsRequest
-	4,  // 48: gridmesh.examples.rec.Registry.Issue:output_type -> gridmesh.examples.rec.Lot
-	6,  // 49: gridmesh.examples.rec.Registry.Hold:output_type -> gridmesh.examples.rec.HoldReply
-	8,  // 50: gridmesh.examples.rec.Registry.Release:output_type -> gridmesh.examples.rec.ReleaseReply
-	10, // 51: gridmesh.examples.rec.Registry.Transfer:output_type -> gridmesh.examples.rec.TransferReply
-	12, // 52: gridmesh.examples.rec.Registry.Retire:output_type -> gridmesh.examples.rec.RetireReply
-	15, // 53: gridmesh.examples.rec.Registry.Holdings:output_type -> gridmesh.examples.rec.HoldingsReply
-	17, // 54: gridmesh.examples.rec.Registry.Totals:output_type -> gridmesh.examples.rec.RegistryTotals
-	19, // 55: gridmesh.examples.rec.Accounts.Open:output_type -> gridmesh.examples.rec.Account
-	21, // 56: gridmesh.examples.rec.Accounts.Hold:output_type -> gridmesh.examples.rec.CashHoldReply
-	8,  // 57: gridmesh.examples.rec.Accounts.Release:output_type -> gridmesh.examples.rec.ReleaseReply
-	23, // 58: gridmesh.examples.rec.Accounts.Capture:output_type -> gridmesh.examples.rec.CaptureReply
-	19, // 59: gridmesh.examples.rec.Accounts.Balance:output_type -> gridmesh.examples.rec.Account
-	25, // 60: gridmesh.examples.rec.Accounts.Totals:output_type -> gridmesh.examples.rec.AccountsTotals
-	27, // 61: gridmesh.examples.rec.Trading.PlaceOrder:output_type -> gridmesh.examples.rec.Order
-	27, // 62: gridmesh.examples.rec.Trading.CancelOrder:output_type -> gridmesh.examples.rec.Order
-	27, // 63: gridmesh.examples.rec.Trading.GetOrder:output_type -> gridmesh.examples.rec.Order
-	33, // 64: gridmesh.examples.rec.Trading.Book:output_type -> gridmesh.examples.rec.BookReply
-	35, // 65: gridmesh.examples.rec.Trading.Trades:output_type -> gridmesh.examples.rec.TradesReply
-	39, // 66: gridmesh.examples.rec.Trading.Events:output_type -> gridmesh.examples.rec.EventsReply
-	41, // 67: gridmesh.examples.rec.Trading.Stats:output_type -> gridmesh.examples.rec.TradingStats
-	43, // 68: gridmesh.examples.rec.Settlement.GetTrade:output_type -> gridmesh.examples.rec.SettledTrade
-	45, // 69: gridmesh.examples.rec.Settlement.Stats:output_type -> gridmesh.examples.rec.SettlementStats
-	48, // [48:70] is the sub-list for method output_type
-	26, // [26:48] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	17, // 7: gridmesh.examples.rec.ListHoldsReply.holds:type_name -> gridmesh.examples.rec.HoldInfo
+	2,  // 8: gridmesh.examples.rec.PlaceOrderRequest.market:type_name -> gridmesh.examples.rec.Market
+	0,  // 9: gridmesh.examples.rec.PlaceOrderRequest.side:type_name -> gridmesh.examples.rec.Side
+	2,  // 10: gridmesh.examples.rec.Order.market:type_name -> gridmesh.examples.rec.Market
+	0,  // 11: gridmesh.examples.rec.Order.side:type_name -> gridmesh.examples.rec.Side
+	1,  // 12: gridmesh.examples.rec.Order.status:type_name -> gridmesh.examples.rec.OrderStatus
+	31, // 13: gridmesh.examples.rec.Order.fills:type_name -> gridmesh.examples.rec.Trade
+	2,  // 14: gridmesh.examples.rec.Trade.market:type_name -> gridmesh.examples.rec.Market
+	2,  // 15: gridmesh.examples.rec.BookRequest.market:type_name -> gridmesh.examples.rec.Market
+	2,  // 16: gridmesh.examples.rec.BookReply.market:type_name -> gridmesh.examples.rec.Market
+	35, // 17: gridmesh.examples.rec.BookReply.bids:type_name -> gridmesh.examples.rec.BookLevel
+	35, // 18: gridmesh.examples.rec.BookReply.asks:type_name -> gridmesh.examples.rec.BookLevel
+	2,  // 19: gridmesh.examples.rec.TradesRequest.market:type_name -> gridmesh.examples.rec.Market
+	31, // 20: gridmesh.examples.rec.TradesReply.trades:type_name -> gridmesh.examples.rec.Trade
+	0,  // 21: gridmesh.examples.rec.OrderClosed.side:type_name -> gridmesh.examples.rec.Side
+	1,  // 22: gridmesh.examples.rec.OrderClosed.status:type_name -> gridmesh.examples.rec.OrderStatus
+	31, // 23: gridmesh.examples.rec.Event.trade:type_name -> gridmesh.examples.rec.Trade
+	40, // 24: gridmesh.examples.rec.Event.closed:type_name -> gridmesh.examples.rec.OrderClosed
+	41, // 25: gridmesh.examples.rec.EventsReply.events:type_name -> gridmesh.examples.rec.Event
+	31, // 26: gridmesh.examples.rec.SettledTrade.trade:type_name -> gridmesh.examples.rec.Trade
+	3,  // 27: gridmesh.examples.rec.Registry.Issue:input_type -> gridmesh.examples.rec.IssueRequest
+	5,  // 28: gridmesh.examples.rec.Registry.Hold:input_type -> gridmesh.examples.rec.HoldRequest
+	7,  // 29: gridmesh.examples.rec.Registry.Release:input_type -> gridmesh.examples.rec.ReleaseRequest
+	9,  // 30: gridmesh.examples.rec.Registry.Transfer:input_type -> gridmesh.examples.rec.TransferRequest
+	11, // 31: gridmesh.examples.rec.Registry.Retire:input_type -> gridmesh.examples.rec.RetireRequest
+	13, // 32: gridmesh.examples.rec.Registry.Holdings:input_type -> gridmesh.examples.rec.HoldingsRequest
+	16, // 33: gridmesh.examples.rec.Registry.ListHolds:input_type -> gridmesh.examples.rec.ListHoldsRequest
+	19, // 34: gridmesh.examples.rec.Registry.Totals:input_type -> gridmesh.examples.rec.TotalsRequest
+	21, // 35: gridmesh.examples.rec.Accounts.Open:input_type -> gridmesh.examples.rec.OpenRequest
+	23, // 36: gridmesh.examples.rec.Accounts.Hold:input_type -> gridmesh.examples.rec.CashHoldRequest
+	7,  // 37: gridmesh.examples.rec.Accounts.Release:input_type -> gridmesh.examples.rec.ReleaseRequest
+	25, // 38: gridmesh.examples.rec.Accounts.Capture:input_type -> gridmesh.examples.rec.CaptureRequest
+	27, // 39: gridmesh.examples.rec.Accounts.Balance:input_type -> gridmesh.examples.rec.BalanceRequest
+	16, // 40: gridmesh.examples.rec.Accounts.ListHolds:input_type -> gridmesh.examples.rec.ListHoldsRequest
+	19, // 41: gridmesh.examples.rec.Accounts.Totals:input_type -> gridmesh.examples.rec.TotalsRequest
+	29, // 42: gridmesh.examples.rec.Trading.PlaceOrder:input_type -> gridmesh.examples.rec.PlaceOrderRequest
+	32, // 43: gridmesh.examples.rec.Trading.CancelOrder:input_type -> gridmesh.examples.rec.CancelOrderRequest
+	33, // 44: gridmesh.examples.rec.Trading.GetOrder:input_type -> gridmesh.examples.rec.GetOrderRequest
+	34, // 45: gridmesh.examples.rec.Trading.Book:input_type -> gridmesh.examples.rec.BookRequest
+	37, // 46: gridmesh.examples.rec.Trading.Trades:input_type -> gridmesh.examples.rec.TradesRequest
+	39, // 47: gridmesh.examples.rec.Trading.Events:input_type -> gridmesh.examples.rec.EventsRequest
+	43, // 48: gridmesh.examples.rec.Trading.Stats:input_type -> gridmesh.examples.rec.TradingStatsRequest
+	45, // 49: gridmesh.examples.rec.Settlement.GetTrade:input_type -> gridmesh.examples.rec.GetTradeRequest
+	47, // 50: gridmesh.examples.rec.Settlement.Stats:input_type -> gridmesh.examples.rec.SettlementStatsRequest
+	4,  // 51: gridmesh.examples.rec.Registry.Issue:output_type -> gridmesh.examples.rec.Lot
+	6,  // 52: gridmesh.examples.rec.Registry.Hold:output_type -> gridmesh.examples.rec.HoldReply
+	8,  // 53: gridmesh.examples.rec.Registry.Release:output_type -> gridmesh.examples.rec.ReleaseReply
+	10, // 54: gridmesh.examples.rec.Registry.Transfer:output_type -> gridmesh.examples.rec.TransferReply
+	12, // 55: gridmesh.examples.rec.Registry.Retire:output_type -> gridmesh.examples.rec.RetireReply
+	15, // 56: gridmesh.examples.rec.Registry.Holdings:output_type -> gridmesh.examples.rec.HoldingsReply
+	18, // 57: gridmesh.examples.rec.Registry.ListHolds:output_type -> gridmesh.examples.rec.ListHoldsReply
+	20, // 58: gridmesh.examples.rec.Registry.Totals:output_type -> gridmesh.examples.rec.RegistryTotals
+	22, // 59: gridmesh.examples.rec.Accounts.Open:output_type -> gridmesh.examples.rec.Account
+	24, // 60: gridmesh.examples.rec.Accounts.Hold:output_type -> gridmesh.examples.rec.CashHoldReply
+	8,  // 61: gridmesh.examples.rec.Accounts.Release:output_type -> gridmesh.examples.rec.ReleaseReply
+	26, // 62: gridmesh.examples.rec.Accounts.Capture:output_type -> gridmesh.examples.rec.CaptureReply
+	22, // 63: gridmesh.examples.rec.Accounts.Balance:output_type -> gridmesh.examples.rec.Account
+	18, // 64: gridmesh.examples.rec.Accounts.ListHolds:output_type -> gridmesh.examples.rec.ListHoldsReply
+	28, // 65: gridmesh.examples.rec.Accounts.Totals:output_type -> gridmesh.examples.rec.AccountsTotals
+	30, // 66: gridmesh.examples.rec.Trading.PlaceOrder:output_type -> gridmesh.examples.rec.Order
+	30, // 67: gridmesh.examples.rec.Trading.CancelOrder:output_type -> gridmesh.examples.rec.Order
+	30, // 68: gridmesh.examples.rec.Trading.GetOrder:output_type -> gridmesh.examples.rec.Order
+	36, // 69: gridmesh.examples.rec.Trading.Book:output_type -> gridmesh.examples.rec.BookReply
+	38, // 70: gridmesh.examples.rec.Trading.Trades:output_type -> gridmesh.examples.rec.TradesReply
+	42, // 71: gridmesh.examples.rec.Trading.Events:output_type -> gridmesh.examples.rec.EventsReply
+	44, // 72: gridmesh.examples.rec.Trading.Stats:output_type -> gridmesh.examples.rec.TradingStats
+	46, // 73: gridmesh.examples.rec.Settlement.GetTrade:output_type -> gridmesh.examples.rec.SettledTrade
+	48, // 74: gridmesh.examples.rec.Settlement.Stats:output_type -> gridmesh.examples.rec.SettlementStats
+	51, // [51:75] is the sub-list for method output_type
+	27, // [27:51] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_examples_rec_recpb_rec_proto_init() }
@@ -3327,7 +3514,7 @@ func file_examples_rec_recpb_rec_proto_init() {
 	if File_examples_rec_recpb_rec_proto != nil {
 		return
 	}
-	file_examples_rec_recpb_rec_proto_msgTypes[36].OneofWrappers = []any{
+	file_examples_rec_recpb_rec_proto_msgTypes[39].OneofWrappers = []any{
 		(*Event_Trade)(nil),
 		(*Event_Closed)(nil),
 	}
@@ -3337,7 +3524,7 @@ func file_examples_rec_recpb_rec_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_examples_rec_recpb_rec_proto_rawDesc), len(file_examples_rec_recpb_rec_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   44,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

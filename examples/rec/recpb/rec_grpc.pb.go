@@ -26,13 +26,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Registry_Issue_FullMethodName    = "/gridmesh.examples.rec.Registry/Issue"
-	Registry_Hold_FullMethodName     = "/gridmesh.examples.rec.Registry/Hold"
-	Registry_Release_FullMethodName  = "/gridmesh.examples.rec.Registry/Release"
-	Registry_Transfer_FullMethodName = "/gridmesh.examples.rec.Registry/Transfer"
-	Registry_Retire_FullMethodName   = "/gridmesh.examples.rec.Registry/Retire"
-	Registry_Holdings_FullMethodName = "/gridmesh.examples.rec.Registry/Holdings"
-	Registry_Totals_FullMethodName   = "/gridmesh.examples.rec.Registry/Totals"
+	Registry_Issue_FullMethodName     = "/gridmesh.examples.rec.Registry/Issue"
+	Registry_Hold_FullMethodName      = "/gridmesh.examples.rec.Registry/Hold"
+	Registry_Release_FullMethodName   = "/gridmesh.examples.rec.Registry/Release"
+	Registry_Transfer_FullMethodName  = "/gridmesh.examples.rec.Registry/Transfer"
+	Registry_Retire_FullMethodName    = "/gridmesh.examples.rec.Registry/Retire"
+	Registry_Holdings_FullMethodName  = "/gridmesh.examples.rec.Registry/Holdings"
+	Registry_ListHolds_FullMethodName = "/gridmesh.examples.rec.Registry/ListHolds"
+	Registry_Totals_FullMethodName    = "/gridmesh.examples.rec.Registry/Totals"
 )
 
 // RegistryClient is the client API for Registry service.
@@ -54,6 +55,9 @@ type RegistryClient interface {
 	// Retire claims MWh for their owner: they stop being tradable.
 	Retire(ctx context.Context, in *RetireRequest, opts ...grpc.CallOption) (*RetireReply, error)
 	Holdings(ctx context.Context, in *HoldingsRequest, opts ...grpc.CallOption) (*HoldingsReply, error)
+	// ListHolds lists unreleased holds placed before a time, for the
+	// trading reconciler that releases holds whose order never came.
+	ListHolds(ctx context.Context, in *ListHoldsRequest, opts ...grpc.CallOption) (*ListHoldsReply, error)
 	Totals(ctx context.Context, in *TotalsRequest, opts ...grpc.CallOption) (*RegistryTotals, error)
 }
 
@@ -125,6 +129,16 @@ func (c *registryClient) Holdings(ctx context.Context, in *HoldingsRequest, opts
 	return out, nil
 }
 
+func (c *registryClient) ListHolds(ctx context.Context, in *ListHoldsRequest, opts ...grpc.CallOption) (*ListHoldsReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListHoldsReply)
+	err := c.cc.Invoke(ctx, Registry_ListHolds_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *registryClient) Totals(ctx context.Context, in *TotalsRequest, opts ...grpc.CallOption) (*RegistryTotals, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegistryTotals)
@@ -154,6 +168,9 @@ type RegistryServer interface {
 	// Retire claims MWh for their owner: they stop being tradable.
 	Retire(context.Context, *RetireRequest) (*RetireReply, error)
 	Holdings(context.Context, *HoldingsRequest) (*HoldingsReply, error)
+	// ListHolds lists unreleased holds placed before a time, for the
+	// trading reconciler that releases holds whose order never came.
+	ListHolds(context.Context, *ListHoldsRequest) (*ListHoldsReply, error)
 	Totals(context.Context, *TotalsRequest) (*RegistryTotals, error)
 	mustEmbedUnimplementedRegistryServer()
 }
@@ -182,6 +199,9 @@ func (UnimplementedRegistryServer) Retire(context.Context, *RetireRequest) (*Ret
 }
 func (UnimplementedRegistryServer) Holdings(context.Context, *HoldingsRequest) (*HoldingsReply, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Holdings not implemented")
+}
+func (UnimplementedRegistryServer) ListHolds(context.Context, *ListHoldsRequest) (*ListHoldsReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListHolds not implemented")
 }
 func (UnimplementedRegistryServer) Totals(context.Context, *TotalsRequest) (*RegistryTotals, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Totals not implemented")
@@ -315,6 +335,24 @@ func _Registry_Holdings_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Registry_ListHolds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListHoldsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).ListHolds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_ListHolds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).ListHolds(ctx, req.(*ListHoldsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Registry_Totals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TotalsRequest)
 	if err := dec(in); err != nil {
@@ -365,6 +403,10 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Registry_Holdings_Handler,
 		},
 		{
+			MethodName: "ListHolds",
+			Handler:    _Registry_ListHolds_Handler,
+		},
+		{
 			MethodName: "Totals",
 			Handler:    _Registry_Totals_Handler,
 		},
@@ -374,12 +416,13 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Accounts_Open_FullMethodName    = "/gridmesh.examples.rec.Accounts/Open"
-	Accounts_Hold_FullMethodName    = "/gridmesh.examples.rec.Accounts/Hold"
-	Accounts_Release_FullMethodName = "/gridmesh.examples.rec.Accounts/Release"
-	Accounts_Capture_FullMethodName = "/gridmesh.examples.rec.Accounts/Capture"
-	Accounts_Balance_FullMethodName = "/gridmesh.examples.rec.Accounts/Balance"
-	Accounts_Totals_FullMethodName  = "/gridmesh.examples.rec.Accounts/Totals"
+	Accounts_Open_FullMethodName      = "/gridmesh.examples.rec.Accounts/Open"
+	Accounts_Hold_FullMethodName      = "/gridmesh.examples.rec.Accounts/Hold"
+	Accounts_Release_FullMethodName   = "/gridmesh.examples.rec.Accounts/Release"
+	Accounts_Capture_FullMethodName   = "/gridmesh.examples.rec.Accounts/Capture"
+	Accounts_Balance_FullMethodName   = "/gridmesh.examples.rec.Accounts/Balance"
+	Accounts_ListHolds_FullMethodName = "/gridmesh.examples.rec.Accounts/ListHolds"
+	Accounts_Totals_FullMethodName    = "/gridmesh.examples.rec.Accounts/Totals"
 )
 
 // AccountsClient is the client API for Accounts service.
@@ -398,6 +441,7 @@ type AccountsClient interface {
 	// transfer_id.
 	Capture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (*CaptureReply, error)
 	Balance(ctx context.Context, in *BalanceRequest, opts ...grpc.CallOption) (*Account, error)
+	ListHolds(ctx context.Context, in *ListHoldsRequest, opts ...grpc.CallOption) (*ListHoldsReply, error)
 	Totals(ctx context.Context, in *TotalsRequest, opts ...grpc.CallOption) (*AccountsTotals, error)
 }
 
@@ -459,6 +503,16 @@ func (c *accountsClient) Balance(ctx context.Context, in *BalanceRequest, opts .
 	return out, nil
 }
 
+func (c *accountsClient) ListHolds(ctx context.Context, in *ListHoldsRequest, opts ...grpc.CallOption) (*ListHoldsReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListHoldsReply)
+	err := c.cc.Invoke(ctx, Accounts_ListHolds_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *accountsClient) Totals(ctx context.Context, in *TotalsRequest, opts ...grpc.CallOption) (*AccountsTotals, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AccountsTotals)
@@ -485,6 +539,7 @@ type AccountsServer interface {
 	// transfer_id.
 	Capture(context.Context, *CaptureRequest) (*CaptureReply, error)
 	Balance(context.Context, *BalanceRequest) (*Account, error)
+	ListHolds(context.Context, *ListHoldsRequest) (*ListHoldsReply, error)
 	Totals(context.Context, *TotalsRequest) (*AccountsTotals, error)
 	mustEmbedUnimplementedAccountsServer()
 }
@@ -510,6 +565,9 @@ func (UnimplementedAccountsServer) Capture(context.Context, *CaptureRequest) (*C
 }
 func (UnimplementedAccountsServer) Balance(context.Context, *BalanceRequest) (*Account, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Balance not implemented")
+}
+func (UnimplementedAccountsServer) ListHolds(context.Context, *ListHoldsRequest) (*ListHoldsReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListHolds not implemented")
 }
 func (UnimplementedAccountsServer) Totals(context.Context, *TotalsRequest) (*AccountsTotals, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Totals not implemented")
@@ -625,6 +683,24 @@ func _Accounts_Balance_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Accounts_ListHolds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListHoldsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountsServer).ListHolds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Accounts_ListHolds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountsServer).ListHolds(ctx, req.(*ListHoldsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Accounts_Totals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TotalsRequest)
 	if err := dec(in); err != nil {
@@ -669,6 +745,10 @@ var Accounts_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Balance",
 			Handler:    _Accounts_Balance_Handler,
+		},
+		{
+			MethodName: "ListHolds",
+			Handler:    _Accounts_ListHolds_Handler,
 		},
 		{
 			MethodName: "Totals",

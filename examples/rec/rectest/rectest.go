@@ -90,6 +90,9 @@ func (c RegistryClient) Retire(ctx context.Context, in *recpb.RetireRequest, _ .
 func (c RegistryClient) Holdings(ctx context.Context, in *recpb.HoldingsRequest, _ ...grpc.CallOption) (*recpb.HoldingsReply, error) {
 	return c.S.Holdings(ctx, in)
 }
+func (c RegistryClient) ListHolds(ctx context.Context, in *recpb.ListHoldsRequest, _ ...grpc.CallOption) (*recpb.ListHoldsReply, error) {
+	return c.S.ListHolds(ctx, in)
+}
 func (c RegistryClient) Totals(ctx context.Context, in *recpb.TotalsRequest, _ ...grpc.CallOption) (*recpb.RegistryTotals, error) {
 	return c.S.Totals(ctx, in)
 }
@@ -111,6 +114,9 @@ func (c AccountsClient) Capture(ctx context.Context, in *recpb.CaptureRequest, _
 }
 func (c AccountsClient) Balance(ctx context.Context, in *recpb.BalanceRequest, _ ...grpc.CallOption) (*recpb.Account, error) {
 	return c.S.Balance(ctx, in)
+}
+func (c AccountsClient) ListHolds(ctx context.Context, in *recpb.ListHoldsRequest, _ ...grpc.CallOption) (*recpb.ListHoldsReply, error) {
+	return c.S.ListHolds(ctx, in)
 }
 func (c AccountsClient) Totals(ctx context.Context, in *recpb.TotalsRequest, _ ...grpc.CallOption) (*recpb.AccountsTotals, error) {
 	return c.S.Totals(ctx, in)

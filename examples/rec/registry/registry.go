@@ -40,8 +40,10 @@ var Schema = []string{
 		vintage INTEGER NOT NULL,
 		mwh INTEGER NOT NULL,
 		remaining INTEGER NOT NULL CHECK (remaining >= 0),
-		released INTEGER NOT NULL DEFAULT 0
+		released INTEGER NOT NULL DEFAULT 0,
+		at_ms INTEGER NOT NULL DEFAULT 0
 	)`,
+	`CREATE INDEX IF NOT EXISTS holds_open ON holds (released, at_ms)`,
 	`CREATE INDEX IF NOT EXISTS holds_by_owner ON holds (owner, source, vintage, released)`,
 	`CREATE TABLE IF NOT EXISTS transfers (
 		transfer_id TEXT PRIMARY KEY,
@@ -144,8 +146,8 @@ func (s *Server) Hold(ctx context.Context, req *recpb.HoldRequest) (*recpb.HoldR
 			return status.Errorf(codes.FailedPrecondition, "%s has %d MWh of %s free, the order needs %d", req.GetOwner(), f, recdb.MarketKey(req.GetMarket()), req.GetMwh())
 		}
 		reply.RemainingMwh = req.GetMwh()
-		_, err = tx.ExecContext(ctx, `INSERT INTO holds (hold_id, owner, source, vintage, mwh, remaining) VALUES (?, ?, ?, ?, ?, ?)`,
-			req.GetHoldId(), req.GetOwner(), req.GetMarket().GetEnergySource(), req.GetMarket().GetVintage(), req.GetMwh(), req.GetMwh())
+		_, err = tx.ExecContext(ctx, `INSERT INTO holds (hold_id, owner, source, vintage, mwh, remaining, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			req.GetHoldId(), req.GetOwner(), req.GetMarket().GetEnergySource(), req.GetMarket().GetVintage(), req.GetMwh(), req.GetMwh(), time.Now().UnixMilli())
 		return err
 	})
 	if err != nil {
@@ -379,4 +381,26 @@ func (s *Server) Totals(ctx context.Context, _ *recpb.TotalsRequest) (*recpb.Reg
 		return nil, recdb.StoreErr(err)
 	}
 	return t, nil
+}
+
+// ListHolds lists unreleased holds placed before req's time, oldest first.
+func (s *Server) ListHolds(ctx context.Context, req *recpb.ListHoldsRequest) (*recpb.ListHoldsReply, error) {
+	limit := req.GetLimit()
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT hold_id, owner, at_ms FROM holds WHERE released = 0 AND at_ms < ? ORDER BY at_ms LIMIT ?`, req.GetPlacedBeforeUnixMs(), limit)
+	if err != nil {
+		return nil, recdb.StoreErr(err)
+	}
+	defer rows.Close()
+	reply := &recpb.ListHoldsReply{}
+	for rows.Next() {
+		h := &recpb.HoldInfo{}
+		if err := rows.Scan(&h.HoldId, &h.Owner, &h.PlacedUnixMs); err != nil {
+			return nil, recdb.StoreErr(err)
+		}
+		reply.Holds = append(reply.Holds, h)
+	}
+	return reply, recdb.StoreErr(rows.Err())
 }

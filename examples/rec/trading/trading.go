@@ -220,6 +220,11 @@ func (s *Server) PlaceOrder(ctx context.Context, req *recpb.PlaceOrderRequest) (
 }
 
 func (s *Server) repeat(o *recpb.Order, req *recpb.PlaceOrderRequest) (*recpb.Order, error) {
+	if o.GetStatus() == recpb.OrderStatus_REJECTED && o.GetRejectReason() == VoidReason {
+		// The reconciler gave up on this order id and released its hold.
+		o.Instance = s.cfg.Instance
+		return o, nil
+	}
 	if o.GetParticipant() != req.GetParticipant() || o.GetSide() != req.GetSide() || o.GetPriceCents() != req.GetPriceCents() ||
 		o.GetMwh() != req.GetMwh() || recdb.MarketKey(o.GetMarket()) != recdb.MarketKey(req.GetMarket()) {
 		return nil, status.Errorf(codes.AlreadyExists, "order_id %q is taken by a different order", req.GetOrderId())
@@ -562,7 +567,7 @@ func (s *Server) Stats(ctx context.Context, _ *recpb.TradingStatsRequest) (*recp
 	st := &recpb.TradingStats{}
 	err := s.db.QueryRowContext(ctx, `SELECT
 		(SELECT count(*) FROM orders WHERE status != 4),
-		(SELECT count(*) FROM orders WHERE status = 4),
+		(SELECT count(*) FROM orders WHERE status = 4 AND reason != ?),
 		(SELECT count(*) FROM orders WHERE status = 1),
 		(SELECT count(*) FROM orders WHERE status = 3),
 		(SELECT count(*) FROM trades),
@@ -572,11 +577,85 @@ func (s *Server) Stats(ctx context.Context, _ *recpb.TradingStatsRequest) (*recp
 		(SELECT coalesce(sum(moves), 0) FROM markets),
 		(SELECT coalesce(sum(mwh - filled), 0) FROM orders WHERE side = 2 AND status = 1),
 		(SELECT coalesce(sum(o.price * o.mwh - (SELECT coalesce(sum(t.mwh * t.price), 0) FROM trades t WHERE t.buy_order = o.order_id)), 0)
-			FROM orders o WHERE o.side = 1 AND o.status = 1)`).
+			FROM orders o WHERE o.side = 1 AND o.status = 1),
+		(SELECT count(*) FROM orders WHERE status = 4 AND reason = ?)`, VoidReason, VoidReason).
 		Scan(&st.OrdersAccepted, &st.OrdersRejected, &st.OrdersOpen, &st.OrdersCancelled, &st.Trades, &st.TradedMwh, &st.TradedCents, &st.LastSeq, &st.MarketMoves,
-			&st.OpenSellMwh, &st.OpenBuyHoldCents)
+			&st.OpenSellMwh, &st.OpenBuyHoldCents, &st.OrdersVoided)
 	if err != nil {
 		return nil, recdb.StoreErr(err)
 	}
 	return st, nil
+}
+
+// VoidReason is the reject reason of an order id the reconciler voided.
+const VoidReason = "voided: its hold was placed but the order never reached the journal"
+
+// Reconcile releases the holds placed more than age ago whose order never
+// reached the journal: the instance that placed one died between the hold
+// and the commit, and the client gave up instead of repeating the order.
+// It first records the order id as voided (a rejected order), in a
+// transaction, so no PlaceOrder can accept it afterwards (a repeat gets the
+// voided order), and only then releases the hold; a crash in between is
+// finished by the next run. It returns how many holds it released. Safe to
+// run on every instance at once.
+func (s *Server) Reconcile(ctx context.Context, age time.Duration) (int, error) {
+	before := time.Now().Add(-age).UnixMilli()
+	n := 0
+	for _, side := range []recpb.Side{recpb.Side_BUY, recpb.Side_SELL} {
+		var (
+			holds *recpb.ListHoldsReply
+			err   error
+		)
+		req := &recpb.ListHoldsRequest{PlacedBeforeUnixMs: before, Limit: 200}
+		if side == recpb.Side_BUY {
+			holds, err = s.cfg.Accounts.ListHolds(ctx, req)
+		} else {
+			holds, err = s.cfg.Registry.ListHolds(ctx, req)
+		}
+		if err != nil {
+			return n, fmt.Errorf("trading: reconcile: list holds: %w", err)
+		}
+		for _, h := range holds.GetHolds() {
+			void, err := s.void(ctx, h, side)
+			if err != nil {
+				return n, fmt.Errorf("trading: reconcile: void %s: %w", h.GetHoldId(), err)
+			}
+			if !void {
+				continue
+			}
+			rel := &recpb.ReleaseRequest{HoldId: h.GetHoldId()}
+			if side == recpb.Side_BUY {
+				_, err = s.cfg.Accounts.Release(ctx, rel)
+			} else {
+				_, err = s.cfg.Registry.Release(ctx, rel)
+			}
+			if err != nil {
+				return n, fmt.Errorf("trading: reconcile: release %s: %w", h.GetHoldId(), err)
+			}
+			s.log.Warn("released the hold of an order that never came", "order", h.GetHoldId(), "participant", h.GetOwner(), "side", side.String())
+			n++
+		}
+	}
+	return n, nil
+}
+
+// void records h's order id as voided unless an order has it; it reports
+// whether the hold is now the reconciler's to release.
+func (s *Server) void(ctx context.Context, h *recpb.HoldInfo, side recpb.Side) (bool, error) {
+	var void bool
+	err := recdb.Tx(ctx, s.db, func(tx *sql.Tx) error {
+		o, err := getOrder(ctx, tx, h.GetHoldId())
+		if err == nil {
+			void = o.GetStatus() == recpb.OrderStatus_REJECTED && o.GetRejectReason() == VoidReason
+			return nil
+		}
+		if status.Code(err) != codes.NotFound {
+			return err
+		}
+		void = true
+		_, err = tx.ExecContext(ctx, `INSERT INTO orders (order_id, participant, source, vintage, side, price, mwh, status, reason, instance, at_ms) VALUES (?, ?, '', 0, ?, 0, 0, 4, ?, ?, ?)`,
+			h.GetHoldId(), h.GetOwner(), int(side), VoidReason, s.cfg.Instance, time.Now().UnixMilli())
+		return err
+	})
+	return void, err
 }

@@ -229,3 +229,48 @@ func TestTwoInstancesOneMarket(t *testing.T) {
 		}
 	}
 }
+
+// TestReconcileReleasesOrphanHolds places holds whose orders never come,
+// as when an instance dies between the hold and the commit and the client
+// gives up: the reconciler voids the order ids and releases the holds, and
+// a late repeat of the order is rejected rather than accepted uncovered.
+func TestReconcileReleasesOrphanHolds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := rectest.New(t)
+	p.Seed(t, solar, 100_000, 10, "a", "b")
+	if _, err := p.Accounts.Hold(ctx, &recpb.CashHoldRequest{HoldId: "lost-buy", Participant: "a", Cents: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Registry.Hold(ctx, &recpb.HoldRequest{HoldId: "lost-sell", Owner: "b", Market: solar, Mwh: 4}); err != nil {
+		t.Fatal(err)
+	}
+	live, err := p.Trading.PlaceOrder(ctx, order("live", "b", recpb.Side_SELL, 2000, 3))
+	if err != nil || live.GetStatus() != recpb.OrderStatus_OPEN {
+		t.Fatalf("live order: %v, %v", live, err)
+	}
+
+	if n, err := p.Trading.Reconcile(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("reconcile of young holds: %d, %v; want 0", n, err)
+	}
+	n, err := p.Trading.Reconcile(ctx, -time.Second) // every hold, however young
+	if err != nil || n != 2 {
+		t.Fatalf("reconcile: %d, %v; want the 2 orphan holds released", n, err)
+	}
+	if n, err := p.Trading.Reconcile(ctx, -time.Second); err != nil || n != 0 {
+		t.Errorf("second reconcile: %d, %v; want 0", n, err)
+	}
+	acct, _ := p.Accounts.Balance(ctx, &recpb.BalanceRequest{Participant: "a"})
+	h, _ := p.Registry.Holdings(ctx, &recpb.HoldingsRequest{Owner: "b"})
+	if acct.GetHeldCents() != 0 || h.GetHoldings()[0].GetHeldMwh() != 3 {
+		t.Errorf("after reconcile: a holds %d cents, b holds %d MWh; want 0 and 3 (the live order)", acct.GetHeldCents(), h.GetHoldings()[0].GetHeldMwh())
+	}
+	late, err := p.Trading.PlaceOrder(ctx, order("lost-buy", "a", recpb.Side_BUY, 1000, 5))
+	if err != nil || late.GetStatus() != recpb.OrderStatus_REJECTED || late.GetRejectReason() != trading.VoidReason {
+		t.Errorf("late repeat of a voided order: %v, %v; want REJECTED (voided)", late, err)
+	}
+	st, err := p.Trading.Stats(ctx, &recpb.TradingStatsRequest{})
+	if err != nil || st.GetOrdersVoided() != 2 || st.GetOrdersRejected() != 0 || st.GetOrdersAccepted() != 1 {
+		t.Errorf("stats %v, %v: want 1 accepted, 0 rejected, 2 voided", st, err)
+	}
+}

@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
 	"github.com/gridmesh/gridmesh/examples/rec/recdb"
@@ -33,6 +36,7 @@ func run(ctx context.Context) error {
 	instance := flag.String("instance", "", "this instance's name (default: the listen address)")
 	accounts := flag.String("accounts", "127.0.0.1:7102", "accounts service: host:port[,...] or a target like consul:///accounts")
 	registry := flag.String("registry", "127.0.0.1:7101", "registry service: host:port[,...] or a target")
+	reconcileAfter := flag.Duration("reconcile-after", time.Minute, "release holds this old whose order never reached the journal (0: never)")
 	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	controlPlane := flag.String("control-plane", "", "meshd's xDS address: register with it and take mTLS and RBAC from it (xds:///name targets need it); empty: static targets only")
 	flag.Parse()
@@ -67,11 +71,29 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer srv.Close()
-	recpb.RegisterTradingServer(srv, trading.New(db, trading.Config{
+	t := trading.New(db, trading.Config{
 		Instance: *instance,
 		Accounts: recpb.NewAccountsClient(ac),
 		Registry: recpb.NewRegistryClient(rc),
 		Logger:   log,
-	}))
-	return node.Serve(ctx, srv, *listen)
+	})
+	recpb.RegisterTradingServer(srv, t)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return node.Serve(ctx, srv, *listen) })
+	if *reconcileAfter > 0 {
+		g.Go(func() error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(*reconcileAfter / 4):
+				}
+				if _, err := t.Reconcile(ctx, *reconcileAfter); err != nil && ctx.Err() == nil {
+					log.Warn("reconciling holds", "err", err)
+				}
+			}
+		})
+	}
+	return g.Wait()
 }
