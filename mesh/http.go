@@ -51,7 +51,8 @@ type connStartKey struct{}
 // r.RequestURI and the lower-cased r.Host. Default authorization: every
 // authenticated caller of a trusted trust domain.
 //
-// Connections live at most 40% of the SVID lifetime: after that the next
+// Connections live at most 40% of the SVID's remaining validity when the
+// server is built (about 40% of its TTL): after that the next
 // response carries "Connection: close" (a GOAWAY on HTTP/2), so clients
 // move to fresh certificates; idle connections close after the same time
 // (at most 2 minutes); and a connection is cut at the latest
@@ -72,7 +73,7 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	lifetime, err := security.SVIDLifetime(cfg.identity)
+	remaining, err := security.SVIDRemaining(cfg.identity)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
@@ -91,7 +92,7 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	if cfg.idempotency != nil {
 		handler = idempotency.NewServer(cfg.idempotency, callerKey).Handler(handler)
 	}
-	maxAge := lifetime * 2 / 5
+	maxAge := remaining * 2 / 5
 	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny))
 	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,
 	// status) outside the authorization, so refusals count.

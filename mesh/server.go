@@ -44,10 +44,11 @@ type Server struct {
 }
 
 // NewServer builds a mesh server. It does not block. The connection age is
-// capped at 40% of the SVID lifetime (with WithConnectionGrace for in-flight
-// calls), so clients move to fresh certificates well before the old ones
-// expire; a connection is cut at the latest grace after its certificates
-// expire.
+// capped at 40% of the SVID's remaining validity when the server is built
+// (about 40% of its TTL), with WithConnectionGrace for in-flight calls, so
+// clients move to fresh certificates before the ones they connected with
+// expire (workloads rotate at half-life); a connection is cut at the latest
+// grace after its certificates expire.
 func NewServer(opts ...ServerOption) (*Server, error) {
 	cfg := serverConfig{grace: 10 * time.Second, drain: 30 * time.Second}
 	for _, o := range opts {
@@ -60,7 +61,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	lifetime, err := security.SVIDLifetime(cfg.identity)
+	remaining, err := security.SVIDRemaining(cfg.identity)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
@@ -83,7 +84,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 		grpc.ChainUnaryInterceptor(cfg.unaryAfterAuthz()...),
 		grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
-			MaxConnectionAge:      lifetime * 2 / 5,
+			MaxConnectionAge:      remaining * 2 / 5,
 			MaxConnectionAgeGrace: cfg.grace,
 		}),
 	}

@@ -30,15 +30,16 @@ func ID(src Source) (spiffeid.ID, error) {
 	return svid.ID, nil
 }
 
-// SVIDLifetime returns the validity period of src's current SVID (NotAfter
-// minus NotBefore), which the mesh uses to bound connection age.
-func SVIDLifetime(src Source) (time.Duration, error) {
+// SVIDRemaining returns how long src's current SVID stays valid, which the
+// mesh uses to bound connection age. It is not NotAfter minus NotBefore:
+// issuers (SPIRE, the dev CA) backdate NotBefore for clock skew, which would
+// overstate the usable life and let connections outlive their certificates.
+func SVIDRemaining(src Source) (time.Duration, error) {
 	svid, err := src.GetX509SVID()
 	if err != nil {
 		return 0, fmt.Errorf("security: reading own SVID: %w", err)
 	}
-	leaf := svid.Certificates[0]
-	return leaf.NotAfter.Sub(leaf.NotBefore), nil
+	return time.Until(svid.Certificates[0].NotAfter), nil
 }
 
 // notifier hands out a channel that is closed on the next update, so any
