@@ -40,7 +40,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
-	_, discoveryOpts, err := cfg.discoveryDialOptions()
+	reg, discoveryOpts, err := cfg.discoveryDialOptions()
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
@@ -78,6 +78,9 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	}
 	if releaseXDS != nil {
 		releaseOnShutdown(cc, releaseXDS)
+	}
+	if xdsOpts == nil {
+		tel.attachDiscovery(reg, target, cfg.discovery.balancer)
 	}
 	tel.registerClient(cfg.identity, target, cc)
 	return cc, nil

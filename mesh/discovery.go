@@ -10,6 +10,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // discoveryDialConfig is the discovery part of dialConfig.
@@ -101,4 +102,47 @@ func (s *Server) register(ctx context.Context, lis net.Listener) (*discovery.Reg
 		return nil, fmt.Errorf("mesh: registering %s in Consul: %w", svc.Name, err)
 	}
 	return reg, nil
+}
+
+// attachDiscovery shows target's balancer and endpoints on the admin
+// endpoint and counts its endpoint updates, when telemetry is on. It follows
+// the target with its own watch, so what the admin endpoint shows is what
+// discovery currently says, not only where calls went.
+func (t *meshTelemetry) attachDiscovery(reg *discovery.Registry, target string, b *discovery.Balancer) {
+	if t == nil || !t.interceptorsOn() {
+		return
+	}
+	policy := string(discovery.RoundRobin)
+	if b != nil && b.Policy != "" {
+		policy = string(b.Policy)
+	}
+	if b != nil && b.Outlier != nil {
+		policy += " with outlier_detection"
+	}
+	t.balancer = func() string { return policy }
+	if reg == nil {
+		return
+	}
+	if _, err := discovery.ParseTarget(target); err != nil {
+		return // not a discovery target (dns:///, xds:///, a bare address)
+	}
+	m := t.metrics
+	w, err := reg.Watch(target, func(eps []discovery.Endpoint, err error) { m.DiscoveryUpdate(target, len(eps), err) })
+	if err != nil {
+		return
+	}
+	t.endpoints = func() []admin.Endpoint {
+		var out []admin.Endpoint
+		for _, e := range w.Endpoints() {
+			ep := admin.Endpoint{Address: e.Addr, Weight: uint32(e.Weight)}
+			if !e.ID.IsZero() {
+				ep.Identity = e.ID.String()
+			}
+			out = append(out, ep)
+		}
+		return out
+	}
+	t.mu.Lock()
+	t.closers = append(t.closers, func() { w.Close() })
+	t.mu.Unlock()
 }

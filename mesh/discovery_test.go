@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 func TestDialStaticTargetBalancesRoundRobin(t *testing.T) {
@@ -99,5 +101,36 @@ func TestServeRegistersInConsulAndDeregisters(t *testing.T) {
 	}
 	if h := health(); len(h) != 0 {
 		t.Errorf("after Serve returned, Consul still has %v", h)
+	}
+}
+
+// TestAdminShowsDiscoveredEndpoints: with the admin endpoint on, a client's
+// target lists the endpoints discovery gives, with their expected IDs and
+// the balancer policy.
+func TestAdminShowsDiscoveredEndpoints(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/trading")))
+	target := "static:///" + addr + "?spiffe_id=spiffe://example.org/trading"
+	free := listen(t) // a free port for the admin endpoint
+	adminAddr := free.Addr().String()
+	free.Close()
+	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithAdmin(adminAddr), mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	var st admin.Status
+	waitFor(t, func() bool {
+		st = getJSON[admin.Status](t, "http://"+adminAddr+"/status")
+		return len(st.Targets) == 1 && len(st.Targets[0].Endpoints) == 1
+	})
+	tg := st.Targets[0]
+	want := admin.Endpoint{Address: addr, Identity: "spiffe://example.org/trading", Weight: 1}
+	if diff := cmp.Diff(want, tg.Endpoints[0]); diff != "" {
+		t.Errorf("endpoint (-want +got):\n%s", diff)
+	}
+	if tg.Balancer != "least_request" {
+		t.Errorf("balancer = %q, want least_request", tg.Balancer)
 	}
 }

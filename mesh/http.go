@@ -92,6 +92,7 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	if cfg.idempotency != nil {
 		handler = idempotency.NewServer(cfg.idempotency, callerKey).Handler(handler)
 	}
+	tel.registerServer(cfg.identity, cfg.authorizer, "http-server")
 	maxAge := remaining * 2 / 5
 	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny))
 	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,

@@ -102,7 +102,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	} else {
 		srv = grpc.NewServer(append(grpcOpts, grpc.Creds(creds))...)
 	}
-	tel.registerServer(cfg.identity, cfg.authorizer)
+	tel.registerServer(cfg.identity, cfg.authorizer, "server")
 	s := &Server{
 		tel:        tel,
 		grpc:       srv,

@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/experimental/stats"
 	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 
@@ -194,8 +192,9 @@ func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 	return opts
 }
 
-// registerServer shows a server on the admin endpoint until close.
-func (t *meshTelemetry) registerServer(src security.Source, authorizer security.Authorizer) {
+// registerServer shows a server on the admin endpoint until close; kind is
+// "server" (gRPC, with its open health service) or "http-server".
+func (t *meshTelemetry) registerServer(src security.Source, authorizer security.Authorizer, kind string) {
 	if t == nil || t.admin == nil {
 		return
 	}
@@ -209,10 +208,13 @@ func (t *meshTelemetry) registerServer(src security.Source, authorizer security.
 	health := admin.Policy{Kind: "authz", Scope: scope, Name: "health", Source: "default",
 		Detail: "/grpc.health.v1.Health/* open to every authenticated caller"}
 	unregister := t.admin.Register(admin.Provider{
-		Component: admin.Component{Kind: "server", Name: scope},
+		Component: admin.Component{Kind: kind, Name: scope},
 		Identity:  func() admin.Identity { return identityView(src, t.self) },
 		Policies: func() []admin.Policy {
-			ps := []admin.Policy{policy, health}
+			ps := []admin.Policy{policy}
+			if kind == "server" {
+				ps = append(ps, health)
+			}
 			if t.policies != nil {
 				ps = append(ps, t.policies()...)
 			}
@@ -239,15 +241,9 @@ func (t *meshTelemetry) registerClient(src security.Source, target string, cc *g
 	if closers == 0 {
 		return
 	}
-	// A ClientConn has no close hook: watch for its Shutdown state, then
-	// release what the connection holds (admin endpoint, watchers). The
-	// goroutine ends when the connection is closed.
-	go func() {
-		for s := cc.GetState(); s != connectivity.Shutdown; s = cc.GetState() {
-			cc.WaitForStateChange(context.Background(), s)
-		}
-		t.close()
-	}()
+	// A ClientConn has no close hook: release what the connection holds
+	// (admin endpoint, watchers) once it shuts down.
+	releaseOnShutdown(cc, t.close)
 }
 
 func (t *meshTelemetry) registerTarget(src security.Source, target string, cc *grpc.ClientConn) {
