@@ -1,14 +1,29 @@
-# gridmesh: `make demo` runs the example, `make test` runs every test.
+# gridmesh: `make demo` runs the REC trading platform, `make test` runs every test.
 SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
+# SPIRE=1 runs the demo on a real SPIRE server and agent (built from the Go
+# module proxy by tools/spire/build.sh) instead of meshd dev's identities.
+SPIRE ?=
+SPIRE_DIR ?= /tmp/gridmesh-spire
 
-.PHONY: build demo test test-short proto vet
+.PHONY: build demo demo-hello test proto vet
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/meshd ./examples/hello/greeter ./examples/hello/caller
+	$(GO) build -o $(BIN)/ ./cmd/meshd ./cmd/meshctl ./examples/hello/greeter ./examples/hello/caller ./examples/rec/cmd/...
 
+ifeq ($(SPIRE),)
 demo: build
+	$(BIN)/recdemo -bin $(BIN)
+else
+demo: build
+	bash tools/spire/up.sh -d $(SPIRE_DIR) -l 60 /registry=$(BIN)/registry /accounts=$(BIN)/accounts \
+		/trading=$(BIN)/trading /settlement=$(BIN)/settlement /gateway=$(BIN)/gateway /operator /portal
+	trap 'bash tools/spire/down.sh -d $(SPIRE_DIR)' EXIT; \
+		$(BIN)/recdemo -bin $(BIN) -spiffe-socket unix://$(SPIRE_DIR)/agent.sock
+endif
+
+demo-hello: build
 	BIN=$(BIN) ./examples/hello/demo.sh
 
 vet:
@@ -28,4 +43,4 @@ proto:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 	PATH=$(BIN):$$PATH protoc --go_out=. --go_opt=module=github.com/gridmesh/gridmesh \
 		--go-grpc_out=. --go-grpc_opt=module=github.com/gridmesh/gridmesh \
-		examples/hello/hellopb/hello.proto
+		examples/hello/hellopb/hello.proto examples/rec/recpb/rec.proto
