@@ -13,6 +13,7 @@ import (
 // resilienceDialConfig is the resilience part of dialConfig.
 type resilienceDialConfig struct {
 	client *resilience.Client
+	config *resilience.Config // WithResiliencePolicy
 	off    bool
 	// keepGRPCRetries leaves grpc-go's retries on: xds:/// targets, whose
 	// retry policy comes from the control plane's routes.
@@ -26,6 +27,15 @@ type resilienceDialConfig struct {
 // only what is safe to repeat (see the resilience package).
 func WithResilience(rc *resilience.Client) DialOption {
 	return dialOption(func(c *dialConfig) { c.resilience = resilienceDialConfig{client: rc} })
+}
+
+// WithResiliencePolicy applies cfg instead of resilience.DefaultConfig(),
+// with the mesh's own telemetry: retries, hedges, breaker changes and budget
+// exhaustion show in metrics and on the admin endpoint. An invalid cfg makes
+// Dial fail with the field at fault. Use WithResilience instead to share
+// breakers and budgets between connections.
+func WithResiliencePolicy(cfg resilience.Config) DialOption {
+	return dialOption(func(c *dialConfig) { c.resilience = resilienceDialConfig{config: &cfg} })
 }
 
 // WithoutResilience turns the resilience policies off: no retries, no
@@ -57,9 +67,13 @@ func (c *dialConfig) resilienceClient(tel *meshTelemetry) (*resilience.Client, e
 	if c.logger != nil {
 		opts = append(opts, resilience.WithLogger(c.logger))
 	}
-	rc, err := resilience.NewClient(resilience.DefaultConfig(), opts...)
+	cfg, what := resilience.DefaultConfig(), "default resilience policy"
+	if c.resilience.config != nil {
+		cfg, what = *c.resilience.config, "WithResiliencePolicy"
+	}
+	rc, err := resilience.NewClient(cfg, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("default resilience policy: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return rc, nil
 }

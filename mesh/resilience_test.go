@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -48,4 +49,15 @@ func TestIdempotencyKeyAppliesOnce(t *testing.T) {
 	if n := svc.calls.Load(); n != 2 {
 		t.Errorf("handler ran %d times, want 2 (bob's key is his own)", n)
 	}
+}
+
+func TestWithResiliencePolicyRefusesInvalidConfig(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	cfg := resilience.DefaultConfig()
+	cfg.Default.Retry.MaxAttempts = -1
+	_, err := mesh.Dial(callTimeout(t), "127.0.0.1:1", mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithResiliencePolicy(cfg))
+	if err == nil || !strings.Contains(err.Error(), "WithResiliencePolicy") {
+		t.Fatalf("Dial with an invalid policy: err = %v, want one naming WithResiliencePolicy and the field", err)
+	}
+	t.Log(err)
 }
