@@ -1,18 +1,20 @@
 // Package bench measures what gridmesh costs per call against plain gRPC,
 // static TLS 1.3 and a haproxy sidecar pair, and holds the per-RPC
-// allocation benchmarks for the mesh's own interceptors.
+// allocation benchmarks of the mesh's call path and interceptors.
 //
-// The end-to-end harness runs servers, proxies and load generators as
-// separate processes and interleaves the scenarios over several rounds:
+// `make bench` runs the end-to-end harness (bench/cmd/harness): servers,
+// proxies and load generators as separate processes, the scenarios
+// interleaved over several rounds, CPU summed over every process on the
+// path. By hand:
 //
 //	go build -o bin/ ./cmd/meshd ./bench/cmd/harness ./bench/cmd/benchserver ./bench/cmd/benchload
 //	go test -c -o bin/bench.test ./bench
-//	bin/harness -bin bin -out bench-result.json        # full run, ~15 minutes
-//	bin/harness -bin bin -quick                        # ~1 minute
+//	bin/harness -bin bin -out bin/bench-result.json   # full run, about 12 minutes
+//	bin/harness -bin bin -quick                       # about one minute
 //
 // The in-process benchmarks run on their own:
 //
 //	go test -run '^$' -bench . -benchmem ./bench
 //
-// Nothing here is imported by the mesh; the package holds only tests.
+// RESULTS.md has the table of one full run and where the cost goes.
 package bench
