@@ -125,11 +125,7 @@ func TestWrongSPIFFEIDRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clientSrc.Close()
-	grpcOpts, err := reg.DialOptions(discovery.Balancer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dialOpts := mesh.WithGRPCDialOptions(grpcOpts...)
+	dialOpts := mesh.WithRegistry(reg)
 
 	conn, err := mesh.Dial(ctx, "consul:///trading", mesh.WithIdentity(clientSrc), dialOpts)
 	if err != nil {

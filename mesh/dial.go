@@ -40,7 +40,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
-	reg, discoveryOpts, err := cfg.discoveryDialOptions()
+	reg, discoveryOpts, err := cfg.discoveryDialOptions(target)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}

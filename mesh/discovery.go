@@ -2,9 +2,11 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"google.golang.org/grpc"
 
@@ -60,8 +62,11 @@ func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
 // discoveryDialOptions returns the resolvers for consul:/// and static:///
 // targets and the balancer's service config. Without WithRegistry, static
 // targets still work.
-func (c *dialConfig) discoveryDialOptions() (*discovery.Registry, []grpc.DialOption, error) {
+func (c *dialConfig) discoveryDialOptions(target string) (*discovery.Registry, []grpc.DialOption, error) {
 	reg := c.http.registry
+	if reg == nil && strings.HasPrefix(target, "consul:") {
+		return nil, nil, errors.New("consul:/// targets need a Consul client: pass mesh.WithRegistry(reg), with reg from discovery.New(discovery.Config{Consul: client})")
+	}
 	if reg == nil {
 		var err error
 		if reg, err = discovery.New(discovery.Config{}); err != nil {

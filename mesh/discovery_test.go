@@ -134,3 +134,11 @@ func TestAdminShowsDiscoveredEndpoints(t *testing.T) {
 		t.Errorf("balancer = %q, want least_request", tg.Balancer)
 	}
 }
+
+func TestDialConsulTargetWithoutRegistryExplainsFix(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	_, err := mesh.Dial(callTimeout(t), "consul:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")))
+	if err == nil || !strings.Contains(err.Error(), "mesh.WithRegistry") {
+		t.Fatalf("err = %v, want one naming mesh.WithRegistry", err)
+	}
+}
