@@ -59,27 +59,12 @@ type connStartKey struct{}
 // WithConnectionGrace after the earlier expiry of the certificates it was
 // authenticated with.
 func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, error) {
-	cfg := serverConfig{grace: 10 * time.Second, drain: 30 * time.Second}
-	for _, o := range opts {
-		o.applyServer(&cfg)
-	}
 	if handler == nil {
 		return nil, errors.New("mesh: NewHTTPServer has no handler: pass an http.Handler such as an *http.ServeMux")
 	}
-	if cfg.identity == nil {
-		return nil, errors.New("mesh: NewHTTPServer has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
-	}
-	id, err := security.ID(cfg.identity)
+	cfg, id, remaining, logger, err := newServerConfig("NewHTTPServer", opts)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
-	}
-	remaining, err := security.SVIDRemaining(cfg.identity)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
-	}
-	logger := cfg.logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+		return nil, err
 	}
 	protocols := httpProtocols(cfg.http.protocols)
 	tlsCfg := security.ServerTLSConfig(cfg.identity, spiffeid.MatchAny())

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -50,24 +49,9 @@ type Server struct {
 // expire (workloads rotate at half-life); a connection is cut at the latest
 // grace after its certificates expire.
 func NewServer(opts ...ServerOption) (*Server, error) {
-	cfg := serverConfig{grace: 10 * time.Second, drain: 30 * time.Second}
-	for _, o := range opts {
-		o.applyServer(&cfg)
-	}
-	if cfg.identity == nil {
-		return nil, errors.New("mesh: NewServer has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
-	}
-	id, err := security.ID(cfg.identity)
+	cfg, id, remaining, logger, err := newServerConfig("NewServer", opts)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
-	}
-	remaining, err := security.SVIDRemaining(cfg.identity)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
-	}
-	logger := cfg.logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+		return nil, err
 	}
 	authz := cfg.authorizer
 	if authz == nil {
@@ -118,6 +102,29 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	return s, nil
+}
+
+// newServerConfig applies opts and reads what every mesh server needs of its
+// identity: its SPIFFE ID and how long its current SVID stays valid.
+func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig, id spiffeid.ID, remaining time.Duration, logger *slog.Logger, err error) {
+	cfg = serverConfig{grace: 10 * time.Second, drain: 30 * time.Second}
+	for _, o := range opts {
+		o.applyServer(&cfg)
+	}
+	if cfg.identity == nil {
+		return cfg, id, 0, nil, fmt.Errorf("mesh: %s has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA", constructor)
+	}
+	if id, err = security.ID(cfg.identity); err != nil {
+		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
+	}
+	if remaining, err = security.SVIDRemaining(cfg.identity); err != nil {
+		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
+	}
+	logger = cfg.logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, id, remaining, logger, nil
 }
 
 func openHealth(authz security.Authorizer) security.Authorizer {
