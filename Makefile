@@ -7,7 +7,7 @@ BIN := $(CURDIR)/bin
 SPIRE ?=
 SPIRE_DIR ?= /tmp/gridmesh-spire
 
-.PHONY: build demo demo-hello test proto vet
+.PHONY: build demo demo-hello test proto vet bench
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/meshd ./cmd/meshctl ./examples/hello/greeter ./examples/hello/caller ./examples/rec/cmd/...
@@ -34,6 +34,16 @@ test: vet
 	bash telemetry/internal/jaeger/build.sh >/dev/null
 	$(GO) test -race -count=1 -timeout 60m ./...
 	$(GO) test -run '^$$' -fuzz FuzzNormalizePathDenyRule -fuzztime 30s ./security/
+
+# Benchmarks: the mesh against plain gRPC, static TLS 1.3 and a haproxy
+# sidecar pair, as separate processes. About 12 minutes;
+# `make bench BENCHFLAGS=-quick` about one. Writes bin/bench-result.json and .md.
+BENCHFLAGS ?=
+bench:
+	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
+	$(GO) build -o $(BIN)/ ./cmd/meshd ./bench/cmd/harness ./bench/cmd/benchserver ./bench/cmd/benchload
+	$(GO) test -c -o $(BIN)/bench.test ./bench
+	$(BIN)/harness -bin $(BIN) -out $(BIN)/bench-result.json $(BENCHFLAGS)
 
 # Regenerate the committed protobuf code (protoc from Debian, plugins from
 # the Go module proxy).
