@@ -6,6 +6,9 @@ BIN := $(CURDIR)/bin
 # module proxy by tools/spire/build.sh) instead of meshd dev's identities.
 SPIRE ?=
 SPIRE_DIR ?= /tmp/gridmesh-spire
+# The demo takes routes, mTLS and RBAC from meshd's xDS; RECDEMOFLAGS= runs
+# it on static targets with authorization in code. See bin/recdemo -h.
+RECDEMOFLAGS ?= -xds
 
 .PHONY: build demo demo-hello test proto vet bench
 
@@ -14,13 +17,13 @@ build:
 
 ifeq ($(SPIRE),)
 demo: build
-	$(BIN)/recdemo -bin $(BIN)
+	$(BIN)/recdemo -bin $(BIN) $(RECDEMOFLAGS)
 else
 demo: build
 	bash tools/spire/up.sh -d $(SPIRE_DIR) -l 60 /registry=$(BIN)/registry /accounts=$(BIN)/accounts \
 		/trading=$(BIN)/trading /settlement=$(BIN)/settlement /gateway=$(BIN)/gateway /operator /portal
 	trap 'bash tools/spire/down.sh -d $(SPIRE_DIR)' EXIT; \
-		$(BIN)/recdemo -bin $(BIN) -spiffe-socket unix://$(SPIRE_DIR)/agent.sock
+		$(BIN)/recdemo -bin $(BIN) -spiffe-socket unix://$(SPIRE_DIR)/agent.sock $(RECDEMOFLAGS)
 endif
 
 demo-hello: build
