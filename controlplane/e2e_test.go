@@ -51,13 +51,14 @@ func twoVersions(routes ...controlplane.Route) *controlplane.Config {
 func TestHeaderRouteSendsMatchingCallsToV2Only(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", twoVersions(
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(twoVersions(
 		controlplane.Route{Name: "canary", Match: controlplane.Match{Headers: []controlplane.HeaderMatch{{Name: "x-canary", Exact: "true"}}}, Version: "v2"},
 		controlplane.Route{Name: "stable", Version: "v1"},
-	))
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	)))
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "v1")
 
 	canary := metadata.AppendToOutgoingContext(ctx, "x-canary", "true")
@@ -81,13 +82,14 @@ func TestHeaderRouteSendsMatchingCallsToV2Only(t *testing.T) {
 func TestWeightedSplit90To10(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", twoVersions(controlplane.Route{
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(twoVersions(controlplane.Route{
 		Name:  "canary",
 		Split: []controlplane.WeightedVersion{{Version: "v1", Weight: 90}, {Version: "v2", Weight: 10}},
-	}))
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	})))
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	// Both clusters must be up before counting.
 	waitServedBy(ctx, t, c, "v2")
 

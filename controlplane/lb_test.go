@@ -27,11 +27,12 @@ func TestLoadBalancingPolicies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			m := xdstest.StartMeshd(t, "", oneService(tt.svc))
+			ca := newMeshCA(t)
+			m := xdstest.StartMeshd(t, "", withMTLS(oneService(tt.svc)))
 			for i := range 3 {
-				xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: fmt.Sprintf("b%d", i), Service: "trading"})
+				meshBackend(t, m, ca, xdstest.BackendOptions{Name: fmt.Sprintf("b%d", i), Service: "trading"})
 			}
-			c := xdstest.Dial(t, m.Addr, "trading", nil)
+			c := meshCaller(t, m.Addr, "trading", ca)
 			waitServedBy(ctx, t, c, "b0")
 
 			perAccount := map[string]map[string]int{}

@@ -96,7 +96,7 @@ func TestRBACAllowsListedIdentityAndDeniesOthers(t *testing.T) {
 			if spiffeid.RequireFromString(tt.caller).TrustDomain().Name() == "evil.test" {
 				issuer = evil
 			}
-			c := xdstest.Dial(t, m.Addr, "ledger", devSource(t, issuer, tt.caller))
+			c := meshDial(t, m.Addr, "ledger", devSource(t, issuer, tt.caller))
 			if tt.wantCode == codes.Unavailable {
 				// The ledger refuses the handshake: no verdict ever comes.
 				cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
@@ -142,7 +142,7 @@ func TestClientRefusesServerWithUnregisteredIdentity(t *testing.T) {
 		Name: "impostor", Service: "ledger", SPIFFEID: "spiffe://rec.test/ledger",
 		Identity: devSource(t, ca, "spiffe://rec.test/impostor"),
 	})
-	c := xdstest.Dial(t, m.Addr, "ledger", devSource(t, ca, "spiffe://rec.test/trading"))
+	c := meshDial(t, m.Addr, "ledger", devSource(t, ca, "spiffe://rec.test/trading"))
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
 	defer ccancel()
 	_, err = call(cctx, c)

@@ -23,12 +23,13 @@ func oneService(s controlplane.Service) *controlplane.Config {
 func TestFaultAbortFiftyPercent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{Routes: []controlplane.Route{{
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{Routes: []controlplane.Route{{
 		Name:  "chaos",
 		Fault: &controlplane.Fault{Abort: &controlplane.AbortFault{Code: "UNAVAILABLE", Percent: 50}},
-	}}}))
-	b := xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	}}})))
+	b := meshBackend(t, m, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "b1")
 
 	const n = 2000
@@ -58,13 +59,14 @@ func TestFaultDelayShowsInLatency(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const delay = 200 * time.Millisecond
-	m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{Routes: []controlplane.Route{{
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{Routes: []controlplane.Route{{
 		Name:  "slow-unary",
 		Match: controlplane.Match{Method: "/grpc.testing.TestService/UnaryCall"},
 		Fault: &controlplane.Fault{Delay: &controlplane.DelayFault{Duration: delay, Percent: 100}},
-	}}}))
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	}}})))
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "b1")
 
 	for range 5 {
@@ -98,9 +100,10 @@ func TestRetryPolicyRetriesUnavailable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{Retry: tt.retry}))
-			b := xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
-			c := xdstest.Dial(t, m.Addr, "trading", nil)
+			ca := newMeshCA(t)
+			m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{Retry: tt.retry})))
+			b := meshBackend(t, m, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+			c := meshCaller(t, m.Addr, "trading", ca)
 			waitServedBy(ctx, t, c, "b1")
 			// Two of every three attempts fail.
 			var n atomic.Int64
@@ -126,9 +129,10 @@ func TestRetryPolicyRetriesUnavailable(t *testing.T) {
 func TestTimeoutCutsSlowCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{Timeout: 100 * time.Millisecond}))
-	b := xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{Timeout: 100 * time.Millisecond})))
+	b := meshBackend(t, m, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "b1")
 	b.SetBehavior(func(ctx context.Context) error {
 		select {
@@ -151,9 +155,10 @@ func TestTimeoutCutsSlowCalls(t *testing.T) {
 func TestCircuitBreakerCapsConcurrentCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{CircuitBreaker: &controlplane.CircuitBreaker{MaxRequests: 2}}))
-	b := xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "b1", Service: "trading"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{CircuitBreaker: &controlplane.CircuitBreaker{MaxRequests: 2}})))
+	b := meshBackend(t, m, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "b1")
 
 	release := make(chan struct{})
@@ -194,20 +199,21 @@ func TestCircuitBreakerCapsConcurrentCalls(t *testing.T) {
 func TestOutlierDetectionEjectsFailingEndpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", oneService(controlplane.Service{OutlierDetection: &controlplane.OutlierDetection{
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(oneService(controlplane.Service{OutlierDetection: &controlplane.OutlierDetection{
 		Interval:                100 * time.Millisecond,
 		BaseEjectionTime:        30 * time.Second,
 		MaxEjectionPercent:      50,
 		FailurePercentThreshold: 50,
 		MinimumHosts:            3,
 		RequestVolume:           5,
-	}}))
+	}})))
 	for _, name := range []string{"good-1", "good-2"} {
-		xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: name, Service: "trading"})
+		meshBackend(t, m, ca, xdstest.BackendOptions{Name: name, Service: "trading"})
 	}
-	bad := xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "bad", Service: "trading"})
+	bad := meshBackend(t, m, ca, xdstest.BackendOptions{Name: "bad", Service: "trading"})
 	bad.SetBehavior(func(context.Context) error { return status.Error(codes.Internal, "broken") })
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "good-1")
 
 	// Once the bad endpoint is ejected, 60 calls in a row succeed.
@@ -228,7 +234,7 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	path := t.TempDir() + "/meshd.yaml"
-	good := "services:\n  - name: trading\n    versions: [{name: v1}, {name: v2}]\n    routes:\n      - version: v1\n"
+	good := "mtls: true\nservices:\n  - name: trading\n    versions: [{name: v1}, {name: v2}]\n    routes:\n      - version: v1\n"
 	writeFile(t, path, good)
 	m := xdstest.StartMeshd(t, "", nil)
 	if err := m.LoadConfigFile(path); err != nil {
@@ -239,9 +245,10 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 	go func() { defer close(watchDone); _ = m.WatchConfigFile(wctx, path, 20*time.Millisecond) }()
 	defer func() { wcancel(); <-watchDone }()
 
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	ca := newMeshCA(t)
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "v1")
 
 	var failed, total atomic.Int64
@@ -281,7 +288,7 @@ func TestBadConfigRefusedTrafficKeepsFlowing(t *testing.T) {
 		}
 		return nil
 	})
-	writeFile(t, path, "services:\n  - name: trading\n    versions: [{name: v1}, {name: v2}]\n    routes:\n      - version: v2\n")
+	writeFile(t, path, "mtls: true\nservices:\n  - name: trading\n    versions: [{name: v1}, {name: v2}]\n    routes:\n      - version: v2\n")
 	waitServedBy(ctx, t, c, "v2")
 	lcancel()
 	<-loopDone
@@ -299,17 +306,20 @@ func TestMeshdDownTwentySeconds(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	cfg := oneService(controlplane.Service{})
+	ca := newMeshCA(t)
+	cfg := withMTLS(oneService(controlplane.Service{}))
 	m1 := xdstest.StartMeshd(t, "", cfg)
-	b1 := xdstest.StartBackend(t, m1, xdstest.BackendOptions{Name: "b1", Service: "trading"})
+	b1 := meshBackend(t, m1, ca, xdstest.BackendOptions{Name: "b1", Service: "trading"})
 	hbCtx, hbCancel := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		_ = registrationClient(m1).Heartbeat(hbCtx, registrationFor("trading", b1.Addr, 3*time.Second), nil)
+		reg := registrationFor("trading", b1.Addr, 3*time.Second)
+		reg.SPIFFEID = serviceID("trading")
+		_ = registrationClient(m1).Heartbeat(hbCtx, reg, nil)
 	}()
 	defer func() { hbCancel(); <-hbDone }()
-	c := xdstest.Dial(t, m1.Addr, "trading", nil)
+	c := meshCaller(t, m1.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "b1")
 
 	var failed, total atomic.Int64
@@ -341,7 +351,7 @@ func TestMeshdDownTwentySeconds(t *testing.T) {
 	}
 	duringOutage := total.Load()
 	m2 := xdstest.StartMeshdOn(t, m1.Addr, m1.HTTPAddr, cfg, controlplane.WithStartupGrace(2*time.Second))
-	b2 := xdstest.StartBackend(t, m2, xdstest.BackendOptions{Name: "b2", Service: "trading"})
+	b2 := meshBackend(t, m2, ca, xdstest.BackendOptions{Name: "b2", Service: "trading"})
 	_ = b2
 	xdstest.WaitFor(ctx, t, "new endpoint b2 gets calls", func() error {
 		if b2.Hits.Load() < 10 {
@@ -371,10 +381,11 @@ func TestMeshdDownTwentySeconds(t *testing.T) {
 func TestRouteMovedToAnotherVersionFailsNoCall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := xdstest.StartMeshd(t, "", twoVersions(controlplane.Route{Version: "v1"}))
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
-	xdstest.StartBackend(t, m, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
-	c := xdstest.Dial(t, m.Addr, "trading", nil)
+	ca := newMeshCA(t)
+	m := xdstest.StartMeshd(t, "", withMTLS(twoVersions(controlplane.Route{Version: "v1"})))
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v1", Service: "trading", Version: "v1"})
+	meshBackend(t, m, ca, xdstest.BackendOptions{Name: "v2", Service: "trading", Version: "v2"})
+	c := meshCaller(t, m.Addr, "trading", ca)
 	waitServedBy(ctx, t, c, "v1")
 
 	var failed atomic.Int64
@@ -392,7 +403,7 @@ func TestRouteMovedToAnotherVersionFailsNoCall(t *testing.T) {
 	}()
 	for range 3 {
 		for _, v := range []string{"v2", "v1"} {
-			if err := m.SetConfig("test", twoVersions(controlplane.Route{Version: v})); err != nil {
+			if err := m.SetConfig("test", withMTLS(twoVersions(controlplane.Route{Version: v}))); err != nil {
 				t.Fatal(err)
 			}
 			waitServedBy(ctx, t, c, v)
