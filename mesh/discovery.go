@@ -17,6 +17,7 @@ import (
 
 // discoveryDialConfig is the discovery part of dialConfig.
 type discoveryDialConfig struct {
+	registry *discovery.Registry
 	balancer *discovery.Balancer
 }
 
@@ -24,6 +25,14 @@ type discoveryDialConfig struct {
 type discoveryServerConfig struct {
 	registry *discovery.Registry
 	service  discovery.Service
+}
+
+// WithRegistry sets the discovery Registry through which Dial and
+// HTTPClient find the endpoints of consul:/// and static:/// targets.
+// Default: a Registry without Consul, which serves static:/// targets only.
+// The mesh does not close it (a Registry starts nothing of its own).
+func WithRegistry(reg *discovery.Registry) DialOption {
+	return dialOption(func(c *dialConfig) { c.discovery.registry = reg })
 }
 
 // WithBalancer sets how Dial spreads calls over a target's endpoints:
@@ -63,7 +72,7 @@ func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
 // targets and the balancer's service config. Without WithRegistry, static
 // targets still work.
 func (c *dialConfig) discoveryDialOptions(target string) (*discovery.Registry, []grpc.DialOption, error) {
-	reg := c.http.registry
+	reg := c.discovery.registry
 	if reg == nil && strings.HasPrefix(target, "consul:") {
 		return nil, nil, errors.New("consul:/// targets need a Consul client: pass mesh.WithRegistry(reg), with reg from discovery.New(discovery.Config{Consul: client})")
 	}

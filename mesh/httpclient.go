@@ -147,7 +147,7 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 			return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): %w", host, target, err)
 		}
 	}
-	reg := cfg.http.registry
+	reg := cfg.discovery.registry
 	if reg == nil {
 		if reg, err = discovery.New(discovery.Config{}); err != nil {
 			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)

@@ -3,7 +3,6 @@ package mesh
 import (
 	"net/http"
 
-	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -15,7 +14,6 @@ type httpServerConfig struct {
 // httpDialConfig is the HTTP part of dialConfig (HTTPClient).
 type httpDialConfig struct {
 	protocols *http.Protocols
-	registry  *discovery.Registry
 	targets   map[string]string // normalized host -> discovery target
 	wrappers  []func(http.RoundTripper) http.RoundTripper
 }
@@ -37,14 +35,6 @@ func (o httpProtocolsOption) applyDial(c *dialConfig) {
 // over the mesh's TLS; unencrypted HTTP/2 is ignored. Default: both, with
 // HTTP/2 preferred when both sides offer it.
 func WithHTTPProtocols(p http.Protocols) Option { return httpProtocolsOption(p) }
-
-// WithRegistry sets the discovery Registry through which Dial and
-// HTTPClient find the endpoints of consul:/// and static:/// targets.
-// Default: a Registry without Consul, which serves static:/// targets only.
-// The mesh does not close it (a Registry starts nothing of its own).
-func WithRegistry(reg *discovery.Registry) DialOption {
-	return dialOption(func(c *dialConfig) { c.http.registry = reg })
-}
 
 // WithHTTPTarget makes HTTPClient send requests for host (a URL host such
 // as "trading.mesh" or "trading:8080", compared case-insensitively; without
