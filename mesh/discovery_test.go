@@ -29,6 +29,18 @@ func TestDialStaticTargetBalancesRoundRobin(t *testing.T) {
 	}
 	target := "static:///" + strings.Join(addrs, ",") + "?spiffe_id=spiffe://example.org/trading"
 	client := dial(t, target, mesh.WithIdentity(devSource(t, ca, "/gateway")))
+	// Round robin spreads over the connections that are ready: warm up
+	// until every backend has served a call, then measure.
+	waitFor(t, func() bool {
+		if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("warm-up call: %v", err)
+		}
+		return svcs[0].calls.Load() > 0 && svcs[1].calls.Load() > 0 && svcs[2].calls.Load() > 0
+	})
+	var before [3]int64
+	for i, svc := range svcs {
+		before[i] = svc.calls.Load()
+	}
 	const calls = 300
 	for i := 0; i < calls; i++ {
 		if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
@@ -36,10 +48,8 @@ func TestDialStaticTargetBalancesRoundRobin(t *testing.T) {
 		}
 	}
 	for i, svc := range svcs {
-		// Round robin starts on whichever backend connects first, so allow
-		// a few calls of difference.
-		if got := svc.calls.Load(); got < calls/3-5 || got > calls/3+5 {
-			t.Errorf("backend %d got %d calls, want %d±5 (round robin)", i, got, calls/3)
+		if got := svc.calls.Load() - before[i]; got != calls/3 {
+			t.Errorf("backend %d got %d calls, want %d (round robin)", i, got, calls/3)
 		}
 	}
 }

@@ -110,8 +110,24 @@ func TestHTTPClientHonoursXDSWeights(t *testing.T) {
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, Weight: 1})
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[1].addr, Weight: 3})
 	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithoutResilience())
-	got, failed := shares(load(t, c, "http://trading.mesh/", 400, 1))
+	// meshd pushes each registration as it comes: wait until the client has
+	// reached both endpoints before measuring.
+	deadline := time.Now().Add(10 * time.Second)
+	for bs[0].h.calls.Load() == 0 || bs[1].h.calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the client did not reach both endpoints within 10s")
+		}
+		getOnce(t, c, "http://trading.mesh/")
+	}
+	rs := load(t, c, "http://trading.mesh/", 400, 1)
+	got, failed := shares(rs)
 	if failed != 0 || got["b0"] != 25 || got["b1"] != 75 {
+		for _, r := range rs {
+			if r.err != nil {
+				t.Logf("first failure: %v", r.err)
+				break
+			}
+		}
 		t.Errorf("%d failed, shares %v; want b0 25%%, b1 75%%", failed, got)
 	}
 }
