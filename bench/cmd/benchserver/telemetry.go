@@ -2,40 +2,16 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"time"
 
+	"github.com/gridmesh/gridmesh/bench/internal/otelmode"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/telemetry"
 )
 
-// telemetryMode returns the mesh options for -telemetry and a shutdown
-// that flushes what Setup built:
-//
-//	off    mesh.WithoutTelemetry(): no stats handlers, no metrics interceptors
-//	noop   the mesh's default handlers with OTel not set up (no-op globals),
-//	       what a service gets that never calls telemetry.Setup
-//	otlp   telemetry.Setup exporting traces (batch span processor) and
-//	       metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT; the mesh's
-//	       default handlers use the globals it installs; sample, when in
-//	       (0,1), is the fraction of traces sampled (telemetry.Config.SampleRatio)
+// telemetryMode returns the server options for -telemetry (see otelmode.Setup).
 func telemetryMode(ctx context.Context, mode, service string, sample float64) ([]mesh.ServerOption, func(), error) {
-	switch mode {
-	case "off":
-		return []mesh.ServerOption{mesh.WithoutTelemetry()}, func() {}, nil
-	case "noop":
-		return nil, func() {}, nil
-	case "otlp":
-		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service, Traces: "otlp", Metrics: "otlp", SampleRatio: sample})
-		if err != nil {
-			return nil, nil, err
-		}
-		return nil, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			p.Shutdown(ctx)
-		}, nil
-	default:
-		return nil, nil, fmt.Errorf("-telemetry must be off, noop or otlp, not %q", mode)
+	off, shutdown, err := otelmode.Setup(ctx, mode, service, sample)
+	if off {
+		return []mesh.ServerOption{mesh.WithoutTelemetry()}, shutdown, err
 	}
+	return nil, shutdown, err
 }
