@@ -35,6 +35,8 @@ import (
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/xds"
+
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 )
 
 const (
@@ -71,6 +73,10 @@ type Config struct {
 	// providers, so any cluster or listener asking for mTLS is refused by
 	// grpc-go.
 	CertProvider *CertProvider
+	// Recorder, when set, records the ADS stream of the xDS client this
+	// bootstrap configures (what it received, what it ACKed and NACKed),
+	// which grpc-go's own CSDS cannot see for a per-channel client.
+	Recorder *xdsstatus.Recorder
 }
 
 type bootstrapJSON struct {
@@ -88,7 +94,8 @@ type xdsServer struct {
 }
 
 type channelCreds struct {
-	Type string `json:"type"`
+	Type   string          `json:"type"`
+	Config json.RawMessage `json:"config,omitempty"`
 }
 
 type node struct {
@@ -116,10 +123,14 @@ func (c Config) JSON() ([]byte, error) {
 	if id == "" {
 		id = DefaultNodeID()
 	}
+	creds := channelCreds{Type: "insecure"}
+	if c.Recorder != nil {
+		creds.Type, creds.Config = c.Recorder.ChannelCreds()
+	}
 	b := bootstrapJSON{
 		XDSServers: []xdsServer{{
 			ServerURI:    c.ServerURI,
-			ChannelCreds: []channelCreds{{Type: "insecure"}},
+			ChannelCreds: []channelCreds{creds},
 			// ignore_resource_deletion: a listener or cluster missing from a
 			// response (a control plane restarted with partial state) does
 			// not take down traffic that is flowing.

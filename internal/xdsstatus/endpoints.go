@@ -1,0 +1,100 @@
+package xdsstatus
+
+import (
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+
+	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+)
+
+// Endpoint is one endpoint of a cluster the client accepted.
+type Endpoint struct {
+	Cluster string
+	Address string // host:port
+	Weight  uint32 // 1 when the control plane sent none
+	// Health is the endpoint's health status in lower case: "unknown",
+	// "healthy", "unhealthy", "draining", ...
+	Health string
+	// IDs are the SPIFFE IDs the cluster's mTLS accepts from its
+	// endpoints (subject alternative names); empty when it sends none.
+	IDs []string
+}
+
+// Endpoints returns the endpoints of the clusters the client accepted,
+// sorted by cluster and address: what the control plane told this client,
+// not where calls went.
+func (r *Recorder) Endpoints() []Endpoint {
+	assignments := map[string]*endpointpb.ClusterLoadAssignment{}
+	for _, m := range r.Accepted(EndpointType) {
+		cla := m.(*endpointpb.ClusterLoadAssignment)
+		assignments[cla.GetClusterName()] = cla
+	}
+	var out []Endpoint
+	for _, m := range r.Accepted(ClusterType) {
+		c := m.(*clusterpb.Cluster)
+		eds := c.GetEdsClusterConfig().GetServiceName()
+		if eds == "" {
+			eds = c.GetName()
+		}
+		cla := assignments[eds]
+		if cla == nil {
+			continue
+		}
+		ids := clusterIDs(c)
+		for _, loc := range cla.GetEndpoints() {
+			for _, lb := range loc.GetLbEndpoints() {
+				sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa == nil {
+					continue
+				}
+				w := lb.GetLoadBalancingWeight().GetValue()
+				if w == 0 {
+					w = 1
+				}
+				out = append(out, Endpoint{
+					Cluster: c.GetName(),
+					Address: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
+					Weight:  w,
+					Health:  strings.ToLower(lb.GetHealthStatus().String()),
+					IDs:     ids,
+				})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int {
+		if c := strings.Compare(a.Cluster, b.Cluster); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Address, b.Address)
+	})
+	return out
+}
+
+// clusterIDs returns the exact subject alternative names the cluster's
+// upstream TLS context matches, where grpc-go reads them.
+func clusterIDs(c *clusterpb.Cluster) []string {
+	ts := c.GetTransportSocket()
+	if ts == nil {
+		return nil
+	}
+	up := &tlspb.UpstreamTlsContext{}
+	if ts.GetTypedConfig().UnmarshalTo(up) != nil {
+		return nil
+	}
+	common := up.GetCommonTlsContext()
+	matchers := common.GetValidationContext().GetMatchSubjectAltNames()
+	if cv := common.GetCombinedValidationContext(); cv != nil {
+		matchers = cv.GetDefaultValidationContext().GetMatchSubjectAltNames()
+	}
+	var ids []string
+	for _, m := range matchers {
+		if e := m.GetExact(); e != "" {
+			ids = append(ids, e)
+		}
+	}
+	return ids
+}

@@ -1,0 +1,306 @@
+package xdsstatus_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const nodeID = "xdsstatus-test"
+
+// controlPlane is a go-control-plane snapshot server on loopback.
+type controlPlane struct {
+	addr  string
+	cache cache.SnapshotCache
+}
+
+func startControlPlane(t *testing.T) *controlPlane {
+	t.Helper()
+	snapshots := cache.NewSnapshotCache(false, cache.IDHash{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, server.NewServer(ctx, snapshots, nil))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(lis) }()
+	t.Cleanup(func() { cancel(); srv.Stop(); <-done })
+	return &controlPlane{addr: lis.Addr().String(), cache: snapshots}
+}
+
+func (c *controlPlane) set(t *testing.T, version string, cluster *clusterpb.Cluster, port int) {
+	t.Helper()
+	snap, err := cache.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: {listener(t, "svc")},
+		resourcev3.RouteType:    {route("svc")},
+		resourcev3.ClusterType:  {cluster},
+		resourcev3.EndpointType: {endpoints("svc", port)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func listener(t *testing.T, name string) *listenerpb.Listener {
+	router, err := anypb.New(&routerpb.Router{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hcm, err := anypb.New(&hcmpb.HttpConnectionManager{
+		RouteSpecifier: &hcmpb.HttpConnectionManager_Rds{Rds: &hcmpb.Rds{
+			RouteConfigName: name,
+			ConfigSource:    &corepb.ConfigSource{ConfigSourceSpecifier: &corepb.ConfigSource_Ads{Ads: &corepb.AggregatedConfigSource{}}},
+		}},
+		HttpFilters: []*hcmpb.HttpFilter{{Name: "router", ConfigType: &hcmpb.HttpFilter_TypedConfig{TypedConfig: router}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listenerpb.Listener{Name: name, ApiListener: &listenerpb.ApiListener{ApiListener: hcm}}
+}
+
+func route(name string) *routepb.RouteConfiguration {
+	return &routepb.RouteConfiguration{Name: name, VirtualHosts: []*routepb.VirtualHost{{
+		Name: name, Domains: []string{"*"},
+		Routes: []*routepb.Route{{
+			Match:  &routepb.RouteMatch{PathSpecifier: &routepb.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routepb.Route_Route{Route: &routepb.RouteAction{ClusterSpecifier: &routepb.RouteAction_Cluster{Cluster: name}}},
+		}},
+	}}}
+}
+
+func edsCluster(name string) *clusterpb.Cluster {
+	return &clusterpb.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterpb.Cluster_Type{Type: clusterpb.Cluster_EDS},
+		EdsClusterConfig: &clusterpb.Cluster_EdsClusterConfig{
+			EdsConfig: &corepb.ConfigSource{ConfigSourceSpecifier: &corepb.ConfigSource_Ads{Ads: &corepb.AggregatedConfigSource{}}},
+		},
+		LbPolicy: clusterpb.Cluster_ROUND_ROBIN,
+	}
+}
+
+func endpoints(name string, port int) *endpointpb.ClusterLoadAssignment {
+	return &endpointpb.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointpb.LocalityLbEndpoints{{
+		Locality: &corepb.Locality{Region: "r"},
+		LbEndpoints: []*endpointpb.LbEndpoint{{
+			HostIdentifier: &endpointpb.LbEndpoint_Endpoint{Endpoint: &endpointpb.Endpoint{Address: &corepb.Address{
+				Address: &corepb.Address_SocketAddress{SocketAddress: &corepb.SocketAddress{
+					Address: "127.0.0.1", PortSpecifier: &corepb.SocketAddress_PortValue{PortValue: uint32(port)},
+				}},
+			}}},
+			HealthStatus: corepb.HealthStatus_HEALTHY,
+		}},
+		LoadBalancingWeight: nil,
+	}}}
+}
+
+// updates collects what the Recorder reports.
+type updates struct {
+	mu  sync.Mutex
+	all []xdsstatus.Update
+}
+
+func (u *updates) add(x xdsstatus.Update) { u.mu.Lock(); u.all = append(u.all, x); u.mu.Unlock() }
+
+func (u *updates) list() []xdsstatus.Update {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]xdsstatus.Update{}, u.all...)
+}
+
+// dial opens an xds:/// channel through grpc-go's own xDS client, with the
+// bootstrap naming rec.
+func dial(t *testing.T, cp *controlPlane, target string, rec *xdsstatus.Recorder) *grpc.ClientConn {
+	t.Helper()
+	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: cp.addr, NodeID: nodeID, Recorder: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.Connect() // starts name resolution, hence the xDS watches
+	return cc
+}
+
+// status is the part of a GenericXdsConfig a test compares.
+type status struct {
+	Type, Name, Version, Status, FailedVersion string
+}
+
+func statuses(cc *statuspb.ClientConfig) []status {
+	var out []status
+	for _, g := range cc.GetGenericXdsConfigs() {
+		out = append(out, status{
+			Type: g.GetTypeUrl()[strings.LastIndex(g.GetTypeUrl(), ".")+1:], Name: g.GetName(),
+			Version: g.GetVersionInfo(), Status: g.GetClientStatus().String(), FailedVersion: g.GetErrorState().GetVersionInfo(),
+		})
+	}
+	return out
+}
+
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() error) {
+	t.Helper()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %v", what, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func TestRecordsWhatGRPCXDSClientAcceptsAndRefuses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cp := startControlPlane(t)
+	cp.set(t, "1", edsCluster("svc"), 7001)
+	var got updates
+	rec := xdsstatus.New(got.add)
+	defer rec.Close()
+	cc := dial(t, cp, "xds:///svc", rec)
+	defer cc.Close()
+
+	accepted := []status{
+		{Type: "Listener", Name: "svc", Version: "1", Status: "ACKED"},
+		{Type: "RouteConfiguration", Name: "svc", Version: "1", Status: "ACKED"},
+		{Type: "Cluster", Name: "svc", Version: "1", Status: "ACKED"},
+		{Type: "ClusterLoadAssignment", Name: "svc", Version: "1", Status: "ACKED"},
+	}
+	waitFor(ctx, t, "all four resources ACKed", func() error {
+		if diff := cmp.Diff(accepted, statuses(rec.ClientConfig())); diff != "" {
+			return errors.New(diff)
+		}
+		return nil
+	})
+	if id := rec.ClientConfig().GetNode().GetId(); id != nodeID {
+		t.Errorf("node %q, want %q", id, nodeID)
+	}
+	if diff := cmp.Diff([]xdsstatus.Endpoint{{Cluster: "svc", Address: "127.0.0.1:7001", Weight: 1, Health: "healthy"}}, rec.Endpoints()); diff != "" {
+		t.Errorf("Endpoints (-want +got):\n%s", diff)
+	}
+
+	// Version 2 carries a cluster grpc-go refuses (a STATIC cluster) and
+	// new endpoints, which it accepts.
+	bad := edsCluster("svc")
+	bad.ClusterDiscoveryType = &clusterpb.Cluster_Type{Type: clusterpb.Cluster_STATIC}
+	cp.set(t, "2", bad, 7002)
+	want := []status{
+		{Type: "Listener", Name: "svc", Version: "2", Status: "ACKED"},
+		{Type: "RouteConfiguration", Name: "svc", Version: "2", Status: "ACKED"},
+		{Type: "Cluster", Name: "svc", Version: "1", Status: "NACKED", FailedVersion: "2"},
+		{Type: "ClusterLoadAssignment", Name: "svc", Version: "2", Status: "ACKED"},
+	}
+	waitFor(ctx, t, "cluster NACKed, endpoints ACKed", func() error {
+		if diff := cmp.Diff(want, statuses(rec.ClientConfig())); diff != "" {
+			return errors.New(diff)
+		}
+		return nil
+	})
+	for _, g := range rec.ClientConfig().GetGenericXdsConfigs() {
+		if g.GetClientStatus() != adminpb.ClientResourceStatus_NACKED {
+			continue
+		}
+		if d := g.GetErrorState().GetDetails(); !strings.Contains(d, `resource "svc"`) {
+			t.Errorf("NACK details %q do not carry grpc-go's reason", d)
+		}
+		// The resource in force is still version 1's EDS cluster.
+		c := &clusterpb.Cluster{}
+		if err := g.GetXdsConfig().UnmarshalTo(c); err != nil || c.GetType() != clusterpb.Cluster_EDS {
+			t.Errorf("config in force %v (%v), want version 1's EDS cluster", c, err)
+		}
+		if c := (&clusterpb.Cluster{}); g.GetErrorState().GetFailedConfiguration().UnmarshalTo(c) != nil || c.GetType() != clusterpb.Cluster_STATIC {
+			t.Errorf("failed configuration %v, want the STATIC cluster", c)
+		}
+	}
+	var nacks int
+	for _, u := range got.list() {
+		if u.NACK {
+			nacks++
+			if u.TypeURL != xdsstatus.ClusterType || len(u.Rejected) != 1 || u.Rejected[0] != "svc" || u.Version != "2" {
+				t.Errorf("NACK update %+v, want the cluster svc at version 2", u)
+			}
+		}
+	}
+	if nacks == 0 {
+		t.Error("no NACK reported to onUpdate")
+	}
+}
+
+func TestMissingListenerDoesNotExist(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cp := startControlPlane(t)
+	cp.set(t, "1", edsCluster("svc"), 7001)
+	rec := xdsstatus.New(nil)
+	defer rec.Close()
+	// Another channel subscribes to svc, so LDS responses carry a listener.
+	other := xdsstatus.New(nil)
+	defer other.Close()
+	occ := dial(t, cp, "xds:///svc", other)
+	defer occ.Close()
+	cc := dial(t, cp, "xds:///nosuch", rec)
+	defer cc.Close()
+	waitFor(ctx, t, "listener nosuch reported", func() error {
+		st := statuses(rec.ClientConfig())
+		if diff := cmp.Diff([]status{{Type: "Listener", Name: "nosuch", Status: "DOES_NOT_EXIST"}}, st); diff != "" {
+			return errors.New(diff)
+		}
+		return nil
+	})
+}
+
+func TestClosedRecorderIsNotFound(t *testing.T) {
+	rec := xdsstatus.New(nil)
+	typ, cfg := rec.ChannelCreds()
+	rec.Close()
+	rec.Close()
+	if typ != xdsstatus.CredentialsType || !strings.Contains(string(cfg), "recorder") {
+		t.Errorf("ChannelCreds %s %s", typ, cfg)
+	}
+	// A bootstrap naming a closed recorder still parses and connects in
+	// plaintext.
+	if _, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: "127.0.0.1:1", Recorder: rec}); err != nil {
+		t.Fatal(err)
+	}
+}
