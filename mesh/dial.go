@@ -45,8 +45,13 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	creds := security.ClientCredentials(cfg.identity, expect)
-	xdsOpts, releaseXDS, err := cfg.xdsDialOptions(target, creds)
+	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	xdsOpts, releaseXDS, err := cfg.xdsDialOptions(target, creds, tel)
+	if err != nil {
+		tel.close()
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	grpcOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, discoveryOpts...)
@@ -56,13 +61,12 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 			cfg.resilience.off, cfg.resilience.keepGRPCRetries = true, true
 		}
 	}
-	tel, err := newDialTelemetry(&cfg.commonConfig)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
-	}
 	resilienceOpts, err := cfg.resilienceDialOptions(tel, target)
 	if err != nil {
 		tel.close()
+		if releaseXDS != nil {
+			releaseXDS()
+		}
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	grpcOpts = append(grpcOpts, resilienceOpts...)

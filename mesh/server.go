@@ -79,7 +79,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 		releaseXDS = func() {}
 	)
 	if cfg.xds.controlPlane != "" {
-		if srv, releaseXDS, err = cfg.newXDSServer(creds, grpcOpts); err != nil {
+		if srv, releaseXDS, err = cfg.newXDSServer(creds, grpcOpts, tel, id); err != nil {
 			tel.close()
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/experimental/stats"
 	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
@@ -76,6 +79,12 @@ type meshTelemetry struct {
 	breaker   func() string
 	endpoints func() []admin.Endpoint
 	policies  func() []admin.Policy
+	// xds records the xDS client of a client or server in xDS mode.
+	xds    *xdsstatus.Recorder
+	logger *slog.Logger
+
+	unsupportedMu   sync.Mutex
+	unsupportedSeen map[string]bool // xDS fields already reported, by type, resource and field
 
 	mu       sync.Mutex
 	closers  []func()
@@ -83,7 +92,7 @@ type meshTelemetry struct {
 }
 
 func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
-	t := &meshTelemetry{cfg: c.telemetry, self: self}
+	t := &meshTelemetry{cfg: c.telemetry, self: self, logger: c.logger}
 	if t.cfg.off {
 		return t, nil
 	}
@@ -103,6 +112,14 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 		t.closers = append(t.closers, watchRotations(c.identity, t.metrics))
 	}
 	return t, nil
+}
+
+// log is the mesh logger (WithLogger), silent when none was given.
+func (t *meshTelemetry) log() *slog.Logger {
+	if t == nil || t.logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return t.logger
 }
 
 // close releases the admin endpoint and metric callbacks. Safe to call
@@ -209,6 +226,7 @@ func (t *meshTelemetry) registerServer(src security.Source, authorizer security.
 		Detail: "/grpc.health.v1.Health/* open to every authenticated caller"}
 	unregister := t.admin.Register(admin.Provider{
 		Component: admin.Component{Kind: kind, Name: scope},
+		XDS:       t.xdsStatus(),
 		Identity:  func() admin.Identity { return identityView(src, t.self) },
 		Policies: func() []admin.Policy {
 			ps := []admin.Policy{policy}
@@ -249,6 +267,7 @@ func (t *meshTelemetry) registerClient(src security.Source, target string, cc *g
 func (t *meshTelemetry) registerTarget(src security.Source, target string, cc *grpc.ClientConn) {
 	unregister := t.admin.Register(admin.Provider{
 		Component: admin.Component{Kind: "client", Name: target},
+		XDS:       t.xdsStatus(),
 		Identity:  func() admin.Identity { return identityView(src, t.self) },
 		Targets: func() []admin.Target {
 			tg := admin.Target{Target: target, State: strings.ToLower(cc.GetState().String()), Source: scheme(target)}
@@ -268,6 +287,14 @@ func (t *meshTelemetry) registerTarget(src security.Source, target string, cc *g
 	t.mu.Lock()
 	t.closers = append(t.closers, unregister)
 	t.mu.Unlock()
+}
+
+// xdsStatus is the admin provider's XDS func: nil unless in xDS mode.
+func (t *meshTelemetry) xdsStatus() func() *v3statuspb.ClientConfig {
+	if t.xds == nil {
+		return nil
+	}
+	return t.xds.ClientConfig
 }
 
 func scheme(target string) string {
@@ -325,7 +352,7 @@ func identityView(src security.Source, self spiffeid.ID) admin.Identity {
 // from the source.
 func newDialTelemetry(c *commonConfig) (*meshTelemetry, error) {
 	if c.telemetry.off {
-		return &meshTelemetry{cfg: c.telemetry}, nil
+		return &meshTelemetry{cfg: c.telemetry, logger: c.logger}, nil
 	}
 	self, err := security.ID(c.identity)
 	if err != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -16,6 +18,8 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/internal/xdscert"
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // xdsConfig is the control-plane part of the server and dial configs.
@@ -65,20 +69,83 @@ func WithAdvertiseAddress(hostport string) ServerOption {
 
 // xdsDialOptions returns the options that resolve target through meshd, or
 // nil when target is not xds:/// or no control plane is set.
-func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCredentials) ([]grpc.DialOption, func(), error) {
+func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCredentials, tel *meshTelemetry) ([]grpc.DialOption, func(), error) {
 	if !strings.HasPrefix(target, "xds:") {
 		return nil, nil, nil
 	}
 	if c.xds.controlPlane == "" {
 		return nil, nil, fmt.Errorf("target %s needs a control plane: pass mesh.WithControlPlane(\"127.0.0.1:15010\")", target)
 	}
-	cp, release := xdscert.Register(c.identity)
-	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp}, creds)
+	cp, releaseCert := xdscert.Register(c.identity)
+	rec := tel.recordXDS(target, false)
+	release := func() { releaseCert(); rec.Close() }
+	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Recorder: rec}, creds)
 	if err != nil {
 		release()
 		return nil, nil, err
 	}
 	return opts, release, nil
+}
+
+// recordXDS returns the recorder of the xDS client of scope (a dial
+// target, or a server's SPIFFE ID): its updates are logged and counted,
+// and the admin endpoint shows what it holds (config, CSDS, endpoints).
+func (t *meshTelemetry) recordXDS(scope string, server bool) *xdsstatus.Recorder {
+	rec := xdsstatus.New(func(u xdsstatus.Update) { t.xdsUpdate(scope, u) })
+	t.xds = rec
+	policy := admin.Policy{Kind: "traffic", Scope: scope, Name: "xds", Source: "xds",
+		Detail: "routes, splits, retries, timeouts, faults, circuit breaking, outlier detection and balancing from the control plane, applied by grpc-go (resources below)"}
+	if server {
+		policy = admin.Policy{Kind: "authz", Scope: scope, Name: "rbac", Source: "xds",
+			Detail: "mTLS and RBAC of the server listener from the control plane, enforced by grpc-go before the mesh's own rules (resources below)"}
+	}
+	t.policies = func() []admin.Policy { return []admin.Policy{policy} }
+	t.balancer = func() string {
+		var parts []string
+		for cluster, policy := range rec.Balancers() {
+			parts = append(parts, cluster+"="+policy)
+		}
+		slices.Sort(parts)
+		return strings.Join(parts, " ")
+	}
+	t.endpoints = func() []admin.Endpoint {
+		var out []admin.Endpoint
+		for _, e := range rec.Endpoints() {
+			out = append(out, admin.Endpoint{Cluster: e.Cluster, Address: e.Address, Identity: strings.Join(e.IDs, " "),
+				State: e.Health, Weight: e.Weight})
+		}
+		return out
+	}
+	return rec
+}
+
+// xdsUpdate logs a NACK and counts the update, and each field of an
+// accepted resource that grpc-go ignores (once per resource and field).
+func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
+	if u.NACK {
+		t.log().Warn("refused config from the control plane (NACK); the last accepted version stays in force",
+			"scope", scope, "type", u.TypeURL, "version", u.Version, "resources", u.Rejected, "reason", u.Detail)
+	}
+	if !t.interceptorsOn() {
+		return
+	}
+	t.metrics.XDSUpdate(scope, u.TypeURL, u.Version, u.NACK, u.Detail)
+	typeName := u.TypeURL[strings.LastIndex(u.TypeURL, ".")+1:]
+	for _, r := range u.Accepted {
+		for _, f := range admin.UnsupportedFields(r.Message) {
+			key := u.TypeURL + " " + r.Name + " " + f
+			t.unsupportedMu.Lock()
+			seen := t.unsupportedSeen[key]
+			if t.unsupportedSeen == nil {
+				t.unsupportedSeen = map[string]bool{}
+			}
+			t.unsupportedSeen[key] = true
+			t.unsupportedMu.Unlock()
+			if !seen {
+				t.metrics.UnsupportedField("xds", scope, typeName+" "+r.Name, f)
+			}
+		}
+	}
 }
 
 // releaseOnShutdown calls release once cc is closed.
@@ -98,12 +165,14 @@ func releaseOnShutdown(cc *grpc.ClientConn, release func()) {
 // newXDSServer builds the xDS-configured gRPC server. opts must not carry
 // credentials: the bootstrap's xDS credentials replace them, with creds as
 // the fallback for listeners meshd sends without security config.
-func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts []grpc.ServerOption) (grpcServer, func(), error) {
+func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts []grpc.ServerOption, tel *meshTelemetry, id spiffeid.ID) (grpcServer, func(), error) {
 	if c.xds.service == "" {
 		return nil, nil, errors.New("mesh: a server with WithControlPlane needs its service name: pass mesh.WithXDSService(\"trading\", \"v1\")")
 	}
-	cp, release := xdscert.Register(c.identity)
-	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service}, creds)
+	cp, releaseCert := xdscert.Register(c.identity)
+	rec := tel.recordXDS(id.String(), true)
+	release := func() { releaseCert(); rec.Close() }
+	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service, Recorder: rec}, creds)
 	if err != nil {
 		release()
 		return nil, nil, fmt.Errorf("mesh: %w", err)

@@ -3,12 +3,17 @@ package mesh_test
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
+	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
@@ -17,6 +22,8 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // TestXDSModeWithoutBootstrapFile: a mesh server and client configured only
@@ -81,5 +88,118 @@ services:
 	}
 	if svc.calls.Load() != before {
 		t.Error("handler ran for a call RBAC denied")
+	}
+}
+
+// TestAdminShowsXDSConfigAndCSDS: for a client and a server in xDS mode the
+// admin endpoint shows every resource their own xDS clients accepted from
+// meshd, with versions (in /config and through CSDS), the endpoints meshd
+// sent, and the config updates as events.
+func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshd := xdstest.StartMeshd(t, "", cfg)
+	ca := newDevCA(t, time.Hour)
+	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""), mesh.WithAdmin("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, &echoService{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis) }()
+	defer func() {
+		cancel()
+		srv.Close()
+		<-served
+	}()
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+
+	adminURL := "http://" + srv.AdminAddr()
+	serverListener := "grpc/server?xds.resource.listening_address=" + lis.Addr().String()
+	type row struct{ Scope, Type, Name, Status string }
+	want := []row{
+		{"spiffe://example.org/trading", "Listener", serverListener, "ACKED"},
+		{"xds:///trading", "Listener", "trading", "ACKED"},
+		{"xds:///trading", "RouteConfiguration", "trading", "ACKED"},
+		{"xds:///trading", "Cluster", "trading", "ACKED"},
+		{"xds:///trading", "ClusterLoadAssignment", "trading", "ACKED"},
+	}
+	var (
+		cv   admin.ConfigView
+		diff string
+	)
+	waitFor(t, func() bool {
+		cv = getJSON[admin.ConfigView](t, adminURL+"/config")
+		var got []row
+		for _, u := range cv.Updates {
+			got = append(got, row{u.Scope, u.Resource[strings.LastIndex(u.Resource, ".")+1:], u.Name, u.Status})
+		}
+		diff = cmp.Diff(want, got)
+		return diff == ""
+	})
+	if diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	for _, u := range cv.Updates {
+		if u.Version == "" || u.ReceivedAt.IsZero() || !u.Accepted {
+			t.Errorf("update %+v: want a version, a time and accepted", u)
+		}
+	}
+
+	// The same through CSDS, as grpcdebug would read it.
+	acc, err := grpc.NewClient(srv.AdminAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	resp, err := v3statuspb.NewClientStatusDiscoveryServiceClient(acc).FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scopes := map[string]int{}
+	for _, c := range resp.GetConfig() {
+		scopes[c.GetClientScope()] = len(c.GetGenericXdsConfigs())
+		if c.GetNode().GetId() == "" {
+			t.Errorf("CSDS client %s has no node", c.GetClientScope())
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"spiffe://example.org/trading": 1, "xds:///trading": 4}, scopes); diff != "" {
+		t.Errorf("CSDS resources per client (-want +got):\n%s", diff)
+	}
+
+	// Endpoints: what meshd sent, with the identity its cluster expects.
+	targets := getJSON[[]admin.Target](t, adminURL+"/targets?target=xds:///trading")
+	wantTargets := []admin.Target{{Target: "xds:///trading", Balancer: "trading=round_robin", Source: "xds",
+		Endpoints: []admin.Endpoint{{Cluster: "trading", Address: lis.Addr().String(), Identity: "spiffe://example.org/trading", State: "healthy", Weight: 1}}}}
+	if diff := cmp.Diff(wantTargets, targets, cmpopts.IgnoreFields(admin.Target{}, "State", "Breaker", "Observed")); diff != "" {
+		t.Errorf("targets (-want +got):\n%s", diff)
+	}
+
+	// Each accepted update is an event on the client's target.
+	events := getJSON[[]telemetry.Event](t, adminURL+"/events?target=xds:///trading")
+	updates := map[string]bool{}
+	for _, e := range events {
+		if e.Kind == telemetry.EventXDS && e.Code == "ok" {
+			updates[e.Resource] = true
+		}
+	}
+	if len(updates) != 4 {
+		t.Errorf("xDS update events by type %v, want the four types", updates)
 	}
 }

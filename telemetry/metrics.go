@@ -62,10 +62,11 @@ type Event struct {
 	Peer     string        `json:"peer,omitempty"`     // callee SPIFFE ID (client side)
 	Code     string        `json:"code,omitempty"`     // gRPC status code name
 	Duration time.Duration `json:"duration,omitempty"`
-	Rule     string        `json:"rule,omitempty"`    // deciding authorization rule
-	Origin   string        `json:"origin,omitempty"`  // where config came from: "code", "xds", "consul"
-	Version  string        `json:"version,omitempty"` // config version
-	Detail   string        `json:"detail,omitempty"`  // error message, state change, count...
+	Rule     string        `json:"rule,omitempty"`     // deciding authorization rule
+	Origin   string        `json:"origin,omitempty"`   // where config came from: "code", "xds", "consul"
+	Resource string        `json:"resource,omitempty"` // config resource: xDS type URL or resource name
+	Version  string        `json:"version,omitempty"`  // config version
+	Detail   string        `json:"detail,omitempty"`   // error message, state change, count...
 }
 
 // Metrics records the mesh's metrics through the OpenTelemetry metrics API
@@ -332,9 +333,10 @@ func (m *Metrics) DiscoveryUpdate(target string, n int, err error) {
 	m.emit(Event{Kind: EventDiscovery, Side: "client", Target: target, Detail: strconv.Itoa(n) + " endpoints"})
 }
 
-// XDSUpdate records an xDS response of typeURL at version, accepted or
+// XDSUpdate records an xDS response of typeURL at version that the xDS
+// client of scope (a dial target or a server's SPIFFE ID) accepted or
 // NACKed (nack true, detail the reason).
-func (m *Metrics) XDSUpdate(typeURL, version string, nack bool, detail string) {
+func (m *Metrics) XDSUpdate(scope, typeURL, version string, nack bool, detail string) {
 	if m == nil {
 		return
 	}
@@ -343,16 +345,17 @@ func (m *Metrics) XDSUpdate(typeURL, version string, nack bool, detail string) {
 		outcome = "nack"
 	}
 	m.xds.Add(bg, 1, metric.WithAttributes(KeyTypeURL.String(typeURL), KeyOutcome.String(outcome)))
-	m.emit(Event{Kind: EventXDS, Origin: "xds", Target: typeURL, Version: version, Code: outcome, Detail: detail})
+	m.emit(Event{Kind: EventXDS, Origin: "xds", Target: scope, Resource: typeURL, Version: version, Code: outcome, Detail: detail})
 }
 
 // UnsupportedField records a config field that was received but that the
 // mesh does not act on (grpc-go ignores such fields silently). source is
-// "xds" or "consul", resource names the resource, field the field path.
-func (m *Metrics) UnsupportedField(source, resource, field string) {
+// "xds" or "consul", scope the dial target or server it reached, resource
+// names the resource, field the field path.
+func (m *Metrics) UnsupportedField(source, scope, resource, field string) {
 	if m == nil {
 		return
 	}
 	m.unsupported.Add(bg, 1, metric.WithAttributes(attribute.String("mesh.config.source", source), attribute.String("mesh.config.field", field)))
-	m.emit(Event{Kind: EventUnsupported, Origin: source, Target: resource, Detail: field})
+	m.emit(Event{Kind: EventUnsupported, Origin: source, Target: scope, Resource: resource, Detail: field})
 }

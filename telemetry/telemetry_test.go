@@ -164,9 +164,9 @@ func TestEventCounters(t *testing.T) {
 	m.SVIDRotated("spiffe://example.org/trading", time.Unix(2000000000, 0))
 	m.DiscoveryUpdate(dest, 3, nil)
 	m.DiscoveryUpdate(dest, 0, errors.New("consul: connection refused"))
-	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "7", false, "")
-	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "bad lb policy")
-	m.UnsupportedField("xds", "trading", "cluster.dns_lookup_family")
+	m.XDSUpdate("xds:///trading", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "7", false, "")
+	m.XDSUpdate("xds:///trading", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "bad lb policy")
+	m.UnsupportedField("xds", "xds:///trading", "Cluster trading", "cluster.dns_lookup_family")
 	stop := m.ObserveSVID(func() (string, time.Time, bool) {
 		return "spiffe://example.org/trading", time.Unix(2000000000, 0), true
 	})
@@ -237,7 +237,7 @@ func TestNilMetricsRecordsNothing(t *testing.T) {
 	var m *telemetry.Metrics
 	m.RecordRetry("t", "m", "")
 	m.AuthzDenied("r", "c", "m")
-	m.XDSUpdate("t", "v", true, "")
+	m.XDSUpdate("s", "t", "v", true, "")
 	m.OnEvent(func(telemetry.Event) { t.Error("event on a nil *Metrics") })()
 }
 

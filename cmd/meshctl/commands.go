@@ -80,8 +80,14 @@ func (c *client) status(ctx context.Context, w io.Writer, asJSON bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", t.Target, dash(t.State), dash(t.Balancer), dash(t.Breaker), len(t.Endpoints), len(t.Observed))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d config updates, %d unsupported fields, %d recent denials, %d recent events\n",
-		len(st.Config), len(st.Unsupported), len(st.Denials), len(st.Events))
+	refused := 0
+	for _, u := range st.Config {
+		if u.Status == "NACKED" {
+			refused++
+		}
+	}
+	fmt.Fprintf(w, "\n%d xDS resources (%d refused), %d unsupported fields, %d recent denials, %d recent events\n",
+		len(st.Config), refused, len(st.Unsupported), len(st.Denials), len(st.Events))
 	if n := len(st.Denials); n > 0 {
 		d := st.Denials[n-1]
 		fmt.Fprintf(w, "last denial: %s calling %s, %s (%s)\n", d.Caller, d.Method, d.Rule, in(d.Time, now))
@@ -153,12 +159,12 @@ func (c *client) endpoints(ctx context.Context, w io.Writer, target string, asJS
 		}
 		fmt.Fprintf(w, "%s  state %s  balancer %s  breaker %s  source %s\n", t.Target, dash(t.State), dash(t.Balancer), dash(t.Breaker), dash(t.Source))
 		tw := table(w)
-		fmt.Fprintln(tw, "  ENDPOINT\tIDENTITY\tSTATE\tWEIGHT\tEJECTED")
+		fmt.Fprintln(tw, "  ENDPOINT\tCLUSTER\tIDENTITY\tSTATE\tWEIGHT\tEJECTED")
 		for _, e := range t.Endpoints {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%t\n", e.Address, dash(e.Identity), dash(e.State), e.Weight, e.Ejected)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%t\n", e.Address, dash(e.Cluster), dash(e.Identity), dash(e.State), e.Weight, e.Ejected)
 		}
 		if len(t.Endpoints) == 0 {
-			fmt.Fprintln(tw, "  (none reported by discovery)\t\t\t\t")
+			fmt.Fprintln(tw, "  (none reported by discovery)\t\t\t\t\t")
 		}
 		tw.Flush()
 		tw = table(w)
@@ -188,22 +194,23 @@ func (c *client) config(ctx context.Context, w io.Writer, asJSON bool) error {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = table(w)
-	fmt.Fprintln(tw, "CONFIG SOURCE\tRESOURCE\tVERSION\tRECEIVED\tACCEPTED\tDETAIL")
+	fmt.Fprintln(tw, "CONFIG SOURCE\tSCOPE\tRESOURCE\tNAME\tVERSION\tSTATUS\tRECEIVED\tDETAIL")
 	for _, u := range cv.Updates {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", u.Source, u.Resource, dash(u.Version), in(u.ReceivedAt, now), u.Accepted, u.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", u.Source, u.Scope, typeName(u.Resource), u.Name, dash(u.Version),
+			u.Status, in(u.ReceivedAt, now), u.Detail)
 	}
 	if len(cv.Updates) == 0 {
-		fmt.Fprintln(tw, "(no config received: code only)\t\t\t\t\t")
+		fmt.Fprintln(tw, "(no config received: code only)\t\t\t\t\t\t\t")
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = table(w)
-	fmt.Fprintln(tw, "UNSUPPORTED\tRESOURCE\tFIELD")
+	fmt.Fprintln(tw, "UNSUPPORTED\tSCOPE\tRESOURCE\tNAME\tFIELD")
 	for _, u := range cv.Unsupported {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Source, u.Resource, u.Field)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Source, u.Scope, typeName(u.Resource), u.Name, u.Field)
 	}
 	if len(cv.Unsupported) == 0 {
-		fmt.Fprintln(tw, "(none)\t\t")
+		fmt.Fprintln(tw, "(none)\t\t\t\t")
 	}
 	tw.Flush()
 	return nil
@@ -296,7 +303,12 @@ func why(e telemetry.Event) string {
 		}
 		return "discovery update: " + e.Detail
 	case telemetry.EventXDS:
-		return fmt.Sprintf("xDS %s version %s: %s %s", e.Target, e.Version, e.Code, e.Detail)
+		if e.Code == "nack" {
+			return fmt.Sprintf("xDS %s version %s refused (NACK), last accepted version stays: %s", typeName(e.Resource), e.Version, e.Detail)
+		}
+		return fmt.Sprintf("xDS %s version %s accepted", typeName(e.Resource), e.Version)
+	case telemetry.EventUnsupported:
+		return fmt.Sprintf("%s: field %s received but not acted on", e.Resource, e.Detail)
 	default:
 		return e.Detail
 	}
@@ -364,4 +376,9 @@ func succeeded(code string) bool {
 		return true
 	}
 	return len(code) == 3 && code[0] >= '1' && code[0] <= '3' && code[1] >= '0' && code[1] <= '9' && code[2] >= '0' && code[2] <= '9'
+}
+
+// typeName shortens an xDS type URL to its message name: "Cluster".
+func typeName(typeURL string) string {
+	return typeURL[strings.LastIndex(typeURL, ".")+1:]
 }

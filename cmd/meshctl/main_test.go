@@ -158,21 +158,27 @@ func TestCommandsAgainstLiveAdminEndpoint(t *testing.T) {
 			if err := run(ctx, append([]string{"-admin", adminAddr}, tc.args...), &out, &errOut); err != nil {
 				t.Fatalf("meshctl %v: %v\n%s", tc.args, err, errOut.String())
 			}
-			got := mask(out.String(), addr)
-			golden := filepath.Join("testdata", tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("meshctl %v (-want +got):\n%s\nunmasked:\n%s", tc.args, diff, out.String())
-			}
+			checkGolden(t, tc.name, mask(out.String(), addr), out.String())
 		})
+	}
+}
+
+// checkGolden compares got with testdata/<name>.golden (rewriting it with
+// -update); raw is the unmasked output, shown on a difference.
+func checkGolden(t *testing.T, name, got, raw string) {
+	t.Helper()
+	golden := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("meshctl %s (-want +got):\n%s\nunmasked:\n%s", name, diff, raw)
 	}
 }
 

@@ -98,3 +98,21 @@ func clusterIDs(c *clusterpb.Cluster) []string {
 	}
 	return ids
 }
+
+// Balancers returns the load-balancing policy of each cluster the client
+// accepted, by cluster name: "round_robin", "least_request", "ring_hash",
+// or the type of the first load_balancing_policy entry when the cluster
+// uses that field.
+func (r *Recorder) Balancers() map[string]string {
+	out := map[string]string{}
+	for _, m := range r.Accepted(ClusterType) {
+		c := m.(*clusterpb.Cluster)
+		policy := strings.ToLower(c.GetLbPolicy().String())
+		if ps := c.GetLoadBalancingPolicy().GetPolicies(); len(ps) > 0 {
+			t := ps[0].GetTypedExtensionConfig().GetTypedConfig().GetTypeUrl()
+			policy = t[strings.LastIndex(t, "/")+1:]
+		}
+		out[c.GetName()] = policy
+	}
+	return out
+}

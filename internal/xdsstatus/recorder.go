@@ -51,10 +51,16 @@ type Update struct {
 	// resources Rejected names); Detail is the client's reason.
 	NACK   bool
 	Detail string
-	// Accepted are the resources the client applied, decoded.
-	Accepted []proto.Message
+	// Accepted are the resources the client applied.
+	Accepted []Resource
 	// Rejected names the resources the client refused.
 	Rejected []string
+}
+
+// Resource is one decoded xDS resource and its name.
+type Resource struct {
+	Name    string
+	Message proto.Message
 }
 
 // Recorder keeps the state of every resource one xDS client subscribed to.
@@ -294,7 +300,7 @@ func (r *Recorder) answer(typ string, p *response, detail string, nack bool) *Up
 		}
 		res.have, res.version, res.config, res.updated, res.failed = true, p.version, a, p.received, nil
 		if m, err := a.UnmarshalNew(); err == nil {
-			u.Accepted = append(u.Accepted, m)
+			u.Accepted = append(u.Accepted, Resource{Name: n, Message: m})
 		}
 	}
 	if !nack && fullState[typ] {

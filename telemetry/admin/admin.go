@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,9 +17,12 @@ import (
 	"sync"
 	"time"
 
+	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"google.golang.org/grpc"
 	channelzsvc "google.golang.org/grpc/channelz/service"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds/csds"
 
 	"github.com/gridmesh/gridmesh/telemetry"
@@ -47,10 +51,17 @@ type Provider struct {
 	Identity  func() Identity
 	Targets   func() []Target
 	Policies  func() []Policy
+	// XDS returns what the component's own xDS client holds (every
+	// resource with its version, ACKed or NACKed), in CSDS's shape; nil
+	// when it has none. ClientScope is set from Component.Name.
+	XDS func() *v3statuspb.ClientConfig
 }
 
-// Server is the admin endpoint: JSON over HTTP, plus grpc-go's channelz and
-// CSDS services over gRPC (h2c) on the same loopback port. It refuses
+// Server is the admin endpoint: JSON over HTTP, plus grpc-go's channelz
+// and a CSDS service over gRPC (h2c) on the same loopback port. The CSDS
+// service answers for grpc-go's process-wide xDS client (set up through
+// GRPC_XDS_BOOTSTRAP) and for the xDS client of every provider with an XDS
+// func, one ClientConfig each. It refuses
 // callers that are not on loopback and requests whose Host header names
 // anything but a loopback address or localhost (DNS rebinding). Safe for
 // concurrent use.
@@ -66,14 +77,12 @@ type Server struct {
 	started time.Time
 	done    chan struct{}
 
-	mu          sync.Mutex
-	nextID      int
-	providers   map[int]Provider
-	events      ring[telemetry.Event]
-	denials     ring[Denial]
-	config      map[string]ConfigUpdate // by source + resource
-	unsupported map[string]Unsupported  // by source + resource + field
-	observed    map[string]map[string]Endpoint
+	mu        sync.Mutex
+	nextID    int
+	providers map[int]Provider
+	events    ring[telemetry.Event]
+	denials   ring[Denial]
+	observed  map[string]map[string]Endpoint
 
 	closeOnce sync.Once
 }
@@ -126,21 +135,19 @@ func Listen(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
 	s := &Server{
-		cfg:         cfg,
-		lis:         lis,
-		started:     time.Now(),
-		done:        make(chan struct{}),
-		providers:   map[int]Provider{},
-		events:      newRing[telemetry.Event](cfg.Events),
-		denials:     newRing[Denial](cfg.Denials),
-		config:      map[string]ConfigUpdate{},
-		unsupported: map[string]Unsupported{},
-		observed:    map[string]map[string]Endpoint{},
-		grpc:        grpc.NewServer(),
+		cfg:       cfg,
+		lis:       lis,
+		started:   time.Now(),
+		done:      make(chan struct{}),
+		providers: map[int]Provider{},
+		events:    newRing[telemetry.Event](cfg.Events),
+		denials:   newRing[Denial](cfg.Denials),
+		observed:  map[string]map[string]Endpoint{},
+		grpc:      grpc.NewServer(),
 	}
 	channelzsvc.RegisterChannelzServiceToServer(s.grpc)
 	s.csds, _ = csds.NewClientStatusDiscoveryServer() // never fails
-	v3statuspb.RegisterClientStatusDiscoveryServiceServer(s.grpc, s.csds)
+	v3statuspb.RegisterClientStatusDiscoveryServiceServer(s.grpc, csdsService{s: s})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.index)
@@ -254,9 +261,10 @@ func (s *Server) Register(p Provider) (unregister func()) {
 	}
 }
 
-// Record stores an event: the recent-events ring, plus the denials, config
-// versions, unsupported fields and observed endpoints derived from it. Use
-// it as a telemetry.Metrics sink: m.OnEvent(s.Record).
+// Record stores an event: the recent-events ring, plus the denials and
+// observed endpoints derived from it. Use it as a telemetry.Metrics sink:
+// m.OnEvent(s.Record). (Config received is read from the providers' xDS
+// clients, not from events.)
 func (s *Server) Record(e telemetry.Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -267,12 +275,6 @@ func (s *Server) Record(e telemetry.Event) {
 	switch e.Kind {
 	case telemetry.EventDenied:
 		s.denials.add(Denial{Time: e.Time, Caller: e.Source, Method: e.Method, Rule: e.Rule})
-	case telemetry.EventXDS:
-		s.config[e.Origin+" "+e.Target] = ConfigUpdate{Source: e.Origin, Resource: e.Target, Version: e.Version,
-			ReceivedAt: e.Time, Accepted: e.Code != "nack", Detail: e.Detail}
-	case telemetry.EventUnsupported:
-		key := e.Origin + " " + e.Target + " " + e.Detail
-		s.unsupported[key] = Unsupported{Source: e.Origin, Resource: e.Target, Field: e.Detail, Seen: e.Time}
 	case telemetry.EventCall:
 		if e.Side == "client" && e.Endpoint != "" {
 			eps := s.observed[e.Target]
@@ -384,10 +386,11 @@ func (s *Server) observedFor(target string) []Endpoint {
 type ConfigView struct {
 	// Policies are the effective policies with their source.
 	Policies []Policy `json:"policies"`
-	// Updates is the last config received per source and resource type:
-	// what the mesh was told, and grpc-go's xDS client status (CSDS).
+	// Updates is every xDS resource the process's xDS clients hold: the
+	// last version accepted, or refused and why (the CSDS view).
 	Updates []ConfigUpdate `json:"updates"`
-	// Unsupported lists fields received but not acted on.
+	// Unsupported lists fields of those resources that grpc-go does not
+	// act on.
 	Unsupported []Unsupported `json:"unsupported"`
 }
 
@@ -405,61 +408,93 @@ func (s *Server) configView(ctx context.Context) ConfigView {
 			}
 		}
 	}
-	s.mu.Lock()
-	for _, u := range s.config {
-		cv.Updates = append(cv.Updates, u)
-	}
-	for _, u := range s.unsupported {
-		cv.Unsupported = append(cv.Unsupported, u)
-	}
-	s.mu.Unlock()
-	updates, unsupported := s.csdsStatus(ctx)
-	cv.Updates = append(cv.Updates, updates...)
-	cv.Unsupported = append(cv.Unsupported, unsupported...)
-	slices.SortFunc(cv.Updates, func(a, b ConfigUpdate) int {
-		return strings.Compare(a.Source+a.Resource, b.Source+b.Resource)
-	})
-	slices.SortFunc(cv.Unsupported, func(a, b Unsupported) int {
-		return strings.Compare(a.Source+a.Resource+a.Field, b.Source+b.Resource+b.Field)
-	})
-	return cv
-}
-
-// csdsStatus reads grpc-go's xDS client status: one entry per resource,
-// and the fields of those resources grpc-go ignores.
-func (s *Server) csdsStatus(ctx context.Context) ([]ConfigUpdate, []Unsupported) {
-	resp, err := s.csds.FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{})
-	if err != nil {
-		return nil, nil
-	}
-	var out []ConfigUpdate
-	var unsupported []Unsupported
-	for _, cc := range resp.GetConfig() {
+	for _, cc := range s.clientStatus(ctx).GetConfig() {
 		for _, g := range cc.GetGenericXdsConfigs() {
 			u := ConfigUpdate{
-				Source:   "xds (grpc-go client)",
-				Resource: g.GetTypeUrl() + " " + g.GetName(),
+				Source:   "xds",
+				Scope:    cc.GetClientScope(),
+				Resource: g.GetTypeUrl(),
+				Name:     g.GetName(),
 				Version:  g.GetVersionInfo(),
-				Accepted: g.GetErrorState() == nil,
-				Detail:   g.GetClientStatus().String(),
+				Status:   g.GetClientStatus().String(),
+				Accepted: g.GetClientStatus() == adminpb.ClientResourceStatus_ACKED,
 			}
 			if t := g.GetLastUpdated(); t != nil {
 				u.ReceivedAt = t.AsTime()
 			}
 			if es := g.GetErrorState(); es != nil {
-				u.Detail += ": " + es.GetDetails()
+				u.Detail = fmt.Sprintf("version %s refused: %s", es.GetVersionInfo(), es.GetDetails())
 			}
-			out = append(out, u)
+			cv.Updates = append(cv.Updates, u)
 			if a := g.GetXdsConfig(); a != nil {
 				if m, err := a.UnmarshalNew(); err == nil {
 					for _, f := range UnsupportedFields(m) {
-						unsupported = append(unsupported, Unsupported{Source: "xds", Resource: u.Resource, Field: f, Seen: u.ReceivedAt})
+						cv.Unsupported = append(cv.Unsupported, Unsupported{Source: "xds", Scope: u.Scope,
+							Resource: u.Resource, Name: u.Name, Field: f, Seen: u.ReceivedAt})
 					}
 				}
 			}
 		}
 	}
-	return out, unsupported
+	// Clients and servers list their resources in xDS order (listeners,
+	// routes, clusters, endpoints); keep it, grouped by scope.
+	slices.SortStableFunc(cv.Updates, func(a, b ConfigUpdate) int { return strings.Compare(a.Scope, b.Scope) })
+	slices.SortStableFunc(cv.Unsupported, func(a, b Unsupported) int { return strings.Compare(a.Scope, b.Scope) })
+	return cv
+}
+
+// clientStatus is the CSDS answer: grpc-go's process-wide xDS client, then
+// each provider's.
+func (s *Server) clientStatus(ctx context.Context) *v3statuspb.ClientStatusResponse {
+	resp := &v3statuspb.ClientStatusResponse{}
+	if d, err := s.csds.FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{}); err == nil {
+		resp.Config = append(resp.Config, d.GetConfig()...)
+	}
+	for _, p := range s.snapshotProviders() {
+		if p.XDS == nil {
+			continue
+		}
+		if cc := p.XDS(); cc != nil {
+			cc.ClientScope = p.Component.Name
+			resp.Config = append(resp.Config, cc)
+		}
+	}
+	return resp
+}
+
+// csdsService serves clientStatus as envoy.service.status.v3's
+// ClientStatusDiscoveryService, so CSDS tools (grpcdebug) see every xDS
+// client of the process.
+type csdsService struct {
+	v3statuspb.UnimplementedClientStatusDiscoveryServiceServer
+	s *Server
+}
+
+func (c csdsService) FetchClientStatus(ctx context.Context, req *v3statuspb.ClientStatusRequest) (*v3statuspb.ClientStatusResponse, error) {
+	if len(req.GetNodeMatchers()) != 0 {
+		// As grpc-go's CSDS: one process, one node per client; see gRFC A40.
+		return nil, status.Error(codes.InvalidArgument, "admin: CSDS node_matchers are not supported; send a request without them")
+	}
+	return c.s.clientStatus(ctx), nil
+}
+
+func (c csdsService) StreamClientStatus(stream v3statuspb.ClientStatusDiscoveryService_StreamClientStatusServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		resp, err := c.FetchClientStatus(stream.Context(), req)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 func (s *Server) denialList() []Denial {

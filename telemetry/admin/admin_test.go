@@ -10,12 +10,18 @@ import (
 	"testing"
 	"time"
 
+	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/gridmesh/gridmesh/telemetry"
@@ -96,7 +102,7 @@ func TestRefusesNonLoopbackCallers(t *testing.T) {
 	}
 }
 
-func TestEventsFeedDenialsConfigAndObservedEndpoints(t *testing.T) {
+func TestEventsFeedDenialsAndObservedEndpoints(t *testing.T) {
 	s := listen(t, admin.Config{Events: 4, Denials: 2})
 	s.Register(admin.Provider{
 		Component: admin.Component{Kind: "client", Name: "xds:///trading"},
@@ -109,9 +115,9 @@ func TestEventsFeedDenialsConfigAndObservedEndpoints(t *testing.T) {
 	for i := range 3 {
 		m.AuthzDenied("default deny", fmt.Sprintf("spiffe://example.org/c%d", i), "/rec.Trading/Buy")
 	}
-	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "7", false, "")
-	m.XDSUpdate("type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "unknown lb policy")
-	m.UnsupportedField("xds", "trading", "cluster.dns_lookup_family")
+	m.XDSUpdate("xds:///trading", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "7", false, "")
+	m.XDSUpdate("xds:///trading", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "unknown lb policy")
+	m.UnsupportedField("xds", "xds:///trading", "Cluster trading", "dns_lookup_family")
 	m.RecordCall(telemetry.Event{Side: "client", Target: "xds:///trading", Method: "/rec.Trading/Buy",
 		Endpoint: "10.0.0.1:8443", Peer: "spiffe://example.org/trading", Code: "OK"})
 
@@ -133,14 +139,8 @@ func TestEventsFeedDenialsConfigAndObservedEndpoints(t *testing.T) {
 	if diff := cmp.Diff([]string{"xds_update", "xds_update", "unsupported_field", "call"}, kinds); diff != "" {
 		t.Errorf("events, a ring of 4 (-want +got):\n%s", diff)
 	}
-	wantConfig := []admin.ConfigUpdate{{Source: "xds", Resource: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-		Version: "8", Accepted: false, Detail: "unknown lb policy"}}
-	if diff := cmp.Diff(wantConfig, st.Config, cmpopts.IgnoreFields(admin.ConfigUpdate{}, "ReceivedAt")); diff != "" {
-		t.Errorf("config (-want +got):\n%s", diff)
-	}
-	wantUnsupported := []admin.Unsupported{{Source: "xds", Resource: "trading", Field: "cluster.dns_lookup_family"}}
-	if diff := cmp.Diff(wantUnsupported, st.Unsupported, cmpopts.IgnoreFields(admin.Unsupported{}, "Seen")); diff != "" {
-		t.Errorf("unsupported (-want +got):\n%s", diff)
+	if len(st.Config) != 0 || len(st.Unsupported) != 0 {
+		t.Errorf("config %v, unsupported %v: events must not make up config (it comes from the xDS clients)", st.Config, st.Unsupported)
 	}
 	wantTargets := []admin.Target{{Target: "xds:///trading", State: "ready", Balancer: "round_robin", Endpoints: []admin.Endpoint{},
 		Observed: []admin.Endpoint{{Address: "10.0.0.1:8443", Identity: "spiffe://example.org/trading", LastCode: "OK"}}}}
@@ -158,6 +158,62 @@ func TestEventsFeedDenialsConfigAndObservedEndpoints(t *testing.T) {
 	var none []admin.Target
 	if err := json.NewDecoder(resp.Body).Decode(&none); err != nil || len(none) != 0 {
 		t.Errorf("/targets?target=xds:///nothing = %v, %v; want an empty list", none, err)
+	}
+}
+
+// TestConfigAndCSDSFromProviderXDSClients: a provider's xDS client status
+// shows in /config (with the fields grpc-go ignores) and through the CSDS
+// service on the admin port, scoped by the provider's name.
+func TestConfigAndCSDSFromProviderXDSClients(t *testing.T) {
+	s := listen(t, admin.Config{})
+	inForce, err := anypb.New(&clusterpb.Cluster{Name: "trading", ConnectTimeout: durationpb.New(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused, err := anypb.New(&clusterpb.Cluster{Name: "trading", LbPolicy: clusterpb.Cluster_MAGLEV})
+	if err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC)
+	const cdsType = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	s.Register(admin.Provider{
+		Component: admin.Component{Kind: "client", Name: "xds:///trading"},
+		XDS: func() *v3statuspb.ClientConfig {
+			return &v3statuspb.ClientConfig{GenericXdsConfigs: []*v3statuspb.ClientConfig_GenericXdsConfig{
+				{TypeUrl: cdsType, Name: "trading", VersionInfo: "7", XdsConfig: inForce, LastUpdated: timestamppb.New(when),
+					ClientStatus: adminpb.ClientResourceStatus_NACKED,
+					ErrorState:   &adminpb.UpdateFailureState{VersionInfo: "8", Details: `resource "trading": unexpected lbPolicy MAGLEV`, FailedConfiguration: refused}},
+				{TypeUrl: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", Name: "trading", ClientStatus: adminpb.ClientResourceStatus_REQUESTED},
+			}}
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := s.Status(ctx)
+	wantConfig := []admin.ConfigUpdate{
+		{Source: "xds", Scope: "xds:///trading", Resource: cdsType, Name: "trading", Version: "7", Status: "NACKED", ReceivedAt: when,
+			Detail: `version 8 refused: resource "trading": unexpected lbPolicy MAGLEV`},
+		{Source: "xds", Scope: "xds:///trading", Resource: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", Name: "trading", Status: "REQUESTED"},
+	}
+	if diff := cmp.Diff(wantConfig, st.Config); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	wantUnsupported := []admin.Unsupported{{Source: "xds", Scope: "xds:///trading", Resource: cdsType, Name: "trading", Field: "connect_timeout", Seen: when}}
+	if diff := cmp.Diff(wantUnsupported, st.Unsupported); diff != "" {
+		t.Errorf("unsupported (-want +got):\n%s", diff)
+	}
+
+	cc, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	resp, err := v3statuspb.NewClientStatusDiscoveryServiceClient(cc).FetchClientStatus(ctx, &v3statuspb.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(resp.GetConfig()); n != 1 || resp.GetConfig()[0].GetClientScope() != "xds:///trading" || len(resp.GetConfig()[0].GetGenericXdsConfigs()) != 2 {
+		t.Errorf("CSDS answered %v, want one client scoped xds:///trading with two resources", resp)
 	}
 }
 

@@ -76,6 +76,7 @@ type Target struct {
 
 // Endpoint is one address of a target.
 type Endpoint struct {
+	Cluster  string    `json:"cluster,omitempty"` // xDS cluster (service version) it belongs to
 	Address  string    `json:"address"`
 	Identity string    `json:"identity,omitempty"` // SPIFFE ID expected or seen
 	State    string    `json:"state,omitempty"`
@@ -94,22 +95,26 @@ type Policy struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// ConfigUpdate is the last config received from a source for one resource
-// type.
+// ConfigUpdate is one resource an xDS client of the process holds.
 type ConfigUpdate struct {
-	Source     string    `json:"source"`   // "xds", "consul"
-	Resource   string    `json:"resource"` // xDS type URL or Consul query
-	Version    string    `json:"version"`
-	ReceivedAt time.Time `json:"received_at"`
-	Accepted   bool      `json:"accepted"`
-	Detail     string    `json:"detail,omitempty"` // NACK reason
+	Source     string    `json:"source"`   // "xds"
+	Scope      string    `json:"scope"`    // the client: dial target, server SPIFFE ID, or grpc-go's process-wide client
+	Resource   string    `json:"resource"` // xDS type URL
+	Name       string    `json:"name"`
+	Version    string    `json:"version"` // last version accepted, "" when none
+	Status     string    `json:"status"`  // CSDS client status: ACKED, NACKED, REQUESTED, DOES_NOT_EXIST
+	ReceivedAt time.Time `json:"received_at,omitzero"`
+	Accepted   bool      `json:"accepted"`         // Status is ACKED
+	Detail     string    `json:"detail,omitempty"` // the refused version and the client's reason
 }
 
 // Unsupported is a config field that was received but that the mesh does
 // not act on.
 type Unsupported struct {
 	Source   string    `json:"source"`
-	Resource string    `json:"resource"`
+	Scope    string    `json:"scope"`
+	Resource string    `json:"resource"` // xDS type URL
+	Name     string    `json:"name"`
 	Field    string    `json:"field"`
 	Seen     time.Time `json:"seen"`
 }

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/gridmesh/gridmesh/controlplane"
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
+)
+
+// TestCommandsInXDSMode: for a server and a client configured by meshd,
+// `config` lists every resource their xDS clients hold with its status, and
+// `endpoints` what meshd sent for the target, beside where calls went.
+func TestCommandsInXDSMode(t *testing.T) {
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshd := xdstest.StartMeshd(t, "", cfg)
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	source := func(path string) *security.DevSource {
+		src, err := ca.Source(spiffeid.RequireFromPath(td, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		return src
+	}
+	const adminAddr = "127.0.0.1:0"
+	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adminAddr),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, echo{})
+	lis, err := newListener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); srv.Close(); <-done })
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source("/gateway")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adminAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Wait for both xDS clients' five resources, and note the versions to
+	// mask them (they hash the config, ports included).
+	var versions []string
+	for {
+		var out bytes.Buffer
+		if err := run(ctx, []string{"-admin", srv.AdminAddr(), "-o", "json", "config"}, &out, &out); err != nil {
+			t.Fatal(err)
+		}
+		var cv admin.ConfigView
+		if err := json.Unmarshal(out.Bytes(), &cv); err != nil {
+			t.Fatal(err)
+		}
+		versions = versions[:0]
+		for _, u := range cv.Updates {
+			if u.Status == "ACKED" {
+				versions = append(versions, u.Version)
+			}
+		}
+		if len(versions) == 5 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("config shows %d resources accepted, want 5:\n%s", len(versions), out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	addr := lis.Addr().String()
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"config_xds", []string{"config"}},
+		{"endpoints_xds", []string{"endpoints", "xds:///trading"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if err := run(ctx, append([]string{"-admin", srv.AdminAddr()}, tc.args...), &out, &errOut); err != nil {
+				t.Fatalf("meshctl %v: %v\n%s", tc.args, err, errOut.String())
+			}
+			got := out.String()
+			for _, v := range versions {
+				got = strings.ReplaceAll(got, " "+v+" ", " VERSION ")
+			}
+			checkGolden(t, tc.name, mask(got, addr), out.String())
+		})
+	}
+}
