@@ -15,9 +15,10 @@ import (
 // The endpoint is per process: every server and client given the same addr
 // shows on one endpoint, started by the first and stopped when the last is
 // closed (Server.Close; ClientConn.Close). It serves JSON (GET /status,
-// /identity, /targets, /config, /denials, /events) and grpc-go's channelz
-// and CSDS over gRPC on the same port; `meshctl` reads it. WithoutTelemetry
-// turns it off.
+// /identity, /targets, /config, /denials, /events) and, over gRPC on the
+// same port, grpc-go's channelz and CSDS covering the xDS client of every
+// channel and server in xDS mode; `meshctl` and grpcdebug read it.
+// WithoutTelemetry turns it off.
 func WithAdmin(addr string) Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.adminAddr = addr })
 }

@@ -200,7 +200,7 @@ func (s *Server) Close() error {
 }
 
 // guard refuses non-loopback callers and non-loopback Host headers, then
-// sends gRPC to the channelz/CSDS server and the rest to mux.
+// sends gRPC to the channelz and CSDS services and the rest to mux.
 func (s *Server) guard(mux http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)

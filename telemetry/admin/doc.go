@@ -1,9 +1,11 @@
 // Package admin is the per-process, loopback-only admin endpoint of the
 // mesh: JSON over HTTP for identity, trust bundles, targets and endpoints,
-// effective policies, the last config received, unsupported config fields,
-// recent authorization denials and recent events, with grpc-go's channelz
-// and CSDS services served over gRPC (h2c) on the same port. `meshctl`
-// reads it.
+// effective policies, every xDS resource the process's xDS clients hold
+// (version, ACKed or NACKed and why), unsupported config fields, recent
+// authorization denials and recent events, with grpc-go's channelz and a
+// CSDS service (one ClientConfig per xDS client: grpc-go's process-wide one
+// and each provider's) over gRPC (h2c) on the same port. `meshctl` reads
+// it.
 //
 // Services turn it on with mesh.WithAdmin("127.0.0.1:15000"); use this
 // package directly only to embed the endpoint elsewhere.
