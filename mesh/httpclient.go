@@ -16,13 +16,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // HTTPClient returns an *http.Client whose transport is NewHTTPTransport's.
@@ -105,6 +108,42 @@ type httpService struct {
 	// ids is the set of IDs endpoints without their own may present, from
 	// xDS; nil: the transport's default expectation.
 	ids atomic.Pointer[spiffeid.Matcher]
+	// xds records the xDS stream of an xds:/// target.
+	xds *xdsstatus.Recorder
+	// balanced is closed once bal has its first endpoint set. A watch's
+	// Wait returns as soon as the watch knows a set, which can be before
+	// its update callback has handed the set to bal.
+	balanced     chan struct{}
+	balancedOnce sync.Once
+}
+
+// update hands a new endpoint set to the balancer.
+func (s *httpService) update(set []httpbalance.Endpoint) {
+	if s.bal.Update(set) {
+		s.tr.CloseIdleConnections()
+	}
+	s.balancedOnce.Do(func() { close(s.balanced) })
+}
+
+// waitFor returns the service's wait: the watch's first set (or its
+// error, when ctx ends), then the balancer having it.
+func (s *httpService) waitFor(watchWait func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		select {
+		case <-s.balanced:
+			return nil
+		default:
+		}
+		if err := watchWait(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-s.balanced:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // NewHTTPTransport returns the mesh's HTTP transport (see HTTPTransport).
@@ -208,6 +247,15 @@ func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.rt.RoundTrip(req)
 }
 
+// AdminAddr returns the address of the admin endpoint the transport shows
+// on, or "" without WithAdmin. Useful with port 0.
+func (t *HTTPTransport) AdminAddr() string {
+	if t.tel == nil || t.tel.admin == nil {
+		return ""
+	}
+	return t.tel.admin.Addr()
+}
+
 // CloseIdleConnections closes the idle connections to every endpoint.
 func (t *HTTPTransport) CloseIdleConnections() {
 	t.mu.Lock()
@@ -272,7 +320,7 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 	if s, ok := t.services[target]; ok {
 		return s, nil
 	}
-	s := &httpService{target: target, bal: httpbalance.New(t.policy)}
+	s := &httpService{target: target, bal: httpbalance.New(t.policy), balanced: make(chan struct{})}
 	s.tr = t.endpointTransport(s)
 	if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
 		err = t.watchXDS(s, cluster)
@@ -282,8 +330,55 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
 	}
+	t.showOnAdmin(s)
 	t.services[target] = s
 	return s, nil
+}
+
+// showOnAdmin lists the service on the admin endpoint until it is closed:
+// its balancer, endpoints (with what meshd sent, for xds:///) and, for
+// xds:///, what its xDS stream holds.
+func (t *HTTPTransport) showOnAdmin(s *httpService) {
+	if t.tel == nil || t.tel.admin == nil {
+		return
+	}
+	p := admin.Provider{
+		Component: admin.Component{Kind: "http-client", Name: s.target},
+		Identity:  func() admin.Identity { return identityView(t.identity, t.tel.self) },
+		Targets: func() []admin.Target {
+			eps, policy := s.bal.Endpoints()
+			tg := admin.Target{Target: s.target, Balancer: policy.String(), Source: scheme(s.target), Endpoints: []admin.Endpoint{}}
+			ejected := map[string]bool{}
+			for _, e := range eps {
+				ejected[e.Addr] = e.Ejected
+			}
+			if s.xds != nil {
+				for _, e := range s.xds.Endpoints() {
+					tg.Endpoints = append(tg.Endpoints, admin.Endpoint{Cluster: e.Cluster, Address: e.Address,
+						Identity: strings.Join(e.IDs, " "), State: e.Health, Weight: e.Weight, Ejected: ejected[e.Address]})
+				}
+				return []admin.Target{tg}
+			}
+			for _, e := range eps {
+				ep := admin.Endpoint{Address: e.Addr, Weight: uint32(max(e.Weight, 1)), Ejected: e.Ejected}
+				if !e.ID.IsZero() {
+					ep.Identity = e.ID.String()
+				}
+				tg.Endpoints = append(tg.Endpoints, ep)
+			}
+			return []admin.Target{tg}
+		},
+		Policies: t.tel.policies,
+	}
+	if s.xds != nil {
+		p.XDS = s.xds.ClientConfig
+	}
+	unregister := t.tel.admin.Register(p)
+	closeWatch := s.close
+	s.close = func() error {
+		unregister()
+		return closeWatch()
+	}
 }
 
 func (t *HTTPTransport) watchDiscovery(s *httpService) error {
@@ -295,14 +390,12 @@ func (t *HTTPTransport) watchDiscovery(s *httpService) error {
 		for i, e := range eps {
 			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID, Weight: e.Weight}
 		}
-		if s.bal.Update(set) {
-			s.tr.CloseIdleConnections()
-		}
+		s.update(set)
 	})
 	if err != nil {
 		return err
 	}
-	s.wait = func(ctx context.Context) error { _, err := w.Wait(ctx); return err }
+	s.wait = s.waitFor(func(ctx context.Context) error { _, err := w.Wait(ctx); return err })
 	s.close = w.Close
 	return nil
 }
@@ -311,7 +404,10 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 	if t.controlPlane == "" {
 		return errors.New("xds:/// targets need mesh.WithControlPlane(meshd address)")
 	}
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster}, func(u httpxds.Update) {
+	rec := xdsstatus.New(func(u xdsstatus.Update) { t.tel.xdsUpdate(s.target, u) })
+	s.xds = rec
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster,
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
 		if !t.policySet {
 			if u.Policy == "least_request" {
 				s.bal.SetPolicy(httpbalance.LeastRequest)
@@ -337,15 +433,17 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 		for i, e := range u.Endpoints {
 			set[i] = httpbalance.Endpoint{Addr: e.Addr, Weight: int(e.Weight)}
 		}
-		if s.bal.Update(set) {
-			s.tr.CloseIdleConnections()
-		}
+		s.update(set)
 	})
 	if err != nil {
+		rec.Close()
 		return err
 	}
-	s.wait = func(ctx context.Context) error { _, err := w.Wait(ctx); return err }
-	s.close = w.Close
+	s.wait = s.waitFor(func(ctx context.Context) error { _, err := w.Wait(ctx); return err })
+	s.close = func() error {
+		rec.Close()
+		return w.Close()
+	}
 	return nil
 }
 

@@ -3,9 +3,14 @@ package mesh_test
 import (
 	"context"
 	"net"
+	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/controlplane/registration"
@@ -13,6 +18,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // TestHTTPClientFollowsConsul resolves http://trading.mesh through Consul:
@@ -129,5 +135,47 @@ func TestHTTPClientHonoursXDSWeights(t *testing.T) {
 			}
 		}
 		t.Errorf("%d failed, shares %v; want b0 25%%, b1 75%%", failed, got)
+	}
+}
+
+// TestHTTPClientTargetsOnAdminEndpoint: the HTTP client's services show on
+// the admin endpoint with their balancer and endpoints, and an xds:///
+// service with the clusters and endpoints its xDS stream accepted.
+func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request"}}})
+	bs := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/trading")))
+	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, SPIFFEID: "spiffe://example.org/trading"})
+	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr),
+		mesh.WithAdmin("127.0.0.1:0"), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := &http.Client{Transport: tr}
+	for _, url := range []string{"http://trading.mesh/", "http://ledger/"} {
+		if _, failed := shares(load(t, c, url, 3, 1)); failed != 0 {
+			t.Fatalf("%s: %d of 3 requests failed", url, failed)
+		}
+	}
+	adminURL := "http://" + tr.AdminAddr()
+	want := []admin.Target{
+		{Target: "xds:///trading", Balancer: "least_request", Source: "xds", Endpoints: []admin.Endpoint{
+			{Cluster: "trading", Address: bs[0].addr, Identity: "spiffe://example.org/trading", State: "healthy", Weight: 1}}},
+		{Target: "static:///" + bs[0].addr, Balancer: "round_robin", Source: "static", Endpoints: []admin.Endpoint{
+			{Address: bs[0].addr, Weight: 1}}},
+	}
+	got := getJSON[[]admin.Target](t, adminURL+"/targets")
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(admin.Target{}, "Observed"),
+		cmpopts.SortSlices(func(a, b admin.Target) bool { return a.Target < b.Target })); diff != "" {
+		t.Errorf("targets (-want +got):\n%s", diff)
+	}
+	cv := getJSON[admin.ConfigView](t, adminURL+"/config")
+	var held []string
+	for _, u := range cv.Updates {
+		held = append(held, u.Scope+" "+u.Resource[strings.LastIndex(u.Resource, ".")+1:]+" "+u.Name+" "+u.Status)
+	}
+	if diff := cmp.Diff([]string{"xds:///trading Cluster trading ACKED", "xds:///trading ClusterLoadAssignment trading ACKED"}, held); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
 	}
 }

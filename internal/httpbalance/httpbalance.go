@@ -131,6 +131,38 @@ func (b *Balancer) ID(addr string) (spiffeid.ID, bool) {
 	return spiffeid.ID{}, false
 }
 
+// String names the policy: "round_robin", "least_request", "pick_first".
+func (p Policy) String() string {
+	switch p {
+	case RoundRobin:
+		return "round_robin"
+	case LeastRequest:
+		return "least_request"
+	case PickFirst:
+		return "pick_first"
+	}
+	return "unknown"
+}
+
+// EndpointState is an endpoint and whether it is ejected now.
+type EndpointState struct {
+	Endpoint
+	Ejected bool
+}
+
+// Endpoints returns the endpoint set, in discovery's order, and the
+// policy in force.
+func (b *Balancer) Endpoints() ([]EndpointState, Policy) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.cfg.Now()
+	out := make([]EndpointState, len(b.eps))
+	for i, s := range b.eps {
+		out[i] = EndpointState{Endpoint: s.Endpoint, Ejected: now.Before(s.ejectedUntil)}
+	}
+	return out, b.cfg.Policy
+}
+
 // Len is the size of the endpoint set.
 func (b *Balancer) Len() int {
 	b.mu.Lock()

@@ -49,6 +49,9 @@ type Config struct {
 	Cluster string
 	// RetryMin and RetryMax bound the reconnect backoff (defaults 100ms, 5s).
 	RetryMin, RetryMax time.Duration
+	// DialOptions are added to the connection to meshd (an
+	// xdsstatus.Recorder's interceptor, for one).
+	DialOptions []grpc.DialOption
 }
 
 // Endpoint is one healthy endpoint of the cluster.
@@ -94,7 +97,7 @@ func Start(cfg Config, update func(Update)) (*Watch, error) {
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(5*time.Second, cfg.RetryMin)
 	}
-	cc, err := grpc.NewClient(cfg.ServerURI, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(cfg.ServerURI, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("httpxds: control plane %q: %w", cfg.ServerURI, err)
 	}
