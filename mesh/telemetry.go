@@ -83,8 +83,9 @@ type meshTelemetry struct {
 	xds    *xdsstatus.Recorder
 	logger *slog.Logger
 
-	unsupportedMu   sync.Mutex
-	unsupportedSeen map[string]bool // xDS fields already reported, by type, resource and field
+	xdsMu           sync.Mutex
+	unsupportedSeen map[string]bool   // xDS fields already reported, by type, resource and field
+	lastNACK        map[string]string // last refusal logged, by type: version and reason
 
 	mu       sync.Mutex
 	closers  []func()

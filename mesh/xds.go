@@ -119,10 +119,27 @@ func (t *meshTelemetry) recordXDS(scope string, server bool) *xdsstatus.Recorder
 	return rec
 }
 
+// firstNACK reports whether u refuses something new: a control plane that
+// re-sends a refused version at once (go-control-plane does) is logged
+// once, not in a loop.
+func (t *meshTelemetry) firstNACK(u xdsstatus.Update) bool {
+	key := u.Version + "\x00" + u.Detail
+	t.xdsMu.Lock()
+	defer t.xdsMu.Unlock()
+	if t.lastNACK == nil {
+		t.lastNACK = map[string]string{}
+	}
+	if t.lastNACK[u.TypeURL] == key {
+		return false
+	}
+	t.lastNACK[u.TypeURL] = key
+	return true
+}
+
 // xdsUpdate logs a NACK and counts the update, and each field of an
 // accepted resource that grpc-go ignores (once per resource and field).
 func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
-	if u.NACK {
+	if u.NACK && t.firstNACK(u) {
 		t.log().Warn("refused config from the control plane (NACK); the last accepted version stays in force",
 			"scope", scope, "type", u.TypeURL, "version", u.Version, "resources", u.Rejected, "reason", u.Detail)
 	}
@@ -134,13 +151,13 @@ func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
 	for _, r := range u.Accepted {
 		for _, f := range admin.UnsupportedFields(r.Message) {
 			key := u.TypeURL + " " + r.Name + " " + f
-			t.unsupportedMu.Lock()
+			t.xdsMu.Lock()
 			seen := t.unsupportedSeen[key]
 			if t.unsupportedSeen == nil {
 				t.unsupportedSeen = map[string]bool{}
 			}
 			t.unsupportedSeen[key] = true
-			t.unsupportedMu.Unlock()
+			t.xdsMu.Unlock()
 			if !seen {
 				t.metrics.UnsupportedField("xds", scope, typeName+" "+r.Name, f)
 			}

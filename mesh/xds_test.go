@@ -1,15 +1,21 @@
 package mesh_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -18,9 +24,12 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -201,5 +210,121 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 	}
 	if len(updates) != 4 {
 		t.Errorf("xDS update events by type %v, want the four types", updates)
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestXDSUnsupportedFieldsAndNACKsShown: a field grpc-go ignores is shown
+// and counted, not silently dropped; a cluster grpc-go refuses is logged,
+// counted and shown with its reason, and calls go on with the version in
+// force.
+func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/svc")))
+	cp := xdstest.StartSnapshotServer(t)
+	_, _, cluster, _ := xdstest.ClientResources(t, "svc", addr)
+	cluster.ConnectTimeout = durationpb.New(3 * time.Second) // grpc-go does not read it
+	cp.Set(t, "1", "svc", addr, cluster)
+
+	var logs lockedBuffer
+	lis := listen(t) // a free port for the admin endpoint
+	adminAddr := lis.Addr().String()
+	lis.Close()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	cc, err := mesh.Dial(callTimeout(t), "xds:///svc", mesh.WithIdentity(devSource(t, ca, "/caller")),
+		mesh.WithControlPlane(cp.Addr), mesh.WithAdmin(adminAddr), mesh.WithMeterProvider(mp),
+		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := testgrpc.NewTestServiceClient(cc)
+	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+	adminURL := "http://" + adminAddr
+	cv := getJSON[admin.ConfigView](t, adminURL+"/config")
+	wantUnsupported := []admin.Unsupported{{Source: "xds", Scope: "xds:///svc", Resource: xdsstatus.ClusterType, Name: "svc", Field: "connect_timeout"}}
+	if diff := cmp.Diff(wantUnsupported, cv.Unsupported, cmpopts.IgnoreFields(admin.Unsupported{}, "Seen")); diff != "" {
+		t.Errorf("unsupported (-want +got):\n%s", diff)
+	}
+
+	bad := proto.Clone(cluster).(*clusterpb.Cluster)
+	bad.ClusterDiscoveryType = &clusterpb.Cluster_Type{Type: clusterpb.Cluster_STATIC}
+	cp.Set(t, "2", "svc", addr, bad)
+	var refused admin.ConfigUpdate
+	waitFor(t, func() bool {
+		for _, u := range getJSON[admin.ConfigView](t, adminURL+"/config").Updates {
+			if u.Resource == xdsstatus.ClusterType && u.Status == "NACKED" {
+				refused = u
+				return true
+			}
+		}
+		return false
+	})
+	if refused.Version != "1" || !strings.HasPrefix(refused.Detail, "version 2 refused: ") || !strings.Contains(refused.Detail, `resource "svc"`) {
+		t.Errorf("refused cluster shown as %+v, want version 1 in force and grpc-go's reason for version 2", refused)
+	}
+	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}); err != nil {
+		t.Errorf("call after the NACK: %v", err)
+	}
+	for _, want := range []string{"refused config from the control plane (NACK)", "scope=xds:///svc", "version=2", "resources=[svc]"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				key := m.Name
+				if v, ok := dp.Attributes.Value("mesh.outcome"); ok {
+					key += " " + v.AsString()
+				}
+				if v, ok := dp.Attributes.Value("mesh.config.field"); ok {
+					key += " " + v.AsString()
+				}
+				counts[key] += dp.Value
+			}
+		}
+	}
+	// Each response carries one resource, so the mesh's counts of responses
+	// match grpc-go's own counts of resources. (go-control-plane re-sends a
+	// refused snapshot at once, so there are many NACKs.)
+	if counts["mesh.xds.updates nack"] == 0 || counts["mesh.xds.updates nack"] != counts["grpc.xds_client.resource_updates_invalid"] ||
+		counts["mesh.xds.updates ok"] < 4 || counts["mesh.xds.updates ok"] != counts["grpc.xds_client.resource_updates_valid"] ||
+		counts["mesh.config.unsupported_fields connect_timeout"] != 1 {
+		t.Errorf("metrics %v: want NACKs and accepted updates as grpc-go counts them, connect_timeout reported once", counts)
+	}
+	if n := strings.Count(logs.String(), "refused config from the control plane"); n != 1 {
+		t.Errorf("the same refusal logged %d times, want once", n)
 	}
 }

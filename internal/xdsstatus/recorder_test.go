@@ -3,7 +3,6 @@ package xdsstatus_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,24 +10,13 @@ import (
 
 	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/anypb"
 
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 )
@@ -37,96 +25,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const nodeID = "xdsstatus-test"
 
-// controlPlane is a go-control-plane snapshot server on loopback.
-type controlPlane struct {
-	addr  string
-	cache cache.SnapshotCache
-}
-
-func startControlPlane(t *testing.T) *controlPlane {
-	t.Helper()
-	snapshots := cache.NewSnapshotCache(false, cache.IDHash{}, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := grpc.NewServer()
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, server.NewServer(ctx, snapshots, nil))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { cancel(); srv.Stop(); <-done })
-	return &controlPlane{addr: lis.Addr().String(), cache: snapshots}
-}
-
-func (c *controlPlane) set(t *testing.T, version string, cluster *clusterpb.Cluster, port int) {
-	t.Helper()
-	snap, err := cache.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
-		resourcev3.ListenerType: {listener(t, "svc")},
-		resourcev3.RouteType:    {route("svc")},
-		resourcev3.ClusterType:  {cluster},
-		resourcev3.EndpointType: {endpoints("svc", port)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func listener(t *testing.T, name string) *listenerpb.Listener {
-	router, err := anypb.New(&routerpb.Router{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hcm, err := anypb.New(&hcmpb.HttpConnectionManager{
-		RouteSpecifier: &hcmpb.HttpConnectionManager_Rds{Rds: &hcmpb.Rds{
-			RouteConfigName: name,
-			ConfigSource:    &corepb.ConfigSource{ConfigSourceSpecifier: &corepb.ConfigSource_Ads{Ads: &corepb.AggregatedConfigSource{}}},
-		}},
-		HttpFilters: []*hcmpb.HttpFilter{{Name: "router", ConfigType: &hcmpb.HttpFilter_TypedConfig{TypedConfig: router}}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &listenerpb.Listener{Name: name, ApiListener: &listenerpb.ApiListener{ApiListener: hcm}}
-}
-
-func route(name string) *routepb.RouteConfiguration {
-	return &routepb.RouteConfiguration{Name: name, VirtualHosts: []*routepb.VirtualHost{{
-		Name: name, Domains: []string{"*"},
-		Routes: []*routepb.Route{{
-			Match:  &routepb.RouteMatch{PathSpecifier: &routepb.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &routepb.Route_Route{Route: &routepb.RouteAction{ClusterSpecifier: &routepb.RouteAction_Cluster{Cluster: name}}},
-		}},
-	}}}
-}
-
-func edsCluster(name string) *clusterpb.Cluster {
-	return &clusterpb.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterpb.Cluster_Type{Type: clusterpb.Cluster_EDS},
-		EdsClusterConfig: &clusterpb.Cluster_EdsClusterConfig{
-			EdsConfig: &corepb.ConfigSource{ConfigSourceSpecifier: &corepb.ConfigSource_Ads{Ads: &corepb.AggregatedConfigSource{}}},
-		},
-		LbPolicy: clusterpb.Cluster_ROUND_ROBIN,
-	}
-}
-
-func endpoints(name string, port int) *endpointpb.ClusterLoadAssignment {
-	return &endpointpb.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointpb.LocalityLbEndpoints{{
-		Locality: &corepb.Locality{Region: "r"},
-		LbEndpoints: []*endpointpb.LbEndpoint{{
-			HostIdentifier: &endpointpb.LbEndpoint_Endpoint{Endpoint: &endpointpb.Endpoint{Address: &corepb.Address{
-				Address: &corepb.Address_SocketAddress{SocketAddress: &corepb.SocketAddress{
-					Address: "127.0.0.1", PortSpecifier: &corepb.SocketAddress_PortValue{PortValue: uint32(port)},
-				}},
-			}}},
-			HealthStatus: corepb.HealthStatus_HEALTHY,
-		}},
-		LoadBalancingWeight: nil,
-	}}}
+func edsCluster(t *testing.T, name string) *clusterpb.Cluster {
+	_, _, c, _ := xdstest.ClientResources(t, name, "127.0.0.1:1")
+	return c
 }
 
 // updates collects what the Recorder reports.
@@ -145,9 +46,9 @@ func (u *updates) list() []xdsstatus.Update {
 
 // dial opens an xds:/// channel through grpc-go's own xDS client, with the
 // bootstrap naming rec.
-func dial(t *testing.T, cp *controlPlane, target string, rec *xdsstatus.Recorder) *grpc.ClientConn {
+func dial(t *testing.T, cp *xdstest.SnapshotServer, target string, rec *xdsstatus.Recorder) *grpc.ClientConn {
 	t.Helper()
-	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: cp.addr, NodeID: nodeID, Recorder: rec})
+	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: cp.Addr, NodeID: nodeID, Recorder: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,8 +94,8 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() error) 
 func TestRecordsWhatGRPCXDSClientAcceptsAndRefuses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cp := startControlPlane(t)
-	cp.set(t, "1", edsCluster("svc"), 7001)
+	cp := xdstest.StartSnapshotServer(t)
+	cp.Set(t, "1", "svc", "127.0.0.1:7001", nil)
 	var got updates
 	rec := xdsstatus.New(got.add)
 	defer rec.Close()
@@ -225,9 +126,9 @@ func TestRecordsWhatGRPCXDSClientAcceptsAndRefuses(t *testing.T) {
 
 	// Version 2 carries a cluster grpc-go refuses (a STATIC cluster) and
 	// new endpoints, which it accepts.
-	bad := edsCluster("svc")
+	bad := edsCluster(t, "svc")
 	bad.ClusterDiscoveryType = &clusterpb.Cluster_Type{Type: clusterpb.Cluster_STATIC}
-	cp.set(t, "2", bad, 7002)
+	cp.Set(t, "2", "svc", "127.0.0.1:7002", bad)
 	want := []status{
 		{Type: "Listener", Name: "svc", Version: "2", Status: "ACKED"},
 		{Type: "RouteConfiguration", Name: "svc", Version: "2", Status: "ACKED"},
@@ -273,15 +174,10 @@ func TestRecordsWhatGRPCXDSClientAcceptsAndRefuses(t *testing.T) {
 func TestMissingListenerDoesNotExist(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cp := startControlPlane(t)
-	cp.set(t, "1", edsCluster("svc"), 7001)
+	cp := xdstest.StartSnapshotServer(t)
+	cp.Set(t, "1", "svc", "127.0.0.1:7001", nil)
 	rec := xdsstatus.New(nil)
 	defer rec.Close()
-	// Another channel subscribes to svc, so LDS responses carry a listener.
-	other := xdsstatus.New(nil)
-	defer other.Close()
-	occ := dial(t, cp, "xds:///svc", other)
-	defer occ.Close()
 	cc := dial(t, cp, "xds:///nosuch", rec)
 	defer cc.Close()
 	waitFor(ctx, t, "listener nosuch reported", func() error {
