@@ -28,8 +28,6 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
-	"github.com/gridmesh/gridmesh/controlplane"
-	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -424,23 +422,9 @@ func TestSVIDRotationsCountedOncePerSource(t *testing.T) {
 // TestXDSClientUpdatesCounted: for xds:/// targets the mesh takes grpc-go's
 // own xDS client metrics (accepted and NACKed updates per resource type).
 func TestXDSClientUpdatesCounted(t *testing.T) {
-	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	meshd := xdstest.StartMeshd(t, "", cfg)
-	ca := newDevCA(t, time.Hour)
-	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, &echoService{})
-	lis := listen(t)
+	meshd, ca := startXDSTrading(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() { cancel(); srv.Close(); <-served })
+	defer cancel()
 
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))

@@ -31,6 +31,7 @@ import (
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
@@ -105,30 +106,10 @@ services:
 // meshd, with versions (in /config and through CSDS), the endpoints meshd
 // sent, and the config updates as events.
 func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
-	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	meshd := xdstest.StartMeshd(t, "", cfg)
-	ca := newDevCA(t, time.Hour)
-	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""), mesh.WithAdmin("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, &echoService{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	meshd, ca := startXDSTrading(t, mesh.WithAdmin("127.0.0.1:0"))
+	srv, lis := meshd.srv, meshd.lis
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis) }()
-	defer func() {
-		cancel()
-		srv.Close()
-		<-served
-	}()
+	defer cancel()
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin("127.0.0.1:0"))
 	if err != nil {
@@ -211,6 +192,38 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 	if len(updates) != 4 {
 		t.Errorf("xDS update events by type %v, want the four types", updates)
 	}
+}
+
+// xdsTrading is a meshd serving the service trading (mTLS on) and a mesh
+// server in xDS mode serving it, as spiffe://example.org/trading.
+type xdsTrading struct {
+	*xdstest.Meshd
+	srv *mesh.Server
+	lis net.Listener
+}
+
+// startXDSTrading starts an xdsTrading, stopped at cleanup; the server
+// gets opts too.
+func startXDSTrading(t *testing.T, opts ...mesh.ServerOption) (*xdsTrading, *security.DevCA) {
+	t.Helper()
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshd := xdstest.StartMeshd(t, "", cfg)
+	ca := newDevCA(t, time.Hour)
+	srv, err := mesh.NewServer(append([]mesh.ServerOption{mesh.WithIdentity(devSource(t, ca, "/trading")),
+		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", "")}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, &echoService{})
+	lis := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); srv.Close(); <-served })
+	return &xdsTrading{Meshd: meshd, srv: srv, lis: lis}, ca
 }
 
 // lockedBuffer is a log destination safe for concurrent writes.

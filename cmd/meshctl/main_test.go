@@ -43,18 +43,7 @@ func (echo) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleRes
 func meshed(t *testing.T) (adminAddr, addr string) {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
-	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	source := func(path string) *security.DevSource {
-		src, err := ca.Source(spiffeid.RequireFromPath(td, path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { src.Close() })
-		return src
-	}
+	source := devSources(t)
 	const admin = "127.0.0.1:0"
 	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(admin),
 		mesh.WithAuthorizer(security.Rules(
@@ -160,6 +149,24 @@ func TestCommandsAgainstLiveAdminEndpoint(t *testing.T) {
 			}
 			checkGolden(t, tc.name, mask(out.String(), addr), out.String())
 		})
+	}
+}
+
+// devSources returns a func giving identities spiffe://example.org/<path>
+// from one dev CA, closed at cleanup.
+func devSources(t *testing.T) func(path string) *security.DevSource {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(path string) *security.DevSource {
+		src, err := ca.Source(spiffeid.RequireFromPath(td, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		return src
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
@@ -29,19 +27,7 @@ func TestCommandsInXDSMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	meshd := xdstest.StartMeshd(t, "", cfg)
-	td := spiffeid.RequireTrustDomainFromString("example.org")
-	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	source := func(path string) *security.DevSource {
-		src, err := ca.Source(spiffeid.RequireFromPath(td, path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { src.Close() })
-		return src
-	}
+	source := devSources(t)
 	const adminAddr = "127.0.0.1:0"
 	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adminAddr),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
