@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strings"
 	"time"
 
@@ -102,10 +101,26 @@ func (t *meshTelemetry) recordXDS(scope string, server bool) *xdsstatus.Recorder
 	t.policies = func() []admin.Policy { return []admin.Policy{policy} }
 	t.balancer = func() string {
 		var parts []string
-		for cluster, policy := range rec.Balancers() {
-			parts = append(parts, cluster+"="+policy)
+		for _, c := range rec.Clusters() {
+			p := c.Name + "=" + c.Balancer
+			if c.OutlierDetection {
+				p += "+outlier_detection"
+			}
+			parts = append(parts, p)
 		}
-		slices.Sort(parts)
+		return strings.Join(parts, " ")
+	}
+	// grpc-go's xDS circuit breaker is a limit on concurrent requests per
+	// cluster, not a state machine: show the limit.
+	t.breaker = func() string {
+		var parts []string
+		for _, c := range rec.Clusters() {
+			p := fmt.Sprintf("%s=max_requests %d", c.Name, c.MaxRequests)
+			if !c.MaxRequestsSet {
+				p += " (default)"
+			}
+			parts = append(parts, p)
+		}
 		return strings.Join(parts, " ")
 	}
 	t.endpoints = func() []admin.Endpoint {

@@ -22,7 +22,12 @@ import (
 // `config` lists every resource their xDS clients hold with its status, and
 // `endpoints` what meshd sent for the target, beside where calls went.
 func TestCommandsInXDSMode(t *testing.T) {
-	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(`mtls: true
+services:
+  - name: trading
+    circuit_breaker: {max_requests: 100}
+    outlier_detection: {interval: 10s}
+`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
@@ -99,20 +100,40 @@ func clusterIDs(c *clusterpb.Cluster) []string {
 	return ids
 }
 
-// Balancers returns the load-balancing policy of each cluster the client
-// accepted, by cluster name: "round_robin", "least_request", "ring_hash",
-// or the type of the first load_balancing_policy entry when the cluster
-// uses that field.
-func (r *Recorder) Balancers() map[string]string {
-	out := map[string]string{}
+// Cluster is what the client applies of one cluster it accepted.
+type Cluster struct {
+	Name string
+	// Balancer is "round_robin", "least_request", "ring_hash", or the
+	// type of the first load_balancing_policy entry when the cluster uses
+	// that field.
+	Balancer string
+	// MaxRequests is the circuit breaker's limit on concurrent requests;
+	// grpc-go applies 1024 when the cluster sets none (MaxRequestsSet false).
+	MaxRequests    uint32
+	MaxRequestsSet bool
+	// OutlierDetection says the cluster ejects failing endpoints.
+	OutlierDetection bool
+}
+
+// Clusters returns the clusters the client accepted, sorted by name.
+func (r *Recorder) Clusters() []Cluster {
+	var out []Cluster
 	for _, m := range r.Accepted(ClusterType) {
 		c := m.(*clusterpb.Cluster)
-		policy := strings.ToLower(c.GetLbPolicy().String())
+		cl := Cluster{Name: c.GetName(), Balancer: strings.ToLower(c.GetLbPolicy().String()), MaxRequests: 1024,
+			OutlierDetection: c.GetOutlierDetection() != nil}
 		if ps := c.GetLoadBalancingPolicy().GetPolicies(); len(ps) > 0 {
 			t := ps[0].GetTypedExtensionConfig().GetTypedConfig().GetTypeUrl()
-			policy = t[strings.LastIndex(t, "/")+1:]
+			cl.Balancer = t[strings.LastIndex(t, "/")+1:]
 		}
-		out[c.GetName()] = policy
+		for _, th := range c.GetCircuitBreakers().GetThresholds() {
+			// grpc-go reads the DEFAULT priority only.
+			if th.GetPriority() == corepb.RoutingPriority_DEFAULT && th.GetMaxRequests() != nil {
+				cl.MaxRequests, cl.MaxRequestsSet = th.GetMaxRequests().GetValue(), true
+			}
+		}
+		out = append(out, cl)
 	}
+	slices.SortFunc(out, func(a, b Cluster) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

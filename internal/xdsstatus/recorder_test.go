@@ -120,8 +120,8 @@ func TestRecordsWhatGRPCXDSClientAcceptsAndRefuses(t *testing.T) {
 	if diff := cmp.Diff([]xdsstatus.Endpoint{{Cluster: "svc", Address: "127.0.0.1:7001", Weight: 1, Health: "healthy"}}, rec.Endpoints()); diff != "" {
 		t.Errorf("Endpoints (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]string{"svc": "round_robin"}, rec.Balancers()); diff != "" {
-		t.Errorf("Balancers (-want +got):\n%s", diff)
+	if diff := cmp.Diff([]xdsstatus.Cluster{{Name: "svc", Balancer: "round_robin", MaxRequests: 1024}}, rec.Clusters()); diff != "" {
+		t.Errorf("Clusters (-want +got):\n%s", diff)
 	}
 
 	// Version 2 carries a cluster grpc-go refuses (a STATIC cluster) and
