@@ -92,13 +92,11 @@ func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCr
 func (t *meshTelemetry) recordXDS(scope string, server bool) *xdsstatus.Recorder {
 	rec := xdsstatus.New(func(u xdsstatus.Update) { t.xdsUpdate(scope, u) })
 	t.xds = rec
-	policy := admin.Policy{Kind: "traffic", Scope: scope, Name: "xds", Source: "xds",
-		Detail: "routes, splits, retries, timeouts, faults, circuit breaking, outlier detection and balancing from the control plane, applied by grpc-go (resources below)"}
 	if server {
-		policy = admin.Policy{Kind: "authz", Scope: scope, Name: "rbac", Source: "xds",
-			Detail: "mTLS and RBAC of the server listener from the control plane, enforced by grpc-go before the mesh's own rules (resources below)"}
+		t.policies = func() []admin.Policy { return serverXDSPolicies(scope, rec) }
+	} else {
+		t.policies = func() []admin.Policy { return clientXDSPolicies(scope, rec) }
 	}
-	t.policies = func() []admin.Policy { return []admin.Policy{policy} }
 	t.balancer = func() string {
 		var parts []string
 		for _, c := range rec.Clusters() {
@@ -149,6 +147,40 @@ func (t *meshTelemetry) firstNACK(u xdsstatus.Update) bool {
 	}
 	t.lastNACK[u.TypeURL] = key
 	return true
+}
+
+// clientXDSPolicies are the routes and clusters an xDS channel applies, as
+// grpc-go applies them.
+func clientXDSPolicies(scope string, rec *xdsstatus.Recorder) []admin.Policy {
+	var ps []admin.Policy
+	for _, r := range rec.Routes() {
+		ps = append(ps, admin.Policy{Kind: "route", Scope: scope, Name: r.Match, Source: "xds", Detail: r.Action})
+	}
+	for _, c := range rec.Clusters() {
+		d := fmt.Sprintf("%s; max_requests %d", c.Balancer, c.MaxRequests)
+		if c.OutlierDetection {
+			d += "; outlier detection"
+		}
+		ps = append(ps, admin.Policy{Kind: "cluster", Scope: scope, Name: c.Name, Source: "xds", Detail: d})
+	}
+	if len(ps) == 0 {
+		ps = append(ps, admin.Policy{Kind: "route", Scope: scope, Name: "-", Source: "xds", Detail: "no routes accepted from the control plane yet"})
+	}
+	return ps
+}
+
+// serverXDSPolicies is the RBAC an xDS server's listener enforces.
+func serverXDSPolicies(scope string, rec *xdsstatus.Recorder) []admin.Policy {
+	var ps []admin.Policy
+	for _, r := range rec.ServerRBAC() {
+		ps = append(ps, admin.Policy{Kind: "authz", Scope: scope, Name: "rbac", Source: "xds",
+			Detail: r + " (enforced by grpc-go before the mesh's own rules)"})
+	}
+	if len(ps) == 0 {
+		ps = append(ps, admin.Policy{Kind: "authz", Scope: scope, Name: "rbac", Source: "xds",
+			Detail: "no RBAC from the control plane: every caller mTLS accepts reaches the mesh's own rules"})
+	}
+	return ps
 }
 
 // xdsUpdate logs a NACK and counts the update, and each field of an

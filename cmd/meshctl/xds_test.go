@@ -25,8 +25,17 @@ func TestCommandsInXDSMode(t *testing.T) {
 	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(`mtls: true
 services:
   - name: trading
+    timeout: 5s
+    retry: {on: [unavailable], attempts: 3}
     circuit_breaker: {max_requests: 100}
     outlier_detection: {interval: 10s}
+    authorization:
+      - name: gateway-only
+        sources: [spiffe://example.org/gateway]
+    routes:
+      - name: chaos
+        match: {prefix: /, headers: [{name: x-chaos, exact: "on"}]}
+        fault: {abort: {code: UNAVAILABLE, percent: 50}}
 `))
 	if err != nil {
 		t.Fatal(err)
