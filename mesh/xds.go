@@ -154,7 +154,15 @@ func (t *meshTelemetry) firstNACK(u xdsstatus.Update) bool {
 func clientXDSPolicies(scope string, rec *xdsstatus.Recorder) []admin.Policy {
 	var ps []admin.Policy
 	for _, r := range rec.Routes() {
-		ps = append(ps, admin.Policy{Kind: "route", Scope: scope, Name: r.Match, Source: "xds", Detail: r.Action})
+		name := r.Name
+		if name == "" {
+			name = "-"
+		}
+		d := r.Match + " → " + r.Action
+		if r.Unreachable {
+			d += " (no call reaches it: a route above matches every call)"
+		}
+		ps = append(ps, admin.Policy{Kind: "route", Scope: scope, Name: name, Source: "xds", Detail: d})
 	}
 	for _, c := range rec.Clusters() {
 		d := fmt.Sprintf("%s; max_requests %d", c.Balancer, c.MaxRequests)

@@ -32,7 +32,11 @@ services:
     authorization:
       - name: gateway-only
         sources: [spiffe://example.org/gateway]
+    versions: [{name: v1}, {name: v2}]
     routes:
+      - name: canary
+        match: {prefix: /, headers: [{name: x-canary, present: true}]}
+        split: [{version: v1, weight: 90}, {version: v2, weight: 10}]
       - name: chaos
         match: {prefix: /, headers: [{name: x-chaos, exact: "on"}]}
         fault: {abort: {code: UNAVAILABLE, percent: 50}}
@@ -68,8 +72,10 @@ services:
 		t.Fatal(err)
 	}
 
-	// Wait for both xDS clients' five resources, and note the versions to
-	// mask them (they hash the config, ports included).
+	// Wait for both xDS clients' resources (the server's listener; the
+	// client's listener, routes, and three clusters with their endpoints),
+	// and note the versions to mask them (they hash the config, ports
+	// included).
 	var versions []string
 	for {
 		var out bytes.Buffer
@@ -86,12 +92,12 @@ services:
 				versions = append(versions, u.Version)
 			}
 		}
-		if len(versions) == 5 {
+		if len(versions) == 9 {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("config shows %d resources accepted, want 5:\n%s", len(versions), out.String())
+			t.Fatalf("config shows %d resources accepted, want 9:\n%s", len(versions), out.String())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -19,11 +19,15 @@ import (
 // people: what it matches and what grpc-go does with a matching call.
 type Route struct {
 	Config string // route configuration name
+	Name   string // the route's name, "" when it has none
 	Match  string // "prefix /", "path /pkg.S/M", plus header matchers
 	// Action is where calls go and the policy on the way: "trading/v1
 	// 90%, trading/v2 10%; timeout 2s; retry up to 3 attempts on
 	// unavailable; abort 50% with Unavailable".
 	Action string
+	// Unreachable says an earlier route of the same virtual host matches
+	// every call, so no call takes this one.
+	Unreachable bool
 }
 
 // Routes returns the routes of the route configurations the client
@@ -37,12 +41,20 @@ func (r *Recorder) Routes() []Route {
 	for _, m := range configs {
 		rc := m.(*routepb.RouteConfiguration)
 		for _, vh := range rc.GetVirtualHosts() {
+			caught := false
 			for _, rt := range vh.GetRoutes() {
-				out = append(out, Route{Config: rc.GetName(), Match: describeMatch(rt.GetMatch()), Action: describeAction(rt)})
+				out = append(out, Route{Config: rc.GetName(), Name: rt.GetName(), Match: describeMatch(rt.GetMatch()),
+					Action: describeAction(rt), Unreachable: caught})
+				caught = caught || matchesEverything(rt.GetMatch())
 			}
 		}
 	}
 	return out
+}
+
+func matchesEverything(m *routepb.RouteMatch) bool {
+	return m.GetPath() == "" && m.GetSafeRegex() == nil && (m.GetPrefix() == "" || m.GetPrefix() == "/") &&
+		len(m.GetHeaders()) == 0 && m.GetRuntimeFraction() == nil
 }
 
 func describeMatch(m *routepb.RouteMatch) string {
