@@ -55,25 +55,46 @@ func (sp *splitter) run() {
 func (sp *splitter) sniff(c net.Conn) {
 	defer sp.wg.Done()
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReaderSize(c, 64)
-	head, err := r.Peek(len(h2Preface))
+	conn, h2, err := sniffH2(c)
 	sp.mu.Lock()
 	delete(sp.pending, c)
 	closed := sp.closed
 	sp.mu.Unlock()
-	if closed || (err != nil && len(head) == 0) {
+	if closed || err != nil {
 		c.Close()
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	pc := &peekedConn{Conn: c, r: r}
 	to := sp.http
-	if bytes.Equal(head, h2Preface) {
+	if h2 {
 		to = sp.grpc
 	}
-	if !to.deliver(pc) {
+	if !to.deliver(conn) {
 		c.Close()
 	}
+}
+
+// sniffH2 reports whether c opens with the HTTP/2 preface and returns the
+// connection to hand on. Where the socket allows it (TCP and Unix sockets
+// on Unix) it looks without consuming (peekSocket) and returns c itself:
+// grpc-go (1.85) reads a bare socket conn only when data is ready, into a
+// pooled buffer, so an idle connection holds none, while any other
+// net.Conn gets a bufio.Reader of ReadBufferSize pinned for its life
+// (4 KB a client). Elsewhere it reads the opening bytes and returns c
+// wrapped to replay them. err is set only when nothing at all was read.
+func sniffH2(c net.Conn) (net.Conn, bool, error) {
+	if head, ok, err := peekSocket(c, len(h2Preface)); ok {
+		if err != nil && len(head) == 0 {
+			return nil, false, err
+		}
+		return c, bytes.Equal(head, h2Preface), nil
+	}
+	r := bufio.NewReaderSize(c, 64)
+	head, err := r.Peek(len(h2Preface))
+	if err != nil && len(head) == 0 {
+		return nil, false, err
+	}
+	return &peekedConn{Conn: c, r: r}, bytes.Equal(head, h2Preface), nil
 }
 
 // close stops accepting, drops connections still being sniffed and closes

@@ -117,3 +117,79 @@ func TestNACKIsLoggedAndNotResentInALoop(t *testing.T) {
 	}
 	scancel()
 }
+
+// TestNACKGuardHoldsWhenAnotherStreamOfTheNodeCloses: two streams may share
+// a node ID (two channels in one process, a restarted client whose old
+// stream has not timed out yet). The guard once kept the last version sent
+// per node ID and forgot it when any stream of that node closed, so a NACK
+// on the surviving stream was answered with the refused version at once,
+// again and again.
+func TestNACKGuardHoldsWhenAnotherStreamOfTheNodeCloses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := xdstest.StartMeshd(t, "", nil)
+	if err := m.SetEndpoints("test", []controlplane.Endpoint{{Service: "trading", Address: "127.0.0.1:7000"}}); err != nil {
+		t.Fatal(err)
+	}
+	open := func(ctx context.Context) (discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *discoverypb.DiscoveryResponse) {
+		t.Helper()
+		cc, err := grpc.NewClient(m.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discoverypb.DiscoveryRequest{Node: &corepb.Node{Id: "shared"}, TypeUrl: resourcev3.ClusterType, ResourceNames: []string{"trading"}}); err != nil {
+			t.Fatal(err)
+		}
+		first, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stream, first
+	}
+	actx, acancel := context.WithCancel(ctx)
+	defer acancel()
+	_, _ = open(actx)
+	bctx, bcancel := context.WithCancel(ctx)
+	defer bcancel()
+	b, first := open(bctx)
+	acancel()
+	xdstest.WaitFor(ctx, t, "first stream closed", func() error {
+		if m.Stats().Clients != 1 {
+			return xdstest.ErrNotYet
+		}
+		return nil
+	})
+
+	if err := b.Send(&discoverypb.DiscoveryRequest{
+		TypeUrl: resourcev3.ClusterType, ResourceNames: []string{"trading"},
+		ResponseNonce: first.GetNonce(),
+		ErrorDetail:   &status.Status{Code: 3, Message: "cluster trading: unsupported thing"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *discoverypb.DiscoveryResponse, 1)
+	go func() {
+		defer close(got)
+		if resp, err := b.Recv(); err == nil {
+			got <- resp
+		}
+	}()
+	xdstest.WaitFor(ctx, t, "NACK counted", func() error {
+		if m.Stats().NACKs != 1 {
+			return xdstest.ErrNotYet
+		}
+		return nil
+	})
+	select {
+	case resp := <-got:
+		t.Fatalf("refused version %s re-sent right after the NACK (got %s)", first.GetVersionInfo(), resp.GetVersionInfo())
+	case <-time.After(300 * time.Millisecond): // a loop would answer within microseconds
+	}
+	bcancel()
+	<-got
+}

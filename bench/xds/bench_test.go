@@ -12,20 +12,22 @@
 //	meshd-KB/client          meshd heap and stacks per connected client
 //	heap-KB/client, stack-KB/client   the two parts
 //
+// Memory is runtime.MemStats HeapInuse plus StackInuse after two GCs with
+// every client converged, less the same taken in the same run just before
+// the clients connect (meshd serving, the swarm process started and the
+// harness's own buffers allocated), divided by the number of clients.
+//
 // Run:
 //
-//	go test -run '^$' -bench . -benchtime 20x ./bench/xds/
+//	go test -run '^$' -bench EndpointPush -benchtime 20x ./bench/xds/
 //
-// Measured 2026-11-27 on the shared 2-core dev machine (load average 12-15
-// from other work; the client swarm shares the same two cores, so latency
-// includes its CPU), 10-20 pushes per run:
+// With GRIDMESH_BENCH_XDS_PROFILE=<dir> it also writes meshd's heap
+// profile and goroutine dump, taken with every client connected, to
+// <dir>/heap-<n>.pprof and <dir>/goroutine-<n>.txt (add -memprofilerate 1
+// for exact heap figures).
 //
-//	clients  p50       p99          max          meshd CPU/push  meshd memory/client
-//	100      4.5-10ms  14-64ms      15-65ms      6-8ms           43-49 KB (heap 26, stacks 17)
-//	1000     128-280ms 410-1360ms   470-1560ms   113-135ms       36-38 KB (heap 13-15, stacks 23)
-//
-// The 1000-client p99 met the 1 s target in runs at the lower load and
-// missed it (1.3-2.6 s) in runs where the machine was busiest.
+// Figures, and where the memory per client goes, are in bench/RESULTS.md
+// ("meshd: xDS push and memory per client").
 package xds
 
 import (
@@ -36,7 +38,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,13 +54,14 @@ import (
 const (
 	envAddr    = "GRIDMESH_BENCH_XDS_ADDR"
 	envClients = "GRIDMESH_BENCH_XDS_CLIENTS"
+	envProfile = "GRIDMESH_BENCH_XDS_PROFILE"
 	service    = "trading"
 )
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(envAddr); addr != "" {
 		n, _ := strconv.Atoi(os.Getenv(envClients))
-		if err := runSwarm(addr, n, os.Stdout); err != nil {
+		if err := runSwarm(addr, n, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "swarm:", err)
 			os.Exit(1)
 		}
@@ -90,6 +95,27 @@ func memInuse() (heap, stack uint64) {
 	return ms.HeapInuse, ms.StackInuse
 }
 
+// writeProfiles writes meshd's heap and goroutine profiles with every
+// client connected to dir/heap-<n>.pprof and dir/goroutine-<n>.txt.
+func writeProfiles(b *testing.B, dir string, n int) {
+	for _, p := range []struct {
+		name, file string
+		debug      int
+	}{{"heap", fmt.Sprintf("heap-%d.pprof", n), 0}, {"goroutine", fmt.Sprintf("goroutine-%d.txt", n), 1}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = pprof.Lookup(p.name).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -116,7 +142,9 @@ func benchPush(b *testing.B, n int) {
 	go func() { defer close(served); _ = s.Serve(lis) }()
 	defer func() { s.Close(); <-served }()
 
-	heapBefore, stackBefore := memInuse()
+	// Start the swarm and everything the harness holds before taking the
+	// baseline, so only meshd's memory for the clients counts; the swarm
+	// connects when told to on stdin.
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -124,6 +152,10 @@ func benchPush(b *testing.B, n int) {
 	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envAddr+"="+lis.Addr().String(), envClients+"="+strconv.Itoa(n))
 	cmd.Stderr = os.Stderr
+	start, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -134,9 +166,14 @@ func benchPush(b *testing.B, n int) {
 	defer func() { cancel(); _ = cmd.Wait() }()
 	events := make(chan swarmEvent, 4*n)
 	go readSwarm(out, events)
+	have := make([]int, n)
+
+	heapBefore, stackBefore := memInuse()
+	if _, err := io.WriteString(start, "go\n"); err != nil {
+		b.Fatal(err)
+	}
 
 	// Wait until every client has the initial endpoints.
-	have := make([]int, n)
 	waitAll := func(want int, since time.Time) []time.Duration {
 		lat := make([]time.Duration, 0, n)
 		done := 0
@@ -164,6 +201,9 @@ func benchPush(b *testing.B, n int) {
 	}
 	waitAll(base, time.Now())
 	heapAfter, stackAfter := memInuse()
+	if dir := os.Getenv(envProfile); dir != "" {
+		writeProfiles(b, dir, n)
+	}
 	if st := s.Stats(); st.Clients < n {
 		b.Fatalf("meshd sees %d streams, want %d", st.Clients, n)
 	}

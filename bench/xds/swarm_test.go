@@ -16,9 +16,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// runSwarm runs n simulated xDS clients against addr until stdin-less
-// parent kills it, reporting every endpoint update on w.
-func runSwarm(addr string, n int, w io.Writer) error {
+// runSwarm waits for a line on start, then runs n simulated xDS clients
+// against addr until the parent kills it, reporting every endpoint update
+// on w.
+func runSwarm(addr string, n int, start io.Reader, w io.Writer) error {
+	if _, err := bufio.NewReader(start).ReadString('\n'); err != nil {
+		return fmt.Errorf("waiting for the start line: %w", err)
+	}
 	out := bufio.NewWriterSize(w, 1<<16)
 	var mu sync.Mutex
 	report := func(client, eps int) {
