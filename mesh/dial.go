@@ -61,7 +61,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 			cfg.resilience.off, cfg.resilience.keepGRPCRetries = true, true
 		}
 	}
-	resilienceOpts, err := cfg.resilienceDialOptions(tel, target)
+	resilienceOpts, err := cfg.resilienceDialOptions(tel, target, reg)
 	if err != nil {
 		tel.close()
 		if releaseXDS != nil {

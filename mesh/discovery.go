@@ -31,6 +31,12 @@ type discoveryServerConfig struct {
 // HTTPClient find the endpoints of consul:/// and static:/// targets.
 // Default: a Registry without Consul, which serves static:/// targets only.
 // The mesh does not close it (a Registry starts nothing of its own).
+//
+// For a consul:/// target Dial also follows the service's "resilience-*"
+// meta (resilience.FromConsulMeta, e.g. resilience-retry-max-attempts=2)
+// over its default policy, when neither WithResilience nor
+// WithResiliencePolicy is given; meta that does not parse, or that the
+// instances disagree on, keeps the policy in force and is logged.
 func WithRegistry(reg *discovery.Registry) DialOption {
 	return dialOption(func(c *dialConfig) { c.discovery.registry = reg })
 }

@@ -3,18 +3,26 @@ package mesh_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
@@ -150,5 +158,127 @@ func TestDialConsulTargetWithoutRegistryExplainsFix(t *testing.T) {
 	_, err := mesh.Dial(callTimeout(t), "consul:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")))
 	if err == nil || !strings.Contains(err.Error(), "mesh.WithRegistry") {
 		t.Fatalf("err = %v, want one naming mesh.WithRegistry", err)
+	}
+}
+
+// unavailableService fails every UnaryCall with UNAVAILABLE, counting runs.
+type unavailableService struct {
+	testgrpc.UnimplementedTestServiceServer
+	runs atomic.Int64
+}
+
+func (s *unavailableService) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	s.runs.Add(1)
+	return nil, status.Error(codes.Unavailable, "down for the test")
+}
+
+// TestConsulMetaSetsResiliencePolicy: a consul:/// client retries as the
+// service's resilience-* meta says, follows a change, and keeps the policy
+// in force when the meta turns bad.
+func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	fake := consul.New(t, consul.Options{})
+	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &unavailableService{}
+	addr := startServer(t, svc, mesh.WithIdentity(devSource(t, ca, "/service/trading")))
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	setMeta := func(meta map[string]string) {
+		t.Helper()
+		if err := fake.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-1", Name: "trading",
+			Address: host, Port: port, Meta: meta, Check: &api.AgentServiceCheck{TTL: "1h", Status: api.HealthPassing}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMeta(map[string]string{"resilience-retry-max-attempts": "5"})
+
+	var logs lockedBuffer
+	free := listen(t) // a free port for the admin endpoint
+	adminAddr := free.Addr().String()
+	free.Close()
+	const target = "consul:///trading"
+	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithRegistry(reg),
+		mesh.WithAdmin(adminAddr), mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := testgrpc.NewTestServiceClient(cc)
+	policy := func() admin.Policy {
+		for _, p := range getJSON[admin.ConfigView](t, "http://"+adminAddr+"/config").Policies {
+			if p.Kind == "resilience" && p.Scope == target {
+				return p
+			}
+		}
+		return admin.Policy{}
+	}
+	// runsPerCall makes one keyed call (so UNAVAILABLE after the handler
+	// ran may be retried) and returns how often the handler ran.
+	runsPerCall := func(key string) int64 {
+		t.Helper()
+		before := svc.runs.Load()
+		_, err := client.UnaryCall(resilience.WithIdempotencyKey(callTimeout(t), key), &testpb.SimpleRequest{}, grpc.WaitForReady(true))
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call: %v, want Unavailable", err)
+		}
+		return svc.runs.Load() - before
+	}
+
+	// The admin endpoint shows a destination's policy once it has been
+	// called; the log says when Consul's meta was applied.
+	applied := func(n int) func() bool {
+		return func() bool { return strings.Count(logs.String(), "resilience policy from Consul meta applied") >= n }
+	}
+	waitFor(t, applied(1))
+	if n := runsPerCall("k1"); n != 5 {
+		t.Errorf("with resilience-retry-max-attempts=5 the handler ran %d times, want 5", n)
+	}
+	if p := policy(); p.Source != "consul" || !strings.Contains(p.Detail, "retry up to 5 attempts") {
+		t.Errorf("policy shown %+v, want 5 attempts from consul", p)
+	}
+
+	setMeta(map[string]string{"resilience-retry-max-attempts": "2"})
+	waitFor(t, applied(2))
+	if n := runsPerCall("k2"); n != 2 {
+		t.Errorf("with resilience-retry-max-attempts=2 the handler ran %d times, want 2", n)
+	}
+
+	setMeta(map[string]string{"resilience-retry-max-attempts": "two"})
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "Consul resilience meta refused") })
+	if n := runsPerCall("k3"); n != 2 {
+		t.Errorf("after bad meta the handler ran %d times, want 2 (the last good policy)", n)
+	}
+	if p := policy(); p.Source != "consul" || !strings.Contains(p.Detail, "retry up to 2 attempts") {
+		t.Errorf("after bad meta the policy is %+v, want the last good one (2 attempts, from consul)", p)
+	}
+	if !strings.Contains(logs.String(), "resilience-retry-max-attempts") {
+		t.Errorf("the log does not name the bad key:\n%s", logs.String())
+	}
+
+	// A second instance that disagrees: the policy in force stays.
+	setMeta(map[string]string{"resilience-retry-max-attempts": "2"})
+	other := startServer(t, &unavailableService{}, mesh.WithIdentity(devSource(t, ca, "/service/trading")))
+	ohost, oportStr, _ := net.SplitHostPort(other)
+	oport, _ := strconv.Atoi(oportStr)
+	if err := fake.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-2", Name: "trading",
+		Address: ohost, Port: oport, Meta: map[string]string{"resilience-retry-max-attempts": "4"},
+		Check: &api.AgentServiceCheck{TTL: "1h", Status: api.HealthPassing}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "disagree on resilience-retry-max-attempts") })
+	if err := fake.Client().Agent().ServiceDeregister("trading-2"); err != nil {
+		t.Fatal(err)
+	}
+
+	setMeta(nil) // no resilience meta: back to the default policy
+	waitFor(t, applied(3))
+	if n := runsPerCall("k4"); n != int64(resilience.Default().Retry.MaxAttempts) {
+		t.Errorf("without meta the handler ran %d times, want the default %d", n, resilience.Default().Retry.MaxAttempts)
+	}
+	if p := policy(); p.Source != "code" {
+		t.Errorf("without meta the policy is %+v, want the default from code", p)
 	}
 }

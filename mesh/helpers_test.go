@@ -93,7 +93,7 @@ func (s *echoService) clientCerts() map[string]*x509.Certificate {
 
 // startServer runs a mesh server with an echoService on loopback until the
 // test ends.
-func startServer(t *testing.T, svc *echoService, opts ...mesh.ServerOption) string {
+func startServer(t *testing.T, svc testgrpc.TestServiceServer, opts ...mesh.ServerOption) string {
 	t.Helper()
 	srv, err := mesh.NewServer(opts...)
 	if err != nil {

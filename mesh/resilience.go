@@ -3,9 +3,14 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 
 	"google.golang.org/grpc"
 
+	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
 )
@@ -81,13 +86,20 @@ func (c *dialConfig) resilienceClient(tel *meshTelemetry) (*resilience.Client, e
 // resilienceDialOptions returns the client interceptors. grpc-go's own
 // retries are disabled: they would retry writes regardless of idempotency
 // and stack on top of ours.
-func (c *dialConfig) resilienceDialOptions(tel *meshTelemetry, target string) ([]grpc.DialOption, error) {
+func (c *dialConfig) resilienceDialOptions(tel *meshTelemetry, target string, reg *discovery.Registry) ([]grpc.DialOption, error) {
 	rc, err := c.resilienceClient(tel)
 	if err != nil || (rc == nil && c.resilience.keepGRPCRetries) {
 		return nil, err
 	}
 	if rc == nil {
 		return []grpc.DialOption{grpc.WithDisableRetry()}, nil
+	}
+	if strings.HasPrefix(target, "consul:") && c.resilience.client == nil && c.resilience.config == nil {
+		stop, err := followConsulPolicy(reg, target, rc, c.logger)
+		if err != nil {
+			return nil, err
+		}
+		tel.addCloser(stop)
 	}
 	tel.attachResilience(rc, target)
 	return []grpc.DialOption{
@@ -119,4 +131,81 @@ func (c *serverConfig) unaryAfterAuthz() []grpc.UnaryServerInterceptor {
 		out = append(out, i)
 	}
 	return out
+}
+
+// followConsulPolicy keeps rc's policy for a consul:/// target in step with
+// the "resilience-*" meta of the service's instances, applied over the
+// default policy (resilience.FromConsulMeta): ops set
+// resilience-retry-max-attempts=2 on the service and every client follows.
+// Meta that does not parse, or that the instances disagree on, keeps the
+// policy in force and is logged. Code (WithResilience,
+// WithResiliencePolicy) takes precedence: the mesh follows Consul only
+// over its default policy. stop ends the watch.
+func followConsulPolicy(reg *discovery.Registry, target string, rc *resilience.Client, logger *slog.Logger) (stop func(), err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "mesh.resilience", "target", target)
+	base := resilience.DefaultConfig()
+	last := fmt.Sprint(map[string]string{}) // the resilience meta in force; none at first
+	w, err := reg.Watch(target, func(eps []discovery.Endpoint, err error) {
+		if err != nil || len(eps) == 0 {
+			return // keep what is in force while no instance says otherwise
+		}
+		meta, err := agreedResilienceMeta(eps)
+		if err != nil {
+			logger.Warn("Consul resilience meta ignored; the policy in force stays", "error", err)
+			return
+		}
+		key := fmt.Sprint(meta)
+		if key == last {
+			return
+		}
+		cfg := base
+		if len(meta) > 0 {
+			p, err := resilience.FromConsulMeta(base.Default, meta)
+			if err != nil {
+				logger.Warn("Consul resilience meta refused; the policy in force stays", "error", err)
+				return
+			}
+			cfg = resilience.Config{Source: resilience.SourceConsul, Default: base.Default, Targets: map[string]resilience.Policy{target: p}}
+		}
+		if err := rc.Update(cfg); err != nil {
+			logger.Warn("Consul resilience meta refused; the policy in force stays", "error", err)
+			return
+		}
+		last = key
+		logger.Info("resilience policy from Consul meta applied", "meta", meta)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() { w.Close() }, nil
+}
+
+// agreedResilienceMeta returns the "resilience-*" meta the instances share,
+// or an error naming a key they disagree on. An instance without resilience
+// meta disagrees with one that has it.
+func agreedResilienceMeta(eps []discovery.Endpoint) (map[string]string, error) {
+	pick := func(m map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			if strings.HasPrefix(k, resilience.MetaPrefix) {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	first := pick(eps[0].Meta)
+	for _, e := range eps[1:] {
+		other := pick(e.Meta)
+		keys := append(slices.Sorted(maps.Keys(first)), slices.Sorted(maps.Keys(other))...)
+		for _, k := range keys {
+			if v, ok := other[k]; !ok || v != first[k] {
+				return nil, fmt.Errorf("instances %s and %s disagree on %s (%q, %q): set the same resilience meta on every instance",
+					eps[0].Addr, e.Addr, k, first[k], other[k])
+			}
+		}
+	}
+	return first, nil
 }

@@ -115,6 +115,13 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 	return t, nil
 }
 
+// addCloser has f run when the connection or server is released.
+func (t *meshTelemetry) addCloser(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closers = append(t.closers, f)
+}
+
 // log is the mesh logger (WithLogger), silent when none was given.
 func (t *meshTelemetry) log() *slog.Logger {
 	if t == nil || t.logger == nil {
