@@ -218,48 +218,88 @@ func (c *client) config(ctx context.Context, w io.Writer, asJSON bool) error {
 
 // Explanation is what `explain -o json` prints.
 type Explanation struct {
-	Target  string            `json:"target"`
-	Summary []string          `json:"summary"`
+	Target  string   `json:"target"`
+	Summary []string `json:"summary"`
+	// Changes are the latest config and state changes for the target (xDS
+	// and discovery updates, breaker changes, ejections): what the calls
+	// below were routed by.
+	Changes []telemetry.Event `json:"changes"`
 	Events  []telemetry.Event `json:"events"`
 }
+
+// changesShown is how many recent changes explain shows.
+const changesShown = 8
 
 func (c *client) explain(ctx context.Context, w io.Writer, target string, limit int, asJSON bool) error {
 	var all []telemetry.Event
 	if _, err := c.get(ctx, "/events", nil, &all); err != nil {
 		return err
 	}
-	var evs []telemetry.Event
+	var evs, changes []telemetry.Event
 	for _, e := range all {
-		if e.Target == target || e.Method == target || e.Source == target || e.Peer == target {
+		if e.Target != target && e.Method != target && e.Source != target && e.Peer != target {
+			continue
+		}
+		if isChange(e.Kind) {
+			changes = append(changes, e)
+		} else {
 			evs = append(evs, e)
 		}
 	}
 	if limit > 0 && len(evs) > limit {
 		evs = evs[len(evs)-limit:]
 	}
-	ex := Explanation{Target: target, Summary: summarize(evs), Events: evs}
+	if len(changes) > changesShown {
+		changes = changes[len(changes)-changesShown:]
+	}
+	ex := Explanation{Target: target, Summary: summarize(evs), Changes: changes, Events: evs}
 	if ex.Events == nil {
 		ex.Events = []telemetry.Event{}
+	}
+	if ex.Changes == nil {
+		ex.Changes = []telemetry.Event{}
 	}
 	if asJSON {
 		return writeJSON(w, ex)
 	}
-	if len(evs) == 0 {
+	if len(evs) == 0 && len(changes) == 0 {
 		fmt.Fprintf(w, "no recent events for %s (calls are recorded while telemetry is on; see `meshctl status` for targets)\n", target)
 		return nil
 	}
 	now := time.Now()
-	tw := table(w)
-	fmt.Fprintln(tw, "WHEN\tSIDE\tEVENT\tMETHOD\tWHY")
-	for _, e := range evs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", in(e.Time, now), dash(e.Side), e.Kind, dash(e.Method), why(e))
+	if len(changes) > 0 {
+		tw := table(w)
+		fmt.Fprintln(tw, "WHEN\tCHANGE\tWHAT")
+		for _, e := range changes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", in(e.Time, now), e.Kind, why(e))
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
 	}
-	tw.Flush()
-	fmt.Fprintln(w)
+	if len(evs) > 0 {
+		tw := table(w)
+		fmt.Fprintln(tw, "WHEN\tSIDE\tEVENT\tMETHOD\tWHY")
+		for _, e := range evs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", in(e.Time, now), dash(e.Side), e.Kind, dash(e.Method), why(e))
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
 	for _, s := range ex.Summary {
 		fmt.Fprintln(w, s)
 	}
 	return nil
+}
+
+// isChange says whether an event changed config or state rather than
+// recorded traffic (the admin endpoint keeps the two apart the same way).
+func isChange(kind string) bool {
+	switch kind {
+	case telemetry.EventXDS, telemetry.EventUnsupported, telemetry.EventDiscovery, telemetry.EventBreaker,
+		telemetry.EventEjected, telemetry.EventUnejected, telemetry.EventRotated:
+		return true
+	}
+	return false
 }
 
 // why is the one-line reason for an event.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
@@ -120,5 +122,26 @@ services:
 			}
 			checkGolden(t, tc.name, mask(got, addr), out.String())
 		})
+	}
+
+	// explain shows the xDS updates the target's calls were routed by,
+	// however many calls came after.
+	var out bytes.Buffer
+	if err := run(ctx, []string{"-admin", srv.AdminAddr(), "-o", "json", "explain", "xds:///trading"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	var ex Explanation
+	if err := json.Unmarshal(out.Bytes(), &ex); err != nil {
+		t.Fatalf("explain -o json: %v\n%s", err, out.String())
+	}
+	types := map[string]bool{}
+	for _, e := range ex.Changes {
+		if e.Kind == telemetry.EventXDS && e.Code == "ok" {
+			types[typeName(e.Resource)] = true
+		}
+	}
+	want := map[string]bool{"Listener": true, "RouteConfiguration": true, "Cluster": true, "ClusterLoadAssignment": true}
+	if diff := cmp.Diff(want, types); diff != "" {
+		t.Errorf("explain's changes by xDS type (-want +got):\n%s", diff)
 	}
 }

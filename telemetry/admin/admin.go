@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,7 +38,9 @@ type Config struct {
 	// see telemetry.Providers.PrometheusHandler).
 	Metrics http.Handler
 	// Events and Denials are how many recent events and denials are kept.
-	// Defaults 1024 and 256.
+	// Defaults 1024 and 256. Config and state changes (xDS and discovery
+	// updates, breaker changes, ejections, rotations) are kept apart, a
+	// quarter as many (at least 64), so that traffic does not push them out.
 	Events, Denials int
 	// Logger receives serving errors. Default: silent.
 	Logger *slog.Logger
@@ -80,7 +83,9 @@ type Server struct {
 	mu        sync.Mutex
 	nextID    int
 	providers map[int]Provider
-	events    ring[telemetry.Event]
+	events    ring[recorded] // calls, retries, hedges, denials...
+	changes   ring[recorded] // config and state changes, kept apart so calls do not push them out
+	recorded  uint64         // events recorded so far, to merge the two rings in order
 	denials   ring[Denial]
 	observed  map[string]map[string]Endpoint
 
@@ -140,7 +145,8 @@ func Listen(cfg Config) (*Server, error) {
 		started:   time.Now(),
 		done:      make(chan struct{}),
 		providers: map[int]Provider{},
-		events:    newRing[telemetry.Event](cfg.Events),
+		events:    newRing[recorded](cfg.Events),
+		changes:   newRing[recorded](max(cfg.Events/4, 64)),
 		denials:   newRing[Denial](cfg.Denials),
 		observed:  map[string]map[string]Endpoint{},
 		grpc:      grpc.NewServer(),
@@ -271,7 +277,12 @@ func (s *Server) Record(e telemetry.Event) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.events.add(e)
+	s.recorded++
+	if isChange(e.Kind) {
+		s.changes.add(recorded{s.recorded, e})
+	} else {
+		s.events.add(recorded{s.recorded, e})
+	}
 	switch e.Kind {
 	case telemetry.EventDenied:
 		s.denials.add(Denial{Time: e.Time, Caller: e.Source, Method: e.Method, Rule: e.Rule})
@@ -503,10 +514,29 @@ func (s *Server) denialList() []Denial {
 	return s.denials.list()
 }
 
+// isChange says whether events of kind change config or state (xDS and
+// discovery updates, unsupported fields, breaker changes, ejections, SVID
+// rotations) rather than record traffic.
+func isChange(kind string) bool {
+	switch kind {
+	case telemetry.EventXDS, telemetry.EventUnsupported, telemetry.EventDiscovery, telemetry.EventBreaker,
+		telemetry.EventEjected, telemetry.EventUnejected, telemetry.EventRotated:
+		return true
+	}
+	return false
+}
+
+// eventList returns the recent events, oldest first: traffic and changes
+// merged.
 func (s *Server) eventList(target string) []telemetry.Event {
 	s.mu.Lock()
-	all := s.events.list()
+	merged := append(s.events.list(), s.changes.list()...)
 	s.mu.Unlock()
+	slices.SortFunc(merged, func(a, b recorded) int { return cmp.Compare(a.seq, b.seq) })
+	all := make([]telemetry.Event, len(merged))
+	for i, r := range merged {
+		all[i] = r.Event
+	}
 	if target == "" {
 		return all
 	}
@@ -517,6 +547,12 @@ func (s *Server) eventList(target string) []telemetry.Event {
 		}
 	}
 	return out
+}
+
+// recorded is an event and its place in the order events were recorded.
+type recorded struct {
+	seq uint64
+	telemetry.Event
 }
 
 // ring keeps the last n values, oldest first.
