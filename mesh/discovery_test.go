@@ -129,9 +129,7 @@ func TestAdminShowsDiscoveredEndpoints(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	target := "static:///" + addr + "?spiffe_id=spiffe://example.org/trading"
-	free := listen(t) // a free port for the admin endpoint
-	adminAddr := free.Addr().String()
-	free.Close()
+	adminAddr := freeAddr(t)
 	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 		mesh.WithAdmin(adminAddr), mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest}))
 	if err != nil {
@@ -196,9 +194,7 @@ func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
 	setMeta(map[string]string{"resilience-retry-max-attempts": "5"})
 
 	var logs lockedBuffer
-	free := listen(t) // a free port for the admin endpoint
-	adminAddr := free.Addr().String()
-	free.Close()
+	adminAddr := freeAddr(t)
 	const target = "consul:///trading"
 	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithRegistry(reg),
 		mesh.WithAdmin(adminAddr), mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))

@@ -163,6 +163,17 @@ func listen(t *testing.T) net.Listener {
 	return lis
 }
 
+// freeAddr returns a loopback address no one listens on now, for an admin
+// endpoint of the test's own: with the shared "127.0.0.1:0" a test could
+// find the previous test's endpoint still held by a connection whose
+// release runs after its Close returns.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis := listen(t)
+	defer lis.Close()
+	return lis.Addr().String()
+}
+
 // waitFor polls cond until it holds or 10 seconds pass.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()

@@ -147,7 +147,7 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 	bs := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, SPIFFEID: "spiffe://example.org/trading"})
 	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr),
-		mesh.WithAdmin("127.0.0.1:0"), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr))
+		mesh.WithAdmin(freeAddr(t)), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr))
 	if err != nil {
 		t.Fatal(err)
 	}

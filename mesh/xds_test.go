@@ -106,12 +106,13 @@ services:
 // meshd, with versions (in /config and through CSDS), the endpoints meshd
 // sent, and the config updates as events.
 func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
-	meshd, ca := startXDSTrading(t, mesh.WithAdmin("127.0.0.1:0"))
+	adminAddr := freeAddr(t)
+	meshd, ca := startXDSTrading(t, mesh.WithAdmin(adminAddr))
 	srv, lis := meshd.srv, meshd.lis
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin("127.0.0.1:0"))
+		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adminAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,9 +258,7 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 	cp.Set(t, "1", "svc", addr, cluster)
 
 	var logs lockedBuffer
-	lis := listen(t) // a free port for the admin endpoint
-	adminAddr := lis.Addr().String()
-	lis.Close()
+	adminAddr := freeAddr(t)
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { mp.Shutdown(context.Background()) })
@@ -306,34 +305,44 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 		}
 	}
 
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	counts := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if !ok {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				key := m.Name
-				if v, ok := dp.Attributes.Value("mesh.outcome"); ok {
-					key += " " + v.AsString()
+	collect := func() map[string]int64 {
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		counts := map[string]int64{}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				sum, ok := m.Data.(metricdata.Sum[int64])
+				if !ok {
+					continue
 				}
-				if v, ok := dp.Attributes.Value("mesh.config.field"); ok {
-					key += " " + v.AsString()
+				for _, dp := range sum.DataPoints {
+					key := m.Name
+					if v, ok := dp.Attributes.Value("mesh.outcome"); ok {
+						key += " " + v.AsString()
+					}
+					if v, ok := dp.Attributes.Value("mesh.config.field"); ok {
+						key += " " + v.AsString()
+					}
+					counts[key] += dp.Value
 				}
-				counts[key] += dp.Value
 			}
 		}
+		return counts
 	}
-	// Each response carries one resource, so the mesh's counts of responses
-	// match grpc-go's own counts of resources. (go-control-plane re-sends a
-	// refused snapshot at once, so there are many NACKs.)
-	if counts["mesh.xds.updates nack"] == 0 || counts["mesh.xds.updates nack"] != counts["grpc.xds_client.resource_updates_invalid"] ||
-		counts["mesh.xds.updates ok"] < 4 || counts["mesh.xds.updates ok"] != counts["grpc.xds_client.resource_updates_valid"] ||
+	// The mesh counts an update after grpc-go has answered it, so its
+	// counts trail grpc-go's own for a moment. Each response carries one
+	// resource, so the mesh's counts of responses reach grpc-go's counts
+	// of resources. (go-control-plane re-sends a refused snapshot, so
+	// there may be many NACKs.)
+	var counts map[string]int64
+	waitFor(t, func() bool {
+		counts = collect()
+		return counts["mesh.xds.updates nack"] >= 1 && counts["mesh.xds.updates ok"] >= 4
+	})
+	if counts["mesh.xds.updates nack"] > counts["grpc.xds_client.resource_updates_invalid"] ||
+		counts["mesh.xds.updates ok"] > counts["grpc.xds_client.resource_updates_valid"] ||
 		counts["mesh.config.unsupported_fields connect_timeout"] != 1 {
 		t.Errorf("metrics %v: want NACKs and accepted updates as grpc-go counts them, connect_timeout reported once", counts)
 	}

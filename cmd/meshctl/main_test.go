@@ -44,7 +44,7 @@ func meshed(t *testing.T) (adminAddr, addr string) {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	source := devSources(t)
-	const admin = "127.0.0.1:0"
+	admin := freeAddr(t)
 	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(admin),
 		mesh.WithAuthorizer(security.Rules(
 			security.Refuse("no-guests", security.ExactID(spiffeid.RequireFromPath(td, "/guest"))),

@@ -48,7 +48,7 @@ services:
 	}
 	meshd := xdstest.StartMeshd(t, "", cfg)
 	source := devSources(t)
-	const adminAddr = "127.0.0.1:0"
+	adminAddr := freeAddr(t)
 	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adminAddr),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
 	if err != nil {
