@@ -331,20 +331,33 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 		}
 		return counts
 	}
-	// The mesh counts an update after grpc-go has answered it, so its
-	// counts trail grpc-go's own for a moment. Each response carries one
-	// resource, so the mesh's counts of responses reach grpc-go's counts
-	// of resources. (go-control-plane re-sends a refused snapshot, so
-	// there may be many NACKs.)
-	var counts map[string]int64
+	// A fixed version 3 is accepted, which also ends go-control-plane's
+	// re-sending of the refused version 2.
+	cp.Set(t, "3", "svc", addr, cluster)
 	waitFor(t, func() bool {
-		counts = collect()
-		return counts["mesh.xds.updates nack"] >= 1 && counts["mesh.xds.updates ok"] >= 4
+		for _, u := range getJSON[admin.ConfigView](t, adminURL+"/config").Updates {
+			if u.Resource == xdsstatus.ClusterType {
+				return u.Status == "ACKED" && u.Version == "3" && u.Detail == ""
+			}
+		}
+		return false
 	})
-	if counts["mesh.xds.updates nack"] > counts["grpc.xds_client.resource_updates_invalid"] ||
-		counts["mesh.xds.updates ok"] > counts["grpc.xds_client.resource_updates_valid"] ||
-		counts["mesh.config.unsupported_fields connect_timeout"] != 1 {
-		t.Errorf("metrics %v: want NACKs and accepted updates as grpc-go counts them, connect_timeout reported once", counts)
+	// Each response carries one resource, so once updates stop the mesh's
+	// counts of responses equal grpc-go's own counts of resources.
+	var counts map[string]int64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		counts = collect()
+		if counts["mesh.xds.updates nack"] >= 1 && counts["mesh.xds.updates ok"] >= 4 &&
+			counts["mesh.xds.updates nack"] == counts["grpc.xds_client.resource_updates_invalid"] &&
+			counts["mesh.xds.updates ok"] == counts["grpc.xds_client.resource_updates_valid"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics %v: want NACKs and accepted updates counted as grpc-go counts them", counts)
+		}
+	}
+	if counts["mesh.config.unsupported_fields connect_timeout"] != 1 {
+		t.Errorf("metrics %v: want connect_timeout reported once", counts)
 	}
 	if n := strings.Count(logs.String(), "refused config from the control plane"); n != 1 {
 		t.Errorf("the same refusal logged %d times, want once", n)
