@@ -6,7 +6,8 @@
 // the bootstrap to grpc-go per channel and per server, through grpc-go's
 // public (experimental) hooks xds.NewXDSResolverWithConfigForTesting and
 // xds.BootstrapContentsForTesting. Each channel and server then has its own
-// xDS client and ADS stream.
+// xDS client and ADS stream, which grpc-go's CSDS does not see; set
+// Config.Recorder (internal/xdsstatus) to record what each one holds.
 //
 //	cp, release := xdscert.Register(svidSource) // or xdscert.WorkloadAPI("")
 //	defer release()
