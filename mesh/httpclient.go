@@ -61,6 +61,9 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // applies (no weighted splits, header routes, retries, timeouts or fault
 // injection), nor its circuit breakers and outlier detection: name a
 // version cluster ("xds:///trading/v2") and use the resilience policies.
+// Routes meshd has for the service that would change where a request goes
+// or what happens to it are logged once and listed on the admin endpoint
+// as not applied.
 //
 // Requests are balanced over the target's endpoints by WithBalancer's
 // policy: round robin (the default; smooth weighted by the endpoints'
@@ -368,7 +371,16 @@ func (t *HTTPTransport) showOnAdmin(s *httpService) {
 			}
 			return []admin.Target{tg}
 		},
-		Policies: t.tel.policies,
+		Policies: func() []admin.Policy {
+			var ps []admin.Policy
+			if t.tel.policies != nil {
+				ps = t.tel.policies()
+			}
+			if cluster, ok := strings.CutPrefix(s.target, "xds:///"); ok && s.xds != nil {
+				ps = append(ps, unappliedRoutes(s.target, cluster, s.xds)...)
+			}
+			return ps
+		},
 	}
 	if s.xds != nil {
 		p.XDS = s.xds.ClientConfig
@@ -404,9 +416,32 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 	if t.controlPlane == "" {
 		return errors.New("xds:/// targets need mesh.WithControlPlane(meshd address)")
 	}
-	rec := xdsstatus.New(func(u xdsstatus.Update) { t.tel.xdsUpdate(s.target, u) })
+	// A service's own cluster ("trading", not "trading/v2") has meshd
+	// routes: follow them to show the ones this client does not apply.
+	listener := ""
+	if !strings.Contains(cluster, "/") {
+		listener = cluster
+	}
+	var lastWarned string
+	rec := xdsstatus.New(func(u xdsstatus.Update) {
+		t.tel.xdsUpdate(s.target, u)
+		if u.TypeURL != xdsstatus.RouteType || u.NACK {
+			return
+		}
+		if ps := unappliedRoutes(s.target, cluster, s.xds); len(ps) > 0 {
+			var names []string
+			for _, p := range ps {
+				names = append(names, p.Name)
+			}
+			if key := strings.Join(names, ","); key != lastWarned {
+				lastWarned = key
+				t.tel.log().Warn("meshd routes not applied by the HTTP client: it sends every request to the service's cluster",
+					"target", s.target, "cluster", cluster, "routes", names)
+			}
+		}
+	})
 	s.xds = rec
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster,
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster, Listener: listener,
 		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
 		if !t.policySet {
 			if u.Policy == "least_request" {
@@ -445,6 +480,25 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 		return w.Close()
 	}
 	return nil
+}
+
+// unappliedRoutes lists meshd's routes for an xds:/// service that the HTTP
+// client does not apply: it sends every request to cluster. A catch-all
+// route to that cluster alone, and routes no request reaches, are left out.
+func unappliedRoutes(target, cluster string, rec *xdsstatus.Recorder) []admin.Policy {
+	var ps []admin.Policy
+	for _, r := range rec.Routes() {
+		if r.Unreachable || (r.Match == "prefix /" && r.Action == cluster) {
+			continue
+		}
+		name := r.Name
+		if name == "" {
+			name = "-"
+		}
+		ps = append(ps, admin.Policy{Kind: "route", Scope: target, Name: name, Source: "xds",
+			Detail: "NOT APPLIED by the HTTP client, which sends every request to cluster " + cluster + ": " + r.Match + " → " + r.Action})
+	}
+	return ps
 }
 
 // endpointTransport is the connection pool of one service. Its dialer

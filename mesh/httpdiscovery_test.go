@@ -2,6 +2,7 @@ package mesh_test
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -143,11 +144,17 @@ func TestHTTPClientHonoursXDSWeights(t *testing.T) {
 // service with the clusters and endpoints its xDS stream accepted.
 func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request"}}})
+	// meshd has a fault route for trading, which the HTTP client does not
+	// apply: it must say so.
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request",
+		Routes: []controlplane.Route{{Name: "chaos", Match: controlplane.Match{Headers: []controlplane.HeaderMatch{{Name: "x-chaos", Exact: "on"}}},
+			Fault: &controlplane.Fault{Abort: &controlplane.AbortFault{Code: "UNAVAILABLE", Percent: 50}}}}}}})
 	bs := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, SPIFFEID: "spiffe://example.org/trading"})
+	var logs lockedBuffer
 	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr),
-		mesh.WithAdmin(freeAddr(t)), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr))
+		mesh.WithAdmin(freeAddr(t)), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr),
+		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,12 +177,36 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 		cmpopts.SortSlices(func(a, b admin.Target) bool { return a.Target < b.Target })); diff != "" {
 		t.Errorf("targets (-want +got):\n%s", diff)
 	}
-	cv := getJSON[admin.ConfigView](t, adminURL+"/config")
-	var held []string
-	for _, u := range cv.Updates {
-		held = append(held, u.Scope+" "+u.Resource[strings.LastIndex(u.Resource, ".")+1:]+" "+u.Name+" "+u.Status)
-	}
-	if diff := cmp.Diff([]string{"xds:///trading Cluster trading ACKED", "xds:///trading ClusterLoadAssignment trading ACKED"}, held); diff != "" {
+	var (
+		cv   admin.ConfigView
+		diff string
+	)
+	waitFor(t, func() bool {
+		cv = getJSON[admin.ConfigView](t, adminURL+"/config")
+		var held []string
+		for _, u := range cv.Updates {
+			held = append(held, u.Scope+" "+u.Resource[strings.LastIndex(u.Resource, ".")+1:]+" "+u.Name+" "+u.Status)
+		}
+		diff = cmp.Diff([]string{"xds:///trading Listener trading ACKED", "xds:///trading RouteConfiguration trading ACKED",
+			"xds:///trading Cluster trading ACKED", "xds:///trading ClusterLoadAssignment trading ACKED"}, held)
+		return diff == ""
+	})
+	if diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	var unapplied []string
+	for _, p := range cv.Policies {
+		if p.Kind == "route" && p.Scope == "xds:///trading" && strings.HasPrefix(p.Detail, "NOT APPLIED by the HTTP client") {
+			unapplied = append(unapplied, p.Name)
+		}
+	}
+	// meshd's default route sends everything to trading, as the HTTP
+	// client does: not listed.
+	if diff := cmp.Diff([]string{"chaos"}, unapplied); diff != "" {
+		t.Errorf("routes shown as not applied (-want +got):\n%s\npolicies: %+v", diff, cv.Policies)
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "meshd routes not applied by the HTTP client") })
+	if !strings.Contains(logs.String(), "routes=[chaos]") {
+		t.Errorf("the warning does not name the route:\n%s", logs.String())
 	}
 }

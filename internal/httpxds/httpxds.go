@@ -1,8 +1,11 @@
 // Package httpxds is the mesh HTTP client's small xDS client: over one ADS
 // stream to meshd it follows a single cluster (CDS, for the load-balancing
 // policy and the SPIFFE IDs the cluster's endpoints may present) and that
-// cluster's endpoints (EDS). It reads nothing else: no listeners, no route
-// configuration, no per-cluster circuit breakers or outlier detection.
+// cluster's endpoints (EDS). It applies nothing else: no routes, no
+// per-cluster circuit breakers or outlier detection. With Config.Listener
+// it also subscribes to the service's listener and route configuration,
+// ACKing them without applying them, so that a recorder on the stream
+// (internal/xdsstatus) can show the routes the HTTP client does not follow.
 //
 // While meshd is unreachable the watch keeps its last update and reconnects
 // with backoff; a response it cannot use is NACKed and the last good update
@@ -23,6 +26,8 @@ import (
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,6 +38,8 @@ import (
 )
 
 const (
+	listenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	routeType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	clusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 )
@@ -47,6 +54,9 @@ type Config struct {
 	// Cluster is the cluster to follow: the service name ("trading") or a
 	// version cluster ("trading/v2").
 	Cluster string
+	// Listener, when set, is the service's listener ("trading"), followed
+	// with its route configuration but not applied (see the package doc).
+	Listener string
 	// RetryMin and RetryMax bound the reconnect backoff (defaults 100ms, 5s).
 	RetryMin, RetryMax time.Duration
 	// DialOptions are added to the connection to meshd (an
@@ -187,12 +197,18 @@ func (w *Watch) stream(ctx context.Context, ads discoverypb.AggregatedDiscoveryS
 	if err := send(clusterType, []string{w.cfg.Cluster}, "", "", nil); err != nil {
 		return err
 	}
+	if w.cfg.Listener != "" {
+		if err := send(listenerType, []string{w.cfg.Listener}, "", "", nil); err != nil {
+			return err
+		}
+	}
 	var (
 		cds            *clusterState
 		edsName        string
 		cdsVer, edsVer string
 		eps            []Endpoint
 		haveEDS        bool
+		rdsName        string
 	)
 	for {
 		resp, err := s.Recv()
@@ -200,6 +216,22 @@ func (w *Watch) stream(ctx context.Context, ads discoverypb.AggregatedDiscoveryS
 			return err
 		}
 		switch resp.GetTypeUrl() {
+		case listenerType: // followed, not applied: ACK whatever comes
+			if err := send(listenerType, []string{w.cfg.Listener}, resp.GetVersionInfo(), resp.GetNonce(), nil); err != nil {
+				return err
+			}
+			if name := routeConfigName(resp, w.cfg.Listener); name != "" && name != rdsName {
+				rdsName = name
+				if err := send(routeType, []string{rdsName}, "", "", nil); err != nil {
+					return err
+				}
+			}
+			continue
+		case routeType:
+			if err := send(routeType, []string{rdsName}, resp.GetVersionInfo(), resp.GetNonce(), nil); err != nil {
+				return err
+			}
+			continue
 		case clusterType:
 			st, err := parseCluster(resp, w.cfg.Cluster)
 			if err != nil {
@@ -255,6 +287,23 @@ func (w *Watch) publish(u Update) {
 	if !same && w.update != nil {
 		w.update(u)
 	}
+}
+
+// routeConfigName returns the RDS name the listener name refers to, "" when
+// the response does not carry it or it has its routes inline.
+func routeConfigName(resp *discoverypb.DiscoveryResponse, name string) string {
+	for _, r := range resp.GetResources() {
+		l := &listenerpb.Listener{}
+		if r.UnmarshalTo(l) != nil || l.GetName() != name {
+			continue
+		}
+		hcm := &hcmpb.HttpConnectionManager{}
+		if l.GetApiListener().GetApiListener().UnmarshalTo(hcm) != nil {
+			return ""
+		}
+		return hcm.GetRds().GetRouteConfigName()
+	}
+	return ""
 }
 
 type clusterState struct {
