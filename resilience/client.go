@@ -284,6 +284,9 @@ type methodState struct {
 	declared    Idempotency // from MethodPolicy, IdempotencyUnknown if none
 	retryPolicy retrypolicy.RetryPolicy[any]
 	hedgePolicy hedgepolicy.HedgePolicy[any]
+	// Executors built once from the policies (failsafe-go executors are
+	// safe for concurrent use); nil when the policies they need are.
+	retryExec, hedgeExec, retryHedgeExec failsafe.Executor[any]
 }
 
 // resolve returns the methodState for a method key as matched by
@@ -339,21 +342,30 @@ func (d *destination) resolve(method string) *methodState {
 			CancelIf(func(_ any, err error) bool { return !isRetryable(err) && !errors.Is(err, errHedgeDenied) }).
 			Build()
 	}
+	if ms.retryPolicy != nil {
+		ms.retryExec = failsafe.With[any](ms.retryPolicy)
+	}
+	if ms.hedgePolicy != nil {
+		ms.hedgeExec = failsafe.With[any](ms.hedgePolicy)
+		if ms.retryPolicy != nil {
+			ms.retryHedgeExec = failsafe.With[any](ms.retryPolicy, ms.hedgePolicy)
+		}
+	}
 	// Keys are bounded by the config (override keys) plus gRPC method names.
 	v, _ := d.methods.LoadOrStore(key, ms)
 	return v.(*methodState)
 }
 
-// executor builds the failsafe executor for one call, or nil when a single
-// attempt suffices.
+// executor returns the failsafe executor for one call, or nil when a
+// single attempt suffices.
 func (ms *methodState) executor(hedge bool) failsafe.Executor[any] {
 	switch {
 	case ms.retryPolicy != nil && hedge:
-		return failsafe.With[any](ms.retryPolicy, ms.hedgePolicy)
+		return ms.retryHedgeExec
 	case ms.retryPolicy != nil:
-		return failsafe.With[any](ms.retryPolicy)
+		return ms.retryExec
 	case hedge:
-		return failsafe.With[any](ms.hedgePolicy)
+		return ms.hedgeExec
 	}
 	return nil
 }
