@@ -99,10 +99,13 @@ func (h *identityHandler) annotate(ctx context.Context) {
 		return
 	}
 	p, _ := peer.FromContext(ctx)
-	if id := PeerSPIFFEID(p); id != "" {
+	id := PeerSPIFFEID(p)
+	switch {
+	case id != "" && h.self != "":
+		span.SetAttributes(KeySpanPeer.String(id), KeySpanSelf.String(h.self))
+	case id != "":
 		span.SetAttributes(KeySpanPeer.String(id))
-	}
-	if h.self != "" {
+	case h.self != "":
 		span.SetAttributes(KeySpanSelf.String(h.self))
 	}
 }

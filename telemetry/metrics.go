@@ -112,6 +112,40 @@ type Metrics struct {
 	mu     sync.RWMutex
 	sinks  []func(Event)
 	nsinks atomic.Int32
+
+	// callAttrs caches the attribute set of each call series, so a call
+	// does not build one (it is the same few series over and over).
+	callMu    sync.RWMutex
+	callAttrs map[callSeries]metric.MeasurementOption
+}
+
+// callSeries identifies the attributes of a call's metrics.
+type callSeries struct{ side, source, peer, target, method, code string }
+
+// maxCachedCallSeries bounds callAttrs: callers choose method names, and
+// series beyond the bound are still recorded, only not cached.
+const maxCachedCallSeries = 4096
+
+func (m *Metrics) callAttributes(e Event) metric.MeasurementOption {
+	k := callSeries{e.Side, e.Source, e.Peer, e.Target, e.Method, e.Code}
+	m.callMu.RLock()
+	opt, ok := m.callAttrs[k]
+	m.callMu.RUnlock()
+	if ok {
+		return opt
+	}
+	opt = metric.WithAttributeSet(attribute.NewSet(
+		KeySide.String(e.Side), KeySource.String(e.Source), KeyDestination.String(e.Peer),
+		KeyTarget.String(e.Target), KeyMethod.String(e.Method), KeyCode.String(e.Code)))
+	m.callMu.Lock()
+	if m.callAttrs == nil {
+		m.callAttrs = map[callSeries]metric.MeasurementOption{}
+	}
+	if len(m.callAttrs) < maxCachedCallSeries {
+		m.callAttrs[k] = opt
+	}
+	m.callMu.Unlock()
+	return opt
 }
 
 // NewMetrics creates the mesh instruments on mp (the global provider when
@@ -201,9 +235,7 @@ func (m *Metrics) RecordCall(e Event) {
 		return
 	}
 	if m.requests.Enabled(bg) || m.duration.Enabled(bg) {
-		attrs := metric.WithAttributes(
-			KeySide.String(e.Side), KeySource.String(e.Source), KeyDestination.String(e.Peer),
-			KeyTarget.String(e.Target), KeyMethod.String(e.Method), KeyCode.String(e.Code))
+		attrs := m.callAttributes(e)
 		m.requests.Add(bg, 1, attrs)
 		m.duration.Record(bg, e.Duration.Seconds(), attrs)
 	}
