@@ -53,17 +53,35 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //     have Consul);
 //   - any other host:port is a single endpoint (static:///host:port).
 //
-// xds:///<cluster> targets (with WithControlPlane) take from meshd the
-// cluster's endpoints (EDS), its load-balancing policy (CDS lb_policy:
-// round robin or least request; ring hash falls back to round robin)
-// unless WithBalancer is given, and the SPIFFE IDs its mTLS context accepts
-// (CDS subject alternative names). Nothing of meshd's listeners and routes
-// applies (no weighted splits, header routes, retries, timeouts or fault
-// injection), nor its circuit breakers and outlier detection: name a
-// version cluster ("xds:///trading/v2") and use the resilience policies.
-// Routes meshd has for the service that would change where a request goes
-// or what happens to it are logged once and listed on the admin endpoint
-// as not applied.
+// xds:///<cluster> targets (with WithControlPlane) follow meshd. For a
+// service ("xds:///trading", what http://trading.mesh/ maps to) the
+// transport applies meshd's routes for it: each request takes the first
+// route whose match fits its URL path (path prefix, exact path or regex;
+// case-sensitive unless the route says otherwise) and headers (names
+// case-insensitive; exact, prefix, regex, present, range, inverted), as
+// grpc-go matches them; then a cluster by the route's weights (a weighted
+// split between "trading/v1" and "trading/v2", at random by weight); then
+// an endpoint of that cluster. The route's timeout (max_stream_duration)
+// bounds the request, its retries and the reading of its response body,
+// when it is shorter than the request's own deadline; it fails the
+// request with an error wrapping context.DeadlineExceeded. A request no
+// route matches fails, as in grpc-go (meshd always ends with a
+// catch-all). Before meshd's routes arrive, or when it has none for the
+// service, every request goes to the service's own cluster; new routes
+// take effect once every cluster they name has its endpoints, the
+// previous ones staying until then. Routes' retry policies and fault
+// injection are NOT applied (the transport has its own resilience
+// policies, and meshd's faults are gRPC codes): they are logged once and
+// listed on the admin endpoint as not applied. A version cluster
+// ("xds:///trading/v2") is followed alone, without routes.
+//
+// Each cluster the routes name is followed (CDS + EDS) over the one ADS
+// stream: its endpoints, its load-balancing policy (CDS lb_policy: round
+// robin or least request; ring hash falls back to round robin) unless
+// WithBalancer is given, and the SPIFFE IDs its mTLS context accepts (CDS
+// subject alternative names). Each cluster has its own balancer and
+// connection pool. meshd's circuit breakers and outlier detection are not
+// applied: use the resilience policies.
 //
 // Requests are balanced over the target's endpoints by WithBalancer's
 // policy: round robin (the default; smooth weighted by the endpoints'
@@ -77,13 +95,14 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // is sent to another endpoint, as long as its body can be replayed
 // (GetBody); the endpoint is skipped for a while.
 //
-// The round trip runs, outermost first: the WithHTTPRoundTripper wrappers;
-// the resilience policies (WithResilience; by default a client of its own
-// with resilience.DefaultConfig(), keyed by the URL host; off with
-// WithoutResilience), so a retry is balanced anew; OpenTelemetry (otelhttp:
-// a client span per attempt and W3C trace context in the headers, to the
-// providers of WithTracerProvider and WithMeterProvider; off with
-// WithoutTelemetry); then balancing. It is safe for concurrent use.
+// The round trip runs, outermost first: the meshd route's timeout; the
+// WithHTTPRoundTripper wrappers; the resilience policies (WithResilience;
+// by default a client of its own with resilience.DefaultConfig(), keyed by
+// the URL host; off with WithoutResilience), so a retry is routed and
+// balanced anew; OpenTelemetry (otelhttp: a client span per attempt and
+// W3C trace context in the headers, to the providers of WithTracerProvider
+// and WithMeterProvider; off with WithoutTelemetry); then routing to a
+// cluster and balancing over its endpoints. It is safe for concurrent use.
 type HTTPTransport struct {
 	rt       http.RoundTripper
 	identity security.Source
@@ -106,26 +125,102 @@ type httpService struct {
 	target string
 	wait   func(context.Context) error // blocks for the first endpoint set
 	close  func() error
-	bal    *httpbalance.Balancer
-	tr     *http.Transport
-	// ids is the set of IDs endpoints without their own may present, from
-	// xDS; nil: the transport's default expectation.
-	ids atomic.Pointer[spiffeid.Matcher]
+	// main is where requests go without routes: the endpoints of a
+	// discovery target, the cluster an xds:/// target names.
+	main *httpCluster
+	// clusters are an xds:/// target's followed clusters, main included,
+	// by name. A cluster stays for the service's life once followed (its
+	// connections are closed with the service), emptied when meshd's
+	// routes stop naming it.
+	mu       sync.RWMutex
+	clusters map[string]*httpCluster
+	// routes are meshd's routes in force for an xds:/// service; nil:
+	// every request goes to main.
+	routes atomic.Pointer[[]*httpxds.Route]
 	// xds records the xDS stream of an xds:/// target.
 	xds *xdsstatus.Recorder
-	// balanced is closed once bal has its first endpoint set. A watch's
+	// balanced is closed once main has its first endpoint set. A watch's
 	// Wait returns as soon as the watch knows a set, which can be before
-	// its update callback has handed the set to bal.
+	// its update callback has handed the set to the balancer.
 	balanced     chan struct{}
 	balancedOnce sync.Once
 }
 
+// httpCluster is one set of endpoints with its balancer and connection
+// pool: clusters may require different SPIFFE IDs of the same address.
+type httpCluster struct {
+	name string
+	bal  *httpbalance.Balancer
+	tr   *http.Transport
+	// ids is the set of IDs endpoints without their own may present, from
+	// xDS; nil: the transport's default expectation.
+	ids atomic.Pointer[spiffeid.Matcher]
+}
+
 // update hands a new endpoint set to the balancer.
-func (s *httpService) update(set []httpbalance.Endpoint) {
-	if s.bal.Update(set) {
-		s.tr.CloseIdleConnections()
+func (c *httpCluster) update(set []httpbalance.Endpoint) {
+	if c.bal.Update(set) {
+		c.tr.CloseIdleConnections()
 	}
-	s.balancedOnce.Do(func() { close(s.balanced) })
+}
+
+func (t *HTTPTransport) newCluster(name string) *httpCluster {
+	c := &httpCluster{name: name, bal: httpbalance.New(t.policy)}
+	c.tr = t.endpointTransport(c)
+	return c
+}
+
+// cluster returns the followed cluster name, nil when there is none.
+func (s *httpService) cluster(name string) *httpCluster {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.clusters[name]
+}
+
+// eachCluster calls f on every cluster of the service.
+func (s *httpService) eachCluster(f func(*httpCluster)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.clusters) == 0 {
+		f(s.main)
+	}
+	for _, c := range s.clusters {
+		f(c)
+	}
+}
+
+func (s *httpService) markBalanced() { s.balancedOnce.Do(func() { close(s.balanced) }) }
+
+// matchRoute returns the meshd route req takes, nil when none or without
+// routes.
+func (s *httpService) matchRoute(req *http.Request) *httpxds.Route {
+	rp := s.routes.Load()
+	if rp == nil || *rp == nil {
+		return nil
+	}
+	return httpxds.Find(*rp, req.URL.Path, req.Header)
+}
+
+// route picks the cluster for req: by meshd's routes when there are, else
+// main.
+func (s *httpService) route(req *http.Request) (*httpCluster, error) {
+	rp := s.routes.Load()
+	if rp == nil || *rp == nil {
+		return s.main, nil
+	}
+	r := httpxds.Find(*rp, req.URL.Path, req.Header)
+	if r == nil {
+		return nil, fmt.Errorf("mesh: no meshd route of %s matches %s %s", s.target, req.Method, req.URL.Path)
+	}
+	if r.Unsupported != "" {
+		return nil, fmt.Errorf("mesh: %s: %s", s.target, r.Unsupported)
+	}
+	name := r.Pick()
+	c := s.cluster(name)
+	if c == nil {
+		return nil, fmt.Errorf("mesh: %s: cluster %q of route %q is not known to meshd", s.target, name, r.Name)
+	}
+	return c, nil
 }
 
 // waitFor returns the service's wait: the watch's first set (or its
@@ -246,8 +341,28 @@ func httpBalancePolicy(bp *discovery.Balancer) (httpbalance.Config, error) {
 }
 
 // RoundTrip sends req to an endpoint of the service its URL host names.
+// A meshd route's timeout bounds the whole request, retries included, as
+// grpc-go's max_stream_duration bounds a call.
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return t.rt.RoundTrip(req)
+	var route *httpxds.Route
+	if svc, err := t.service(req.URL.Host); err == nil {
+		route = svc.matchRoute(req)
+	}
+	if route == nil || route.Timeout <= 0 {
+		return t.rt.RoundTrip(req)
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), route.Timeout)
+	resp, err := t.rt.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		defer cancel()
+		if req.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("mesh: %s: meshd route %q timeout %s: %w (%v)", req.URL.Host, route.Name, route.Timeout, context.DeadlineExceeded, err)
+		}
+		return nil, err
+	}
+	// The timeout covers reading the body too.
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: cancel}
+	return resp, nil
 }
 
 // AdminAddr returns the address of the admin endpoint the transport shows
@@ -264,7 +379,7 @@ func (t *HTTPTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, s := range t.services {
-		s.tr.CloseIdleConnections()
+		s.eachCluster(func(c *httpCluster) { c.tr.CloseIdleConnections() })
 	}
 }
 
@@ -279,7 +394,7 @@ func (t *HTTPTransport) Close() error {
 	var errs []error
 	for _, s := range services {
 		errs = append(errs, s.close())
-		s.tr.CloseIdleConnections()
+		s.eachCluster(func(c *httpCluster) { c.tr.CloseIdleConnections() })
 	}
 	t.tel.close()
 	return errors.Join(errs...)
@@ -323,8 +438,7 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 	if s, ok := t.services[target]; ok {
 		return s, nil
 	}
-	s := &httpService{target: target, bal: httpbalance.New(t.policy), balanced: make(chan struct{})}
-	s.tr = t.endpointTransport(s)
+	s := &httpService{target: target, main: t.newCluster(""), balanced: make(chan struct{})}
 	if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
 		err = t.watchXDS(s, cluster)
 	} else {
@@ -339,8 +453,9 @@ func (t *HTTPTransport) service(host string) (*httpService, error) {
 }
 
 // showOnAdmin lists the service on the admin endpoint until it is closed:
-// its balancer, endpoints (with what meshd sent, for xds:///) and, for
-// xds:///, what its xDS stream holds.
+// its balancer, endpoints (with what meshd sent and the cluster, for
+// xds:///, of every followed cluster) and, for xds:///, what its xDS
+// stream holds and the parts of meshd's routes not applied.
 func (t *HTTPTransport) showOnAdmin(s *httpService) {
 	if t.tel == nil || t.tel.admin == nil {
 		return
@@ -349,16 +464,19 @@ func (t *HTTPTransport) showOnAdmin(s *httpService) {
 		Component: admin.Component{Kind: "http-client", Name: s.target},
 		Identity:  func() admin.Identity { return identityView(t.identity, t.tel.self) },
 		Targets: func() []admin.Target {
-			eps, policy := s.bal.Endpoints()
+			eps, policy := s.main.bal.Endpoints()
 			tg := admin.Target{Target: s.target, Balancer: policy.String(), Source: scheme(s.target), Endpoints: []admin.Endpoint{}}
-			ejected := map[string]bool{}
-			for _, e := range eps {
-				ejected[e.Addr] = e.Ejected
-			}
 			if s.xds != nil {
+				ejected := map[[2]string]bool{} // cluster, address
+				s.eachCluster(func(c *httpCluster) {
+					ceps, _ := c.bal.Endpoints()
+					for _, e := range ceps {
+						ejected[[2]string{c.name, e.Addr}] = e.Ejected
+					}
+				})
 				for _, e := range s.xds.Endpoints() {
 					tg.Endpoints = append(tg.Endpoints, admin.Endpoint{Cluster: e.Cluster, Address: e.Address,
-						Identity: strings.Join(e.IDs, " "), State: e.Health, Weight: e.Weight, Ejected: ejected[e.Address]})
+						Identity: strings.Join(e.IDs, " "), State: e.Health, Weight: e.Weight, Ejected: ejected[[2]string{e.Cluster, e.Address}]})
 				}
 				return []admin.Target{tg}
 			}
@@ -376,8 +494,8 @@ func (t *HTTPTransport) showOnAdmin(s *httpService) {
 			if t.tel.policies != nil {
 				ps = t.tel.policies()
 			}
-			if cluster, ok := strings.CutPrefix(s.target, "xds:///"); ok && s.xds != nil {
-				ps = append(ps, unappliedRoutes(s.target, cluster, s.xds)...)
+			if rp := s.routes.Load(); rp != nil {
+				ps = append(ps, unappliedRoutes(s.target, *rp)...)
 			}
 			return ps
 		},
@@ -402,7 +520,8 @@ func (t *HTTPTransport) watchDiscovery(s *httpService) error {
 		for i, e := range eps {
 			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID, Weight: e.Weight}
 		}
-		s.update(set)
+		s.main.update(set)
+		s.markBalanced()
 	})
 	if err != nil {
 		return err
@@ -417,58 +536,48 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 		return errors.New("xds:/// targets need mesh.WithControlPlane(meshd address)")
 	}
 	// A service's own cluster ("trading", not "trading/v2") has meshd
-	// routes: follow them to show the ones this client does not apply.
+	// routes, named after the service: follow and apply them.
 	listener := ""
 	if !strings.Contains(cluster, "/") {
 		listener = cluster
 	}
+	rec := xdsstatus.New(func(u xdsstatus.Update) { t.tel.xdsUpdate(s.target, u) })
+	s.xds = rec
+	s.main.name = cluster
+	s.clusters = map[string]*httpCluster{cluster: s.main}
 	var lastWarned string
-	rec := xdsstatus.New(func(u xdsstatus.Update) {
-		t.tel.xdsUpdate(s.target, u)
-		if u.TypeURL != xdsstatus.RouteType || u.NACK {
-			return
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster, Listener: listener,
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
+		s.mu.Lock()
+		for name, xc := range u.Clusters {
+			c := s.clusters[name]
+			if c == nil {
+				c = t.newCluster(name)
+				s.clusters[name] = c
+			}
+			t.applyCluster(c, xc)
 		}
-		if ps := unappliedRoutes(s.target, cluster, s.xds); len(ps) > 0 {
+		for name, c := range s.clusters {
+			if _, ok := u.Clusters[name]; !ok {
+				c.update(nil)
+			}
+		}
+		s.mu.Unlock()
+		// Routes only after the clusters they name are in place.
+		routes := u.Routes
+		s.routes.Store(&routes)
+		s.markBalanced()
+		if ps := unappliedRoutes(s.target, routes); len(ps) > 0 {
 			var names []string
 			for _, p := range ps {
 				names = append(names, p.Name)
 			}
 			if key := strings.Join(names, ","); key != lastWarned {
 				lastWarned = key
-				t.tel.log().Warn("meshd routes not applied by the HTTP client: it sends every request to the service's cluster",
-					"target", s.target, "cluster", cluster, "routes", names)
+				t.tel.log().Warn("meshd route retries and faults not applied by the HTTP client: it applies their match, clusters and timeout only",
+					"target", s.target, "routes", names)
 			}
 		}
-	})
-	s.xds = rec
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster, Listener: listener,
-		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
-		if !t.policySet {
-			if u.Policy == "least_request" {
-				s.bal.SetPolicy(httpbalance.LeastRequest)
-			} else {
-				s.bal.SetPolicy(httpbalance.RoundRobin)
-			}
-		}
-		if len(u.IDs) > 0 {
-			ids := u.IDs
-			m := spiffeid.Matcher(func(id spiffeid.ID) error {
-				for _, want := range ids {
-					if id == want {
-						return nil
-					}
-				}
-				return fmt.Errorf("unexpected ID %q: xDS cluster %q accepts %v", id, cluster, ids)
-			})
-			s.ids.Store(&m)
-		} else {
-			s.ids.Store(nil)
-		}
-		set := make([]httpbalance.Endpoint, len(u.Endpoints))
-		for i, e := range u.Endpoints {
-			set[i] = httpbalance.Endpoint{Addr: e.Addr, Weight: int(e.Weight)}
-		}
-		s.update(set)
 	})
 	if err != nil {
 		rec.Close()
@@ -482,13 +591,45 @@ func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
 	return nil
 }
 
-// unappliedRoutes lists meshd's routes for an xds:/// service that the HTTP
-// client does not apply: it sends every request to cluster. A catch-all
-// route to that cluster alone, and routes no request reaches, are left out.
-func unappliedRoutes(target, cluster string, rec *xdsstatus.Recorder) []admin.Policy {
+// applyCluster hands a cluster's state from meshd to its balancer and
+// dialer.
+func (t *HTTPTransport) applyCluster(c *httpCluster, xc httpxds.Cluster) {
+	if !t.policySet {
+		if xc.Policy == "least_request" {
+			c.bal.SetPolicy(httpbalance.LeastRequest)
+		} else {
+			c.bal.SetPolicy(httpbalance.RoundRobin)
+		}
+	}
+	if len(xc.IDs) > 0 {
+		ids, name := xc.IDs, c.name
+		m := spiffeid.Matcher(func(id spiffeid.ID) error {
+			for _, want := range ids {
+				if id == want {
+					return nil
+				}
+			}
+			return fmt.Errorf("unexpected ID %q: xDS cluster %q accepts %v", id, name, ids)
+		})
+		c.ids.Store(&m)
+	} else {
+		c.ids.Store(nil)
+	}
+	set := make([]httpbalance.Endpoint, len(xc.Endpoints))
+	for i, e := range xc.Endpoints {
+		set[i] = httpbalance.Endpoint{Addr: e.Addr, Weight: int(e.Weight)}
+	}
+	c.update(set)
+}
+
+// unappliedRoutes lists the parts of meshd's routes for an xds:/// service
+// that the HTTP client does not apply (retry policies, fault injection),
+// one policy per route that has any. Routes no request reaches are left
+// out.
+func unappliedRoutes(target string, routes []*httpxds.Route) []admin.Policy {
 	var ps []admin.Policy
-	for _, r := range rec.Routes() {
-		if r.Unreachable || (r.Match == "prefix /" && r.Action == cluster) {
+	for _, r := range routes {
+		if r.Unreachable || len(r.Unapplied) == 0 {
 			continue
 		}
 		name := r.Name
@@ -496,14 +637,16 @@ func unappliedRoutes(target, cluster string, rec *xdsstatus.Recorder) []admin.Po
 			name = "-"
 		}
 		ps = append(ps, admin.Policy{Kind: "route", Scope: target, Name: name, Source: "xds",
-			Detail: "NOT APPLIED by the HTTP client, which sends every request to cluster " + cluster + ": " + r.Match + " → " + r.Action})
+			Detail: "NOT APPLIED by the HTTP client: " + strings.Join(r.Unapplied, "; ") +
+				" (the route's match, clusters and timeout apply)"})
 	}
 	return ps
 }
 
-// endpointTransport is the connection pool of one service. Its dialer
-// verifies each endpoint against the SPIFFE ID discovery gave for it.
-func (t *HTTPTransport) endpointTransport(s *httpService) *http.Transport {
+// endpointTransport is the connection pool of one cluster. Its dialer
+// verifies each endpoint against the SPIFFE ID discovery gave for it, else
+// the cluster's IDs from xDS, else the transport's expectation.
+func (t *HTTPTransport) endpointTransport(s *httpCluster) *http.Transport {
 	protocols := httpProtocols(t.cfg.protocols)
 	alpn := nextProtos(protocols)
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
@@ -561,15 +704,23 @@ func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if host == "" {
 		host = req.URL.Host
 	}
+	cl, err := svc.route(req)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
 	var tried []string
 	var lastErr error
 	resent := 0
 	for {
-		pick, err := svc.bal.Pick(tried)
+		pick, err := cl.bal.Pick(tried)
 		if err != nil {
 			closeBody(req)
 			if lastErr != nil {
 				return nil, lastErr
+			}
+			if cl.name != "" {
+				return nil, fmt.Errorf("mesh: %s (%s cluster %s): %w", host, svc.target, cl.name, err)
 			}
 			return nil, fmt.Errorf("mesh: %s (%s): %w", host, svc.target, err)
 		}
@@ -584,7 +735,7 @@ func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 		}
 		tried = append(tried, pick.Addr)
-		resp, err := svc.tr.RoundTrip(out)
+		resp, err := cl.tr.RoundTrip(out)
 		if err != nil {
 			pick.Done()
 			lastErr = fmt.Errorf("mesh: %s endpoint %s: %w", host, pick.Addr, err)

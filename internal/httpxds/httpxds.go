@@ -1,25 +1,15 @@
-// Package httpxds is the mesh HTTP client's small xDS client: over one ADS
-// stream to meshd it follows a single cluster (CDS, for the load-balancing
-// policy and the SPIFFE IDs the cluster's endpoints may present) and that
-// cluster's endpoints (EDS). It applies nothing else: no routes, no
-// per-cluster circuit breakers or outlier detection. With Config.Listener
-// it also subscribes to the service's listener and route configuration,
-// ACKing them without applying them, so that a recorder on the stream
-// (internal/xdsstatus) can show the routes the HTTP client does not follow.
-//
-// While meshd is unreachable the watch keeps its last update and reconnects
-// with backoff; a response it cannot use is NACKed and the last good update
-// stays in force.
 package httpxds
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +17,7 @@ import (
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -51,11 +42,13 @@ type Config struct {
 	ServerURI string
 	// NodeID identifies this client to meshd.
 	NodeID string
-	// Cluster is the cluster to follow: the service name ("trading") or a
-	// version cluster ("trading/v2").
+	// Cluster is the cluster always followed, where requests go when no
+	// route applies: the service name ("trading") or a version cluster
+	// ("trading/v2").
 	Cluster string
-	// Listener, when set, is the service's listener ("trading"), followed
-	// with its route configuration but not applied (see the package doc).
+	// Listener, when set, is the service's listener ("trading"): its routes
+	// apply (see the package doc) and the clusters they name are followed
+	// too. Its virtual host is the one whose domains match Listener.
 	Listener string
 	// RetryMin and RetryMax bound the reconnect backoff (defaults 100ms, 5s).
 	RetryMin, RetryMax time.Duration
@@ -64,14 +57,14 @@ type Config struct {
 	DialOptions []grpc.DialOption
 }
 
-// Endpoint is one healthy endpoint of the cluster.
+// Endpoint is one healthy endpoint of a cluster.
 type Endpoint struct {
 	Addr   string
 	Weight uint32
 }
 
-// Update is the cluster's state.
-type Update struct {
+// Cluster is the state of one followed cluster.
+type Cluster struct {
 	Endpoints []Endpoint
 	// Policy is "round_robin", "least_request" or "ring_hash".
 	Policy string
@@ -80,7 +73,21 @@ type Update struct {
 	IDs []spiffeid.ID
 }
 
-// Watch follows one cluster. Its methods are safe for concurrent use.
+func (c Cluster) equal(o Cluster) bool {
+	return c.Policy == o.Policy && slices.Equal(c.Endpoints, o.Endpoints) && slices.Equal(c.IDs, o.IDs)
+}
+
+// Update is the state in force.
+type Update struct {
+	// Clusters are the followed clusters meshd sent, with their endpoints,
+	// by name; Config.Cluster is always one.
+	Clusters map[string]Cluster
+	// Routes are the routes in force, in match order; nil: every request
+	// goes to Config.Cluster.
+	Routes []*Route
+}
+
+// Watch follows one service. Its methods are safe for concurrent use.
 type Watch struct {
 	cfg    Config
 	update func(Update)
@@ -89,14 +96,15 @@ type Watch struct {
 
 	mu      sync.Mutex
 	last    Update
+	lastGen int
 	have    bool
 	lastErr error
 	ready   chan struct{}
 }
 
-// Start starts following cfg.Cluster and calls update, if not nil, with
-// every new state, one call at a time, never after Close returns. It does
-// not block.
+// Start starts following cfg.Cluster (and cfg.Listener's routes) and calls
+// update, if not nil, with every new state, one call at a time, never after
+// Close returns. It does not block.
 func Start(cfg Config, update func(Update)) (*Watch, error) {
 	if cfg.ServerURI == "" || cfg.Cluster == "" {
 		return nil, errors.New("httpxds: Config.ServerURI and Config.Cluster are required")
@@ -121,8 +129,9 @@ func Start(cfg Config, update func(Update)) (*Watch, error) {
 	return w, nil
 }
 
-// Wait blocks until the first complete update (cluster and endpoints) or
-// until ctx ends; then the error includes the last failure, if any.
+// Wait blocks until the first complete update (Config.Cluster and its
+// endpoints; routes may come later) or until ctx ends; then the error
+// includes the last failure, if any.
 func (w *Watch) Wait(ctx context.Context) (Update, error) {
 	select {
 	case <-w.ready:
@@ -154,9 +163,10 @@ func (w *Watch) Close() error {
 
 func (w *Watch) run(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) {
 	backoff := w.cfg.RetryMin
+	st := &state{w: w}
 	for {
 		start := time.Now()
-		err := w.stream(ctx, ads)
+		err := st.stream(ctx, ads)
 		if ctx.Err() != nil {
 			return
 		}
@@ -178,108 +188,278 @@ func (w *Watch) run(ctx context.Context, ads discoverypb.AggregatedDiscoveryServ
 	}
 }
 
+// state is what the watch holds across streams: the last good resources.
+// A new stream starts its subscriptions afresh but keeps these, so a
+// reconnect changes nothing until meshd sends something new.
+type state struct {
+	w *Watch
+
+	clusters map[string]*clusterState // accepted, by cluster name
+	eds      map[string][]Endpoint    // accepted, by EDS service name
+	rdsName  string
+	applied  []*Route // the route table in force
+	gen      int      // counts changes of applied
+	pending  []*Route // a newer table waiting for its clusters
+	waiting  bool     // pending is set (it may be nil: no routes)
+
+	// Per stream: versions and nonces by type, the names subscribed.
+	ver, nonce map[string]string
+	subscribed map[string][]string
+	send       func(typeURL string, nack error) error
+}
+
+// wantClusters is every cluster to follow: Config.Cluster, the clusters of
+// the table in force and of the one waiting.
+func (st *state) wantClusters() []string {
+	set := map[string]bool{st.w.cfg.Cluster: true}
+	for _, n := range clusterNames(st.applied) {
+		set[n] = true
+	}
+	for _, n := range clusterNames(st.pending) {
+		set[n] = true
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func (st *state) wantEDS() []string {
+	set := map[string]bool{}
+	for _, n := range st.wantClusters() {
+		if c := st.clusters[n]; c != nil {
+			set[c.edsName] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func (st *state) names(typeURL string) []string {
+	switch typeURL {
+	case listenerType:
+		return []string{st.w.cfg.Listener}
+	case routeType:
+		return []string{st.rdsName}
+	case clusterType:
+		return st.wantClusters()
+	}
+	return st.wantEDS()
+}
+
+// known says the cluster and its endpoints are known.
+func (st *state) known(name string) bool {
+	c := st.clusters[name]
+	if c == nil {
+		return false
+	}
+	_, ok := st.eds[c.edsName]
+	return ok
+}
+
+// promote puts the waiting table in force once its clusters are known.
+func (st *state) promote() {
+	if !st.waiting {
+		return
+	}
+	for _, n := range clusterNames(st.pending) {
+		if !st.known(n) {
+			return
+		}
+	}
+	st.applied, st.pending, st.waiting = st.pending, nil, false
+	st.gen++
+}
+
+// resubscribe sends a request for each of CDS, EDS and RDS whose wanted
+// names changed, with that type's last version and nonce.
+func (st *state) resubscribe() error {
+	for _, typ := range []string{routeType, clusterType, endpointType} {
+		if typ == routeType && st.rdsName == "" {
+			continue
+		}
+		if typ == endpointType && len(st.wantEDS()) == 0 {
+			continue
+		}
+		if !slices.Equal(st.names(typ), st.subscribed[typ]) {
+			if err := st.send(typ, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // stream runs one ADS stream until it fails.
-func (w *Watch) stream(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
+func (st *state) stream(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := ads.StreamAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
+	w := st.w
 	node := &corepb.Node{Id: w.cfg.NodeID, UserAgentName: "gridmesh-http"}
-	send := func(typeURL string, names []string, version, nonce string, nack error) error {
-		req := &discoverypb.DiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNames: names, VersionInfo: version, ResponseNonce: nonce}
+	st.ver, st.nonce, st.subscribed = map[string]string{}, map[string]string{}, map[string][]string{}
+	st.send = func(typeURL string, nack error) error {
+		names := st.names(typeURL)
+		req := &discoverypb.DiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNames: names, VersionInfo: st.ver[typeURL], ResponseNonce: st.nonce[typeURL]}
 		if nack != nil {
 			req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: nack.Error()}
 		}
+		st.subscribed[typeURL] = names
 		return s.Send(req)
 	}
-	if err := send(clusterType, []string{w.cfg.Cluster}, "", "", nil); err != nil {
+	if err := st.send(clusterType, nil); err != nil {
 		return err
 	}
 	if w.cfg.Listener != "" {
-		if err := send(listenerType, []string{w.cfg.Listener}, "", "", nil); err != nil {
+		if err := st.send(listenerType, nil); err != nil {
 			return err
 		}
 	}
-	var (
-		cds            *clusterState
-		edsName        string
-		cdsVer, edsVer string
-		eps            []Endpoint
-		haveEDS        bool
-		rdsName        string
-	)
+	if err := st.resubscribe(); err != nil {
+		return err
+	}
 	for {
 		resp, err := s.Recv()
 		if err != nil {
 			return err
 		}
-		switch resp.GetTypeUrl() {
-		case listenerType: // followed, not applied: ACK whatever comes
-			if err := send(listenerType, []string{w.cfg.Listener}, resp.GetVersionInfo(), resp.GetNonce(), nil); err != nil {
-				return err
-			}
-			if name := routeConfigName(resp, w.cfg.Listener); name != "" && name != rdsName {
-				rdsName = name
-				if err := send(routeType, []string{rdsName}, "", "", nil); err != nil {
-					return err
-				}
-			}
-			continue
-		case routeType:
-			if err := send(routeType, []string{rdsName}, resp.GetVersionInfo(), resp.GetNonce(), nil); err != nil {
-				return err
-			}
-			continue
-		case clusterType:
-			st, err := parseCluster(resp, w.cfg.Cluster)
-			if err != nil {
-				if err := send(clusterType, []string{w.cfg.Cluster}, cdsVer, resp.GetNonce(), err); err != nil {
-					return err
-				}
-				continue
-			}
-			cdsVer = resp.GetVersionInfo()
-			if err := send(clusterType, []string{w.cfg.Cluster}, cdsVer, resp.GetNonce(), nil); err != nil {
-				return err
-			}
-			cds = st
-			if st.edsName != edsName {
-				edsName, edsVer, haveEDS = st.edsName, "", false
-				if err := send(endpointType, []string{edsName}, "", "", nil); err != nil {
-					return err
-				}
-			}
-		case endpointType:
-			got, err := parseEndpoints(resp, edsName)
-			if err != nil {
-				if err := send(endpointType, []string{edsName}, edsVer, resp.GetNonce(), err); err != nil {
-					return err
-				}
-				continue
-			}
-			edsVer = resp.GetVersionInfo()
-			if err := send(endpointType, []string{edsName}, edsVer, resp.GetNonce(), nil); err != nil {
-				return err
-			}
-			if got != nil {
-				eps, haveEDS = got, true
-			}
+		typ := resp.GetTypeUrl()
+		switch typ {
+		case listenerType, routeType, clusterType, endpointType:
 		default:
 			continue
 		}
-		if cds != nil && haveEDS {
-			w.publish(Update{Endpoints: eps, Policy: cds.policy, IDs: cds.ids})
+		st.nonce[typ] = resp.GetNonce()
+		if err := st.apply(resp); err != nil {
+			if err := st.send(typ, err); err != nil {
+				return err
+			}
+			continue
 		}
+		st.ver[typ] = resp.GetVersionInfo()
+		st.promote()
+		if err := st.send(typ, nil); err != nil {
+			return err
+		}
+		if err := st.resubscribe(); err != nil {
+			return err
+		}
+		st.publish()
 	}
 }
 
-func (w *Watch) publish(u Update) {
+// apply takes a response into the state, or says why it cannot be used;
+// then the state is unchanged.
+func (st *state) apply(resp *discoverypb.DiscoveryResponse) error {
+	cfg := st.w.cfg
+	switch resp.GetTypeUrl() {
+	case listenerType:
+		l, err := parseListener(resp, cfg.Listener)
+		if err != nil {
+			return err
+		}
+		switch {
+		case l == nil: // meshd has no listener for the service (any more)
+			st.rdsName = ""
+			st.pending, st.waiting = nil, true
+		case l.inline != nil:
+			routes, err := routeTable(l.inline, cfg.Listener)
+			if err != nil {
+				return err
+			}
+			st.rdsName = ""
+			st.pending, st.waiting = routes, true
+		case l.rds != st.rdsName:
+			// The table in force stays until the new configuration comes.
+			st.rdsName = l.rds
+			st.ver[routeType] = ""
+		}
+	case routeType:
+		for _, r := range resp.GetResources() {
+			rc := &routepb.RouteConfiguration{}
+			if err := r.UnmarshalTo(rc); err != nil {
+				return fmt.Errorf("httpxds: route configuration: %w", err)
+			}
+			if rc.GetName() != st.rdsName {
+				continue
+			}
+			routes, err := routeTable(rc, cfg.Listener)
+			if err != nil {
+				return err
+			}
+			st.pending, st.waiting = routes, true
+		}
+	case clusterType:
+		want := st.wantClusters()
+		got := map[string]*clusterState{}
+		for _, r := range resp.GetResources() {
+			c := &clusterpb.Cluster{}
+			if err := r.UnmarshalTo(c); err != nil {
+				return fmt.Errorf("httpxds: cluster: %w", err)
+			}
+			if !slices.Contains(want, c.GetName()) {
+				continue
+			}
+			cs, err := parseCluster(c)
+			if err != nil {
+				return err
+			}
+			got[c.GetName()] = cs
+		}
+		if got[cfg.Cluster] == nil {
+			return fmt.Errorf("httpxds: response has no cluster %q", cfg.Cluster)
+		}
+		// State of the world: a cluster the response lacks is gone.
+		st.clusters = got
+	case endpointType:
+		want := st.wantEDS()
+		got := map[string][]Endpoint{}
+		for _, r := range resp.GetResources() {
+			cla := &endpointpb.ClusterLoadAssignment{}
+			if err := r.UnmarshalTo(cla); err != nil {
+				return fmt.Errorf("httpxds: endpoints: %w", err)
+			}
+			if !slices.Contains(want, cla.GetClusterName()) {
+				continue
+			}
+			eps, err := parseEndpoints(cla)
+			if err != nil {
+				return err
+			}
+			got[cla.GetClusterName()] = eps
+		}
+		if st.eds == nil {
+			st.eds = map[string][]Endpoint{}
+		}
+		maps.Copy(st.eds, got)
+		for name := range st.eds {
+			if !slices.Contains(want, name) {
+				delete(st.eds, name)
+			}
+		}
+	}
+	return nil
+}
+
+// publish hands out the state once Config.Cluster is known.
+func (st *state) publish() {
+	if !st.known(st.w.cfg.Cluster) {
+		return
+	}
+	u := Update{Clusters: map[string]Cluster{}, Routes: st.applied}
+	for _, n := range st.wantClusters() {
+		if st.known(n) {
+			c := st.clusters[n]
+			u.Clusters[n] = Cluster{Endpoints: st.eds[c.edsName], Policy: c.policy, IDs: c.ids}
+		}
+	}
+	st.w.publish(u, st.gen)
+}
+
+func (w *Watch) publish(u Update, gen int) {
 	w.mu.Lock()
-	same := w.have && slices.Equal(u.Endpoints, w.last.Endpoints) && u.Policy == w.last.Policy && slices.Equal(u.IDs, w.last.IDs)
+	same := w.have && gen == w.lastGen && maps.EqualFunc(u.Clusters, w.last.Clusters, Cluster.equal)
 	first := !w.have
-	w.last, w.have, w.lastErr = u, true, nil
+	w.last, w.lastGen, w.have, w.lastErr = u, gen, true, nil
 	w.mu.Unlock()
 	if first {
 		close(w.ready)
@@ -289,21 +469,38 @@ func (w *Watch) publish(u Update) {
 	}
 }
 
-// routeConfigName returns the RDS name the listener name refers to, "" when
-// the response does not carry it or it has its routes inline.
-func routeConfigName(resp *discoverypb.DiscoveryResponse, name string) string {
+type listenerState struct {
+	rds    string
+	inline *routepb.RouteConfiguration
+}
+
+// parseListener returns the listener name's route configuration name or
+// inline routes, nil when the response does not carry the listener.
+func parseListener(resp *discoverypb.DiscoveryResponse, name string) (*listenerState, error) {
 	for _, r := range resp.GetResources() {
 		l := &listenerpb.Listener{}
-		if r.UnmarshalTo(l) != nil || l.GetName() != name {
+		if err := r.UnmarshalTo(l); err != nil {
+			return nil, fmt.Errorf("httpxds: listener: %w", err)
+		}
+		if l.GetName() != name {
 			continue
 		}
 		hcm := &hcmpb.HttpConnectionManager{}
-		if l.GetApiListener().GetApiListener().UnmarshalTo(hcm) != nil {
-			return ""
+		if err := l.GetApiListener().GetApiListener().UnmarshalTo(hcm); err != nil {
+			return nil, fmt.Errorf("httpxds: listener %q: api_listener is not an HttpConnectionManager: %w", name, err)
 		}
-		return hcm.GetRds().GetRouteConfigName()
+		switch {
+		case hcm.GetRds() != nil:
+			if hcm.GetRds().GetRouteConfigName() == "" {
+				return nil, fmt.Errorf("httpxds: listener %q: rds without a route_config_name", name)
+			}
+			return &listenerState{rds: hcm.GetRds().GetRouteConfigName()}, nil
+		case hcm.GetRouteConfig() != nil:
+			return &listenerState{inline: hcm.GetRouteConfig()}, nil
+		}
+		return nil, fmt.Errorf("httpxds: listener %q: neither rds nor route_config", name)
 	}
-	return ""
+	return nil, nil
 }
 
 type clusterState struct {
@@ -312,90 +509,63 @@ type clusterState struct {
 	ids     []spiffeid.ID
 }
 
-func parseCluster(resp *discoverypb.DiscoveryResponse, name string) (*clusterState, error) {
-	for _, r := range resp.GetResources() {
-		c := &clusterpb.Cluster{}
-		if err := r.UnmarshalTo(c); err != nil {
-			return nil, fmt.Errorf("httpxds: cluster: %w", err)
-		}
-		if c.GetName() != name {
-			continue
-		}
-		if c.GetType() != clusterpb.Cluster_EDS {
-			return nil, fmt.Errorf("httpxds: cluster %q: type %v, want EDS", name, c.GetType())
-		}
-		st := &clusterState{edsName: c.GetEdsClusterConfig().GetServiceName()}
-		if st.edsName == "" {
-			st.edsName = name
-		}
-		switch c.GetLbPolicy() {
-		case clusterpb.Cluster_ROUND_ROBIN:
-			st.policy = "round_robin"
-		case clusterpb.Cluster_LEAST_REQUEST:
-			st.policy = "least_request"
-		case clusterpb.Cluster_RING_HASH:
-			st.policy = "ring_hash"
-		default:
-			return nil, fmt.Errorf("httpxds: cluster %q: lb_policy %v not supported", name, c.GetLbPolicy())
-		}
-		if ts := c.GetTransportSocket(); ts != nil {
-			up := &tlspb.UpstreamTlsContext{}
-			if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
-				return nil, fmt.Errorf("httpxds: cluster %q: transport socket: %w", name, err)
-			}
-			for _, m := range up.GetCommonTlsContext().GetValidationContext().GetMatchSubjectAltNames() {
-				id, err := spiffeid.FromString(m.GetExact())
-				if err != nil {
-					return nil, fmt.Errorf("httpxds: cluster %q: SAN matcher %v: want an exact SPIFFE ID", name, m)
-				}
-				st.ids = append(st.ids, id)
-			}
-		}
-		return st, nil
+func parseCluster(c *clusterpb.Cluster) (*clusterState, error) {
+	name := c.GetName()
+	if c.GetType() != clusterpb.Cluster_EDS {
+		return nil, fmt.Errorf("httpxds: cluster %q: type %v, want EDS", name, c.GetType())
 	}
-	return nil, fmt.Errorf("httpxds: response has no cluster %q", name)
+	st := &clusterState{edsName: c.GetEdsClusterConfig().GetServiceName()}
+	if st.edsName == "" {
+		st.edsName = name
+	}
+	switch c.GetLbPolicy() {
+	case clusterpb.Cluster_ROUND_ROBIN:
+		st.policy = "round_robin"
+	case clusterpb.Cluster_LEAST_REQUEST:
+		st.policy = "least_request"
+	case clusterpb.Cluster_RING_HASH:
+		st.policy = "ring_hash"
+	default:
+		return nil, fmt.Errorf("httpxds: cluster %q: lb_policy %v not supported", name, c.GetLbPolicy())
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		up := &tlspb.UpstreamTlsContext{}
+		if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
+			return nil, fmt.Errorf("httpxds: cluster %q: transport socket: %w", name, err)
+		}
+		for _, m := range up.GetCommonTlsContext().GetValidationContext().GetMatchSubjectAltNames() {
+			id, err := spiffeid.FromString(m.GetExact())
+			if err != nil {
+				return nil, fmt.Errorf("httpxds: cluster %q: SAN matcher %v: want an exact SPIFFE ID", name, m)
+			}
+			st.ids = append(st.ids, id)
+		}
+	}
+	return st, nil
 }
 
-// parseEndpoints returns the healthy endpoints of the assignment name, or
-// nil, nil when the response does not carry it.
-func parseEndpoints(resp *discoverypb.DiscoveryResponse, name string) ([]Endpoint, error) {
-	for _, r := range resp.GetResources() {
-		cla := &endpointpb.ClusterLoadAssignment{}
-		if err := r.UnmarshalTo(cla); err != nil {
-			return nil, fmt.Errorf("httpxds: endpoints: %w", err)
-		}
-		if cla.GetClusterName() != name {
-			continue
-		}
-		eps := []Endpoint{}
-		for _, loc := range cla.GetEndpoints() {
-			for _, lb := range loc.GetLbEndpoints() {
-				switch lb.GetHealthStatus() {
-				case corepb.HealthStatus_UNKNOWN, corepb.HealthStatus_HEALTHY:
-				default:
-					continue
-				}
-				sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa == nil {
-					return nil, fmt.Errorf("httpxds: endpoints of %q: an endpoint without a socket address", name)
-				}
-				w := lb.GetLoadBalancingWeight().GetValue()
-				if w == 0 {
-					w = 1
-				}
-				eps = append(eps, Endpoint{Addr: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))), Weight: w})
+// parseEndpoints returns the healthy endpoints of the assignment.
+func parseEndpoints(cla *endpointpb.ClusterLoadAssignment) ([]Endpoint, error) {
+	name := cla.GetClusterName()
+	eps := []Endpoint{}
+	for _, loc := range cla.GetEndpoints() {
+		for _, lb := range loc.GetLbEndpoints() {
+			switch lb.GetHealthStatus() {
+			case corepb.HealthStatus_UNKNOWN, corepb.HealthStatus_HEALTHY:
+			default:
+				continue
 			}
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				return nil, fmt.Errorf("httpxds: endpoints of %q: an endpoint without a socket address", name)
+			}
+			w := lb.GetLoadBalancingWeight().GetValue()
+			if w == 0 {
+				w = 1
+			}
+			eps = append(eps, Endpoint{Addr: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))), Weight: w})
 		}
-		slices.SortFunc(eps, func(a, b Endpoint) int {
-			if a.Addr < b.Addr {
-				return -1
-			}
-			if a.Addr > b.Addr {
-				return 1
-			}
-			return 0
-		})
-		return eps, nil
 	}
-	return nil, nil
+	slices.SortFunc(eps, func(a, b Endpoint) int { return strings.Compare(a.Addr, b.Addr) })
+	return eps, nil
 }
