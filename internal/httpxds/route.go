@@ -83,7 +83,7 @@ func (r *Route) Match(path string, h http.Header) bool {
 			return false
 		}
 	}
-	if r.fraction != nil && rand.Uint32N(1_000_000) > *r.fraction {
+	if r.fraction != nil && rand.Uint32N(1_000_000) >= *r.fraction {
 		return false
 	}
 	return true
