@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -15,12 +14,9 @@ import (
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
@@ -172,35 +168,11 @@ func TestWatchAppliesRoutes(t *testing.T) {
 	}
 }
 
-// adsServer is a plain go-control-plane ADS server on loopback serving the
-// snapshots set for node "test": resources meshd never sends (a route to
-// a cluster that does not exist yet, a bad regex). xdstest's
-// SnapshotServer serves one cluster only.
-type adsServer struct {
-	addr  string
-	cache cachev3.SnapshotCache
-}
-
-func startADS(t *testing.T) *adsServer {
-	t.Helper()
-	c := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := grpc.NewServer()
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(ctx, c, nil))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { cancel(); srv.Stop(); <-done })
-	return &adsServer{addr: lis.Addr().String(), cache: c}
-}
-
-// set serves version: the listener and main cluster "svc" of
+// setRoutes serves version: the listener and main cluster "svc" of
 // xdstest.ClientResources, a route configuration of routes, and extra
-// clusters (with one endpoint each).
-func (s *adsServer) set(t *testing.T, version string, routes []*routepb.Route, extra ...string) {
+// clusters (with one endpoint each): resources meshd never sends (a route
+// to a cluster that does not exist yet, a bad regex).
+func setRoutes(t *testing.T, s *xdstest.SnapshotServer, version string, routes []*routepb.Route, extra ...string) {
 	t.Helper()
 	l, rc, c, e := xdstest.ClientResources(t, "svc", "127.0.0.1:1001")
 	rc.VirtualHosts[0].Routes = routes
@@ -214,13 +186,7 @@ func (s *adsServer) set(t *testing.T, version string, routes []*routepb.Route, e
 		res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], c2)
 		res[resourcev3.EndpointType] = append(res[resourcev3.EndpointType], e2)
 	}
-	snap, err := cachev3.NewSnapshot(version, res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.cache.SetSnapshot(context.Background(), "test", snap); err != nil {
-		t.Fatal(err)
-	}
+	s.SetResources(t, version, res)
 }
 
 func routeTo(cluster string, match *routepb.RouteMatch) *routepb.Route {
@@ -233,16 +199,16 @@ func routeTo(cluster string, match *routepb.RouteMatch) *routepb.Route {
 // has routes to a cluster it lacks; a route table the client cannot use
 // is NACKed and the last good one stays.
 func TestWatchAppliesRoutesOnceTheirClustersAreKnown(t *testing.T) {
-	ads := startADS(t)
+	ads := xdstest.StartSnapshotServer(t)
 	all := &routepb.RouteMatch{PathSpecifier: &routepb.RouteMatch_Prefix{Prefix: "/"}}
-	ads.set(t, "1", []*routepb.Route{routeTo("svc/new", all)})
+	setRoutes(t, ads, "1", []*routepb.Route{routeTo("svc/new", all)})
 
 	acks := make(chan xdsstatus.Update, 64)
 	rec := xdsstatus.New(func(u xdsstatus.Update) { acks <- u })
 	defer rec.Close()
 	var mu sync.Mutex
 	var bad []string
-	w, err := httpxds.Start(httpxds.Config{ServerURI: ads.addr, NodeID: "test", Cluster: "svc", Listener: "svc",
+	w, err := httpxds.Start(httpxds.Config{ServerURI: ads.Addr, NodeID: "test", Cluster: "svc", Listener: "svc",
 		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
 		for _, r := range u.Routes {
 			for _, c := range r.Clusters {
@@ -282,7 +248,7 @@ func TestWatchAppliesRoutesOnceTheirClustersAreKnown(t *testing.T) {
 		t.Errorf("routes to svc/new applied before svc/new is known: %+v", u)
 	}
 
-	ads.set(t, "2", []*routepb.Route{routeTo("svc/new", all)}, "svc/new")
+	setRoutes(t, ads, "2", []*routepb.Route{routeTo("svc/new", all)}, "svc/new")
 	xdstest.WaitFor(ctx, t, "routes to svc/new", func() error {
 		if u := w.Last(); u.Routes == nil || u.Clusters["svc/new"].Endpoints == nil {
 			return xdstest.ErrNotYet
@@ -291,7 +257,7 @@ func TestWatchAppliesRoutesOnceTheirClustersAreKnown(t *testing.T) {
 	})
 
 	regex := &routepb.RouteMatch{PathSpecifier: &routepb.RouteMatch_SafeRegex{SafeRegex: &matcherpb.RegexMatcher{Regex: "(unclosed"}}}
-	ads.set(t, "3", []*routepb.Route{routeTo("svc", regex), routeTo("svc", all)}, "svc/new")
+	setRoutes(t, ads, "3", []*routepb.Route{routeTo("svc", regex), routeTo("svc", all)}, "svc/new")
 	if u := waitAck(xdsstatus.RouteType, true); !strings.Contains(u.Detail, "(unclosed") {
 		t.Errorf("NACK detail %q does not name the bad regex", u.Detail)
 	}

@@ -61,9 +61,15 @@ func (s *SnapshotServer) Set(t testing.TB, version, name, addr string, cluster *
 	if cluster != nil {
 		c = cluster
 	}
-	snap, err := cache.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+	s.SetResources(t, version, map[resourcev3.Type][]types.Resource{
 		resourcev3.ListenerType: {l}, resourcev3.RouteType: {r}, resourcev3.ClusterType: {c}, resourcev3.EndpointType: {e},
 	})
+}
+
+// SetResources serves version of exactly these resources.
+func (s *SnapshotServer) SetResources(t testing.TB, version string, res map[resourcev3.Type][]types.Resource) {
+	t.Helper()
+	snap, err := cache.NewSnapshot(version, res)
 	if err != nil {
 		t.Fatal(err)
 	}
