@@ -275,7 +275,7 @@ func TestAdminRefusesNonLoopbackAddresses(t *testing.T) {
 
 func TestAdminEndpointShowsServerAndClient(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	const adminAddr = "127.0.0.1:0" // one endpoint for every server and client of the process asking for it
+	adminAddr := freeAddr(t) // one endpoint for every server and client of the process asking for it
 	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithAdmin(adminAddr),
 		mesh.WithAuthorizer(security.Rules(security.Allow("clients", security.ExactID(id("/client"))))))
 	if err != nil {

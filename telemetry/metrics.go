@@ -69,6 +69,18 @@ type Event struct {
 	Detail   string        `json:"detail,omitempty"`   // error message, state change, count...
 }
 
+// IsChange says whether events of kind record a change of config or state
+// (xDS and discovery updates, unsupported fields, breaker changes,
+// ejections, SVID rotations) rather than traffic (calls, retries, hedges,
+// denials...).
+func IsChange(kind string) bool {
+	switch kind {
+	case EventXDS, EventUnsupported, EventDiscovery, EventBreaker, EventEjected, EventUnejected, EventRotated:
+		return true
+	}
+	return false
+}
+
 // Metrics records the mesh's metrics through the OpenTelemetry metrics API
 // and hands every recorded event to an optional sink (the admin endpoint).
 // The methods match the callbacks of the leaf packages, so wiring one is

@@ -240,7 +240,7 @@ func (c *client) explain(ctx context.Context, w io.Writer, target string, limit 
 		if e.Target != target && e.Method != target && e.Source != target && e.Peer != target {
 			continue
 		}
-		if isChange(e.Kind) {
+		if telemetry.IsChange(e.Kind) {
 			changes = append(changes, e)
 		} else {
 			evs = append(evs, e)
@@ -289,17 +289,6 @@ func (c *client) explain(ctx context.Context, w io.Writer, target string, limit 
 		fmt.Fprintln(w, s)
 	}
 	return nil
-}
-
-// isChange says whether an event changed config or state rather than
-// recorded traffic (the admin endpoint keeps the two apart the same way).
-func isChange(kind string) bool {
-	switch kind {
-	case telemetry.EventXDS, telemetry.EventUnsupported, telemetry.EventDiscovery, telemetry.EventBreaker,
-		telemetry.EventEjected, telemetry.EventUnejected, telemetry.EventRotated:
-		return true
-	}
-	return false
 }
 
 // why is the one-line reason for an event.

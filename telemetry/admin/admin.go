@@ -278,7 +278,7 @@ func (s *Server) Record(e telemetry.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recorded++
-	if isChange(e.Kind) {
+	if telemetry.IsChange(e.Kind) {
 		s.changes.add(recorded{s.recorded, e})
 	} else {
 		s.events.add(recorded{s.recorded, e})
@@ -512,18 +512,6 @@ func (s *Server) denialList() []Denial {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.denials.list()
-}
-
-// isChange says whether events of kind change config or state (xDS and
-// discovery updates, unsupported fields, breaker changes, ejections, SVID
-// rotations) rather than record traffic.
-func isChange(kind string) bool {
-	switch kind {
-	case telemetry.EventXDS, telemetry.EventUnsupported, telemetry.EventDiscovery, telemetry.EventBreaker,
-		telemetry.EventEjected, telemetry.EventUnejected, telemetry.EventRotated:
-		return true
-	}
-	return false
 }
 
 // eventList returns the recent events, oldest first: traffic and changes
