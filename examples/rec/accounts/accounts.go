@@ -222,22 +222,5 @@ func (s *Server) Totals(ctx context.Context, _ *recpb.TotalsRequest) (*recpb.Acc
 
 // ListHolds lists unreleased holds placed before req's time, oldest first.
 func (s *Server) ListHolds(ctx context.Context, req *recpb.ListHoldsRequest) (*recpb.ListHoldsReply, error) {
-	limit := req.GetLimit()
-	if limit <= 0 || limit > 1000 {
-		limit = 100
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT hold_id, participant, at_ms FROM holds WHERE released = 0 AND at_ms < ? ORDER BY at_ms LIMIT ?`, req.GetPlacedBeforeUnixMs(), limit)
-	if err != nil {
-		return nil, recdb.StoreErr(err)
-	}
-	defer rows.Close()
-	reply := &recpb.ListHoldsReply{}
-	for rows.Next() {
-		h := &recpb.HoldInfo{}
-		if err := rows.Scan(&h.HoldId, &h.Owner, &h.PlacedUnixMs); err != nil {
-			return nil, recdb.StoreErr(err)
-		}
-		reply.Holds = append(reply.Holds, h)
-	}
-	return reply, recdb.StoreErr(rows.Err())
+	return recdb.ListHolds(ctx, s.db, "participant", req)
 }
