@@ -32,14 +32,14 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
+	"github.com/gridmesh/gridmesh/internal/xdsname"
 )
 
 // ServerListenerName is the name of the server-side Listener resource for a
 // server listening on addr (host:port). It matches grpc-go's default
 // server_listener_resource_name_template, which the bootstrap sets.
 func ServerListenerName(addr string) string {
-	return fmt.Sprintf(xdsbootstrap.ServerListenerTemplate, addr)
+	return fmt.Sprintf(xdsname.ServerListenerTemplate, addr)
 }
 
 // VersionCluster names the cluster of one version of a service:
@@ -570,7 +570,7 @@ func rbacConfig(s *Service) *rbacpb.RBAC {
 }
 
 func commonTLS(sans []*matcherpb.StringMatcher) *tlspb.CommonTlsContext {
-	inst := &tlspb.CertificateProviderPluginInstance{InstanceName: xdsbootstrap.CertProviderInstance}
+	inst := &tlspb.CertificateProviderPluginInstance{InstanceName: xdsname.CertProviderInstance}
 	return &tlspb.CommonTlsContext{
 		TlsCertificateProviderInstance: inst,
 		ValidationContextType: &tlspb.CommonTlsContext_ValidationContext{ValidationContext: &tlspb.CertificateValidationContext{

@@ -37,17 +37,17 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/xds"
 
+	"github.com/gridmesh/gridmesh/internal/xdsname"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 )
 
 const (
 	// ServerListenerTemplate is the name template of server-side Listener
-	// resources; %s is the listening address host:port. It is grpc-go's
-	// default, and meshd names server listeners with it.
-	ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+	// resources (see xdsname).
+	ServerListenerTemplate = xdsname.ServerListenerTemplate
 	// CertProviderInstance is the certificate provider instance name that
 	// meshd's clusters and server listeners refer to for mTLS.
-	CertProviderInstance = "gridmesh"
+	CertProviderInstance = xdsname.CertProviderInstance
 )
 
 // CertProvider names the grpc-go certificate-provider plugin that supplies
