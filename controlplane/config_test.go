@@ -79,7 +79,7 @@ func TestParseConfigRefusesWithFieldLineAndFix(t *testing.T) {
 		{
 			name: "misspelt key",
 			yaml: "services:\n  - name: a\n    rutes: []\n",
-			want: []controlplane.Problem{{Line: 3, Message: `unknown key "rutes"; check the spelling against the documented keys (services, routes, versions, split, retry, fault, authorization, ...)`}},
+			want: []controlplane.Problem{{Line: 3, Field: "services[0].rutes", Message: `unknown key "rutes" (did you mean "routes"?); the keys here are name, port, spiffe_id, lb, hash_header, endpoints, versions, routes, timeout, retry, circuit_breaker, outlier_detection, authorization`}},
 		},
 		{
 			name: "not YAML",
@@ -94,7 +94,7 @@ func TestParseConfigRefusesWithFieldLineAndFix(t *testing.T) {
 		{
 			name: "bare number duration",
 			yaml: "services:\n  - name: a\n    timeout: 2\n",
-			want: []controlplane.Problem{{Line: 3, Message: "cannot unmarshal !!int `2` into time.Duration; write durations with a unit, like 250ms or 2s"}},
+			want: []controlplane.Problem{{Line: 3, Field: "services[0].timeout", Message: "2 has no unit; timeout takes a duration with a unit, like 250ms or 2s"}},
 		},
 		{
 			name: "duplicate service and bad lb",

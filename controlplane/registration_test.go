@@ -25,8 +25,10 @@ func TestRegistrationAPIRefusesBadInput(t *testing.T) {
 		reg  registration.Registration
 		want *registration.Error
 	}{
-		{"bad service", registration.Registration{Service: "Bad Name", Address: "127.0.0.1:1"},
-			&registration.Error{Status: 400, Message: `service "Bad Name": use lower-case letters, digits, '-', '.' and '_'`}},
+		{"bad service", registration.Registration{Service: "Bad_Name", Address: "127.0.0.1:1"},
+			&registration.Error{Status: 400, Message: `service "Bad_Name": use lower-case letters, digits, '-', '.' and '_'`}},
+		{"space in service", registration.Registration{Service: "bad name", Address: "127.0.0.1:1"},
+			&registration.Error{Status: 400, Message: `body is not a registration: field service: "bad name" holds a space at byte 3; registration values are printable ASCII`}},
 		{"no port", registration.Registration{Service: "b", Address: "127.0.0.1"},
 			&registration.Error{Status: 400, Message: `address "127.0.0.1" is not host:port, like 10.0.0.7:8443`}},
 		{"bad spiffe id", registration.Registration{Service: "b", Address: "127.0.0.1:1", SPIFFEID: "b"},

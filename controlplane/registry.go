@@ -1,13 +1,20 @@
 package controlplane
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"mime"
 	"net/http"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -69,7 +76,7 @@ func (r *registry) add(reg registration.Registration) (int, error) {
 	defer r.mu.Unlock()
 	for k, e := range r.entries {
 		if e.ep.Address == ep.Address && e.ep.Service != ep.Service {
-			return http.StatusConflict, fmt.Errorf("address %s is registered for service %q; deregister it there first (%s)", ep.Address, e.ep.Service, k)
+			return http.StatusConflict, fmt.Errorf("address %s is registered for service %s; deregister it there first (%s)", cutText(ep.Address), quoteValue(e.ep.Service), cutText(k))
 		}
 	}
 	key := regKey(ep.Service, ep.Address)
@@ -150,22 +157,22 @@ func (r *registry) expireLoop(stop <-chan struct{}) {
 // checkEndpoint validates an endpoint from a dynamic source.
 func checkEndpoint(ep Endpoint) error {
 	if !nameRE.MatchString(ep.Service) {
-		return fmt.Errorf("service %q: use lower-case letters, digits, '-', '.' and '_'", ep.Service)
+		return fmt.Errorf("service %s: use lower-case letters, digits, '-', '.' and '_'", quoteValue(ep.Service))
 	}
 	if ep.Version != "" && !nameRE.MatchString(ep.Version) {
-		return fmt.Errorf("version %q: use lower-case letters, digits, '-', '.' and '_'", ep.Version)
+		return fmt.Errorf("version %s: use lower-case letters, digits, '-', '.' and '_'", quoteValue(ep.Version))
 	}
 	if a, err := endpointAddress(ep.Address, 0); err != nil || a != ep.Address {
-		return fmt.Errorf("address %q is not host:port, like 10.0.0.7:8443", ep.Address)
+		return fmt.Errorf("address %s is not host:port, like 10.0.0.7:8443", quoteValue(ep.Address))
 	}
 	if ep.ListenAddress != "" {
 		if a, err := endpointAddress(ep.ListenAddress, 0); err != nil || a != ep.ListenAddress {
-			return fmt.Errorf("listen_address %q is not host:port, like 0.0.0.0:8443", ep.ListenAddress)
+			return fmt.Errorf("listen_address %s is not host:port, like 0.0.0.0:8443", quoteValue(ep.ListenAddress))
 		}
 	}
 	if ep.SPIFFEID != "" {
 		if _, err := spiffeid.FromString(ep.SPIFFEID); err != nil {
-			return fmt.Errorf("spiffe_id %q is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", ep.SPIFFEID, err)
+			return fmt.Errorf("spiffe_id %s is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", quoteValue(ep.SPIFFEID), err)
 		}
 	}
 	return nil
@@ -176,13 +183,32 @@ func checkEndpoint(ep Endpoint) error {
 // /debug/config (the snapshot in force, JSON) and /debug/clients (what each
 // connected client was sent). Bind it to a trusted address: registration
 // is not authenticated.
+//
+// A registration (PUT /v1/endpoints) is refused with 415 unless its
+// Content-Type is application/json (charset, if given, utf-8), with 413 if
+// its body is over registration.MaxBodySize (64 KiB), and with 400 if the
+// body is not exactly one JSON object in UTF-8 with the fields of
+// registration.Registration, each once, spelt exactly, of the right type,
+// and printable ASCII (no NUL, control characters or spaces). Errors name
+// the field and quote values cut to a few dozen bytes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/endpoints", func(w http.ResponseWriter, req *http.Request) {
-		var reg registration.Registration
-		dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&reg); err != nil {
+		if err := checkJSONContentType(req.Header.Get("Content-Type")); err != nil {
+			writeErr(w, http.StatusUnsupportedMediaType, err)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, registration.MaxBodySize))
+		if err != nil {
+			if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+				writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is over the limit of %d bytes (64 KiB, registration.MaxBodySize) for one registration", registration.MaxBodySize))
+				return
+			}
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+			return
+		}
+		reg, err := decodeRegistration(body)
+		if err != nil {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("body is not a registration: %w", err))
 			return
 		}
@@ -194,8 +220,13 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("DELETE /v1/endpoints", func(w http.ResponseWriter, req *http.Request) {
 		q := req.URL.Query()
-		if !s.reg.remove(q.Get("service"), q.Get("address")) {
-			writeErr(w, http.StatusNotFound, fmt.Errorf("nothing registered for service %q at %q", q.Get("service"), q.Get("address")))
+		service, address := q.Get("service"), q.Get("address")
+		if service == "" || address == "" {
+			writeErr(w, http.StatusBadRequest, errors.New("query parameters service and address are required: DELETE /v1/endpoints?service=S&address=A"))
+			return
+		}
+		if !s.reg.remove(service, address) {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("nothing registered for service %s at %s", quoteValue(service), quoteValue(address)))
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -237,6 +268,203 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, s.Clients())
 	})
 	return mux
+}
+
+// checkJSONContentType accepts application/json, with charset utf-8 if a
+// charset is given.
+func checkJSONContentType(ct string) error {
+	if ct == "" {
+		return errors.New("no Content-Type; send the registration as Content-Type: application/json")
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
+		return fmt.Errorf("Content-Type %s: send the registration as application/json", quoteValue(ct))
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return fmt.Errorf("Content-Type charset %s: send the registration in utf-8", quoteValue(cs))
+	}
+	return nil
+}
+
+// registrationFields are the JSON fields of registration.Registration.
+var registrationFields = []string{"service", "version", "address", "listen_address", "spiffe_id", "weight", "ttl"}
+
+// decodeRegistration decodes body as one registration. It is stricter than
+// encoding/json: the body must be valid UTF-8 (json.Unmarshal turns bad
+// bytes into U+FFFD), one object and nothing after it, each field spelt
+// exactly (json.Unmarshal matches "SERVICE" to service) and given once
+// (json.Unmarshal keeps the last of two, where another reader may keep the
+// first), not null, of its type, and printable ASCII.
+func decodeRegistration(body []byte) (registration.Registration, error) {
+	var reg registration.Registration
+	if !utf8.Valid(body) {
+		off := 0
+		for off < len(body) {
+			r, size := utf8.DecodeRune(body[off:])
+			if r == utf8.RuneError && size == 1 {
+				break
+			}
+			off += size
+		}
+		return reg, fmt.Errorf("byte %d is not UTF-8; send JSON in UTF-8", off)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	syntaxErr := func(err error) error {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return errors.New("the JSON object ends early; send one complete object like {\"service\": \"trading\", \"address\": \"10.0.0.7:8443\"}")
+		}
+		return fmt.Errorf("not valid JSON at byte %d: %s", dec.InputOffset(), cutText(err.Error()))
+	}
+	tok, err := dec.Token()
+	if errors.Is(err, io.EOF) {
+		return reg, errors.New("the body is empty; send one JSON object like {\"service\": \"trading\", \"address\": \"10.0.0.7:8443\"}")
+	}
+	if err != nil {
+		return reg, syntaxErr(err)
+	}
+	if tok != json.Delim('{') {
+		return reg, fmt.Errorf("%s is not a JSON object; send one object like {\"service\": \"trading\", \"address\": \"10.0.0.7:8443\"}", jsonKind(tok))
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return reg, syntaxErr(err)
+		}
+		key := tok.(string) // object keys are strings, or Token fails
+		if !slices.Contains(registrationFields, key) {
+			return reg, fmt.Errorf("unknown field %s%s; the fields are %s (spelt exactly so)", quoteValue(key), didYouMean(key, registrationFields), strings.Join(registrationFields, ", "))
+		}
+		if seen[key] {
+			return reg, fmt.Errorf("field %s appears twice; send it once", key)
+		}
+		seen[key] = true
+		val, err := dec.Token()
+		if err != nil {
+			return reg, syntaxErr(err)
+		}
+		if err := setRegistrationField(&reg, key, val); err != nil {
+			return reg, fmt.Errorf("field %s: %w", key, err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return reg, syntaxErr(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return reg, fmt.Errorf("data after the JSON object (at byte %d); send exactly one object", dec.InputOffset())
+	}
+	for _, f := range []string{"service", "address"} {
+		if !seen[f] {
+			return reg, fmt.Errorf("field %s is missing; a registration names its service and address", f)
+		}
+	}
+	return reg, nil
+}
+
+// setRegistrationField sets the field key of reg from a JSON token.
+func setRegistrationField(reg *registration.Registration, key string, val json.Token) error {
+	if d, ok := val.(json.Delim); ok {
+		if d == '{' {
+			return errors.New("an object where a single value is expected")
+		}
+		return errors.New("an array where a single value is expected")
+	}
+	if val == nil {
+		return errors.New("null; leave the field out instead")
+	}
+	switch key {
+	case "weight":
+		n, ok := val.(json.Number)
+		if !ok {
+			return fmt.Errorf("%s where a number is expected; weight is a whole number from 0 to 4294967295, relative to the service's other endpoints (0: the default, 1)", jsonKind(val))
+		}
+		w, err := strconv.ParseUint(n.String(), 10, 32)
+		if err != nil {
+			why := "is not a whole number"
+			switch {
+			case strings.HasPrefix(n.String(), "-"):
+				why = "is negative"
+			case errors.Is(err, strconv.ErrRange):
+				why = "is too large"
+			}
+			return fmt.Errorf("%s %s; weight is a whole number from 0 to 4294967295, relative to the service's other endpoints", cutText(n.String()), why)
+		}
+		reg.Weight = uint32(w)
+		return nil
+	}
+	str, ok := val.(string)
+	if !ok {
+		return fmt.Errorf("%s where a string is expected", jsonKind(val))
+	}
+	if err := checkPrintable(str); err != nil {
+		return err
+	}
+	switch key {
+	case "service":
+		reg.Service = str
+	case "version":
+		reg.Version = str
+	case "address":
+		reg.Address = str
+	case "listen_address":
+		reg.ListenAddress = str
+	case "spiffe_id":
+		reg.SPIFFEID = str
+	case "ttl":
+		d, err := time.ParseDuration(str)
+		if err != nil {
+			return fmt.Errorf("%s is not a duration; write one like \"10s\"", quoteValue(str))
+		}
+		if d < 0 {
+			return fmt.Errorf("%s is negative; write a duration like \"10s\", or leave ttl out for none", quoteValue(str))
+		}
+		reg.TTL = registration.Duration(d)
+	}
+	return nil
+}
+
+// checkPrintable refuses a value with a byte outside printable ASCII: the
+// values of a registration (names, addresses, SPIFFE IDs, durations) have
+// none, and a NUL or a control character is how values are smuggled past
+// checks that stop at them.
+func checkPrintable(s string) error {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		var what string
+		switch {
+		case c == 0:
+			what = "a NUL byte"
+		case c == ' ':
+			what = "a space"
+		case c < 0x20 || c == 0x7f:
+			what = fmt.Sprintf("a control character (0x%02x)", c)
+		case c >= 0x80:
+			what = fmt.Sprintf("a byte that is not ASCII (0x%02x)", c)
+		default:
+			continue
+		}
+		return fmt.Errorf("%s holds %s at byte %d; registration values are printable ASCII", quoteValue(s), what, i)
+	}
+	return nil
+}
+
+func jsonKind(tok json.Token) string {
+	switch v := tok.(type) {
+	case json.Delim:
+		if v == '[' {
+			return "an array"
+		}
+		return "an object"
+	case string:
+		return "a string " + quoteValue(v)
+	case json.Number:
+		return "the number " + cutText(v.String())
+	case bool:
+		return "a boolean"
+	default:
+		return "null"
+	}
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

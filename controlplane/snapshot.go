@@ -124,6 +124,9 @@ func BuildSnapshot(cfg *Config, endpoints []Endpoint) (*Snapshot, error) {
 			list = append(list, e)
 		}
 		sort.Slice(list, func(i, j int) bool { return list[i].Address < list[j].Address })
+		if err := checkEndpointWeights(name, list); err != nil {
+			return nil, err
+		}
 		if err := b.service(s, list); err != nil {
 			return nil, err
 		}

@@ -2,11 +2,14 @@ package controlplane
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"regexp"
+	"regexp/syntax"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -44,10 +47,10 @@ func validate(cfg *Config) []Problem {
 		case s.Name == "":
 			v.add(f+".name", "missing; every service needs a name, the target clients dial as xds:///<name>")
 		case !nameRE.MatchString(s.Name):
-			v.add(f+".name", "%q is not allowed; use lower-case letters, digits, '-', '.' and '_', starting with a letter or digit", s.Name)
+			v.add(f+".name", "%s is not allowed; use lower-case letters, digits, '-', '.' and '_', starting with a letter or digit", quoteValue(s.Name))
 		default:
 			if j, dup := names[s.Name]; dup {
-				v.add(f+".name", "%q is already the name of services[%d]; service names must be unique", s.Name, j)
+				v.add(f+".name", "%s is already the name of services[%d]; service names must be unique", quoteValue(s.Name), j)
 			}
 			names[s.Name] = i
 		}
@@ -62,19 +65,19 @@ func (v *validator) service(f string, s *Service, mtls bool, owner map[string]st
 	}
 	if s.SPIFFEID != "" {
 		if _, err := spiffeid.FromString(s.SPIFFEID); err != nil {
-			v.add(f+".spiffe_id", "%q is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", s.SPIFFEID, err)
+			v.add(f+".spiffe_id", "%s is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", quoteValue(s.SPIFFEID), err)
 		}
 	}
 	switch s.LB {
 	case "", "round_robin", "least_request", "ring_hash":
 	default:
-		v.add(f+".lb", "%q is not a load-balancing policy; use round_robin, least_request or ring_hash", s.LB)
+		v.add(f+".lb", "%s is not a load-balancing policy; use round_robin, least_request or ring_hash", quoteValue(s.LB))
 	}
 	if s.HashHeader != "" && s.LB != "ring_hash" {
 		v.add(f+".hash_header", "only applies with lb: ring_hash; remove it or set lb: ring_hash")
 	}
 	if s.HashHeader != "" && !headerRE.MatchString(s.HashHeader) {
-		v.add(f+".hash_header", "%q is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", s.HashHeader)
+		v.add(f+".hash_header", "%s is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", quoteValue(s.HashHeader))
 	}
 	for j, ep := range s.Endpoints {
 		v.endpoint(fmt.Sprintf("%s.endpoints[%d]", f, j), ep, s, owner)
@@ -86,9 +89,9 @@ func (v *validator) service(f string, s *Service, mtls bool, owner map[string]st
 		case ver.Name == "":
 			v.add(vf+".name", "missing; routes refer to versions by name")
 		case !nameRE.MatchString(ver.Name):
-			v.add(vf+".name", "%q is not allowed; use lower-case letters, digits, '-', '.' and '_'", ver.Name)
+			v.add(vf+".name", "%s is not allowed; use lower-case letters, digits, '-', '.' and '_'", quoteValue(ver.Name))
 		case versions[ver.Name]:
-			v.add(vf+".name", "%q appears twice; version names must be unique in a service", ver.Name)
+			v.add(vf+".name", "%s appears twice; version names must be unique in a service", quoteValue(ver.Name))
 		}
 		versions[ver.Name] = true
 		for k, ep := range ver.Endpoints {
@@ -138,7 +141,7 @@ func (v *validator) service(f string, s *Service, mtls bool, owner map[string]st
 		}
 		for k, m := range p.Methods {
 			if m != "*" && !methodRE.MatchString(m) && !svcRE.MatchString(m) {
-				v.add(fmt.Sprintf("%s.methods[%d]", pf, k), "%q is not a method; use \"/pkg.Service/Method\", \"/pkg.Service/*\" or \"*\"", m)
+				v.add(fmt.Sprintf("%s.methods[%d]", pf, k), "%s is not a method; use \"/pkg.Service/Method\", \"/pkg.Service/*\" or \"*\"", quoteValue(m))
 			}
 		}
 	}
@@ -151,9 +154,9 @@ func (v *validator) endpoint(f, ep string, s *Service, owner map[string]string) 
 		return
 	}
 	if o, ok := owner[addr]; ok && o != s.Name {
-		v.add(f, "%s is already an endpoint of service %q; an address serves one service", addr, o)
+		v.add(f, "%s is already an endpoint of service %s; an address serves one service", cutText(addr), quoteValue(o))
 	} else if ok {
-		v.add(f, "%s is listed twice in service %q", addr, s.Name)
+		v.add(f, "%s is listed twice in service %s", cutText(addr), quoteValue(s.Name))
 	}
 	owner[addr] = s.Name
 }
@@ -163,13 +166,13 @@ func endpointAddress(ep string, port uint32) (string, error) {
 	host, p, err := net.SplitHostPort(ep)
 	if err != nil {
 		if port == 0 || strings.Contains(err.Error(), "too many colons") {
-			return "", fmt.Errorf("%q is not host:port; write an address like 10.0.0.7:8443, or set the service's port", ep)
+			return "", fmt.Errorf("%s is not host:port; write an address like 10.0.0.7:8443, or set the service's port", quoteValue(ep))
 		}
 		host, p = ep, strconv.Itoa(int(port))
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 || host == "" {
-		return "", fmt.Errorf("%q is not host:port with a port in 1-65535", ep)
+		return "", fmt.Errorf("%s is not host:port with a port in 1-65535", quoteValue(ep))
 	}
 	return net.JoinHostPort(host, p), nil
 }
@@ -189,7 +192,7 @@ func (v *validator) retry(f string, r *RetryPolicy) {
 	}
 	for i, c := range r.On {
 		if !retryCodes[c] {
-			v.add(fmt.Sprintf("%s.on[%d]", f, i), "%q is not retriable by grpc-go; use unavailable, cancelled, deadline-exceeded, internal or resource-exhausted", c)
+			v.add(fmt.Sprintf("%s.on[%d]", f, i), "%s is not retriable by grpc-go; use unavailable, cancelled, deadline-exceeded, internal or resource-exhausted", quoteValue(c))
 		}
 	}
 	if r.Attempts > 10 {
@@ -208,17 +211,17 @@ func (v *validator) route(f string, r *Route, versions map[string]bool) {
 		v.add(f+".match", "sets both method and prefix; use one")
 	}
 	if m.Method != "" && !methodRE.MatchString(m.Method) {
-		v.add(f+".match.method", "%q is not a full gRPC method; write /pkg.Service/Method", m.Method)
+		v.add(f+".match.method", "%s is not a full gRPC method; write /pkg.Service/Method", quoteValue(m.Method))
 	}
 	if m.Prefix != "" && !strings.HasPrefix(m.Prefix, "/") {
-		v.add(f+".match.prefix", "%q must start with '/', like /pkg.Service/", m.Prefix)
+		v.add(f+".match.prefix", "%s must start with '/', like /pkg.Service/", quoteValue(m.Prefix))
 	}
 	for i, h := range m.Headers {
 		hf := fmt.Sprintf("%s.match.headers[%d]", f, i)
 		if !headerRE.MatchString(h.Name) {
-			v.add(hf+".name", "%q is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", h.Name)
+			v.add(hf+".name", "%s is not a gRPC metadata key; use lower-case letters, digits, '-', '.', '_'", quoteValue(h.Name))
 		} else if strings.HasPrefix(h.Name, "grpc-") {
-			v.add(hf+".name", "%q: grpc-go ignores matches on grpc- headers; match another key", h.Name)
+			v.add(hf+".name", "%s: grpc-go ignores matches on grpc- headers; match another key", quoteValue(h.Name))
 		}
 		n := 0
 		for _, set := range []bool{h.Exact != "", h.Prefix != "", h.Regex != "", h.Present} {
@@ -231,7 +234,12 @@ func (v *validator) route(f string, r *Route, versions map[string]bool) {
 		}
 		if h.Regex != "" {
 			if _, err := regexp.Compile(h.Regex); err != nil {
-				v.add(hf+".regex", "%q is not an RE2 regular expression: %v", h.Regex, err)
+				// The error quotes the expression: quote it cut instead.
+				why := err.Error()
+				if se, ok := err.(*syntax.Error); ok {
+					why = fmt.Sprintf("%s at %s", se.Code, quoteValue(se.Expr))
+				}
+				v.add(hf+".regex", "%s is not an RE2 regular expression: %s", quoteValue(h.Regex), cutText(why))
 			}
 		}
 	}
@@ -239,21 +247,25 @@ func (v *validator) route(f string, r *Route, versions map[string]bool) {
 		v.add(f, "sets both version and split; use version for one target or split for several")
 	}
 	if r.Version != "" && !versions[r.Version] {
-		v.add(f+".version", "%q is not a version of this service; declare it under versions", r.Version)
+		v.add(f+".version", "%s is not a version of this service; declare it under versions", quoteValue(r.Version))
 	}
+	// Weights are relative (see WeightedVersion): grpc-go sends a leg
+	// weight/total of the calls, skips legs of weight 0, and refuses a
+	// route whose total is 0 or over MaxUint32, which would NACK the whole
+	// route table of the service.
 	var total uint64
 	for i, w := range r.Split {
 		sf := fmt.Sprintf("%s.split[%d]", f, i)
 		if !versions[w.Version] {
-			v.add(sf+".version", "%q is not a version of this service; declare it under versions", w.Version)
-		}
-		if w.Weight == 0 {
-			v.add(sf+".weight", "must be at least 1; remove the entry to send it nothing")
+			v.add(sf+".version", "%s is not a version of this service; declare it under versions", quoteValue(w.Version))
 		}
 		total += uint64(w.Weight)
 	}
-	if total > 1<<32-1 {
-		v.add(f+".split", "weights add up to %d; keep the sum under 4294967295", total)
+	switch {
+	case len(r.Split) > 0 && total == 0:
+		v.add(f+".split", "the weights add up to 0, so no call would be routed; give at least one version a weight above 0 (weights are relative: 9 and 1 split calls 90%%/10%%)")
+	case total > math.MaxUint32:
+		v.add(f+".split", "the weights add up to %d, over grpc-go's limit of 4294967295; use smaller numbers (weights are relative: 9 and 1 split calls like 90 and 10)", total)
 	}
 	v.timeout(f+".timeout", r.Timeout)
 	v.retry(f+".retry", r.Retry)
@@ -270,7 +282,7 @@ func (v *validator) route(f string, r *Route, versions map[string]bool) {
 		}
 		if a := fl.Abort; a != nil {
 			if _, ok := grpcCode(a.Code); !ok {
-				v.add(f+".fault.abort.code", "%q is not a gRPC error code; use a name like UNAVAILABLE or PERMISSION_DENIED", a.Code)
+				v.add(f+".fault.abort.code", "%s is not a gRPC error code; use a name like UNAVAILABLE or PERMISSION_DENIED", quoteValue(a.Code))
 			}
 			v.percent(f+".fault.abort.percent", a.Percent)
 		}
@@ -278,7 +290,7 @@ func (v *validator) route(f string, r *Route, versions map[string]bool) {
 }
 
 func (v *validator) percent(f string, p float64) {
-	if p <= 0 || p > 100 {
+	if !(p > 0 && p <= 100) { // NaN too
 		v.add(f, "%v is not a percentage in (0, 100]", p)
 	}
 }
@@ -303,10 +315,77 @@ func parseSource(src string) (match string, prefix bool, err error) {
 		if td, err2 := spiffeid.TrustDomainFromString(base); err2 == nil && wild {
 			return td.IDString() + "/", true, nil
 		}
-		return "", false, fmt.Errorf("%q is not a SPIFFE ID (%v); write spiffe://td/path, spiffe://td/path/* or spiffe://td/*", src, err)
+		return "", false, fmt.Errorf("%s is not a SPIFFE ID (%v); write spiffe://td/path, spiffe://td/path/* or spiffe://td/*", quoteValue(src), err)
 	}
 	if wild {
 		return base + "/", true, nil
 	}
 	return base, false, nil
+}
+
+// checkEndpointWeights refuses endpoints of one service whose weights add up
+// to more than grpc-go accepts for one locality (meshd puts a service's
+// endpoints in one): grpc-go would NACK the service's endpoints. Weight 0
+// counts as the default, 1. Endpoint weights are relative, like split
+// weights.
+func checkEndpointWeights(service string, eps []Endpoint) error {
+	var total uint64
+	for _, e := range eps {
+		total += uint64(max(e.Weight, 1))
+	}
+	if total > math.MaxUint32 {
+		return fmt.Errorf("controlplane: the endpoints of service %s weigh %d together, over grpc-go's limit of 4294967295; lower the weights (they are relative: 2 and 1 send twice the calls to the first)", quoteValue(service), total)
+	}
+	return nil
+}
+
+// maxQuoted bounds, in bytes, how much of a value quoteValue shows, and
+// maxText how much of other text (a library's error, a long number)
+// cutText keeps. Errors quote config files and request bodies, which can be
+// megabytes: every value an error shows goes through quoteValue or cutText.
+const (
+	maxQuoted = 48
+	maxText   = 160
+)
+
+// quoteValue quotes s for an error message as strconv.Quote does, but
+// shows at most maxQuoted bytes of its quoted form; a longer value is cut
+// on a character boundary and marked with its length:
+//
+//	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"… (16777216 bytes, cut)
+func quoteValue(s string) string {
+	q := strconv.Quote(s)
+	if len(q) <= maxQuoted+2 {
+		return q
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		piece := strconv.Quote(s[i : i+size])
+		piece = piece[1 : len(piece)-1]
+		if r == utf8.RuneError && size == 1 {
+			piece = fmt.Sprintf(`\x%02x`, s[i])
+		}
+		if b.Len()-1+len(piece) > maxQuoted {
+			break
+		}
+		b.WriteString(piece)
+		i += size
+	}
+	fmt.Fprintf(&b, "\"… (%d bytes, cut)", len(s))
+	return b.String()
+}
+
+// cutText keeps at most maxText bytes of s (cut on a character boundary),
+// marking a cut; for text that is shown unquoted.
+func cutText(s string) string {
+	if len(s) <= maxText {
+		return s
+	}
+	cut := maxText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes, cut)", s[:cut], len(s))
 }

@@ -4,15 +4,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"os"
+	"errors"
 	"time"
 )
 
 // WatchConfigFile reloads the config at path whenever its content changes,
-// checking every interval (default 1s when zero). A bad edit is refused,
-// logged and counted, and the last good config stays in force; fixing the
-// file applies it. WatchConfigFile blocks until ctx ends and returns
-// ctx.Err(). It does not load the file at start; call LoadConfigFile first.
+// checking every interval (default 1s when zero). A changed file is read
+// once it has stayed the same for one interval, so a writer that rewrites
+// the file in place is not read half-way through (unless it stalls for
+// longer than an interval). A bad file (empty, cut off, over MaxConfigSize,
+// invalid: see ParseConfig) is refused, logged with its problems and
+// counted in Stats.Rejections, and the last good config stays in force;
+// fixing the file applies it. A file that cannot be read (mid-rename,
+// removed) is skipped until it can. WatchConfigFile blocks until ctx ends
+// and returns ctx.Err(). It does not load the file at start; call
+// LoadConfigFile first. Safe to run beside the Server's other methods.
 //
 // It polls the content rather than using inotify so that atomic renames
 // (editors, Kubernetes ConfigMap symlink swaps) and network file systems
@@ -21,7 +27,8 @@ func (s *Server) WatchConfigFile(ctx context.Context, path string, interval time
 	if interval <= 0 {
 		interval = time.Second
 	}
-	last := fileSum(path)
+	last, _, _ := readSum(path)
+	var pending []byte // a new content seen once, waiting to settle
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -30,21 +37,39 @@ func (s *Server) WatchConfigFile(ctx context.Context, path string, interval time
 			return ctx.Err()
 		case <-t.C:
 		}
-		sum := fileSum(path)
-		if sum == nil || bytes.Equal(sum, last) {
-			continue // unreadable (mid-rename) or unchanged
+		sum, data, err := readSum(path)
+		switch {
+		case sum == nil:
+			continue // unreadable (mid-rename, removed)
+		case bytes.Equal(sum, last):
+			pending = nil
+			continue
+		case !bytes.Equal(sum, pending):
+			pending = sum // changed: read it when it has stopped changing
+			continue
 		}
-		last = sum
+		last, pending = sum, nil
 		s.log.Info("config file changed", "path", path)
-		_ = s.LoadConfigFile(path) // refusal is logged and counted there
+		if err == nil {
+			var cfg *Config
+			if cfg, err = ParseConfig(path, data); err == nil {
+				_ = s.SetConfig(path, cfg) // refusal is logged and counted there
+				continue
+			}
+		}
+		s.reject(err)
 	}
 }
 
-func fileSum(path string) []byte {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil
+// readSum reads the config at path (up to MaxConfigSize and one byte) and
+// returns the hash of what it read, the data, and readConfigFile's error
+// for a file over the limit. The sum is nil when the file cannot be read.
+func readSum(path string) (sum, data []byte, err error) {
+	data, err = readConfigFile(path)
+	var ce *ConfigError
+	if err != nil && !errors.As(err, &ce) {
+		return nil, nil, err
 	}
 	h := sha256.Sum256(data)
-	return h[:]
+	return h[:], data, err
 }

@@ -8,6 +8,12 @@
 //
 // A registration with a TTL expires unless renewed; Client.Heartbeat renews.
 //
+// A PUT body is one JSON object (Content-Type: application/json, UTF-8) of
+// at most MaxBodySize bytes, with the fields of Registration spelt exactly,
+// each once; values are printable ASCII. meshd refuses anything else with
+// 400 (415 for another content type, 413 for a larger body) and an error
+// naming the field.
+//
 //	c := registration.NewClient("127.0.0.1:15011")
 //	go c.Heartbeat(ctx, registration.Registration{Service: "trading", Address: lis.Addr().String(), SPIFFEID: id, TTL: 10 * time.Second})
 package registration
@@ -25,6 +31,15 @@ import (
 	"time"
 )
 
+// MaxBodySize is the largest registration body meshd reads, 64 KiB: a
+// registration is a few hundred bytes, and the limit leaves room for long
+// DNS names and SPIFFE IDs while bounding what one request makes meshd
+// hold. Client.Register refuses a larger registration before sending it.
+const MaxBodySize = 64 << 10
+
+// maxAnswer bounds what Client quotes of meshd's answer in an Error.
+const maxAnswer = 1 << 10
+
 // Registration is one endpoint a server adds.
 type Registration struct {
 	// Service is the service name clients dial as xds:///<service>.
@@ -38,7 +53,9 @@ type Registration struct {
 	ListenAddress string `json:"listen_address,omitempty"`
 	// SPIFFEID is the identity the server presents. Optional.
 	SPIFFEID string `json:"spiffe_id,omitempty"`
-	// Weight is the load-balancing weight. Default 1.
+	// Weight is the load-balancing weight, relative to the service's other
+	// endpoints (2 gets twice the calls of 1). Default 1 (also for 0). The
+	// weights of one service's endpoints may add up to at most 4294967295.
 	Weight uint32 `json:"weight,omitempty"`
 	// TTL makes the registration expire unless renewed within it. Zero:
 	// it stays until deregistered.
@@ -50,14 +67,16 @@ type Duration time.Duration
 
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// UnmarshalJSON reads a duration string like "10s". Its errors do not
+// quote the value, which may be long.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("ttl must be a duration string like \"10s\": %w", err)
+		return errors.New("ttl must be a duration string like \"10s\"")
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("ttl %q: %w", s, err)
+		return fmt.Errorf("ttl is not a duration like \"10s\" (%d bytes)", len(s))
 	}
 	*d = Duration(v)
 	return nil
@@ -79,11 +98,15 @@ func NewClient(addr string) *Client {
 	return &Client{base: strings.TrimSuffix(base, "/"), hc: http.DefaultClient}
 }
 
-// Register adds or renews r. It blocks until meshd answers or ctx ends.
+// Register adds or renews r. It blocks until meshd answers or ctx ends. A
+// registration whose JSON is over MaxBodySize is refused without sending.
 func (c *Client) Register(ctx context.Context, r Registration) error {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("registration: %w", err)
+	}
+	if len(body) > MaxBodySize {
+		return fmt.Errorf("registration: the registration is %d bytes of JSON, over meshd's limit of %d (64 KiB, MaxBodySize)", len(body), MaxBodySize)
 	}
 	return c.do(ctx, http.MethodPut, "/v1/endpoints", body, nil)
 }
@@ -130,7 +153,8 @@ func (c *Client) Heartbeat(ctx context.Context, r Registration, onError func(err
 
 // Error is a refusal from meshd.
 type Error struct {
-	Status  int
+	Status int
+	// Message is meshd's error, cut to 1 KiB.
 	Message string
 }
 
@@ -159,6 +183,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 		}
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
+		}
+		if len(e.Error) > maxAnswer {
+			e.Error = strings.ToValidUTF8(e.Error[:maxAnswer], "") + fmt.Sprintf("… (%d bytes, cut)", len(e.Error))
 		}
 		return &Error{Status: resp.StatusCode, Message: e.Error}
 	}
