@@ -42,8 +42,11 @@ type connStartKey struct{}
 // instrumentation (otelhttp with W3C trace context, to the providers of
 // WithTracerProvider and WithMeterProvider; off with WithoutTelemetry);
 // the caller's SPIFFE ID from its verified certificate, which handlers read
-// with PeerID(r.Context()); path normalization (security.NormalizePath),
-// with 400 and the reason for an ambiguous path; and authorization
+// with PeerID(r.Context()); path normalization under the server's path
+// policy (WithHTTPPathPolicy; default security.PathStrict), with 400 and
+// the reason for an ambiguous path, a request target that is not a path
+// ("OPTIONS *", which net/http would otherwise answer itself, or CONNECT's
+// host:port) and a malformed Host (security.CheckHost); and authorization
 // (WithAuthorizer, e.g. security.HTTPRules), with 403 and the reason for a
 // denial, counted in the mesh metrics and passed to WithDenialHook; then,
 // with WithIdempotency, the idempotency middleware for requests with an
@@ -66,6 +69,9 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.http.paths.Validate(); err != nil {
+		return nil, fmt.Errorf("mesh: WithHTTPPathPolicy: %w", err)
+	}
 	protocols := httpProtocols(cfg.http.protocols)
 	tlsCfg := security.ServerTLSConfig(cfg.identity, spiffeid.MatchAny())
 	tlsCfg.NextProtos = nextProtos(protocols)
@@ -79,7 +85,7 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	}
 	tel.registerServer(cfg.identity, cfg.authorizer, "http-server")
 	maxAge := remaining * 2 / 5
-	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny))
+	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny), cfg.http.paths)
 	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,
 	// status) outside the authorization, so refusals count.
 	measured := telemetry.HTTPHandler(tel.metrics, id.String(), guarded)
@@ -105,7 +111,10 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 		TLSConfig:         tlsCfg,
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       min(maxAge, 2*time.Minute),
+		// "OPTIONS *" goes through the mesh's checks like any request,
+		// which refuse it; net/http would answer it before any handler.
+		DisableGeneralOptionsHandler: true,
+		IdleTimeout:                  min(maxAge, 2*time.Minute),
 		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
 			return context.WithValue(ctx, connStartKey{}, time.Now())
 		},

@@ -9,6 +9,7 @@ import (
 // httpServerConfig is the HTTP part of serverConfig (NewHTTPServer).
 type httpServerConfig struct {
 	protocols *http.Protocols
+	paths     security.PathPolicy // mesh/httppathoption.go
 }
 
 // httpDialConfig is the HTTP part of dialConfig (HTTPClient).

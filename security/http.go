@@ -19,19 +19,36 @@ import (
 // Callers whose request matches one of Patterns get Action. Build it with
 // AllowHTTP or RefuseHTTP and combine rules with HTTPRules.
 //
-// A pattern is "[METHOD ][HOST]/PATH", as in net/http.ServeMux:
+// A pattern is "[METHOD ][HOST]/PATH". Its path works as in
+// net/http.ServeMux, with "*" and "**" in place of ServeMux's wildcards:
 //
-//	"GET /v1/trades"            exact path, method GET (GET also matches HEAD)
-//	"/v1/trades/*"              one segment under /v1/trades, any method
-//	"/v1/lots/*/holdings"       "*" matches within one segment only ("/v1/*.json" too)
-//	"POST /v1/orders/**"        /v1/orders and everything under it, on a segment boundary
-//	"api.example.org/admin/**"  only for that Host (case-insensitive; without a
+//	"GET /v1/trades"            exactly /v1/trades, method GET (GET also matches HEAD)
+//	"/v1/trades/"               the subtree: /v1/trades/ and every path under it, not /v1/trades
+//	"/v1/trades/{$}"            exactly /v1/trades/ (trailing slash), nothing under it
+//	"/v1/trades/*"              one segment under /v1/trades: /v1/trades/42, not /v1/trades/ or /v1/trades/42/x
+//	"/v1/lots/*/holdings"       "*" matches within one non-empty segment ("/v1/*.json" too)
+//	"POST /v1/orders/**"        /v1/orders itself and its subtree, on a segment boundary (not /v1/ordersX)
+//	"/" and "/**"               every path
+//	"/{$}"                      only "/"
+//	"api.example.org/admin/"    only for that Host (case-insensitive; without a
 //	                            port it matches every port; "*.example.org" matches subdomains)
 //	"*"                         every request
 //
-// Paths match the normalized request path (NormalizePath), so patterns are
-// written in normalized form: no "//", no dot segments, escapes only for
-// reserved characters, in upper case ("/a%20b", not "/a%20b/../c").
+// How pattern paths match request paths:
+//
+//	pattern          /public  /public/  /public/a  /public/a/b  /publicX
+//	/public          yes      no        no         no           no
+//	/public/         no       yes       yes        yes          no
+//	/public/{$}      no       yes       no         no           no
+//	/public/*        no       no        yes        no           no
+//	/public/*/       no       no        no         yes          no
+//	/public/**       yes      yes       yes        yes          no
+//
+// Paths match the normalized request path (PathPolicy.Normalize), so
+// patterns are written in normalized form: no "//", no dot segments,
+// escapes only for reserved characters, in upper case ("/a%20b", not
+// "/a%20b/../c"). A request with a Host that CheckHost refuses never
+// reaches the rules.
 type HTTPRule struct {
 	// Name identifies the rule in denial messages.
 	Name     string
@@ -108,12 +125,22 @@ func HTTPRules(rules ...HTTPRule) (Authorizer, error) {
 	}, nil
 }
 
+// pathKind says what a pattern's path matches after its segments.
+type pathKind uint8
+
+const (
+	pathExact      pathKind = iota // "/a/b": nothing more
+	pathExactSlash                 // "/a/b/{$}": exactly one trailing slash
+	pathSubtree                    // "/a/b/": a slash and anything
+	pathTree                       // "/a/b/**": nothing, or a slash and anything
+)
+
 type httpPattern struct {
 	method string   // "" any
 	host   string   // "" any; normalized; "*.x" suffix match
-	any    bool     // "*": every path
-	segs   []string // path segments; "" for a trailing slash
-	prefix bool     // ended in "/**"
+	any    bool     // "*": every request
+	segs   []string // path segments before the kind's suffix
+	kind   pathKind
 }
 
 // ValidateHTTPPattern reports whether pattern is a form HTTPRule accepts,
@@ -147,25 +174,31 @@ func parseHTTPPattern(s string) (httpPattern, error) {
 		}
 	}
 	path := rest[i:]
-	if path == "/**" {
-		p.prefix = true
+	base := path
+	switch {
+	case strings.HasSuffix(path, "/**"):
+		p.kind, base = pathTree, strings.TrimSuffix(path, "/**")
+	case strings.HasSuffix(path, "/{$}"):
+		p.kind, base = pathExactSlash, strings.TrimSuffix(path, "/{$}")
+	case strings.HasSuffix(path, "/"):
+		p.kind, base = pathSubtree, strings.TrimSuffix(path, "/")
+	}
+	if base == "" {
 		return p, nil
 	}
-	if strings.HasSuffix(path, "/**") {
-		p.prefix = true
-		path = strings.TrimSuffix(path, "/**")
-	}
-	norm, err := NormalizePath(path)
-	if err != nil || norm != path {
+	// Patterns may hold what any policy lets through (";", "%25", ...); a
+	// path the server's policy refuses never reaches them.
+	norm, err := pathPolicyAll.Normalize(base)
+	if err != nil || norm != base || strings.HasSuffix(base, "/") {
 		if err == nil {
 			err = fmt.Errorf("it normalizes to %q", norm)
 		}
 		return p, fmt.Errorf("pattern %q: path %q: %w (%w)", s, path, errPathPattern, err)
 	}
-	if strings.Contains(path, "**") {
+	if strings.Contains(base, "**") {
 		return p, fmt.Errorf("pattern %q: \"**\" may only be the last segment: %w", s, errPathPattern)
 	}
-	p.segs = strings.Split(path, "/")[1:]
+	p.segs = strings.Split(base, "/")[1:]
 	return p, nil
 }
 
@@ -179,25 +212,36 @@ func (p httpPattern) match(method, host, path string) bool {
 	if p.any {
 		return true
 	}
-	segs := strings.Split(path, "/")[1:]
-	if p.prefix {
-		if len(p.segs) == 0 { // "/**"
-			return true
-		}
-		if len(segs) < len(p.segs) {
+	// pos is the index of the "/" before the next segment of path.
+	pos := 0
+	for _, ps := range p.segs {
+		if pos >= len(path) || path[pos] != '/' {
 			return false
 		}
-		segs = segs[:len(p.segs)]
-	} else if len(segs) != len(p.segs) {
-		return false
-	}
-	for i, ps := range p.segs {
+		end := strings.IndexByte(path[pos+1:], '/')
+		if end < 0 {
+			end = len(path)
+		} else {
+			end += pos + 1
+		}
+		seg := path[pos+1 : end]
 		// A glob never matches an empty segment (a trailing slash).
-		if segs[i] == "" && ps != "" || !globSegment(ps, segs[i]) {
+		if seg == "" || !globSegment(ps, seg) {
 			return false
 		}
+		pos = end
 	}
-	return true
+	rest := path[pos:]
+	switch p.kind {
+	case pathExact:
+		return rest == ""
+	case pathExactSlash:
+		return rest == "/"
+	case pathSubtree:
+		return strings.HasPrefix(rest, "/")
+	default: // pathTree
+		return rest == "" || rest[0] == '/'
+	}
 }
 
 func hostMatches(pattern, host string) bool {
@@ -258,18 +302,27 @@ func HTTPHost(ctx context.Context) (string, bool) {
 //     connection; a request without one gets 401. The certificate must have
 //     been verified by the TLS layer (ServerTLSConfig), which HTTPHandler
 //     does not repeat.
-//  2. The path is normalized (NormalizePath); an ambiguous one gets 400
-//     with the reason.
-//  3. authz decides on Call{Caller, Method, Path} with the request's Host in
+//  2. The request target's path is normalized under paths
+//     (PathPolicy.Normalize); an ambiguous one gets 400 with the reason,
+//     and so does a target that is not a path: "OPTIONS *" (have the
+//     http.Server set DisableGeneralOptionsHandler, or net/http answers it
+//     itself) and CONNECT's "host:port". An absolute-form target
+//     ("GET http://host/path") is judged on its path and its host, which
+//     net/http puts in Request.Host in place of the Host header.
+//  3. The Host (Request.Host) must pass CheckHost, and name the same host
+//     as a Host header next to :authority (HTTP/2) and as the authority of
+//     an absolute-form target; else 400.
+//  4. authz decides on Call{Caller, Method, Path} with the request's Host in
 //     ctx (HTTPHost); a denial gets 403 with the reason, and onDeny (when
 //     not nil) is told.
 //
 // None of these reach next. next sees the normalized path (URL.Path,
 // URL.RawPath and RequestURI), the lower-cased Host, and the caller's ID
 // in the context (PeerID). Nil authz allows every authenticated caller.
+// The zero paths is PathStrict, the safe default.
 // Once next returns, the route pattern a ServeMux matched is copied to the
 // original request's Pattern for the layers outside (metrics, tracing).
-func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError)) http.Handler {
+func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError), paths PathPolicy) http.Handler {
 	if authz == nil {
 		authz = AllowAll()
 	}
@@ -284,7 +337,11 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError))
 			return
 		}
 		raw, query := requestPath(r)
-		norm, err := NormalizePath(raw)
+		if r.Method == http.MethodConnect && !strings.HasPrefix(raw, "/") {
+			http.Error(w, "gridmesh: request refused: authority-form target (CONNECT host:port): only paths are served", http.StatusBadRequest)
+			return
+		}
+		norm, err := paths.Normalize(raw)
 		if err != nil {
 			var pe *PathError
 			if errors.As(err, &pe) {
@@ -294,7 +351,24 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError))
 			}
 			return
 		}
+		if err := CheckHost(r.Host); err != nil {
+			http.Error(w, "gridmesh: request refused: "+strings.TrimPrefix(err.Error(), "security: "), http.StatusBadRequest)
+			return
+		}
 		host := NormalizeHost(r.Host)
+		// HTTP/2 may carry a Host header beside :authority (net/http
+		// removes it on HTTP/1.1); code behind may read either.
+		if hh, ok := r.Header["Host"]; ok && (len(hh) != 1 || NormalizeHost(hh[0]) != host) {
+			http.Error(w, "gridmesh: request refused: the Host header and :authority name different hosts", http.StatusBadRequest)
+			return
+		}
+		// An absolute-form target names a host too; on HTTP/1.1 net/http
+		// made it Request.Host, on HTTP/2 (":path" "http://host/...")
+		// :authority is Request.Host and the two may differ.
+		if r.URL.Host != "" && NormalizeHost(r.URL.Host) != host {
+			http.Error(w, "gridmesh: request refused: the request target's authority and the Host name different hosts", http.StatusBadRequest)
+			return
+		}
 		ctx := WithHTTPHost(WithPeerID(r.Context(), caller), host)
 		if err := authz(ctx, Call{Caller: caller, Method: r.Method, Path: norm}); err != nil {
 			var denied *DeniedError
@@ -306,6 +380,7 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError))
 		}
 		r2 := r.WithContext(ctx)
 		u := *r.URL
+		u.Opaque = ""
 		u.Path, _ = url.PathUnescape(norm) // norm has only valid escapes
 		u.RawPath = norm
 		r2.URL = &u

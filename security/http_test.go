@@ -101,6 +101,12 @@ func TestHTTPPatternErrorsSayTheForm(t *testing.T) {
 		"/a/**/b",        // ** not last
 		"/a**",           // ** inside a segment
 		"ex*ample.org/x", // bad host wildcard
+		"/a//",           // subtree of a path that is not normalized
+		"/a/{$}/b",       // {$} not last
+		"/a/{x}",         // ServeMux wildcards are not supported: use *
+		"/a/{x...}",      // nor this: use /a/ or /a/**
+		"/a/%C0%AE",      // invalid UTF-8
+		"/\uff41dmin",    // not NFKC
 	} {
 		err := security.ValidateHTTPPattern(p)
 		if err == nil {
@@ -114,9 +120,78 @@ func TestHTTPPatternErrorsSayTheForm(t *testing.T) {
 	if _, err := security.HTTPRules(security.AllowHTTP("bad", security.AnyID(), "/a//b")); err == nil || !strings.Contains(err.Error(), `rule "bad"`) {
 		t.Errorf("HTTPRules error = %v, want one naming the rule", err)
 	}
-	for _, p := range []string{"*", "GET *", "/", "/**", "/a/*/b", "POST /a/**", "api.example.org/x", "*.example.org:8443/x", "/a%20b"} {
+	for _, p := range []string{"*", "GET *", "/", "/**", "/{$}", "/a/", "/a/{$}", "/a/*/", "/a/*/b", "POST /a/**", "api.example.org/x", "*.example.org:8443/x", "/a%20b", "/a;b", "/a%25b", "/caf%C3%A9"} {
 		if err := security.ValidateHTTPPattern(p); err != nil {
 			t.Errorf("ValidateHTTPPattern(%q): %v", p, err)
 		}
 	}
+}
+
+// TestHTTPPatternSemantics is the table of what a pattern's path matches:
+// ServeMux's (a trailing slash is the subtree, "{$}" ends it), plus "*"
+// for one segment and "/**" for a path and its subtree.
+func TestHTTPPatternSemantics(t *testing.T) {
+	tests := []struct {
+		pattern, path string
+		want          bool
+	}{
+		{"/public", "/public", true},
+		{"/public", "/public/", false},
+		{"/public", "/public/a", false},
+		{"/public", "/publicX", false},
+		{"/public/", "/public", false},
+		{"/public/", "/public/", true},
+		{"/public/", "/public/a", true},
+		{"/public/", "/public/a/b/", true},
+		{"/public/", "/publicX", false},
+		{"/public/", "/publicX/a", false},
+		{"/public/", "/other/public/", false},
+		{"/public/{$}", "/public/", true},
+		{"/public/{$}", "/public", false},
+		{"/public/{$}", "/public/a", false},
+		{"/public/*", "/public/a", true},
+		{"/public/*", "/public/", false},
+		{"/public/*", "/public", false},
+		{"/public/*", "/public/a/b", false},
+		{"/public/*", "/public/a/", false},
+		{"/public/*/", "/public/a/", true},
+		{"/public/*/", "/public/a/b", true},
+		{"/public/*/", "/public/a", false},
+		{"/public/*/{$}", "/public/a/", true},
+		{"/public/*/{$}", "/public/a/b", false},
+		{"/public/**", "/public", true},
+		{"/public/**", "/public/", true},
+		{"/public/**", "/public/a/b", true},
+		{"/public/**", "/publicX", false},
+		{"/public/*/**", "/public", false},
+		{"/public/*/**", "/public/a", true},
+		{"/public/*/**", "/public/a/b", true},
+		{"/v1/*.json", "/v1/a.json", true},
+		{"/v1/*.json", "/v1/.json", true},
+		{"/v1/*.json", "/v1/a.json/x", false},
+		{"/v1/*.json", "/v1/a.jsonx", false},
+		{"/", "/", true},
+		{"/", "/anything/at/all", true},
+		{"/{$}", "/", true},
+		{"/{$}", "/a", false},
+		{"/**", "/", true},
+		{"/**", "/a/b", true},
+		{"/a;b", "/a;b", true},
+		{"/a;b", "/a", false},
+		{"/caf%C3%A9/", "/caf%C3%A9/x", true},
+		{"/caf%C3%A9/", "/cafe/x", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.pattern+" "+tc.path, func(t *testing.T) {
+			authz, err := security.HTTPRules(security.AllowHTTP("p", security.AnyID(), tc.pattern))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := authz(context.Background(), security.Call{Caller: id("/c"), Method: "GET", Path: tc.path}) == nil
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("pattern %q on %q (-want +got):\n%s", tc.pattern, tc.path, diff)
+			}
+		})
+	}
+	t.Logf("pattern semantics table: %d cases", len(tests))
 }
