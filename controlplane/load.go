@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -458,6 +459,13 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		fpath := join(path, k.Value)
+		if len(k.Value) > maxQuoted { // an unknown key; field paths stay short too
+			cut := maxQuoted
+			for cut > 0 && !utf8.RuneStart(k.Value[cut]) {
+				cut--
+			}
+			fpath = join(path, strings.Trim(strconv.Quote(k.Value[:cut]), `"`)+"…")
+		}
 		if k.ShortTag() == "!!merge" {
 			d.fail(k, path, "merge keys (<<) are not supported; write the keys out")
 			continue
@@ -562,9 +570,13 @@ func (d *decoder) number(n *yaml.Node, bad func(string)) (float64, bool) {
 		}
 		return f, true
 	case "!!str":
-		if _, err := strconv.ParseFloat(strings.TrimSpace(n.Value), 64); err == nil {
+		_, err := strconv.ParseFloat(strings.TrimSpace(n.Value), 64)
+		switch {
+		case err == nil && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0:
 			bad("is a string, not a number (remove the quotes)")
-		} else {
+		case errors.Is(err, strconv.ErrRange):
+			bad("is too large") // plain digits past float64: YAML calls them a string
+		default:
 			bad("is not a number")
 		}
 	default:

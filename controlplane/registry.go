@@ -156,6 +156,12 @@ func (r *registry) expireLoop(stop <-chan struct{}) {
 
 // checkEndpoint validates an endpoint from a dynamic source.
 func checkEndpoint(ep Endpoint) error {
+	if len(ep.Service) > maxNameLen {
+		return fmt.Errorf("service %s is too long; names are at most %d bytes", quoteValue(ep.Service), maxNameLen)
+	}
+	if len(ep.Version) > maxNameLen {
+		return fmt.Errorf("version %s is too long; names are at most %d bytes", quoteValue(ep.Version), maxNameLen)
+	}
 	if !nameRE.MatchString(ep.Service) {
 		return fmt.Errorf("service %s: use lower-case letters, digits, '-', '.' and '_'", quoteValue(ep.Service))
 	}

@@ -22,6 +22,10 @@ var (
 	headerRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 )
 
+// maxNameLen bounds service and version names, as DNS bounds a name: they
+// become xDS resource names and metric labels.
+const maxNameLen = 253
+
 // retryCodes are the codes grpc-go's xDS retry policy understands.
 var retryCodes = map[string]bool{
 	"cancelled": true, "deadline-exceeded": true, "internal": true,
@@ -46,6 +50,8 @@ func validate(cfg *Config) []Problem {
 		switch {
 		case s.Name == "":
 			v.add(f+".name", "missing; every service needs a name, the target clients dial as xds:///<name>")
+		case len(s.Name) > maxNameLen:
+			v.add(f+".name", "%s is too long; names are at most %d bytes", quoteValue(s.Name), maxNameLen)
 		case !nameRE.MatchString(s.Name):
 			v.add(f+".name", "%s is not allowed; use lower-case letters, digits, '-', '.' and '_', starting with a letter or digit", quoteValue(s.Name))
 		default:
@@ -88,6 +94,8 @@ func (v *validator) service(f string, s *Service, mtls bool, owner map[string]st
 		switch {
 		case ver.Name == "":
 			v.add(vf+".name", "missing; routes refer to versions by name")
+		case len(ver.Name) > maxNameLen:
+			v.add(vf+".name", "%s is too long; names are at most %d bytes", quoteValue(ver.Name), maxNameLen)
 		case !nameRE.MatchString(ver.Name):
 			v.add(vf+".name", "%s is not allowed; use lower-case letters, digits, '-', '.' and '_'", quoteValue(ver.Name))
 		case versions[ver.Name]:
