@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/internal/endpointid"
@@ -115,63 +114,53 @@ func (c *clientCreds) Clone() credentials.TransportCredentials {
 	return &clientCreds{TransportCredentials: credentials.NewTLS(base), base: base, src: c.src}
 }
 
-type peerIDKey struct{}
-
-// WithPeerID returns ctx carrying id as the caller's verified SPIFFE ID.
-func WithPeerID(ctx context.Context, id spiffeid.ID) context.Context {
-	return context.WithValue(ctx, peerIDKey{}, id)
+// peerStream is a ServerStream whose context carries the verified peer.
+type peerStream struct {
+	grpc.ServerStream
+	ctx context.Context
 }
 
-// PeerID returns the verified SPIFFE ID of the caller whose request ctx
-// belongs to: set by the mesh's HTTP server, or read from the gRPC peer's
-// TLS certificate.
-func PeerID(ctx context.Context) (spiffeid.ID, bool) {
-	if id, ok := ctx.Value(peerIDKey{}).(spiffeid.ID); ok {
-		return id, true
-	}
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return spiffeid.ID{}, false
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || info.SPIFFEID == nil {
-		return spiffeid.ID{}, false
-	}
-	id, err := spiffeid.FromURI(info.SPIFFEID)
-	return id, err == nil
-}
+func (s *peerStream) Context() context.Context { return s.ctx }
 
 // Interceptors returns gRPC server interceptors that authorize every call
-// with authz before the handler runs. A denied call gets PERMISSION_DENIED
-// with the reason, and onDeny (when not nil) is told. A call without a
-// verified SPIFFE ID is UNAUTHENTICATED.
+// with authz before the handler runs. The caller's SPIFFE ID is read from
+// the client certificate of the call's connection (the TLS state gRPC's
+// transport records at the handshake) and handed to the handler through
+// PeerID; a call without a valid one is UNAUTHENTICATED. Incoming metadata
+// named in IdentityHeaders is dropped. A denied call gets PERMISSION_DENIED
+// with the reason, and onDeny (when not nil) is told. Install them first in
+// the chain: an interceptor before them sees no PeerID. Safe for
+// concurrent use.
 func Interceptors(authz Authorizer, onDeny func(*DeniedError)) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
-	check := func(ctx context.Context, method string) error {
-		id, ok := PeerID(ctx)
-		if !ok {
-			return status.Error(codes.Unauthenticated, "gridmesh: the caller presented no verified SPIFFE ID")
+	check := func(ctx context.Context, method string) (context.Context, error) {
+		id, err := transportPeerID(ctx)
+		if err != nil {
+			return nil, status.Error(codes.Unauthenticated, "gridmesh: the caller presented no verified SPIFFE ID: "+err.Error())
 		}
-		err := authz(ctx, Call{Caller: id, Method: method})
+		ctx = withVerifiedPeer(stripIdentityMetadata(ctx), id)
+		err = authz(ctx, Call{Caller: id, Method: method})
 		if err == nil {
-			return nil
+			return ctx, nil
 		}
 		var denied *DeniedError
 		if errors.As(err, &denied) && onDeny != nil {
 			onDeny(denied)
 		}
-		return status.Error(codes.PermissionDenied, "gridmesh: "+err.Error())
+		return nil, status.Error(codes.PermissionDenied, "gridmesh: "+err.Error())
 	}
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if err := check(ctx, info.FullMethod); err != nil {
+		ctx, err := check(ctx, info.FullMethod)
+		if err != nil {
 			return nil, err
 		}
 		return handler(ctx, req)
 	}
 	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if err := check(ss.Context(), info.FullMethod); err != nil {
+		ctx, err := check(ss.Context(), info.FullMethod)
+		if err != nil {
 			return err
 		}
-		return handler(srv, ss)
+		return handler(srv, &peerStream{ServerStream: ss, ctx: ctx})
 	}
 	return unary, stream
 }

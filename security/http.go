@@ -369,7 +369,7 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError),
 			http.Error(w, "gridmesh: request refused: the request target's authority and the Host name different hosts", http.StatusBadRequest)
 			return
 		}
-		ctx := WithHTTPHost(WithPeerID(r.Context(), caller), host)
+		ctx := WithHTTPHost(acceptHTTPPeer(r, caller), host)
 		if err := authz(ctx, Call{Caller: caller, Method: r.Method, Path: norm}); err != nil {
 			var denied *DeniedError
 			if errors.As(err, &denied) && onDeny != nil {

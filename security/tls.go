@@ -46,16 +46,27 @@ func ClientTLSConfig(src Source, expect spiffeid.Matcher) *tls.Config {
 }
 
 // VerifyPeer returns a tls.Config.VerifyConnection function that verifies
-// the peer's X.509-SVID chain against bundles at the current time and checks
-// its ID with match.
+// the peer's X.509-SVID chain against bundles at the current time, refuses
+// a leaf whose subject alternative names could be read as another name
+// (NUL bytes, control characters, bytes outside ASCII or percent-encoding
+// in any URI, DNS or email SAN, or other than exactly one URI SAN), and
+// checks its ID with match. Both sides use it, so a bad certificate fails
+// the handshake before any request is read. Safe for concurrent use.
 func VerifyPeer(bundles Source, match spiffeid.Matcher) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("security: peer presented no certificate; an X.509-SVID is required")
 		}
+		raw, err := idFromCert(cs.PeerCertificates[0])
+		if err != nil {
+			return fmt.Errorf("security: peer certificate refused: %w", err)
+		}
 		id, _, err := x509svid.Verify(cs.PeerCertificates, bundles)
 		if err != nil {
 			return fmt.Errorf("security: peer certificate refused: %w", err)
+		}
+		if raw != id {
+			return fmt.Errorf("security: peer certificate refused: its URI SAN is %s as written but %s as parsed", raw, id)
 		}
 		if match != nil {
 			if err := match(id); err != nil {
