@@ -40,6 +40,8 @@ type serverConfig struct {
 	discovery   discoveryServerConfig // mesh/discovery.go
 	idempotency idempotency.Store     // mesh/resilience.go
 	xds         xdsConfig             // mesh/xds.go
+
+	healthAuthorized bool // mesh/healthoption.go
 }
 
 type dialConfig struct {
@@ -82,8 +84,9 @@ func WithLogger(l *slog.Logger) Option {
 // WithAuthorizer sets the server's call authorization, for example
 // security.Rules(...). A denied call never reaches its handler. Default:
 // every caller that presents a valid SVID of a trusted trust domain is
-// allowed. The gRPC health service is open to every authenticated caller
-// whatever the authorizer says, so registries and load balancers can probe.
+// allowed. The gRPC health service's Check and Watch are open to every
+// authenticated caller whatever the authorizer says, so registries and
+// load balancers can probe; WithHealthAuthorization puts them under it.
 func WithAuthorizer(a security.Authorizer) ServerOption {
 	return serverOption(func(c *serverConfig) { c.authorizer = a })
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,11 +18,11 @@ import (
 	"github.com/gridmesh/gridmesh/security"
 )
 
-const healthServicePrefix = "/grpc.health.v1.Health/"
-
 // Server is a gRPC server inside the mesh: it accepts only mTLS connections
 // from callers with a valid SVID, authorizes every call by the caller's
-// SPIFFE ID, serves the standard gRPC health service, and drains gracefully.
+// SPIFFE ID, serves the standard gRPC health service (open to every
+// authenticated caller unless WithHealthAuthorization), and drains
+// gracefully.
 // Register services on it as on a *grpc.Server. Safe for concurrent use.
 type Server struct {
 	grpc   grpcServer // *grpc.Server, or *xds.GRPCServer with WithControlPlane
@@ -61,7 +60,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	unary, stream := security.Interceptors(openHealth(authz), tel.onDeny(cfg.onDeny))
+	unary, stream := security.Interceptors(cfg.healthAuthorizer(authz), tel.onDeny(cfg.onDeny))
 	creds := security.ServerCredentials(cfg.identity, cfg.grace)
 	grpcOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary),
@@ -120,20 +119,14 @@ func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig,
 	if remaining, err = security.SVIDRemaining(cfg.identity); err != nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
 	}
+	if cfg.healthAuthorized && constructor != "NewServer" {
+		return cfg, id, 0, nil, fmt.Errorf("mesh: WithHealthAuthorization applies to NewServer's gRPC health service; %s serves none: remove the option", constructor)
+	}
 	logger = cfg.logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return cfg, id, remaining, logger, nil
-}
-
-func openHealth(authz security.Authorizer) security.Authorizer {
-	return func(ctx context.Context, call security.Call) error {
-		if strings.HasPrefix(call.Method, healthServicePrefix) {
-			return nil
-		}
-		return authz(ctx, call)
-	}
 }
 
 // RegisterService registers a service implementation, as on *grpc.Server.
@@ -225,4 +218,10 @@ func (s *Server) Close() error {
 
 // PeerID returns the SPIFFE ID of the caller, from the verified client
 // certificate of the connection a handler's ctx belongs to (gRPC or HTTP).
+// The mesh records it before the handler runs, and nothing else can: a
+// context the mesh's server did not hand out has no PeerID, whatever gRPC
+// peer or values it carries. Headers and metadata in which a sidecar would
+// name the caller (X-Forwarded-Client-Cert, X-SPIFFE-ID) come from the
+// caller itself here, so the mesh removes them before the handler runs.
+// See security.PeerID.
 func PeerID(ctx context.Context) (spiffeid.ID, bool) { return security.PeerID(ctx) }

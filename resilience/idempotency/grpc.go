@@ -25,12 +25,13 @@ var (
 // caller and refused calls claim no key.
 func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		key := incomingKey(ctx)
-		if key == "" {
+		values := metadata.ValueFromIncomingContext(ctx, MetadataKey)
+		if len(values) == 0 {
 			return handler(ctx, req)
 		}
-		if len(key) > MaxKeyLen {
-			return nil, status.Errorf(codes.InvalidArgument, "idempotency key is %d bytes; the limit is %d", len(key), MaxKeyLen)
+		key, err := checkKey(MetadataKey, values)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		msg, ok := req.(proto.Message)
 		if !ok {
@@ -137,13 +138,3 @@ func (s *Server) responseType(method string) (protoreflect.MessageType, error) {
 	return s.types.FindMessageByName(md.Output().FullName())
 }
 
-func incomingKey(ctx context.Context) string {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ""
-	}
-	if v := md.Get(MetadataKey); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}

@@ -16,18 +16,18 @@ import (
 // authentication and authorization.
 func (s *Server) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key := r.Header.Get(Header)
-		if key == "" {
+		values := r.Header.Values(Header)
+		if len(values) == 0 {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if len(key) > MaxKeyLen {
-			http.Error(w, fmt.Sprintf("Idempotency-Key is %d bytes; the limit is %d", len(key), MaxKeyLen), http.StatusBadRequest)
+		key, err := checkKey(Header, values)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		var body []byte
 		if r.Body != nil {
-			var err error
 			body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 			var tooLarge *http.MaxBytesError
 			if errors.As(err, &tooLarge) {

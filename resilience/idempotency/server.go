@@ -26,11 +26,40 @@ const (
 	MaxKeyLen = 255
 )
 
+// checkKey returns the one idempotency key among values, the values of the
+// header or metadata key name, or an error that says what is wrong and the
+// expected form. A key is 1 to MaxKeyLen bytes of printable ASCII (space to
+// '~'): no NUL (so a caller's scope never runs into its key), no control
+// characters that logs or a SQL Store could treat specially, and one value
+// only (two are ambiguous: a proxy may keep either).
+func checkKey(name string, values []string) (string, error) {
+	const form = "send one key of 1 to 255 printable ASCII characters, such as a UUID"
+	if len(values) > 1 {
+		return "", fmt.Errorf("idempotency: %s appears %d times; %s", name, len(values), form)
+	}
+	key := values[0]
+	switch {
+	case key == "":
+		return "", fmt.Errorf("idempotency: %s is empty; %s, or none for a request that may run twice", name, form)
+	case len(key) > MaxKeyLen:
+		return "", fmt.Errorf("idempotency: %s is %d bytes; the limit is %d: %s", name, len(key), MaxKeyLen, form)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c > 0x7e {
+			return "", fmt.Errorf("idempotency: %s has byte 0x%02x at offset %d, which is not printable ASCII; %s", name, c, i, form)
+		}
+	}
+	return key, nil
+}
+
 // Server is the server-side idempotency middleware, for gRPC
 // (UnaryServerInterceptor) and HTTP (Handler). Requests without a key pass
 // through untouched. For a keyed request it:
 //
-//   - runs the handler once and stores its result under (caller, key);
+//   - refuses a malformed key with INVALID_ARGUMENT / 400: empty, longer
+//     than MaxKeyLen, not printable ASCII, or sent more than once;
+//   - runs the handler once and stores its result under (caller, key), so
+//     one caller's key never matches another's;
 //   - returns the stored result for a repeat with the same request, marked
 //     "idempotent-replayed: true";
 //   - refuses the key with a different request: INVALID_ARGUMENT / 422;
@@ -96,6 +125,9 @@ const (
 
 var errStore = errors.New("idempotency: store")
 
+// claim claims key in the caller's scope. The scope and the key are joined
+// by a NUL, which checkKey keeps out of keys, so no caller's scoped key
+// equals another's whatever the caller strings are.
 func (s *Server) claim(ctx context.Context, key string, fp []byte) (string, verdict, *Entry, error) {
 	scoped := s.caller(ctx) + "\x00" + key
 	e, err := s.store.Claim(ctx, scoped, fp)
