@@ -36,7 +36,7 @@ func watchIntentions(t *testing.T, reg *discovery.Registry, cfg discovery.Intent
 // TestIntentionsAllowDenyDefault checks decisions under Consul's precedence
 // (exact source beats "*", exact destination beats "*") and both defaults.
 func TestIntentionsAllowDenyDefault(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	c := f.Client()
 	upsert(t, c, "web", "trading", api.IntentionActionAllow)
 	upsert(t, c, "batch", "trading", api.IntentionActionDeny)
@@ -69,10 +69,13 @@ func TestIntentionsAllowDenyDefault(t *testing.T) {
 			decision{false, "consul intention * => trading (deny)"}},
 		{"wildcard destination applies", discovery.IntentionsConfig{Service: "reports"}, id("spiffe://example.org/service/audit"),
 			decision{true, "consul intention audit => * (allow)"}},
-		{"default deny", discovery.IntentionsConfig{Service: "reports"}, id("spiffe://example.org/service/web"),
-			decision{false, "consul intentions default deny"}},
-		{"default allow", discovery.IntentionsConfig{Service: "reports", DefaultAllow: true}, id("spiffe://example.org/service/web"),
-			decision{true, "consul intentions default allow"}},
+		{"default deny", discovery.IntentionsConfig{Service: "reports", Default: discovery.DefaultDeny}, id("spiffe://example.org/service/web"),
+			decision{false, "consul intentions default deny (IntentionsConfig.Default)"}},
+		{"default allow", discovery.IntentionsConfig{Service: "reports", Default: discovery.DefaultAllow}, id("spiffe://example.org/service/web"),
+			decision{true, "consul intentions default allow (IntentionsConfig.Default)"}},
+		// A -dev agent has ACLs off, and Consul's default is then allow.
+		{"default from consul", discovery.IntentionsConfig{Service: "reports"}, id("spiffe://example.org/service/web"),
+			decision{true, "consul intentions default allow (Consul's default intention policy)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,10 +91,10 @@ func TestIntentionsAllowDenyDefault(t *testing.T) {
 // TestIntentionChangeTakesEffect: adding, flipping and deleting an
 // intention changes decisions within seconds.
 func TestIntentionChangeTakesEffect(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	c := f.Client()
 	reg, ev := newRegistry(t, f)
-	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading"})
+	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading", Default: discovery.DefaultDeny})
 	web := spiffeid.RequireFromString("spiffe://example.org/service/web")
 	allowed := func() bool { ok, _ := in.Authorize(context.Background(), web, "/x.Y/Z"); return ok }
 	if allowed() {
@@ -128,11 +131,11 @@ func TestIntentionChangeTakesEffect(t *testing.T) {
 // while Consul is unreachable, and WatchIntentions fails clearly when
 // Consul is down from the start.
 func TestIntentionsKeptWhileConsulDown(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	upsert(t, f.Client(), "web", "trading", api.IntentionActionAllow)
 	reg, ev := newRegistry(t, f)
 	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading"})
-	f.Stop()
+	f.Stop(t)
 	if _, ok := pollUntil(5*time.Second, func() bool { return ev.count(discovery.SourceUnreachable) > 0 }); !ok {
 		t.Fatal("no SourceUnreachable event")
 	}
@@ -151,13 +154,13 @@ func TestIntentionsKeptWhileConsulDown(t *testing.T) {
 // a federated caller whose ID names the same service matches only
 // wildcard intentions.
 func TestIntentionsIgnoreNamesFromOtherTrustDomains(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	upsert(t, f.Client(), "web", "trading", api.IntentionActionAllow)
 	reg, err := discovery.New(discovery.Config{Consul: f.Client(), TrustDomain: spiffeid.RequireTrustDomainFromString("example.org")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading"})
+	in := watchIntentions(t, reg, discovery.IntentionsConfig{Service: "trading", Default: discovery.DefaultDeny})
 	for id, want := range map[string]bool{
 		"spiffe://example.org/service/web": true,
 		"spiffe://partner.org/service/web": false,
