@@ -17,8 +17,10 @@ import (
 // counted in Stats.Rejections, and the last good config stays in force;
 // fixing the file applies it. A file that cannot be read (mid-rename,
 // removed) is skipped until it can. WatchConfigFile blocks until ctx ends
-// and returns ctx.Err(). It does not load the file at start; call
-// LoadConfigFile first. Safe to run beside the Server's other methods.
+// and returns ctx.Err(). Call LoadConfigFile first: the watcher applies
+// the file at its first check too (a file unchanged since LoadConfigFile
+// leaves the snapshot as it is), so a change made between the two calls
+// is not missed. Safe to run beside the Server's other methods.
 //
 // It polls the content rather than using inotify so that atomic renames
 // (editors, Kubernetes ConfigMap symlink swaps) and network file systems
@@ -27,7 +29,7 @@ func (s *Server) WatchConfigFile(ctx context.Context, path string, interval time
 	if interval <= 0 {
 		interval = time.Second
 	}
-	last, _, _ := readSum(path)
+	var last []byte    // the content last applied or refused; nil: none yet
 	var pending []byte // a new content seen once, waiting to settle
 	t := time.NewTicker(interval)
 	defer t.Stop()
