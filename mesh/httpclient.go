@@ -1,28 +1,22 @@
 package mesh
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"google.golang.org/grpc"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
-	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
-	"github.com/gridmesh/gridmesh/internal/xdsstatus"
+	"github.com/gridmesh/gridmesh/mesh/internal/httpclient"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -90,158 +84,41 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // used when the server offers it. Each endpoint must present the
 // SPIFFE ID discovery gives for it; without one, WithServerID's, else any ID
 // in WithServerTrustDomain's trust domain, else any ID in the caller's own
-// trust domain. A request that could not reach an endpoint (connection
-// refused, handshake failed or the wrong SPIFFE ID) was never sent, so it
-// is sent to another endpoint, as long as its body can be replayed
-// (GetBody); the endpoint is skipped for a while.
+// trust domain. An endpoint that cannot be reached (connection refused,
+// handshake failed or the wrong SPIFFE ID) is skipped for a while.
 //
-// The round trip runs, outermost first: the meshd route's timeout; the
-// WithHTTPRoundTripper wrappers; the resilience policies (WithResilience;
-// by default a client of its own with resilience.DefaultConfig(), keyed by
-// the URL host; off with WithoutResilience), so a retry is routed and
-// balanced anew; OpenTelemetry (otelhttp: a client span per attempt and
-// W3C trace context in the headers, to the providers of WithTracerProvider
-// and WithMeterProvider; off with WithoutTelemetry); then routing to a
-// cluster and balancing over its endpoints. It is safe for concurrent use.
+// The round trip runs, outermost first, the stages a gRPC call through
+// Dial runs:
+//
+//   - the WithHTTPRoundTripper wrappers, which see the request as the
+//     application made it;
+//   - the mesh metrics, one call per request whatever the retries beneath
+//     (labelled by both SPIFFE IDs; on when a MeterProvider is an SDK one or
+//     WithAdmin is given, as for gRPC);
+//   - routing: the request's service, meshd route and cluster are decided
+//     once, and the route's timeout bounds the rest;
+//   - the resilience policies (WithResilience; by default a client of its
+//     own with resilience.DefaultConfig(), keyed by the URL host; off with
+//     WithoutResilience), the only stage that retries: idempotent requests,
+//     requests with an Idempotency-Key header (the header
+//     WithIdempotency's servers deduplicate), and any request that never
+//     reached a server (refused connection, failed handshake, HTTP/2
+//     stream refused or above a GOAWAY's last stream), which is sent to
+//     another endpoint when its body can be replayed (GetBody). With
+//     WithoutResilience such a request fails, and the next one goes
+//     elsewhere;
+//   - OpenTelemetry: otelhttp, a client span per attempt with W3C trace
+//     context in its headers, to the providers of WithTracerProvider and
+//     WithMeterProvider, installed when one of them is an SDK one when the
+//     transport is built (the rule NewServer and Dial follow); with no-op
+//     providers the caller's W3C trace context is still passed on;
+//   - balancing over the cluster's endpoints, then mTLS.
+//
+// WithoutTelemetry removes both telemetry stages. It is safe for
+// concurrent use.
 type HTTPTransport struct {
-	rt       http.RoundTripper
-	identity security.Source
-	expect   spiffeid.Matcher
-	cfg      httpDialConfig
-	// controlPlane is meshd's address for xds:/// targets; policySet says
-	// WithBalancer was given, which then wins over xDS's policy.
-	controlPlane string
-	policySet    bool
-	registry     *discovery.Registry
-	policy       httpbalance.Config
-	tel          *meshTelemetry
-
-	mu       sync.Mutex
-	services map[string]*httpService // by discovery target
-	closed   bool
-}
-
-type httpService struct {
-	target string
-	wait   func(context.Context) error // blocks for the first endpoint set
-	close  func() error
-	// main is where requests go without routes: the endpoints of a
-	// discovery target, the cluster an xds:/// target names.
-	main *httpCluster
-	// clusters are an xds:/// target's followed clusters, main included,
-	// by name. A cluster stays for the service's life once followed (its
-	// connections are closed with the service), emptied when meshd's
-	// routes stop naming it.
-	mu       sync.RWMutex
-	clusters map[string]*httpCluster
-	// routes are meshd's routes in force for an xds:/// service; nil:
-	// every request goes to main.
-	routes atomic.Pointer[[]*httpxds.Route]
-	// xds records the xDS stream of an xds:/// target.
-	xds *xdsstatus.Recorder
-	// balanced is closed once main has its first endpoint set. A watch's
-	// Wait returns as soon as the watch knows a set, which can be before
-	// its update callback has handed the set to the balancer.
-	balanced     chan struct{}
-	balancedOnce sync.Once
-}
-
-// httpCluster is one set of endpoints with its balancer and connection
-// pool: clusters may require different SPIFFE IDs of the same address.
-type httpCluster struct {
-	name string
-	bal  *httpbalance.Balancer
-	tr   *http.Transport
-	// ids is the set of IDs endpoints without their own may present, from
-	// xDS; nil: the transport's default expectation.
-	ids atomic.Pointer[spiffeid.Matcher]
-}
-
-// update hands a new endpoint set to the balancer.
-func (c *httpCluster) update(set []httpbalance.Endpoint) {
-	if c.bal.Update(set) {
-		c.tr.CloseIdleConnections()
-	}
-}
-
-func (t *HTTPTransport) newCluster(name string) *httpCluster {
-	c := &httpCluster{name: name, bal: httpbalance.New(t.policy)}
-	c.tr = t.endpointTransport(c)
-	return c
-}
-
-// cluster returns the followed cluster name, nil when there is none.
-func (s *httpService) cluster(name string) *httpCluster {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.clusters[name]
-}
-
-// eachCluster calls f on every cluster of the service.
-func (s *httpService) eachCluster(f func(*httpCluster)) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if len(s.clusters) == 0 {
-		f(s.main)
-	}
-	for _, c := range s.clusters {
-		f(c)
-	}
-}
-
-func (s *httpService) markBalanced() { s.balancedOnce.Do(func() { close(s.balanced) }) }
-
-// matchRoute returns the meshd route req takes, nil when none or without
-// routes.
-func (s *httpService) matchRoute(req *http.Request) *httpxds.Route {
-	rp := s.routes.Load()
-	if rp == nil || *rp == nil {
-		return nil
-	}
-	return httpxds.Find(*rp, req.URL.Path, req.Header)
-}
-
-// route picks the cluster for req: by meshd's routes when there are, else
-// main.
-func (s *httpService) route(req *http.Request) (*httpCluster, error) {
-	rp := s.routes.Load()
-	if rp == nil || *rp == nil {
-		return s.main, nil
-	}
-	r := httpxds.Find(*rp, req.URL.Path, req.Header)
-	if r == nil {
-		return nil, fmt.Errorf("mesh: no meshd route of %s matches %s %s", s.target, req.Method, req.URL.Path)
-	}
-	if r.Unsupported != "" {
-		return nil, fmt.Errorf("mesh: %s: %s", s.target, r.Unsupported)
-	}
-	name := r.Pick()
-	c := s.cluster(name)
-	if c == nil {
-		return nil, fmt.Errorf("mesh: %s: cluster %q of route %q is not known to meshd", s.target, name, r.Name)
-	}
-	return c, nil
-}
-
-// waitFor returns the service's wait: the watch's first set (or its
-// error, when ctx ends), then the balancer having it.
-func (s *httpService) waitFor(watchWait func(context.Context) error) func(context.Context) error {
-	return func(ctx context.Context) error {
-		select {
-		case <-s.balanced:
-			return nil
-		default:
-		}
-		if err := watchWait(ctx); err != nil {
-			return err
-		}
-		select {
-		case <-s.balanced:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	dp  *httpclient.Transport
+	tel *meshTelemetry
 }
 
 // NewHTTPTransport returns the mesh's HTTP transport (see HTTPTransport).
@@ -264,15 +141,6 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	tel, err := newDialTelemetry(&cfg.commonConfig)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
-	}
-	rc, err := cfg.resilienceClient(tel)
-	if err != nil {
-		tel.close()
-		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
-	}
 	for host, target := range cfg.http.targets {
 		if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
 			if cluster == "" || cfg.xds.controlPlane == "" {
@@ -284,36 +152,63 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 			return nil, fmt.Errorf("mesh: WithHTTPTarget(%q, %q): %w", host, target, err)
 		}
 	}
+	tel, err := newDialTelemetry(&cfg.commonConfig)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
+	rc, err := cfg.resilienceClient(tel)
+	if err != nil {
+		tel.close()
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
 	reg := cfg.discovery.registry
 	if reg == nil {
 		if reg, err = discovery.New(discovery.Config{}); err != nil {
+			tel.close()
 			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 		}
 	}
-	t := &HTTPTransport{
-		identity:     cfg.identity,
-		expect:       expect,
-		cfg:          cfg.http,
-		controlPlane: cfg.xds.controlPlane,
-		policySet:    cfg.discovery.balancer != nil,
-		registry:     reg,
-		policy:       policy,
-		services:     map[string]*httpService{},
+	protocols := httpProtocols(cfg.http.protocols)
+	hc := httpclient.Config{
+		Identity:     cfg.identity,
+		Expect:       expect,
+		Protocols:    protocols,
+		NextProtos:   nextProtos(protocols),
+		Targets:      cfg.http.targets,
+		ControlPlane: cfg.xds.controlPlane,
+		Registry:     reg,
+		Balance:      policy,
+		PolicySet:    cfg.discovery.balancer != nil,
+		Wrappers:     cfg.http.wrappers,
+		Logger:       tel.log(),
+		OnXDS:        tel.xdsUpdate,
 	}
-	t.tel = tel
-	self, _ := security.ID(cfg.identity)
-	// Mesh metrics per attempt, with the endpoint that served it.
-	var rt http.RoundTripper = telemetry.HTTPTransport(tel.metrics, self.String(), "", balancedTransport{t})
-	if !cfg.telemetry.off {
-		rt = otelhttp.NewTransport(rt, cfg.otelhttpOptions()...)
+	// The telemetry stages follow NewServer's and Dial's rule (see
+	// meshTelemetry.statsOn and interceptorsOn).
+	if tel.interceptorsOn() {
+		self := tel.self.String()
+		hc.Calls = func(next http.RoundTripper) http.RoundTripper {
+			return telemetry.HTTPTransport(tel.metrics, self, "", next)
+		}
+	}
+	switch {
+	case tel.statsOn():
+		opts := cfg.otelhttpOptions()
+		hc.Attempts = func(next http.RoundTripper) http.RoundTripper { return otelhttp.NewTransport(next, opts...) }
+	case !cfg.telemetry.off:
+		hc.Attempts = passTraceContext
 	}
 	if rc != nil {
-		rt = rc.RoundTripper(rt)
+		hc.Resilience = rc.RoundTripper
 	}
-	for i := len(cfg.http.wrappers) - 1; i >= 0; i-- {
-		rt = cfg.http.wrappers[i](rt)
+	t := &HTTPTransport{tel: tel}
+	if tel.admin != nil {
+		hc.OnService = func(s *httpclient.Service) func() { return t.showOnAdmin(cfg.identity, s) }
 	}
-	t.rt = rt
+	if t.dp, err = httpclient.New(hc); err != nil {
+		tel.close()
+		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+	}
 	return t, nil
 }
 
@@ -340,29 +235,33 @@ func httpBalancePolicy(bp *discovery.Balancer) (httpbalance.Config, error) {
 		b.Policy, discovery.RoundRobin, discovery.LeastRequest, discovery.PickFirst)
 }
 
-// RoundTrip sends req to an endpoint of the service its URL host names.
-// A meshd route's timeout bounds the whole request, retries included, as
-// grpc-go's max_stream_duration bounds a call.
-func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var route *httpxds.Route
-	if svc, err := t.service(req.URL.Host); err == nil {
-		route = svc.matchRoute(req)
-	}
-	if route == nil || route.Timeout <= 0 {
-		return t.rt.RoundTrip(req)
-	}
-	ctx, cancel := context.WithTimeout(req.Context(), route.Timeout)
-	resp, err := t.rt.RoundTrip(req.WithContext(ctx))
-	if err != nil {
-		defer cancel()
-		if req.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("mesh: %s: meshd route %q timeout %s: %w (%v)", req.URL.Host, route.Name, route.Timeout, context.DeadlineExceeded, err)
+// passTraceContext is the attempt telemetry stage while the providers are
+// no-ops: no span, but the caller's W3C trace context and baggage go on in
+// the request's headers, as otelhttp would send them.
+func passTraceContext(next http.RoundTripper) http.RoundTripper {
+	prop := telemetry.Propagator()
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		ctx := req.Context()
+		if !trace.SpanContextFromContext(ctx).IsValid() && baggage.FromContext(ctx).Len() == 0 {
+			return next.RoundTrip(req)
 		}
-		return nil, err
-	}
-	// The timeout covers reading the body too.
-	resp.Body = &doneBody{ReadCloser: resp.Body, done: cancel}
-	return resp, nil
+		out := *req
+		out.Header = req.Header.Clone()
+		if out.Header == nil {
+			out.Header = http.Header{}
+		}
+		prop.Inject(ctx, propagation.HeaderCarrier(out.Header))
+		return next.RoundTrip(&out)
+	})
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// RoundTrip sends req to an endpoint of the service its URL host names.
+func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.dp.RoundTrip(req)
 }
 
 // AdminAddr returns the address of the admin endpoint the transport shows
@@ -375,106 +274,37 @@ func (t *HTTPTransport) AdminAddr() string {
 }
 
 // CloseIdleConnections closes the idle connections to every endpoint.
-func (t *HTTPTransport) CloseIdleConnections() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, s := range t.services {
-		s.eachCluster(func(c *httpCluster) { c.tr.CloseIdleConnections() })
-	}
-}
+func (t *HTTPTransport) CloseIdleConnections() { t.dp.CloseIdleConnections() }
 
 // Close stops the discovery watches and closes idle connections; requests
 // after Close fail with an error wrapping net.ErrClosed. It is safe to call
 // more than once.
 func (t *HTTPTransport) Close() error {
-	t.mu.Lock()
-	services := t.services
-	t.services, t.closed = nil, true
-	t.mu.Unlock()
-	var errs []error
-	for _, s := range services {
-		errs = append(errs, s.close())
-		s.eachCluster(func(c *httpCluster) { c.tr.CloseIdleConnections() })
-	}
+	err := t.dp.Close()
 	t.tel.close()
-	return errors.Join(errs...)
+	return err
 }
 
-// targetFor maps a URL host to a discovery target.
-func (t *HTTPTransport) targetFor(host string) (string, error) {
-	host = security.NormalizeHost(host)
-	if target, ok := t.cfg.targets[host]; ok {
-		return target, nil
-	}
-	name, _, err := net.SplitHostPort(host)
-	if err != nil {
-		name = host
-	}
-	if target, ok := t.cfg.targets[name]; ok {
-		return target, nil
-	}
-	if svc, ok := strings.CutSuffix(name, ".mesh"); ok && svc != "" {
-		if t.controlPlane != "" {
-			return "xds:///" + svc, nil
-		}
-		return "consul:///" + svc, nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("mesh: URL host %q names no service: give it a port, end it in .mesh, or map it with mesh.WithHTTPTarget", host)
-	}
-	return "static:///" + host, nil
-}
-
-func (t *HTTPTransport) service(host string) (*httpService, error) {
-	target, err := t.targetFor(host)
-	if err != nil {
-		return nil, err
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, fmt.Errorf("mesh: HTTP transport: %w", net.ErrClosed)
-	}
-	if s, ok := t.services[target]; ok {
-		return s, nil
-	}
-	s := &httpService{target: target, main: t.newCluster(""), balanced: make(chan struct{})}
-	if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
-		err = t.watchXDS(s, cluster)
-	} else {
-		err = t.watchDiscovery(s)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
-	}
-	t.showOnAdmin(s)
-	t.services[target] = s
-	return s, nil
-}
-
-// showOnAdmin lists the service on the admin endpoint until it is closed:
-// its balancer, endpoints (with what meshd sent and the cluster, for
-// xds:///, of every followed cluster) and, for xds:///, what its xDS
-// stream holds and the parts of meshd's routes not applied.
-func (t *HTTPTransport) showOnAdmin(s *httpService) {
-	if t.tel == nil || t.tel.admin == nil {
-		return
-	}
+// showOnAdmin lists a service on the admin endpoint until the returned
+// func is called: its balancer, endpoints (with what meshd sent and the
+// cluster, for xds:///, of every followed cluster) and, for xds:///, what
+// its xDS stream holds and the parts of meshd's routes not applied.
+func (t *HTTPTransport) showOnAdmin(src security.Source, s *httpclient.Service) func() {
+	target := s.Target()
 	p := admin.Provider{
-		Component: admin.Component{Kind: "http-client", Name: s.target},
-		Identity:  func() admin.Identity { return identityView(t.identity, t.tel.self) },
+		Component: admin.Component{Kind: "http-client", Name: target},
+		Identity:  func() admin.Identity { return identityView(src, t.tel.self) },
 		Targets: func() []admin.Target {
-			eps, policy := s.main.bal.Endpoints()
-			tg := admin.Target{Target: s.target, Balancer: policy.String(), Source: scheme(s.target), Endpoints: []admin.Endpoint{}}
-			if s.xds != nil {
+			eps, policy := s.Endpoints()
+			tg := admin.Target{Target: target, Balancer: policy.String(), Source: scheme(target), Endpoints: []admin.Endpoint{}}
+			if rec := s.XDS(); rec != nil {
 				ejected := map[[2]string]bool{} // cluster, address
-				s.eachCluster(func(c *httpCluster) {
-					ceps, _ := c.bal.Endpoints()
+				s.Clusters(func(name string, ceps []httpbalance.EndpointState) {
 					for _, e := range ceps {
-						ejected[[2]string{c.name, e.Addr}] = e.Ejected
+						ejected[[2]string{name, e.Addr}] = e.Ejected
 					}
 				})
-				for _, e := range s.xds.Endpoints() {
+				for _, e := range rec.Endpoints() {
 					tg.Endpoints = append(tg.Endpoints, admin.Endpoint{Cluster: e.Cluster, Address: e.Address,
 						Identity: strings.Join(e.IDs, " "), State: e.Health, Weight: e.Weight, Ejected: ejected[[2]string{e.Cluster, e.Address}]})
 				}
@@ -494,144 +324,21 @@ func (t *HTTPTransport) showOnAdmin(s *httpService) {
 			if t.tel.policies != nil {
 				ps = t.tel.policies()
 			}
-			if rp := s.routes.Load(); rp != nil {
-				ps = append(ps, unappliedRoutes(s.target, *rp)...)
-			}
-			return ps
+			return append(ps, unappliedRoutes(target, s.Routes())...)
 		},
 	}
-	if s.xds != nil {
-		p.XDS = s.xds.ClientConfig
+	if rec := s.XDS(); rec != nil {
+		p.XDS = rec.ClientConfig
 	}
-	unregister := t.tel.admin.Register(p)
-	closeWatch := s.close
-	s.close = func() error {
-		unregister()
-		return closeWatch()
-	}
-}
-
-func (t *HTTPTransport) watchDiscovery(s *httpService) error {
-	w, err := t.registry.Watch(s.target, func(eps []discovery.Endpoint, err error) {
-		if err != nil {
-			return
-		}
-		set := make([]httpbalance.Endpoint, len(eps))
-		for i, e := range eps {
-			set[i] = httpbalance.Endpoint{Addr: e.Addr, ID: e.ID, Weight: e.Weight}
-		}
-		s.main.update(set)
-		s.markBalanced()
-	})
-	if err != nil {
-		return err
-	}
-	s.wait = s.waitFor(func(ctx context.Context) error { _, err := w.Wait(ctx); return err })
-	s.close = w.Close
-	return nil
-}
-
-func (t *HTTPTransport) watchXDS(s *httpService, cluster string) error {
-	if t.controlPlane == "" {
-		return errors.New("xds:/// targets need mesh.WithControlPlane(meshd address)")
-	}
-	// A service's own cluster ("trading", not "trading/v2") has meshd
-	// routes, named after the service: follow and apply them.
-	listener := ""
-	if !strings.Contains(cluster, "/") {
-		listener = cluster
-	}
-	rec := xdsstatus.New(func(u xdsstatus.Update) { t.tel.xdsUpdate(s.target, u) })
-	s.xds = rec
-	s.main.name = cluster
-	s.clusters = map[string]*httpCluster{cluster: s.main}
-	var lastWarned string
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.controlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: cluster, Listener: listener,
-		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
-		s.mu.Lock()
-		for name, xc := range u.Clusters {
-			c := s.clusters[name]
-			if c == nil {
-				c = t.newCluster(name)
-				s.clusters[name] = c
-			}
-			t.applyCluster(c, xc)
-		}
-		for name, c := range s.clusters {
-			if _, ok := u.Clusters[name]; !ok {
-				c.update(nil)
-			}
-		}
-		s.mu.Unlock()
-		// Routes only after the clusters they name are in place.
-		routes := u.Routes
-		s.routes.Store(&routes)
-		s.markBalanced()
-		if ps := unappliedRoutes(s.target, routes); len(ps) > 0 {
-			var names []string
-			for _, p := range ps {
-				names = append(names, p.Name)
-			}
-			if key := strings.Join(names, ","); key != lastWarned {
-				lastWarned = key
-				t.tel.log().Warn("meshd route retries and faults not applied by the HTTP client: it applies their match, clusters and timeout only",
-					"target", s.target, "routes", names)
-			}
-		}
-	})
-	if err != nil {
-		rec.Close()
-		return err
-	}
-	s.wait = s.waitFor(func(ctx context.Context) error { _, err := w.Wait(ctx); return err })
-	s.close = func() error {
-		rec.Close()
-		return w.Close()
-	}
-	return nil
-}
-
-// applyCluster hands a cluster's state from meshd to its balancer and
-// dialer.
-func (t *HTTPTransport) applyCluster(c *httpCluster, xc httpxds.Cluster) {
-	if !t.policySet {
-		if xc.Policy == "least_request" {
-			c.bal.SetPolicy(httpbalance.LeastRequest)
-		} else {
-			c.bal.SetPolicy(httpbalance.RoundRobin)
-		}
-	}
-	if len(xc.IDs) > 0 {
-		ids, name := xc.IDs, c.name
-		m := spiffeid.Matcher(func(id spiffeid.ID) error {
-			for _, want := range ids {
-				if id == want {
-					return nil
-				}
-			}
-			return fmt.Errorf("unexpected ID %q: xDS cluster %q accepts %v", id, name, ids)
-		})
-		c.ids.Store(&m)
-	} else {
-		c.ids.Store(nil)
-	}
-	set := make([]httpbalance.Endpoint, len(xc.Endpoints))
-	for i, e := range xc.Endpoints {
-		set[i] = httpbalance.Endpoint{Addr: e.Addr, Weight: int(e.Weight)}
-	}
-	c.update(set)
+	return t.tel.admin.Register(p)
 }
 
 // unappliedRoutes lists the parts of meshd's routes for an xds:/// service
 // that the HTTP client does not apply (retry policies, fault injection),
-// one policy per route that has any. Routes no request reaches are left
-// out.
+// one policy per route that has any.
 func unappliedRoutes(target string, routes []*httpxds.Route) []admin.Policy {
 	var ps []admin.Policy
-	for _, r := range routes {
-		if r.Unreachable || len(r.Unapplied) == 0 {
-			continue
-		}
+	for _, r := range httpxds.Unapplied(routes) {
 		name := r.Name
 		if name == "" {
 			name = "-"
@@ -641,168 +348,6 @@ func unappliedRoutes(target string, routes []*httpxds.Route) []admin.Policy {
 				" (the route's match, clusters and timeout apply)"})
 	}
 	return ps
-}
-
-// endpointTransport is the connection pool of one cluster. Its dialer
-// verifies each endpoint against the SPIFFE ID discovery gave for it, else
-// the cluster's IDs from xDS, else the transport's expectation.
-func (t *HTTPTransport) endpointTransport(s *httpCluster) *http.Transport {
-	protocols := httpProtocols(t.cfg.protocols)
-	alpn := nextProtos(protocols)
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Protocols:           &protocols,
-		ForceAttemptHTTP2:   protocols.HTTP2(),
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			expect := t.expect
-			if m := s.ids.Load(); m != nil {
-				expect = *m
-			}
-			if id, ok := s.bal.ID(addr); ok && !id.IsZero() {
-				expect = spiffeid.MatchID(id)
-			}
-			cfg := security.ClientTLSConfig(t.identity, expect)
-			cfg.NextProtos = alpn
-			raw, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &notSentError{err}
-			}
-			conn := tls.Client(raw, cfg)
-			if err := conn.HandshakeContext(ctx); err != nil {
-				raw.Close()
-				return nil, &notSentError{fmt.Errorf("mesh: TLS handshake with %s: %w", addr, err)}
-			}
-			return conn, nil
-		},
-	}
-	return tr
-}
-
-// notSentError marks a failure before any byte of the request was sent.
-type notSentError struct{ err error }
-
-func (e *notSentError) Error() string { return e.err.Error() }
-func (e *notSentError) Unwrap() error { return e.err }
-
-// balancedTransport picks an endpoint for each request and moves on to the
-// next when one cannot be reached.
-type balancedTransport struct{ t *HTTPTransport }
-
-func (b balancedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	svc, err := b.t.service(req.URL.Host)
-	if err != nil {
-		closeBody(req)
-		return nil, err
-	}
-	if err := svc.wait(req.Context()); err != nil {
-		closeBody(req)
-		return nil, fmt.Errorf("mesh: endpoints of %s: %w", svc.target, err)
-	}
-	host := req.Host
-	if host == "" {
-		host = req.URL.Host
-	}
-	cl, err := svc.route(req)
-	if err != nil {
-		closeBody(req)
-		return nil, err
-	}
-	var tried []string
-	var lastErr error
-	resent := 0
-	for {
-		pick, err := cl.bal.Pick(tried)
-		if err != nil {
-			closeBody(req)
-			if lastErr != nil {
-				return nil, lastErr
-			}
-			if cl.name != "" {
-				return nil, fmt.Errorf("mesh: %s (%s cluster %s): %w", host, svc.target, cl.name, err)
-			}
-			return nil, fmt.Errorf("mesh: %s (%s): %w", host, svc.target, err)
-		}
-		out := req.Clone(req.Context())
-		out.URL.Scheme = "https"
-		out.URL.Host = pick.Addr
-		out.Host = host
-		if len(tried) > 0 && req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
-			if out.Body, err = req.GetBody(); err != nil {
-				pick.Done()
-				return nil, fmt.Errorf("mesh: replaying the request body: %w", err)
-			}
-		}
-		tried = append(tried, pick.Addr)
-		resp, err := cl.tr.RoundTrip(out)
-		if err != nil {
-			pick.Done()
-			lastErr = fmt.Errorf("mesh: %s endpoint %s: %w", host, pick.Addr, err)
-			if req.Context().Err() != nil || !bodyReplayable(req) {
-				return nil, lastErr
-			}
-			var ns *notSentError
-			if errors.As(err, &ns) {
-				pick.Failed()
-				continue
-			}
-			// The connection failed after the request may have been sent,
-			// typically a connection the server had just closed. Like
-			// net/http on a reused connection, send a request that is safe
-			// to repeat once more, to another endpoint.
-			if resent == 0 && idempotent(req) {
-				resent++
-				continue
-			}
-			return nil, lastErr
-		}
-		pick.Succeeded()
-		resp.Body = &doneBody{ReadCloser: resp.Body, done: pick.Done}
-		return resp, nil
-	}
-}
-
-func bodyReplayable(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
-}
-
-// idempotent is net/http's rule for requests it replays on a new
-// connection: a safe method, or an idempotency key.
-func idempotent(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, key := req.Header["Idempotency-Key"]
-	_, xkey := req.Header["X-Idempotency-Key"]
-	return key || xkey
-}
-
-func closeBody(req *http.Request) {
-	if req.Body != nil {
-		req.Body.Close()
-	}
-}
-
-// doneBody ends the request's count on its endpoint when the body is
-// closed (or fully read).
-type doneBody struct {
-	io.ReadCloser
-	done func()
-}
-
-func (b *doneBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.done()
-	}
-	return n, err
-}
-
-func (b *doneBody) Close() error {
-	b.done()
-	return b.ReadCloser.Close()
 }
 
 // ServerID returns the SPIFFE ID the server of resp presented (verified by

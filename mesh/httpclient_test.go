@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -18,10 +19,12 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
+	"github.com/gridmesh/gridmesh/resilience/idempotency"
 )
 
 type backend struct {
@@ -127,8 +130,10 @@ func TestHTTPClientBalancesAcrossThreeBackends(t *testing.T) {
 			bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/trading")))
 			c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 				mesh.WithHTTPTarget("trading.mesh", staticTarget(bs, "spiffe://example.org/trading")),
-				mesh.WithBalancer(discovery.Balancer{Policy: policy}),
-				mesh.WithoutResilience()) // the transport alone must cope with the kill
+				// The default resilience policy: a request the killed backend
+				// refuses never reached it and is retried on another; the
+				// balancer ejects the dead endpoint.
+				mesh.WithBalancer(discovery.Balancer{Policy: policy}))
 			const n = 1500
 			rs := load(t, c, "http://trading.mesh/v1/trades", n, 6)
 			got, failed := shares(rs)
@@ -395,3 +400,201 @@ func TestHTTPClientErrorsExplainFix(t *testing.T) {
 		t.Error("NewHTTPServer(nil) succeeded")
 	}
 }
+
+// TestHTTPClientRetriesOnlyWhatIsSafe: resilience is the one stage that
+// resends, and Idempotency-Key (what WithIdempotency's servers
+// deduplicate) is the one idempotency header. Two backends share one
+// idempotency store; each case's first request is applied by the server,
+// then its answer is lost: the stream is cut ("abort") or the response
+// comes after the client gave up on the attempt ("hang", past the per-try
+// timeout). A POST with only X-Idempotency-Key was resent by the balancer
+// and applied twice before the fix.
+func TestHTTPClientRetriesOnlyWhatIsSafe(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	var mu sync.Mutex
+	applied := map[string]int{}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := r.Header.Get("X-Case")
+		mu.Lock()
+		applied[c]++
+		first := applied[c] == 1
+		mu.Unlock()
+		if first {
+			switch r.Header.Get("X-Fault") {
+			case "abort": // applied, then the stream is reset
+				panic(http.ErrAbortHandler)
+			case "hang": // applied, answered after the attempt timed out
+				<-r.Context().Done()
+			}
+		}
+		io.WriteString(w, "applied")
+	})
+	store := idempotency.NewMemoryStore(time.Hour)
+	var addrs []string
+	for range 2 {
+		addr, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithIdempotency(store))
+		addrs = append(addrs, addr)
+	}
+	policy := resilience.Default()
+	policy.Retry = resilience.Retry{MaxAttempts: 5, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, PerTryTimeout: 500 * time.Millisecond}
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
+		mesh.WithHTTPTarget("trading.mesh", "static:///"+strings.Join(addrs, ",")+"?spiffe_id=spiffe://example.org/trading"),
+		mesh.WithResiliencePolicy(resilience.Config{Default: policy}))
+
+	tests := []struct {
+		name        string
+		header      string // the idempotency header sent, with a key
+		fault       string
+		wantOK      bool // the caller gets the server's answer
+		wantApplied int
+	}{
+		{"X-Idempotency-Key is not a key: not resent after a reset", "X-Idempotency-Key", "abort", false, 1},
+		{"X-Idempotency-Key is not a key: not retried after the per-try timeout", "X-Idempotency-Key", "hang", false, 1},
+		{"no key: not resent after a reset", "", "abort", false, 1},
+		{"Idempotency-Key: retried, applied once, answered from the store", "Idempotency-Key", "hang", true, 1},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(callTimeout(t), http.MethodPost, "http://trading.mesh/v1/orders", strings.NewReader(`{"lot":42}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			caseID := fmt.Sprint("case-", i)
+			req.Header.Set("X-Case", caseID)
+			req.Header.Set("X-Fault", tc.fault)
+			if tc.header != "" {
+				req.Header.Set(tc.header, "key-"+caseID)
+			}
+			resp, err := c.Do(req)
+			ok := err == nil && resp.StatusCode == http.StatusOK
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if ok && (string(body) != "applied" || resp.Header.Get(idempotency.ReplayedHeader) != "true") {
+					t.Errorf("answer %q (replayed %q); want the stored answer of the first copy", body, resp.Header.Get(idempotency.ReplayedHeader))
+				}
+			}
+			mu.Lock()
+			got := applied[caseID]
+			mu.Unlock()
+			if ok != tc.wantOK || got != tc.wantApplied {
+				t.Errorf("answered %v (err %v), applied %d times; want answered %v, applied %d", ok, err, got, tc.wantOK, tc.wantApplied)
+			}
+		})
+	}
+}
+
+// TestHTTPClientFailsOverNeverSentPOST: a POST without a key whose first
+// endpoint refuses the connection is sent to the other endpoint by
+// resilience (the failure proves the server never saw it) and applied
+// once. Without resilience nothing resends: the caller gets the failure,
+// marked resilience.NotSentError, and the next request goes elsewhere.
+func TestHTTPClientFailsOverNeverSentPOST(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	live := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/trading")))
+	lis := listen(t)
+	dead := lis.Addr().String()
+	lis.Close() // connections to dead are refused
+	target := "static:///" + dead + "," + live[0].addr + "?spiffe_id=spiffe://example.org/trading"
+	send := func(c *http.Client) error {
+		req, err := http.NewRequestWithContext(callTimeout(t), http.MethodPost, "http://trading.mesh/v1/orders", strings.NewReader(`{"lot":42}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+
+	t.Run("with resilience", func(t *testing.T) {
+		var retries atomic.Int64
+		rc, err := resilience.NewClient(resilience.DefaultConfig(), resilience.WithObserver(resilience.Observer{
+			OnRetry: func(resilience.RetryEvent) { retries.Add(1) }}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Round robin over two endpoints: one of any two requests goes
+		// to the dead one first.
+		c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithHTTPTarget("trading.mesh", target),
+			mesh.WithBalancer(discovery.Balancer{Policy: discovery.RoundRobin}), mesh.WithResilience(rc))
+		before := live[0].h.calls.Load()
+		for i := range 4 {
+			if err := send(c); err != nil {
+				t.Fatalf("POST %d: %v", i, err)
+			}
+		}
+		if got := live[0].h.calls.Load() - before; got != 4 || retries.Load() < 1 {
+			t.Errorf("live endpoint applied %d of 4 POSTs after %d retries; want 4, each once, after at least 1 retry", got, retries.Load())
+		}
+	})
+	t.Run("without resilience", func(t *testing.T) {
+		c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithHTTPTarget("trading.mesh", target), mesh.WithoutResilience())
+		var errs []error
+		for range 2 {
+			if err := send(c); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		var ns resilience.NotSentError
+		if len(errs) != 1 || !errors.As(errs[0], &ns) || !ns.NotSent() || !strings.Contains(errs[0].Error(), dead) {
+			t.Errorf("errors %v; want one, a NotSentError naming %s", errs, dead)
+		}
+	})
+}
+
+// TestHTTPClientRoutesOnceAfterWrappers: a WithHTTPRoundTripper wrapper
+// that rewrites the path gets one route's timeout and the same route's
+// cluster: the request is routed once, as the wrapper sends it. Before,
+// the timeout came from the path the application gave and the cluster
+// from the rewritten one.
+func TestHTTPClientRoutesOnceAfterWrappers(t *testing.T) {
+	rewrite := func(from, to string) mesh.DialOption {
+		return mesh.WithHTTPRoundTripper(func(next http.RoundTripper) http.RoundTripper {
+			return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				out := r.Clone(r.Context())
+				out.URL.Path = strings.Replace(out.URL.Path, from, to, 1)
+				return next.RoundTrip(out)
+			})
+		})
+	}
+	routes := []controlplane.Route{
+		{Name: "quote", Version: "v1", Timeout: 300 * time.Millisecond, Match: controlplane.Match{Prefix: "/v1/quote"}},
+		{Name: "stable", Version: "v2"},
+	}
+	tests := []struct {
+		name     string
+		wrapper  mesh.DialOption
+		path     string
+		wantErr  string // "" : answered by wantFrom
+		wantFrom string
+	}{
+		{"rewritten off the timed route: no timeout, stable's cluster", rewrite("/v1/quote", "/v1/trades"), "/v1/quote?delay=600ms", "", "v2"},
+		{"rewritten onto the timed route: its timeout", rewrite("/v1/trades", "/v1/quote"), "/v1/trades?delay=3s", `route "quote" timeout 300ms`, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startVersions(t, routes, tc.wrapper)
+			r := getWith(t, c, "http://trading.mesh"+tc.path, nil)
+			if tc.wantErr != "" {
+				if r.err == nil || !strings.Contains(r.err.Error(), tc.wantErr) {
+					t.Errorf("answered by %q, err %v; want an error containing %q", r.backend, r.err, tc.wantErr)
+				}
+				return
+			}
+			if r.err != nil || r.backend != tc.wantFrom {
+				t.Errorf("answered by %q, err %v; want %q", r.backend, r.err, tc.wantFrom)
+			}
+		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -207,10 +207,15 @@ func (t *roundTripper) attempt(ctx context.Context, req *http.Request, body io.R
 	return resp, nil
 }
 
-// NotSentError is implemented by transport errors that know the request
-// never left the client (a failed dial or TLS handshake). An error in the
-// chain whose NotSent returns true lets any request, a POST included, be
-// retried. The mesh's HTTP transport marks its endpoint failures this way.
+// NotSentError is implemented by transport errors that prove the server
+// never saw the request: a failed dial or TLS handshake, an HTTP/2 stream
+// the server refused (REFUSED_STREAM) or never processed (above a GOAWAY's
+// last stream ID). An error in the chain whose NotSent returns true lets
+// any request, a POST without an idempotency key included, be retried: this
+// is how the mesh's HTTP transport fails over to another endpoint, since
+// the RoundTripper is the one place that resends. An error that only may
+// mean the request was lost (EOF, a reset after writing) must not be
+// marked.
 type NotSentError interface {
 	error
 	NotSent() bool

@@ -53,6 +53,7 @@ func TestRoundTripperRetryRules(t *testing.T) {
 		method     string
 		body       string
 		key        bool
+		xkey       bool // X-Idempotency-Key: not an idempotency key
 		failStatus int
 		fails      int64 // -1: always
 		noRetry    bool
@@ -65,6 +66,7 @@ func TestRoundTripperRetryRules(t *testing.T) {
 		{name: "POST 503 not retried", method: "POST", body: "trade", failStatus: 503, fails: -1, wantHits: 1, wantStatus: 503},
 		{name: "POST 502 with key retried", method: "POST", body: "trade", key: true, failStatus: 502, fails: 1, wantHits: 2, wantStatus: 200},
 		{name: "POST 409 with key retried (in flight)", method: "POST", body: "trade", key: true, failStatus: 409, fails: 2, wantHits: 3, wantStatus: 200},
+		{name: "POST 502 with X-Idempotency-Key not retried", method: "POST", body: "trade", xkey: true, failStatus: 502, fails: 1, wantHits: 1, wantStatus: 502},
 		{name: "POST 500 with key not retried", method: "POST", body: "trade", key: true, failStatus: 500, fails: -1, wantHits: 1, wantStatus: 500},
 		{name: "PUT 503 not retried by default", method: "PUT", body: "x", failStatus: 503, fails: -1, wantHits: 1, wantStatus: 503},
 		{name: "GET 503 without retries returns the response", method: "GET", failStatus: 503, fails: -1, noRetry: true, wantHits: 1, wantStatus: 503},
@@ -86,6 +88,9 @@ func TestRoundTripperRetryRules(t *testing.T) {
 			}
 			if tt.key {
 				req.Header.Set(idempotency.Header, "k1")
+			}
+			if tt.xkey {
+				req.Header.Set("X-Idempotency-Key", "k1")
 			}
 			resp, err := httpClient(t, rc).Do(req)
 			if err != nil {
@@ -119,6 +124,62 @@ func TestRoundTripperNeverSentPostIsRetried(t *testing.T) {
 	}
 	if got := ev.retries.Load(); got != 2 {
 		t.Errorf("retries = %d, want 2", got)
+	}
+}
+
+// sentMark is a transport error that says whether the request was sent.
+type sentMark struct{ sent bool }
+
+func (e sentMark) Error() string { return fmt.Sprintf("endpoint failed (sent: %v)", e.sent) }
+func (e sentMark) NotSent() bool { return !e.sent }
+
+// A POST without a key is retried after a transport error only when the
+// error is a NotSentError whose NotSent is true; the retry replays the
+// body.
+func TestRoundTripperRetriesOnlyNotSentMarkedPOST(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error
+		wantHits int64
+		wantOK   bool
+	}{
+		{"marked not sent", fmt.Errorf("mesh: endpoint 10.0.0.1:8443: %w", sentMark{sent: false}), 2, true},
+		{"may have been sent", fmt.Errorf("mesh: endpoint 10.0.0.1:8443: %w", sentMark{sent: true}), 1, false},
+		{"unmarked", io.ErrUnexpectedEOF, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hits atomic.Int64
+			var bodies []string
+			next := rtFunc(func(r *http.Request) (*http.Response, error) {
+				b, _ := io.ReadAll(r.Body)
+				r.Body.Close()
+				bodies = append(bodies, string(b))
+				if hits.Add(1) == 1 {
+					return nil, tt.err
+				}
+				rec := httptest.NewRecorder()
+				io.WriteString(rec, "ok")
+				return rec.Result(), nil
+			})
+			rc, _ := newClient(t, fastRetries(resilience.Default()))
+			req, err := http.NewRequestWithContext(testCtx(t, 10*time.Second), "POST", "http://trading/trades", strings.NewReader("trade"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := rc.RoundTripper(next).RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			if hits.Load() != tt.wantHits || (err == nil) != tt.wantOK {
+				t.Errorf("%d attempts, err %v; want %d attempts, success %v", hits.Load(), err, tt.wantHits, tt.wantOK)
+			}
+			for i, b := range bodies {
+				if b != "trade" {
+					t.Errorf("attempt %d body = %q, want %q", i+1, b, "trade")
+				}
+			}
+		})
 	}
 }
 

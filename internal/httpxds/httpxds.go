@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,21 +16,20 @@ import (
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
 
 const (
-	listenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
-	routeType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-	clusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-	endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	listenerType = xdsresource.ListenerType
+	routeType    = xdsresource.RouteType
+	clusterType  = xdsresource.ClusterType
+	endpointType = xdsresource.EndpointType
 )
 
 // Config says what to follow and where.
@@ -68,13 +65,14 @@ type Cluster struct {
 	Endpoints []Endpoint
 	// Policy is "round_robin", "least_request" or "ring_hash".
 	Policy string
-	// IDs are the SPIFFE IDs the cluster's mTLS context accepts (its
-	// subject alternative names); empty when meshd sends none.
-	IDs []spiffeid.ID
+	// SANs match the SPIFFE IDs the cluster's mTLS context accepts (its
+	// subject alternative names, read as grpc-go reads them); empty when
+	// meshd sends none.
+	SANs []xdsresource.SAN
 }
 
 func (c Cluster) equal(o Cluster) bool {
-	return c.Policy == o.Policy && slices.Equal(c.Endpoints, o.Endpoints) && slices.Equal(c.IDs, o.IDs)
+	return c.Policy == o.Policy && slices.Equal(c.Endpoints, o.Endpoints) && slices.EqualFunc(c.SANs, o.SANs, xdsresource.SAN.Equal)
 }
 
 // Update is the state in force.
@@ -449,7 +447,7 @@ func (st *state) publish() {
 	for _, n := range st.wantClusters() {
 		if st.known(n) {
 			c := st.clusters[n]
-			u.Clusters[n] = Cluster{Endpoints: st.eds[c.edsName], Policy: c.policy, IDs: c.ids}
+			u.Clusters[n] = Cluster{Endpoints: st.eds[c.edsName], Policy: c.policy, SANs: c.sans}
 		}
 	}
 	st.w.publish(u, st.gen)
@@ -485,20 +483,11 @@ func parseListener(resp *discoverypb.DiscoveryResponse, name string) (*listenerS
 		if l.GetName() != name {
 			continue
 		}
-		hcm := &hcmpb.HttpConnectionManager{}
-		if err := l.GetApiListener().GetApiListener().UnmarshalTo(hcm); err != nil {
-			return nil, fmt.Errorf("httpxds: listener %q: api_listener is not an HttpConnectionManager: %w", name, err)
+		rds, inline, err := xdsresource.ListenerRoutes(l)
+		if err != nil {
+			return nil, fmt.Errorf("httpxds: %w", err)
 		}
-		switch {
-		case hcm.GetRds() != nil:
-			if hcm.GetRds().GetRouteConfigName() == "" {
-				return nil, fmt.Errorf("httpxds: listener %q: rds without a route_config_name", name)
-			}
-			return &listenerState{rds: hcm.GetRds().GetRouteConfigName()}, nil
-		case hcm.GetRouteConfig() != nil:
-			return &listenerState{inline: hcm.GetRouteConfig()}, nil
-		}
-		return nil, fmt.Errorf("httpxds: listener %q: neither rds nor route_config", name)
+		return &listenerState{rds: rds, inline: inline}, nil
 	}
 	return nil, nil
 }
@@ -506,7 +495,7 @@ func parseListener(resp *discoverypb.DiscoveryResponse, name string) (*listenerS
 type clusterState struct {
 	edsName string
 	policy  string
-	ids     []spiffeid.ID
+	sans    []xdsresource.SAN
 }
 
 func parseCluster(c *clusterpb.Cluster) (*clusterState, error) {
@@ -514,10 +503,7 @@ func parseCluster(c *clusterpb.Cluster) (*clusterState, error) {
 	if c.GetType() != clusterpb.Cluster_EDS {
 		return nil, fmt.Errorf("httpxds: cluster %q: type %v, want EDS", name, c.GetType())
 	}
-	st := &clusterState{edsName: c.GetEdsClusterConfig().GetServiceName()}
-	if st.edsName == "" {
-		st.edsName = name
-	}
+	st := &clusterState{edsName: xdsresource.EDSServiceName(c)}
 	switch c.GetLbPolicy() {
 	case clusterpb.Cluster_ROUND_ROBIN:
 		st.policy = "round_robin"
@@ -528,19 +514,11 @@ func parseCluster(c *clusterpb.Cluster) (*clusterState, error) {
 	default:
 		return nil, fmt.Errorf("httpxds: cluster %q: lb_policy %v not supported", name, c.GetLbPolicy())
 	}
-	if ts := c.GetTransportSocket(); ts != nil {
-		up := &tlspb.UpstreamTlsContext{}
-		if err := ts.GetTypedConfig().UnmarshalTo(up); err != nil {
-			return nil, fmt.Errorf("httpxds: cluster %q: transport socket: %w", name, err)
-		}
-		for _, m := range up.GetCommonTlsContext().GetValidationContext().GetMatchSubjectAltNames() {
-			id, err := spiffeid.FromString(m.GetExact())
-			if err != nil {
-				return nil, fmt.Errorf("httpxds: cluster %q: SAN matcher %v: want an exact SPIFFE ID", name, m)
-			}
-			st.ids = append(st.ids, id)
-		}
+	sans, err := xdsresource.ClusterSANs(c)
+	if err != nil {
+		return nil, fmt.Errorf("httpxds: %w", err)
 	}
+	st.sans = sans
 	return st, nil
 }
 
@@ -555,15 +533,11 @@ func parseEndpoints(cla *endpointpb.ClusterLoadAssignment) ([]Endpoint, error) {
 			default:
 				continue
 			}
-			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-			if sa == nil {
+			addr, w, ok := xdsresource.Endpoint(lb)
+			if !ok {
 				return nil, fmt.Errorf("httpxds: endpoints of %q: an endpoint without a socket address", name)
 			}
-			w := lb.GetLoadBalancingWeight().GetValue()
-			if w == 0 {
-				w = 1
-			}
-			eps = append(eps, Endpoint{Addr: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))), Weight: w})
+			eps = append(eps, Endpoint{Addr: addr, Weight: w})
 		}
 	}
 	slices.SortFunc(eps, func(a, b Endpoint) int { return strings.Compare(a.Addr, b.Addr) })

@@ -18,7 +18,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +26,7 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 )
 
@@ -52,9 +52,9 @@ func TestWatchFollowsClusterAndEndpoints(t *testing.T) {
 	want := httpxds.Update{Clusters: map[string]httpxds.Cluster{"trading": {
 		Endpoints: []httpxds.Endpoint{{Addr: "127.0.0.1:1001", Weight: 1}, {Addr: "127.0.0.1:1002", Weight: 3}},
 		Policy:    "least_request",
-		IDs:       []spiffeid.ID{spiffeid.RequireFromString("spiffe://example.org/trading")},
+		SANs:      []xdsresource.SAN{{Kind: "exact", Pattern: "spiffe://example.org/trading"}},
 	}}}
-	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b spiffeid.ID) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want, got, cmp.Comparer(xdsresource.SAN.Equal)); diff != "" {
 		t.Errorf("first update (-want +got):\n%s", diff)
 	}
 	if err := registration.NewClient(m.HTTPAddr).Deregister(ctx, "trading", "127.0.0.1:1001"); err != nil {

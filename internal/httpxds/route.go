@@ -14,9 +14,10 @@ import (
 
 	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
+
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
 
 // Route is one route of the service's route configuration, as the HTTP
@@ -195,8 +196,7 @@ func routeTable(rc *routepb.RouteConfiguration, host string) ([]*Route, error) {
 			continue
 		}
 		r.Unreachable = caught
-		caught = caught || (r.regex == nil && r.path == "" && r.prefix == "" || r.prefix == "/") &&
-			len(r.headers) == 0 && r.fraction == nil
+		caught = caught || xdsresource.CatchAll(rt.GetMatch())
 		out = append(out, r)
 	}
 	return out, nil
@@ -261,7 +261,7 @@ func parseRoute(rt *routepb.Route) (*Route, error) {
 		if r.fold {
 			pattern = "(?i)" + pattern
 		}
-		re, err := fullRegexp(pattern)
+		re, err := xdsresource.FullRegexp(pattern)
 		if err != nil {
 			return nil, fmt.Errorf("route %q: path regex %q: %w", name, p.SafeRegex.GetRegex(), err)
 		}
@@ -373,14 +373,6 @@ func percent(f *typepb.FractionalPercent) string {
 	return fmt.Sprintf("%d%%", f.GetNumerator())
 }
 
-// fullRegexp compiles pattern to match whole strings, as grpc-go does.
-func fullRegexp(pattern string) (*regexp.Regexp, error) {
-	if _, err := regexp.Compile(pattern); err != nil {
-		return nil, err
-	}
-	return regexp.Compile("^(?:" + pattern + ")$")
-}
-
 func parseHeaderMatcher(h *routepb.HeaderMatcher) (headerMatcher, error) {
 	hm := headerMatcher{name: h.GetName(), invert: h.GetInvertMatch()}
 	if hm.name == "" {
@@ -396,7 +388,7 @@ func parseHeaderMatcher(h *routepb.HeaderMatcher) (headerMatcher, error) {
 	case *routepb.HeaderMatcher_ContainsMatch:
 		hm.str = func(v string) bool { return strings.Contains(v, s.ContainsMatch) }
 	case *routepb.HeaderMatcher_SafeRegexMatch:
-		re, err := fullRegexp(s.SafeRegexMatch.GetRegex())
+		re, err := xdsresource.FullRegexp(s.SafeRegexMatch.GetRegex())
 		if err != nil {
 			return hm, fmt.Errorf("header %q regex %q: %w", hm.name, s.SafeRegexMatch.GetRegex(), err)
 		}
@@ -407,7 +399,7 @@ func parseHeaderMatcher(h *routepb.HeaderMatcher) (headerMatcher, error) {
 		p := s.PresentMatch
 		hm.present = &p
 	case *routepb.HeaderMatcher_StringMatch:
-		f, err := stringMatch(s.StringMatch)
+		f, err := xdsresource.StringMatch(s.StringMatch)
 		if err != nil {
 			return hm, fmt.Errorf("header %q: %w", hm.name, err)
 		}
@@ -418,33 +410,14 @@ func parseHeaderMatcher(h *routepb.HeaderMatcher) (headerMatcher, error) {
 	return hm, nil
 }
 
-func stringMatch(sm *matcherpb.StringMatcher) (func(string) bool, error) {
-	fold := sm.GetIgnoreCase()
-	norm := func(v string) string {
-		if fold {
-			return strings.ToLower(v)
+// Unapplied returns the routes that have parts the HTTP client does not
+// apply (Route.Unapplied), leaving out routes no request reaches.
+func Unapplied(routes []*Route) []*Route {
+	var out []*Route
+	for _, r := range routes {
+		if !r.Unreachable && len(r.Unapplied) > 0 {
+			out = append(out, r)
 		}
-		return v
 	}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherpb.StringMatcher_Exact:
-		want := norm(p.Exact)
-		return func(v string) bool { return norm(v) == want }, nil
-	case *matcherpb.StringMatcher_Prefix:
-		want := norm(p.Prefix)
-		return func(v string) bool { return strings.HasPrefix(norm(v), want) }, nil
-	case *matcherpb.StringMatcher_Suffix:
-		want := norm(p.Suffix)
-		return func(v string) bool { return strings.HasSuffix(norm(v), want) }, nil
-	case *matcherpb.StringMatcher_Contains:
-		want := norm(p.Contains)
-		return func(v string) bool { return strings.Contains(norm(v), want) }, nil
-	case *matcherpb.StringMatcher_SafeRegex:
-		re, err := fullRegexp(p.SafeRegex.GetRegex())
-		if err != nil {
-			return nil, fmt.Errorf("regex %q: %w", p.SafeRegex.GetRegex(), err)
-		}
-		return re.MatchString, nil
-	}
-	return nil, fmt.Errorf("string matcher %T is not supported", sm.GetMatchPattern())
+	return out
 }

@@ -1,15 +1,14 @@
 package xdsstatus
 
 import (
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
 
 // Endpoint is one endpoint of a cluster the client accepted.
@@ -21,7 +20,9 @@ type Endpoint struct {
 	// "healthy", "unhealthy", "draining", ...
 	Health string
 	// IDs are the SPIFFE IDs the cluster's mTLS accepts from its
-	// endpoints (subject alternative names); empty when it sends none.
+	// endpoints (subject alternative names): the ID for an exact matcher,
+	// "prefix spiffe://..." and the like for others (SAN.String); empty
+	// when it sends none.
 	IDs []string
 }
 
@@ -37,28 +38,20 @@ func (r *Recorder) Endpoints() []Endpoint {
 	var out []Endpoint
 	for _, m := range r.Accepted(ClusterType) {
 		c := m.(*clusterpb.Cluster)
-		eds := c.GetEdsClusterConfig().GetServiceName()
-		if eds == "" {
-			eds = c.GetName()
-		}
-		cla := assignments[eds]
+		cla := assignments[xdsresource.EDSServiceName(c)]
 		if cla == nil {
 			continue
 		}
 		ids := clusterIDs(c)
 		for _, loc := range cla.GetEndpoints() {
 			for _, lb := range loc.GetLbEndpoints() {
-				sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa == nil {
+				addr, w, ok := xdsresource.Endpoint(lb)
+				if !ok {
 					continue
-				}
-				w := lb.GetLoadBalancingWeight().GetValue()
-				if w == 0 {
-					w = 1
 				}
 				out = append(out, Endpoint{
 					Cluster: c.GetName(),
-					Address: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
+					Address: addr,
 					Weight:  w,
 					Health:  strings.ToLower(lb.GetHealthStatus().String()),
 					IDs:     ids,
@@ -75,27 +68,16 @@ func (r *Recorder) Endpoints() []Endpoint {
 	return out
 }
 
-// clusterIDs returns the exact subject alternative names the cluster's
-// upstream TLS context matches, where grpc-go reads them.
+// clusterIDs describes the SAN matchers of the cluster's upstream TLS
+// context (xdsresource.ClusterSANs): the ID itself for an exact matcher.
 func clusterIDs(c *clusterpb.Cluster) []string {
-	ts := c.GetTransportSocket()
-	if ts == nil {
-		return nil
-	}
-	up := &tlspb.UpstreamTlsContext{}
-	if ts.GetTypedConfig().UnmarshalTo(up) != nil {
-		return nil
-	}
-	common := up.GetCommonTlsContext()
-	matchers := common.GetValidationContext().GetMatchSubjectAltNames()
-	if cv := common.GetCombinedValidationContext(); cv != nil {
-		matchers = cv.GetDefaultValidationContext().GetMatchSubjectAltNames()
+	sans, err := xdsresource.ClusterSANs(c)
+	if err != nil {
+		return []string{"invalid: " + err.Error()}
 	}
 	var ids []string
-	for _, m := range matchers {
-		if e := m.GetExact(); e != "" {
-			ids = append(ids, e)
-		}
+	for _, s := range sans {
+		ids = append(ids, s.String())
 	}
 	return ids
 }

@@ -20,15 +20,17 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
 
 // The resource types grpc-go's xDS client reads, in the order a dump lists
 // them.
 const (
-	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
-	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	ListenerType = xdsresource.ListenerType
+	RouteType    = xdsresource.RouteType
+	ClusterType  = xdsresource.ClusterType
+	EndpointType = xdsresource.EndpointType
 )
 
 var typeOrder = map[string]int{ListenerType: 0, RouteType: 1, ClusterType: 2, EndpointType: 3}

@@ -13,6 +13,8 @@ import (
 	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
 
 // Route is one route of an accepted route configuration, described for
@@ -45,16 +47,11 @@ func (r *Recorder) Routes() []Route {
 			for _, rt := range vh.GetRoutes() {
 				out = append(out, Route{Config: rc.GetName(), Name: rt.GetName(), Match: describeMatch(rt.GetMatch()),
 					Action: describeAction(rt), Unreachable: caught})
-				caught = caught || matchesEverything(rt.GetMatch())
+				caught = caught || xdsresource.CatchAll(rt.GetMatch())
 			}
 		}
 	}
 	return out
-}
-
-func matchesEverything(m *routepb.RouteMatch) bool {
-	return m.GetPath() == "" && m.GetSafeRegex() == nil && (m.GetPrefix() == "" || m.GetPrefix() == "/") &&
-		len(m.GetHeaders()) == 0 && m.GetRuntimeFraction() == nil
 }
 
 func describeMatch(m *routepb.RouteMatch) string {

@@ -1,0 +1,299 @@
+package httpclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/httpbalance"
+	"github.com/gridmesh/gridmesh/internal/xdsstatus"
+	"github.com/gridmesh/gridmesh/security"
+)
+
+// Config is what New needs. Identity, Expect and Registry are required;
+// the rest may be left zero.
+type Config struct {
+	// Identity is the caller's SVID and trust bundles, presented and used
+	// on every connection.
+	Identity security.Source
+	// Expect is the check a server's SPIFFE ID must pass when neither
+	// discovery nor meshd names the IDs of its endpoint.
+	Expect spiffeid.Matcher
+	// Protocols are the HTTP versions offered, NextProtos their ALPN
+	// names. Zero Protocols: HTTP/1.1 only.
+	Protocols  http.Protocols
+	NextProtos []string
+	// Targets maps URL hosts (security.NormalizeHost form, with or
+	// without a port) to discovery targets.
+	Targets map[string]string
+	// ControlPlane is meshd's xDS address, for xds:/// targets and
+	// "<name>.mesh" hosts; "" means none.
+	ControlPlane string
+	// Registry resolves consul:/// and static:/// targets.
+	Registry *discovery.Registry
+	// Balance is the balancing policy. PolicySet says it was chosen in
+	// code: it then wins over meshd's CDS lb_policy.
+	Balance   httpbalance.Config
+	PolicySet bool
+
+	// The stages of the pipeline the caller provides, each nil when off;
+	// the package doc gives their order. Wrappers: the first given is the
+	// outermost.
+	Wrappers   []func(http.RoundTripper) http.RoundTripper
+	Calls      func(http.RoundTripper) http.RoundTripper
+	Resilience func(http.RoundTripper) http.RoundTripper
+	Attempts   func(http.RoundTripper) http.RoundTripper
+
+	// OnService, when set, is called once for each service the transport
+	// starts following, before its first request is routed; the release
+	// it returns is called when the service is closed. mesh shows the
+	// service on its admin endpoint with it.
+	OnService func(*Service) (release func())
+	// OnXDS, when set, is called with every response on an xds:///
+	// service's stream and the client's answer to it.
+	OnXDS func(target string, u xdsstatus.Update)
+	// Logger gets the warnings (meshd route parts not applied). Default:
+	// silent.
+	Logger *slog.Logger
+}
+
+// Transport is the HTTP client data plane, an http.RoundTripper. Build it
+// with New; it is safe for concurrent use.
+type Transport struct {
+	cfg Config
+	rt  http.RoundTripper // the pipeline, wrappers outermost
+
+	mu       sync.Mutex
+	services map[string]*Service // by discovery target
+	byHost   map[string]*Service // by URL host as requests give it
+	closed   bool
+}
+
+// New returns a Transport that follows services as requests name them. It
+// does not block: a service's endpoints are looked up on its first
+// request, which waits for them within the request's context.
+func New(cfg Config) (*Transport, error) {
+	switch {
+	case cfg.Identity == nil:
+		return nil, errors.New("httpclient: Config.Identity is required")
+	case cfg.Expect == nil:
+		return nil, errors.New("httpclient: Config.Expect is required")
+	case cfg.Registry == nil:
+		return nil, errors.New("httpclient: Config.Registry is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Transport{cfg: cfg, services: map[string]*Service{}, byHost: map[string]*Service{}}
+	// Innermost first: balancing (identity beneath it, in each cluster's
+	// connection pool), attempt telemetry, resilience, routing, call
+	// telemetry, wrappers.
+	var rt http.RoundTripper = balancer{}
+	if cfg.Attempts != nil {
+		rt = cfg.Attempts(rt)
+	}
+	if cfg.Resilience != nil {
+		rt = cfg.Resilience(rt)
+	}
+	rt = router{t: t, next: rt}
+	if cfg.Calls != nil {
+		rt = cfg.Calls(rt)
+	}
+	for i := len(cfg.Wrappers) - 1; i >= 0; i-- {
+		rt = cfg.Wrappers[i](rt)
+	}
+	t.rt = rt
+	return t, nil
+}
+
+// RoundTrip sends req through the pipeline to an endpoint of the service
+// its URL host names.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.rt.RoundTrip(req)
+}
+
+// CloseIdleConnections closes the idle connections to every endpoint.
+func (t *Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range t.services {
+		s.eachCluster(func(c *cluster) { c.tr.CloseIdleConnections() })
+	}
+}
+
+// Close stops following every service and closes idle connections;
+// requests after Close fail with an error wrapping net.ErrClosed. It is
+// safe to call more than once.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	services := t.services
+	t.services, t.byHost, t.closed = nil, nil, true
+	t.mu.Unlock()
+	var errs []error
+	for _, s := range services {
+		errs = append(errs, s.close())
+		s.eachCluster(func(c *cluster) { c.tr.CloseIdleConnections() })
+	}
+	return errors.Join(errs...)
+}
+
+// targetFor maps a URL host to a discovery target.
+func (t *Transport) targetFor(host string) (string, error) {
+	host = security.NormalizeHost(host)
+	if target, ok := t.cfg.Targets[host]; ok {
+		return target, nil
+	}
+	name, _, err := net.SplitHostPort(host)
+	if err != nil {
+		name = host
+	}
+	if target, ok := t.cfg.Targets[name]; ok {
+		return target, nil
+	}
+	if svc, ok := strings.CutSuffix(name, ".mesh"); ok && svc != "" {
+		if t.cfg.ControlPlane != "" {
+			return "xds:///" + svc, nil
+		}
+		return "consul:///" + svc, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("mesh: URL host %q names no service: give it a port, end it in .mesh, or map it with mesh.WithHTTPTarget", host)
+	}
+	return "static:///" + host, nil
+}
+
+// service returns the service host names, following it from now on if it
+// is new.
+func (t *Transport) service(host string) (*Service, error) {
+	t.mu.Lock()
+	s, ok := t.byHost[host]
+	t.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	target, err := t.targetFor(host)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, fmt.Errorf("mesh: HTTP transport: %w", net.ErrClosed)
+	}
+	if s, ok := t.services[target]; ok {
+		t.byHost[host] = s
+		return s, nil
+	}
+	s = &Service{target: target, balanced: make(chan struct{})}
+	s.main = t.newCluster("")
+	if cluster, ok := strings.CutPrefix(target, "xds:///"); ok {
+		err = t.watchXDS(s, cluster)
+	} else {
+		err = t.watchDiscovery(s)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
+	}
+	if t.cfg.OnService != nil {
+		release, closeWatch := t.cfg.OnService(s), s.close
+		s.close = func() error {
+			release()
+			return closeWatch()
+		}
+	}
+	t.services[target] = s
+	t.byHost[host] = s
+	return s, nil
+}
+
+// decision is a request's routing, made once by the router and read by
+// the balancer on every attempt.
+type decision struct {
+	svc  *Service
+	cl   *cluster
+	host string // the Host header the endpoints get
+
+	mu    sync.Mutex
+	tried []string // endpoints attempted, to try others first
+	buf   [2]string
+}
+
+type decisionKey struct{}
+
+// pick chooses an endpoint of the decided cluster, one not tried by this
+// request while there are such.
+func (d *decision) pick() (*httpbalance.Pick, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, err := d.cl.bal.Pick(d.tried)
+	if errors.Is(err, httpbalance.ErrNoEndpoints) && len(d.tried) > 0 {
+		p, err = d.cl.bal.Pick(nil) // every endpoint tried: any again
+	}
+	if err != nil {
+		return nil, err
+	}
+	if d.tried == nil {
+		d.tried = d.buf[:0]
+	}
+	d.tried = append(d.tried, p.Addr)
+	return p, nil
+}
+
+// router is the routing stage: one lookup of the service, its route and
+// cluster per request (see the package doc).
+type router struct {
+	t    *Transport
+	next http.RoundTripper
+}
+
+func (r router) RoundTrip(req *http.Request) (*http.Response, error) {
+	svc, err := r.t.service(req.URL.Host)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	ctx := req.Context()
+	if err := svc.wait(ctx); err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("mesh: endpoints of %s: %w", svc.target, err)
+	}
+	route, cl, err := svc.route(req)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	d := &decision{svc: svc, cl: cl, host: req.Host}
+	if d.host == "" {
+		d.host = req.URL.Host
+	}
+	ctx = context.WithValue(ctx, decisionKey{}, d)
+	if route == nil || route.Timeout <= 0 {
+		return r.next.RoundTrip(req.WithContext(ctx))
+	}
+	ctx, cancel := context.WithTimeout(ctx, route.Timeout)
+	resp, err := r.next.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		defer cancel()
+		if req.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("mesh: %s: meshd route %q timeout %s: %w (%v)", req.URL.Host, route.Name, route.Timeout, context.DeadlineExceeded, err)
+		}
+		return nil, err
+	}
+	// The timeout covers reading the body too.
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: cancel}
+	return resp, nil
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
