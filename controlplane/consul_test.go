@@ -17,9 +17,9 @@ import (
 func TestConsulCatalogFeedsEndpoints(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	fake := consul.New(t, consul.Options{})
+	agent := consul.Start(t)
 	m := xdstest.StartMeshd(t, "", twoVersions(controlplane.Route{Version: "v2"}))
-	src := controlplane.NewConsulSource(fake.Client(), m.Server)
+	src := controlplane.NewConsulSource(agent.Client(), m.Server)
 	runCtx, stop := context.WithCancel(ctx)
 	runDone := make(chan struct{})
 	go func() { defer close(runDone); _ = src.Run(runCtx) }()
@@ -30,7 +30,7 @@ func TestConsulCatalogFeedsEndpoints(t *testing.T) {
 	for _, b := range []*xdstest.Backend{b1, b2} {
 		host, port, _ := net.SplitHostPort(b.Addr)
 		p, _ := strconv.Atoi(port)
-		err := fake.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{
+		err := agent.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{
 			ID: b.Name, Name: "trading", Address: host, Port: p,
 			Meta: map[string]string{"version": b.Name},
 		})
@@ -42,7 +42,7 @@ func TestConsulCatalogFeedsEndpoints(t *testing.T) {
 	waitServedBy(ctx, t, c, "v2")
 
 	// Deregistering v2 in Consul takes it out of the mesh.
-	if err := fake.Client().Agent().ServiceDeregister("v2"); err != nil {
+	if err := agent.Client().Agent().ServiceDeregister("v2"); err != nil {
 		t.Fatal(err)
 	}
 	xdstest.WaitFor(ctx, t, "v2 gone from the snapshot", func() error {

@@ -30,7 +30,7 @@ func TestDistributionPerPolicy(t *testing.T) {
 		}}, 5},
 		{"ring_hash with distinct keys", discovery.Balancer{Policy: discovery.RingHash, HashHeader: "x-market-id"}, 0},
 	}
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, _ := newRegistry(t, f)
 	bs := startBackends(t, 3)
 	for _, b := range bs {
@@ -81,7 +81,7 @@ func TestDistributionPerPolicy(t *testing.T) {
 func TestRingHashSameKeySameBackend(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, _ := newRegistry(t, f)
 	bs := startBackends(t, 3)
 	var regs []*discovery.Registration
@@ -152,7 +152,7 @@ func TestRingHashSameKeySameBackend(t *testing.T) {
 func TestWeightedRoundRobinFollowsLoadReports(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, _ := newRegistry(t, f)
 	utils := []float64{0.2, 0.4, 0.8}
 	for i, u := range utils {
@@ -202,7 +202,7 @@ func TestWeightedRoundRobinFollowsLoadReports(t *testing.T) {
 func TestOutlierDetectionEjectsFailingBackend(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, _ := newRegistry(t, f)
 	bs := startBackends(t, 3)
 	for _, b := range bs {

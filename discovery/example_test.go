@@ -68,8 +68,8 @@ func ExampleRegistry_Watch() {
 // TestLoggerReportsConsulUnreachable: with WithLogger the Registry logs a
 // lost Consul at warning level, tagged component=discovery.
 func TestLoggerReportsConsulUnreachable(t *testing.T) {
-	f := consul.New(t, consul.Options{})
-	f.Stop()
+	f := consul.Start(t)
+	f.Stop(t)
 	var buf syncBuffer
 	reg, err := discovery.New(discovery.Config{Consul: f.Client(), RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond},
 		discovery.WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))

@@ -91,9 +91,9 @@ func startBackends(t *testing.T, n int) []*backend {
 	return bs
 }
 
-// newRegistry returns a Registry on the fake with fast retries, recording
-// its events.
-func newRegistry(t *testing.T, f *consul.Server, opts ...discovery.Option) (*discovery.Registry, *eventLog) {
+// newRegistry returns a Registry on the agent (none when nil) with fast
+// retries, recording its events.
+func newRegistry(t *testing.T, f *consul.Agent, opts ...discovery.Option) (*discovery.Registry, *eventLog) {
 	t.Helper()
 	ev := &eventLog{}
 	cfg := discovery.Config{RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond}

@@ -94,7 +94,7 @@ func TestWrongSPIFFEIDRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, err := discovery.New(discovery.Config{Consul: f.Client(), TrustDomain: td})
 	if err != nil {
 		t.Fatal(err)

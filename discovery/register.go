@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,6 +127,10 @@ func (r *Registry) Register(ctx context.Context, svc Service) (*Registration, er
 		},
 	}
 	if err := g.agent.ServiceRegisterOpts(g.reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		var se api.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusForbidden {
+			return nil, &aclError{service: svc.Name, cause: se}
+		}
 		return nil, fmt.Errorf("discovery: register %q with consul: %w", svc.ID, err)
 	}
 	r.emit(Event{Kind: Registered, Target: svc.ID})
@@ -134,6 +140,23 @@ func (r *Registry) Register(ctx context.Context, svc Service) (*Registration, er
 }
 
 func durationString(d time.Duration) string { return d.String() }
+
+// aclError is a registration Consul refused (403): the token lacks the
+// permission, or Consul does not know the token at all.
+type aclError struct {
+	service string
+	cause   api.StatusError
+}
+
+func (e *aclError) Error() string {
+	said := strings.TrimSpace(e.cause.Body)
+	if strings.Contains(said, "ACL not found") {
+		return fmt.Sprintf("discovery: register %q: Consul does not know the token (check the token api.Config.Token or CONSUL_HTTP_TOKEN carries; Consul said: %s)", e.service, said)
+	}
+	return fmt.Sprintf("discovery: register %q: the Consul token lacks service:write on %q; grant it with the ACL policy rule `service %q { policy = \"write\" }` (Consul said: %s)", e.service, e.service, e.service, said)
+}
+
+func (e *aclError) Unwrap() error { return e.cause }
 
 // ID is the registered instance ID.
 func (g *Registration) ID() string { return g.reg.ID }

@@ -38,7 +38,7 @@ func healthOf(t *testing.T, c *api.Client, id string) (status string, svc *api.A
 // registered passing with its SPIFFE ID in meta, kept passing past its TTL
 // by heartbeats, critical when draining, gone after Close.
 func TestRegisterHeartbeatDrainClose(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	c := f.Client()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	reg, err := discovery.New(discovery.Config{Consul: c, TrustDomain: td})
@@ -90,7 +90,7 @@ func TestRegisterHeartbeatDrainClose(t *testing.T) {
 // TestRegisterAgainWhenAgentLosesCheck: if the agent forgets the instance
 // (state lost), the next heartbeat registers it again.
 func TestRegisterAgainWhenAgentLosesCheck(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	c := f.Client()
 	reg, ev := newRegistry(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -100,7 +100,7 @@ func TestRegisterAgainWhenAgentLosesCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	f.Reset()
+	f.RestartEmpty(t)
 	if _, ok := pollUntil(5*time.Second, func() bool { s, _ := healthOf(t, c, r.ID()); return s == api.HealthPassing }); !ok {
 		t.Fatal("instance not registered again after the agent lost it")
 	}
@@ -110,7 +110,7 @@ func TestRegisterAgainWhenAgentLosesCheck(t *testing.T) {
 }
 
 func TestRegisterErrors(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	reg, _ := newRegistry(t, f)
 	noConsul, _ := newRegistry(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -173,7 +173,7 @@ func (r *recordingCC) last() (resolver.State, bool) {
 // TestResolverSetsExpectedIdentity: every address the resolvers hand gRPC
 // carries the SPIFFE ID the endpoint must present.
 func TestResolverSetsExpectedIdentity(t *testing.T) {
-	f := consul.New(t, consul.Options{})
+	f := consul.Start(t)
 	c := f.Client()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	reg, err := discovery.New(discovery.Config{Consul: c, TrustDomain: td})
@@ -229,6 +229,72 @@ func TestResolverSetsExpectedIdentity(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("addresses and expected IDs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestRegisterWithACLs runs against an agent with ACLs on and default deny:
+// a token without service:write on the service gets an error naming the
+// service and the permission, a token with it registers, heartbeats and
+// deregisters.
+func TestRegisterWithACLs(t *testing.T) {
+	a := consul.Start(t, consul.WithACLs())
+	writer := a.CreateToken(t, "trading-write", `service "trading" { policy = "write" }`)
+	reader := a.CreateToken(t, "trading-read", `service "trading" { policy = "read" }`)
+	tests := []struct {
+		name    string
+		token   string
+		service string
+		want    []string // substrings of the error; nil: registered
+	}{
+		{"no token", "", "trading", []string{`discovery: register "trading": the Consul token lacks service:write on "trading"`, `service "trading" { policy = "write" }`, "Consul said: Permission denied"}},
+		{"read only", reader, "trading", []string{`the Consul token lacks service:write on "trading"`, "lacks permission 'service:write'"}},
+		{"write on another service", writer, "billing", []string{`discovery: register "billing": the Consul token lacks service:write on "billing"`}},
+		{"unknown token", "3f0c4a57-8ad1-4b5e-9d1e-6b2f6f0b9c11", "trading", []string{`discovery: register "trading": Consul does not know the token`, "ACL not found"}},
+		{"write", writer, "trading", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg, err := discovery.New(discovery.Config{Consul: a.ClientWithToken(tt.token)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r, err := reg.Register(ctx, discovery.Service{Name: tt.service, Address: "127.0.0.1", Port: 9443, TTL: 300 * time.Millisecond})
+			if tt.want != nil {
+				if err == nil {
+					_ = r.Close()
+					t.Fatal("registered; want a permission error")
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				var se api.StatusError
+				if !errors.As(err, &se) || se.Code != 403 {
+					t.Errorf("error %v does not wrap Consul's 403", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			// Passing several TTLs later: the heartbeat (a check update,
+			// which needs service:write too) works with this token.
+			mgmt := a.Client()
+			if _, failed := pollUntil(time.Second, func() bool { s, _ := healthOf(t, mgmt, r.ID()); return s != api.HealthPassing }); failed {
+				s, _ := healthOf(t, mgmt, r.ID())
+				t.Fatalf("status %q with the write token, want passing", s)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, svc := healthOf(t, mgmt, r.ID()); svc != nil {
+				t.Error("still registered after Close")
 			}
 		})
 	}

@@ -75,8 +75,8 @@ func TestDialRefusesInvalidBalancer(t *testing.T) {
 // is registered with its listener's address and SPIFFE ID, is found through
 // consul:/// while serving, and is gone once Serve returns.
 func TestServeRegistersInConsulAndDeregisters(t *testing.T) {
-	fake := consul.New(t, consul.Options{})
-	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	agent := consul.Start(t)
+	reg, err := discovery.New(discovery.Config{Consul: agent.Client(), TrustDomain: td})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestServeRegistersInConsulAndDeregisters(t *testing.T) {
 	defer srv.Close()
 
 	health := func() []string {
-		entries, _, err := fake.Client().Health().Service("trading", "", false, nil)
+		entries, _, err := agent.Client().Health().Service("trading", "", false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,8 +175,8 @@ func (s *unavailableService) UnaryCall(context.Context, *testpb.SimpleRequest) (
 // in force when the meta turns bad.
 func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	fake := consul.New(t, consul.Options{})
-	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	agent := consul.Start(t)
+	reg, err := discovery.New(discovery.Config{Consul: agent.Client(), TrustDomain: td})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
 	port, _ := strconv.Atoi(portStr)
 	setMeta := func(meta map[string]string) {
 		t.Helper()
-		if err := fake.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-1", Name: "trading",
+		if err := agent.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-1", Name: "trading",
 			Address: host, Port: port, Meta: meta, Check: &api.AgentServiceCheck{TTL: "1h", Status: api.HealthPassing}}); err != nil {
 			t.Fatal(err)
 		}
@@ -259,13 +259,13 @@ func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
 	other := startServer(t, &unavailableService{}, mesh.WithIdentity(devSource(t, ca, "/service/trading")))
 	ohost, oportStr, _ := net.SplitHostPort(other)
 	oport, _ := strconv.Atoi(oportStr)
-	if err := fake.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-2", Name: "trading",
+	if err := agent.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "trading-2", Name: "trading",
 		Address: ohost, Port: oport, Meta: map[string]string{"resilience-retry-max-attempts": "4"},
 		Check: &api.AgentServiceCheck{TTL: "1h", Status: api.HealthPassing}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return strings.Contains(logs.String(), "disagree on resilience-retry-max-attempts") })
-	if err := fake.Client().Agent().ServiceDeregister("trading-2"); err != nil {
+	if err := agent.Client().Agent().ServiceDeregister("trading-2"); err != nil {
 		t.Fatal(err)
 	}
 

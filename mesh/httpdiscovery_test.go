@@ -27,8 +27,8 @@ import (
 // deregisters stops getting them.
 func TestHTTPClientFollowsConsul(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	fake := consul.New(t, consul.Options{})
-	reg, err := discovery.New(discovery.Config{Consul: fake.Client(), TrustDomain: td})
+	agent := consul.Start(t)
+	reg, err := discovery.New(discovery.Config{Consul: agent.Client(), TrustDomain: td})
 	if err != nil {
 		t.Fatal(err)
 	}
