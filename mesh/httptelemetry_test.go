@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,5 +97,70 @@ func TestHTTPTelemetry(t *testing.T) {
 		if !found {
 			t.Errorf("no metric data point containing %q in:\n%s", want, strings.Join(got, "\n"))
 		}
+	}
+}
+
+// TestHTTPClientCountsCallsOutsideRetries: as on gRPC, the client's mesh
+// metrics count one call per request however many attempts resilience
+// makes, while OTel has a client span per attempt; the server sees every
+// attempt.
+func TestHTTPClientCountsCallsOutsideRetries(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+
+	var calls atomic.Int64
+	addr, _ := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			http.Error(w, "warming up", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok")
+	}), mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithMeterProvider(mp))
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp),
+		mesh.WithHTTPTarget("trading.mesh", "static:///"+addr))
+	req, _ := http.NewRequestWithContext(callTimeout(t), http.MethodGet, "http://trading.mesh/v1/lots", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || calls.Load() != 2 {
+		t.Fatalf("status %d after %d attempts; want 200 after a retried 503", resp.StatusCode, calls.Load())
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{} // side -> requests counted
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok || m.Name != "mesh.rpc.requests" {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				side, _ := dp.Attributes.Value("mesh.side")
+				got[side.AsString()] += dp.Value
+			}
+		}
+	}
+	if diff := cmp.Diff(map[string]int64{"client": 1, "server": 2}, got); diff != "" {
+		t.Errorf("mesh.rpc.requests by side (-want +got):\n%s", diff)
+	}
+	clientSpans := 0
+	for _, s := range rec.Ended() {
+		if s.SpanKind().String() == "client" {
+			clientSpans++
+		}
+	}
+	if clientSpans != 2 {
+		t.Errorf("%d client spans, want one per attempt (2)", clientSpans)
 	}
 }
