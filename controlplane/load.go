@@ -622,7 +622,7 @@ func kindName(n *yaml.Node) string {
 func quoteScalar(n *yaml.Node) string {
 	if n.Kind == yaml.ScalarNode && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 &&
 		(n.ShortTag() == "!!int" || n.ShortTag() == "!!float" || n.ShortTag() == "!!bool") {
-		return cutText(n.Value)
+		return showNumber(n.Value)
 	}
 	return quoteValue(n.Value)
 }
@@ -681,7 +681,7 @@ func didYouMean(k string, keys []string) string {
 		return ""
 	}
 	for _, c := range keys {
-		if dist := editDistance(k, c); dist < bestD {
+		if dist := editDistance(strings.ToLower(k), c); dist < bestD {
 			best, bestD = c, dist
 		}
 	}

@@ -357,8 +357,10 @@ func decodeRegistration(body []byte) (registration.Registration, error) {
 	if _, err := dec.Token(); err != nil { // the closing '}'
 		return reg, syntaxErr(err)
 	}
+	end := int(dec.InputOffset())
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return reg, fmt.Errorf("data after the JSON object (at byte %d); send exactly one object", dec.InputOffset())
+		rest := bytes.TrimLeft(body[end:], " \t\r\n")
+		return reg, fmt.Errorf("data after the JSON object (at byte %d); send exactly one object", len(body)-len(rest))
 	}
 	for _, f := range []string{"service", "address"} {
 		if !seen[f] {
@@ -394,7 +396,7 @@ func setRegistrationField(reg *registration.Registration, key string, val json.T
 			case errors.Is(err, strconv.ErrRange):
 				why = "is too large"
 			}
-			return fmt.Errorf("%s %s; weight is a whole number from 0 to 4294967295, relative to the service's other endpoints", cutText(n.String()), why)
+			return fmt.Errorf("%s %s; weight is a whole number from 0 to 4294967295, relative to the service's other endpoints", showNumber(n.String()), why)
 		}
 		reg.Weight = uint32(w)
 		return nil
@@ -465,7 +467,7 @@ func jsonKind(tok json.Token) string {
 	case string:
 		return "a string " + quoteValue(v)
 	case json.Number:
-		return "the number " + cutText(v.String())
+		return "the number " + showNumber(v.String())
 	case bool:
 		return "a boolean"
 	default:

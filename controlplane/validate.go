@@ -348,7 +348,7 @@ func checkEndpointWeights(service string, eps []Endpoint) error {
 }
 
 // maxQuoted bounds, in bytes, how much of a value quoteValue shows, and
-// maxText how much of other text (a library's error, a long number)
+// maxText how much of other text (a library's error message)
 // cutText keeps. Errors quote config files and request bodies, which can be
 // megabytes: every value an error shows goes through quoteValue or cutText.
 const (
@@ -383,6 +383,15 @@ func quoteValue(s string) string {
 	}
 	fmt.Fprintf(&b, "\"… (%d bytes, cut)", len(s))
 	return b.String()
+}
+
+// showNumber shows a number as written, or quoted and cut when it is
+// longer than maxQuoted.
+func showNumber(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	return quoteValue(s)
 }
 
 // cutText keeps at most maxText bytes of s (cut on a character boundary),
