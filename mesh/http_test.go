@@ -193,6 +193,11 @@ func TestHTTPBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
 		{"valid SVID that no rule allows", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/intruder"}})), http.StatusForbidden,
 			"spiffe://example.org/intruder may not call GET /v1/holdings (decided by default deny)"},
 	}
+	for _, c := range badSANCerts("spiffe://example.org/clients/a") { // mesh/badsan_test.go
+		tc := tests[0] // the same expectation: a failed handshake
+		tc.name, tc.tls = "SAN: "+c.name, withCert(ca.IssueSANs(t, c.sans...))
+		tests = append(tests, tc)
+	}
 	for _, tc := range tests {
 		for _, h2 := range []bool{false, true} {
 			if tc.tls == nil && h2 {

@@ -102,6 +102,11 @@ func TestBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
 		{"valid SVID that no rule allows", withCert(ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/intruder"}})), codes.PermissionDenied,
 			"spiffe://example.org/intruder may not call /grpc.testing.TestService/UnaryCall"},
 	}
+	for _, c := range badSANCerts("spiffe://example.org/clients/a") { // mesh/badsan_test.go
+		tc := tests[0] // the same expectation: a failed handshake
+		tc.name, tc.creds = "SAN: "+c.name, withCert(ca.IssueSANs(t, c.sans...))
+		tests = append(tests, tc)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tc.creds))
