@@ -25,6 +25,15 @@ registration API and, optionally, the Consul catalog. The -listen address
 also answers HTTP/1.1: the registration API (/v1/endpoints), /healthz,
 /metrics and /debug/config, /debug/clients.
 
+The config file replaces the whole config, so meshd refuses a file that may
+be half-written: empty or only comments, over 4 MiB, not ending with a
+newline, without the top-level key services, with a key that has no value,
+with two YAML documents, or not parsing as a whole. At start a refused file
+stops meshd; later a refused edit is logged and the last good config stays.
+To remove every service, write "services: []". Split weights are relative
+(9 and 1 split calls like 90 and 10); each route's total is 1 to 4294967295.
+Registration bodies are JSON, at most 64 KiB.
+
 flags:`
 
 // serveFlags are the flags of meshd serve.
@@ -42,7 +51,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	f := &serveFlags{}
 	fs := flag.NewFlagSet("meshd serve", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&f.config, "config", "", "YAML config file (services, routes, policies); reloaded when it changes. Optional: without it meshd serves registered endpoints with default settings")
+	fs.StringVar(&f.config, "config", "", "YAML config file (services, routes, policies; at most 4 MiB); reloaded when it changes and has stayed the same for one -watch-interval. Optional: without it meshd serves registered endpoints with default settings")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:15010", "xDS (ADS) address")
 	fs.StringVar(&f.registration, "registration", "", "extra HTTP address for the registration API, /healthz, /metrics and /debug; they are always served on -listen too (HTTP/1.1 beside gRPC)")
 	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from; empty to disable")
