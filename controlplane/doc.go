@@ -14,7 +14,21 @@
 //   - the Consul catalog (ConsulSource).
 //
 // Every input is validated; a bad one is refused with an error naming the
-// file, line and field, and the last good snapshot stays in force.
+// file, line and field, and the last good snapshot stays in force. Errors
+// quote values cut to a few dozen bytes, however long the value.
+//
+// A config file replaces the whole config, so a file that may be
+// half-written is refused rather than read as fewer services: empty or only
+// comments, over MaxConfigSize (4 MiB), not ending with a newline, missing
+// the top-level key services, a key with no value, two YAML documents, or
+// not parsing as a whole (see ParseConfig). Removing every service is said
+// explicitly, with "services: []". Registration bodies are at most
+// registration.MaxBodySize (64 KiB).
+//
+// Weights are relative, not percentages: a split leg gets weight/total of
+// the calls (90 and 10, or 9 and 1, split 90%/10%), as grpc-go computes
+// them; a route's total must be 1 to 4294967295, grpc-go's limits. See
+// WeightedVersion.
 // Snapshots are built deterministically (versions are content hashes), so
 // replicas over the same inputs serve identical config.
 //
