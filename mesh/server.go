@@ -85,6 +85,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	} else {
 		srv = grpc.NewServer(append(grpcOpts, grpc.Creds(creds))...)
 	}
+	tel.healthAuthorized = cfg.healthAuthorized
 	tel.registerServer(cfg.identity, cfg.authorizer, "server")
 	s := &Server{
 		tel:        tel,

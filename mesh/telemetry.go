@@ -79,6 +79,8 @@ type meshTelemetry struct {
 	breaker   func() string
 	endpoints func() []admin.Endpoint
 	policies  func() []admin.Policy
+	// healthAuthorized is WithHealthAuthorization, shown by registerServer.
+	healthAuthorized bool
 	// xds records the xDS client of a client or server in xDS mode.
 	xds    *xdsstatus.Recorder
 	logger *slog.Logger
@@ -218,7 +220,7 @@ func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 }
 
 // registerServer shows a server on the admin endpoint until close; kind is
-// "server" (gRPC, with its open health service) or "http-server".
+// "server" (gRPC, with its health service) or "http-server".
 func (t *meshTelemetry) registerServer(src security.Source, authorizer security.Authorizer, kind string) {
 	if t == nil || t.admin == nil {
 		return
@@ -231,7 +233,10 @@ func (t *meshTelemetry) registerServer(src security.Source, authorizer security.
 			Detail: "WithAuthorizer; denials below name the deciding rule"}
 	}
 	health := admin.Policy{Kind: "authz", Scope: scope, Name: "health", Source: "default",
-		Detail: "/grpc.health.v1.Health/* open to every authenticated caller"}
+		Detail: "/grpc.health.v1.Health/Check and Watch open to every authenticated caller; List under the authorizer"}
+	if t.healthAuthorized {
+		health.Source, health.Detail = "code", "WithHealthAuthorization: /grpc.health.v1.Health/* under the authorizer"
+	}
 	unregister := t.admin.Register(admin.Provider{
 		Component: admin.Component{Kind: kind, Name: scope},
 		XDS:       t.xdsStatus(),
