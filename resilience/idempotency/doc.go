@@ -4,8 +4,12 @@
 // write (a trade) after a lost response without applying it twice.
 //
 // Clients send the key as gRPC metadata "idempotency-key" (see
-// resilience.WithIdempotencyKey) or the HTTP header "Idempotency-Key".
-// Keys are scoped by the caller, so one caller cannot replay another's.
+// resilience.WithIdempotencyKey) or the HTTP header "Idempotency-Key": one
+// value of 1 to 255 printable ASCII characters (a UUID is a good key);
+// anything else is refused with INVALID_ARGUMENT / 400 before the handler.
+// Keys are scoped by the caller (the mesh passes the SPIFFE ID verified at
+// the handshake, never a header), so one caller's key never returns
+// another's stored result.
 //
 //	ids := idempotency.NewServer(idempotency.NewMemoryStore(24*time.Hour), callerID)
 //	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(authz, ids.UnaryServerInterceptor()))
