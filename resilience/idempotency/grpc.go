@@ -137,4 +137,3 @@ func (s *Server) responseType(method string) (protoreflect.MessageType, error) {
 	}
 	return s.types.FindMessageByName(md.Output().FullName())
 }
-
