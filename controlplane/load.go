@@ -328,9 +328,18 @@ func firstFailingLine(data []byte, lines []string, from int, msg string) int {
 			}
 		}
 	}
+	// The offending line is usually a few lines below from: gallop from
+	// there, then bisect, so a large file costs a few parses of a prefix.
 	lo, hi := max(from, 1), len(lines)
 	if lo > hi || !fails(hi) {
 		return from
+	}
+	for step := 1; lo+step < hi; step *= 2 {
+		if fails(lo + step) {
+			hi = lo + step
+			break
+		}
+		lo += step
 	}
 	for lo < hi {
 		mid := (lo + hi) / 2

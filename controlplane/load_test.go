@@ -252,6 +252,8 @@ func TestParseConfigErrorPositions(t *testing.T) {
 			[]controlplane.Problem{{Line: 4, Message: notInList}}},
 		{"key dedented deep in the file", "mtls: true\nservices:\n  - name: a\n    routes:\n      - name: r\n        match: {prefix: /a/}\n       timeout: 1s\n",
 			[]controlplane.Problem{{Line: 7, Message: notInList}}},
+		{"key dedented after two thousand lines", "services:\n" + strings.Repeat("  - name: a\n    lb: round_robin\n", 1000) + "   port: 80\n",
+			[]controlplane.Problem{{Line: 2002, Message: notInList}}},
 		{"key indented by one", "services:\n  - name: a\n     lb: round_robin\n",
 			[]controlplane.Problem{{Line: 3, Message: "not valid YAML: a ': ' where no key can start: check the indentation, or quote a value that holds ': ' (yaml: mapping values are not allowed in this context)"}}},
 		{"tab indenting a key", "services:\n  - name: a\n\tlb: round_robin\n",
