@@ -347,13 +347,7 @@ func TestHTTPPathNormalizationTable(t *testing.T) {
 	var checked atomic.Value // the path the last authorization decided on
 	spy := func(ctx context.Context, c security.Call) error { checked.Store(c.Path); return authz(ctx, c) }
 	addr, _ := startHTTPServer(t, h, mesh.WithIdentity(devSource(t, ca, "/server")), mesh.WithAuthorizer(spy))
-	client := devSource(t, ca, "/client")
-	svid, err := client.GetX509SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{{
-		Certificate: [][]byte{svid.Certificates[0].Raw}, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}}}
+	cfg := clientTLS(t, devSource(t, ca, "/client"))
 
 	tests := []struct {
 		target, host string

@@ -47,18 +47,30 @@ func (r *rawResp) decode(t *testing.T) {
 	}
 }
 
-// sendRawH1 writes req as an HTTP/1.1 request line and header on a TLS
-// connection made with cfg.
-func sendRawH1(t *testing.T, addr string, cfg *tls.Config, req rawReq) rawResp {
+// dialRaw opens a TLS connection to addr that negotiated proto (ALPN),
+// closed when the test ends, with a 10s deadline.
+func dialRaw(t *testing.T, addr string, cfg *tls.Config, proto string) *tls.Conn {
 	t.Helper()
 	c := cfg.Clone()
-	c.NextProtos = []string{"http/1.1"}
+	c.NextProtos = []string{proto}
 	conn, err := (&tls.Dialer{Config: c}).DialContext(callTimeout(t), "tcp", addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := conn.(*tls.Conn)
+	if p := tc.ConnectionState().NegotiatedProtocol; p != proto {
+		t.Fatalf("negotiated %q, want %q", p, proto)
+	}
+	return tc
+}
+
+// sendRawH1 writes req as an HTTP/1.1 request line and header on a TLS
+// connection made with cfg.
+func sendRawH1(t *testing.T, addr string, cfg *tls.Config, req rawReq) rawResp {
+	t.Helper()
+	conn := dialRaw(t, addr, cfg, "http/1.1")
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\n", req.method, req.target)
 	if req.host != "" {
@@ -87,17 +99,7 @@ func sendRawH1(t *testing.T, addr string, cfg *tls.Config, req rawReq) rawResp {
 // TLS connection made with cfg.
 func sendRawH2(t *testing.T, addr string, cfg *tls.Config, req rawReq) rawResp {
 	t.Helper()
-	c := cfg.Clone()
-	c.NextProtos = []string{"h2"}
-	conn, err := (&tls.Dialer{Config: c}).DialContext(callTimeout(t), "tcp", addr)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if p := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
-		t.Fatalf("negotiated %q, want h2", p)
-	}
+	conn := dialRaw(t, addr, cfg, "h2")
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +168,18 @@ func sendRawH2(t *testing.T, addr string, cfg *tls.Config, req rawReq) rawResp {
 	}
 }
 
+// clientTLS returns a client TLS config that presents src's SVID and
+// does not check the server, for requests written byte for byte.
+func clientTLS(t *testing.T, src *security.DevSource) *tls.Config {
+	t.Helper()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{{
+		Certificate: [][]byte{svid.Certificates[0].Raw}, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}}}
+}
+
 // refusedBy says who may refuse a request and how.
 type refusedBy int
 
@@ -226,13 +240,7 @@ func TestHTTPServedPathIsAuthorizedPath(t *testing.T) {
 		}
 		addrs[p], _ = startHTTPServer(t, h, opts...)
 	}
-	client := devSource(t, ca, "/client")
-	svid, err := client.GetX509SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{{
-		Certificate: [][]byte{svid.Certificates[0].Raw}, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}}}
+	cfg := clientTLS(t, devSource(t, ca, "/client"))
 
 	get := func(target string) rawReq { return rawReq{method: "GET", target: target, host: "api"} }
 	onHost := func(host, target string) rawReq { return rawReq{method: "GET", target: target, host: host} }
