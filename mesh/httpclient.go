@@ -106,7 +106,11 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //     stream refused or above a GOAWAY's last stream), which is sent to
 //     another endpoint when its body can be replayed (GetBody). With
 //     WithoutResilience such a request fails, and the next one goes
-//     elsewhere;
+//     elsewhere. (Beneath the mesh, net/http itself resends on HTTP/1.1 a
+//     request whose reused connection the server closed before any
+//     answer, if it is idempotent or carries Idempotency-Key or
+//     X-Idempotency-Key; the mesh cannot turn that off. Servers of
+//     NewHTTPServer deduplicate Idempotency-Key only.);
 //   - OpenTelemetry: otelhttp, a client span per attempt with W3C trace
 //     context in its headers, to the providers of WithTracerProvider and
 //     WithMeterProvider, installed when one of them is an SDK one when the

@@ -55,8 +55,10 @@ func WithHTTPTarget(host, target string) DialOption {
 
 // WithHTTPRoundTripper wraps HTTPClient's transport in wrap, e.g. for
 // request signing or header policies. Wrappers see the request as the
-// application made it (URL host "trading.mesh"), outside the resilience
-// policies and OpenTelemetry. The first given is the outermost.
+// application made it (URL host "trading.mesh"), outside the mesh metrics,
+// the routing, the resilience policies and OpenTelemetry: the request a
+// wrapper passes on is the one routed (a header it adds can select a meshd
+// route), once, and retried. The first given is the outermost.
 func WithHTTPRoundTripper(wrap func(next http.RoundTripper) http.RoundTripper) DialOption {
 	return dialOption(func(c *dialConfig) { c.http.wrappers = append(c.http.wrappers, wrap) })
 }

@@ -20,16 +20,23 @@ import (
 	"github.com/gridmesh/gridmesh/security"
 )
 
-// TestHTTPTelemetry checks the HTTP side's spans (one trace from client to
-// server) and mesh metrics (both identities, the route pattern, denials).
-func TestHTTPTelemetry(t *testing.T) {
-	ca := newDevCA(t, time.Hour)
+// sdkProviders returns SDK tracer and meter providers that record into rec
+// and reader, shut down when the test ends.
+func sdkProviders(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider, *sdkmetric.ManualReader, *sdkmetric.MeterProvider) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	return rec, tp, reader, mp
+}
+
+// TestHTTPTelemetry checks the HTTP side's spans (one trace from client to
+// server) and mesh metrics (both identities, the route pattern, denials).
+func TestHTTPTelemetry(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	rec, tp, reader, mp := sdkProviders(t)
 
 	authz, err := security.HTTPRules(security.AllowHTTP("reads", security.AnyID(), "GET /v1/trades/*"))
 	if err != nil {
@@ -106,12 +113,7 @@ func TestHTTPTelemetry(t *testing.T) {
 // attempt.
 func TestHTTPClientCountsCallsOutsideRetries(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	rec, tp, reader, mp := sdkProviders(t)
 
 	var calls atomic.Int64
 	addr, _ := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

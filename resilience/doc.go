@@ -23,8 +23,10 @@
 //     transport stream (no peer recorded: the picker failed it, e.g. every
 //     connection refused). grpc-go already retries, transparently, streams
 //     refused before processing (REFUSED_STREAM, GOAWAY). For HTTP: a dial
-//     error (net/http already replays requests on reused connections that
-//     died before a byte was written). UNAVAILABLE or EOF after a stream
+//     error, or a transport error marked NotSentError (the mesh's HTTP
+//     client marks refused connections, failed handshakes and HTTP/2
+//     streams the server refused or never processed, so the retry is its
+//     failover to another endpoint). UNAVAILABLE or EOF after a stream
 //     was sent proves nothing: the server may have committed and lost the
 //     response.
 //   - A call whose method is declared idempotent is also retried after it
