@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,45 +15,25 @@ import (
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 )
 
-// logRecorder is a slog.Handler that keeps each record as one line.
-type logRecorder struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
-func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
-
-func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
-	var b strings.Builder
-	b.WriteString(rec.Message)
-	rec.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
-		return true
+// waitAbove waits until count() is above before.
+func waitAbove(ctx context.Context, t *testing.T, what string, before int64, count func() int64) {
+	t.Helper()
+	xdstest.WaitFor(ctx, t, what, func() error {
+		if count() == before {
+			return xdstest.ErrNotYet
+		}
+		return nil
 	})
-	r.mu.Lock()
-	r.lines = append(r.lines, b.String())
-	r.mu.Unlock()
-	return nil
 }
 
-func (r *logRecorder) all() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return strings.Join(r.lines, "\n")
-}
-
-// find returns the first line holding every one of subs, or "".
-func (r *logRecorder) find(subs ...string) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, l := range r.lines {
+// logged says whether one line of logs holds every one of subs.
+func logged(logs *lockedBuffer, subs ...string) bool {
+	for _, l := range strings.Split(logs.String(), "\n") {
 		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(l, s) }) {
-			return l
+			return true
 		}
 	}
-	return ""
+	return false
 }
 
 const watchedGood = "services:\n  - name: a\n    endpoints: [\"127.0.0.1:7001\"]\n  - name: b\n    endpoints: [\"127.0.0.1:7002\"]\n"
@@ -91,10 +70,10 @@ func rewrite(t *testing.T, how, path, content string) {
 
 // startWatch loads path into a new server and watches it every 5ms until
 // the test ends.
-func startWatch(t *testing.T, path string) (*controlplane.Server, *logRecorder) {
+func startWatch(t *testing.T, path string) (*controlplane.Server, *lockedBuffer) {
 	t.Helper()
-	rec := &logRecorder{}
-	s := controlplane.NewServer(controlplane.WithLogger(slog.New(rec)))
+	logs := &lockedBuffer{}
+	s := controlplane.NewServer(controlplane.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	t.Cleanup(func() { s.Close() })
 	if err := s.LoadConfigFile(path); err != nil {
 		t.Fatal(err)
@@ -103,7 +82,7 @@ func startWatch(t *testing.T, path string) (*controlplane.Server, *logRecorder) 
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.WatchConfigFile(ctx, path, 5*time.Millisecond) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return s, rec
+	return s, logs
 }
 
 // TestWatchConfigFileKeepsLastGoodOnRefusedFile rewrites a watched file
@@ -116,7 +95,7 @@ func TestWatchConfigFileKeepsLastGoodOnRefusedFile(t *testing.T) {
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "meshd.yaml")
 	writeFile(t, path, watchedGood)
-	s, rec := startWatch(t, path)
+	s, logs := startWatch(t, path)
 	version := s.Version()
 	wantServices := []string{"a", "b"}
 	if diff := cmpDiff(wantServices, serviceNames(s)); diff != "" {
@@ -133,37 +112,27 @@ func TestWatchConfigFileKeepsLastGoodOnRefusedFile(t *testing.T) {
 		{"cut before services", "mtls: false\n", "services: missing"},
 		{"two documents", watchedGood + "---\n" + watchedGood, "a second YAML document starts here"},
 		{"over the size limit", watchedGood + "#" + strings.Repeat("x", controlplane.MaxConfigSize) + "\n", "over the limit of 4194304 bytes"},
-		{"invalid", strings.Replace(watchedGood, "name: b", "name: B", 1), `services[1].name: "B" is not allowed`},
+		{"invalid", strings.Replace(watchedGood, "name: b", "name: B", 1), `services[1].name: \"B\" is not allowed`},
 	}
 	for _, b := range bad {
 		for _, how := range []string{"rename", "in place"} {
 			t.Run(b.name+" by "+how, func(t *testing.T) {
 				rejections := s.Stats().Rejections
 				rewrite(t, how, path, b.content)
-				xdstest.WaitFor(ctx, t, "the file refused", func() error {
-					if s.Stats().Rejections == rejections {
-						return xdstest.ErrNotYet
-					}
-					return nil
-				})
+				waitAbove(ctx, t, "the file refused", rejections, func() int64 { return s.Stats().Rejections })
 				if got := s.Version(); got != version {
 					t.Errorf("version %s after a refused file, want %s", got, version)
 				}
 				if diff := cmpDiff(wantServices, serviceNames(s)); diff != "" {
 					t.Errorf("services after a refused file (-want +got):\n%s", diff)
 				}
-				if rec.find("input refused; still serving the last good config", path, b.wantLog) == "" {
-					t.Errorf("no refusal logged with %q; log:\n%s", b.wantLog, rec.all())
+				if !logged(logs, "input refused; still serving the last good config", path, b.wantLog) {
+					t.Errorf("no refusal logged with %q; log:\n%s", b.wantLog, logs.String())
 				}
 				// The good file applies again (same content: same version).
 				loads := s.Stats().ConfigLoads
 				rewrite(t, how, path, watchedGood)
-				xdstest.WaitFor(ctx, t, "the good file loaded again", func() error {
-					if s.Stats().ConfigLoads == loads {
-						return xdstest.ErrNotYet
-					}
-					return nil
-				})
+				waitAbove(ctx, t, "the good file loaded again", loads, func() int64 { return s.Stats().ConfigLoads })
 			})
 		}
 	}
@@ -186,7 +155,7 @@ func TestWatchConfigFileInPlaceWriteSeenHalfWay(t *testing.T) {
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "meshd.yaml")
 	writeFile(t, path, watchedGood)
-	s, rec := startWatch(t, path)
+	s, logs := startWatch(t, path)
 	version := s.Version()
 
 	next := watchedGood + "  - name: c\n    endpoints: [\"127.0.0.1:7003\"]\n"
@@ -197,13 +166,7 @@ func TestWatchConfigFileInPlaceWriteSeenHalfWay(t *testing.T) {
 	defer f.Close()
 	waitRefused := func(what string) {
 		t.Helper()
-		rejections := s.Stats().Rejections
-		xdstest.WaitFor(ctx, t, what+" refused", func() error {
-			if s.Stats().Rejections == rejections {
-				return xdstest.ErrNotYet
-			}
-			return nil
-		})
+		waitAbove(ctx, t, what+" refused", s.Stats().Rejections, func() int64 { return s.Stats().Rejections })
 		if got := s.Version(); got != version {
 			t.Errorf("version %s after %s, want %s", got, what, version)
 		}
@@ -226,7 +189,7 @@ func TestWatchConfigFileInPlaceWriteSeenHalfWay(t *testing.T) {
 		}
 		return nil
 	})
-	if rec.find("input refused", "the file is empty") == "" || rec.find("input refused", "does not end with a newline") == "" {
-		t.Errorf("refusals not logged; log:\n%s", rec.all())
+	if !logged(logs, "input refused", "the file is empty") || !logged(logs, "input refused", "does not end with a newline") {
+		t.Errorf("refusals not logged; log:\n%s", logs.String())
 	}
 }
