@@ -25,6 +25,24 @@ func parseProblems(t *testing.T, yaml string) []controlplane.Problem {
 	return ce.Problems
 }
 
+// problemCase is a config and the problems it must be refused with.
+type problemCase struct {
+	name string
+	yaml string
+	want []controlplane.Problem
+}
+
+func runProblemCases(t *testing.T, cases []problemCase) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, parseProblems(t, tt.yaml)); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 const (
 	emptyFileMsg   = `the file is empty (or holds only comments); meshd does not read that as "no services": to remove every service, write services: []`
 	noNewlineMsg   = "the file does not end with a newline, so it may be cut off mid-line (a half-written file); end it with a newline"
@@ -44,11 +62,7 @@ const (
 // a config with fewer services; removing every service takes
 // "services: []".
 func TestParseConfigRefusesHalfWrittenFiles(t *testing.T) {
-	tests := []struct {
-		name string
-		yaml string
-		want []controlplane.Problem
-	}{
+	runProblemCases(t, []problemCase{
 		{"empty", "", []controlplane.Problem{{Line: 1, Message: emptyFileMsg}}},
 		{"only whitespace", "  \n\n   \n", []controlplane.Problem{{Line: 1, Message: emptyFileMsg}}},
 		{"only comments", "# services:\n#   - name: trading\n", []controlplane.Problem{{Line: 1, Message: emptyFileMsg}}},
@@ -71,14 +85,7 @@ func TestParseConfigRefusesHalfWrittenFiles(t *testing.T) {
 			Message: "not valid YAML: did not find expected node content"}}},
 		{"two documents", "services: []\n---\nservices:\n  - name: a\n", []controlplane.Problem{{Line: 2, Message: secondDocMsg}}},
 		{"an empty second document", "services: []\n---\n", []controlplane.Problem{{Line: 2, Message: secondDocMsg}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, parseProblems(t, tt.yaml)); diff != "" {
-				t.Errorf("problems (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }
 
 // TestParseConfigRefusesEveryMidLineCut cuts a full config at every byte
@@ -235,11 +242,7 @@ func TestConfigErrorListsTenProblems(t *testing.T) {
 // finds the line again. Each case's want line is the line a person would
 // fix.
 func TestParseConfigErrorPositions(t *testing.T) {
-	tests := []struct {
-		name string
-		yaml string
-		want []controlplane.Problem
-	}{
+	runProblemCases(t, []problemCase{
 		{"unclosed double quote mid-file", "services:\n  - name: a\n  - name: \"b\n    lb: round_robin\n",
 			[]controlplane.Problem{{Line: 3, Message: unclosedQuote}}},
 		{"unclosed single quote", "services:\n  - name: a\n    spiffe_id: 'spiffe://td/a\n",
@@ -278,14 +281,7 @@ func TestParseConfigErrorPositions(t *testing.T) {
 			[]controlplane.Problem{{Line: 2, Field: "services", Message: "a mapping where a list is expected; services takes " + listOfAnything + " of services, each a mapping starting with '- name: '"}}},
 		{"unknown key below a long block", "services:\n  - name: a\n    routes:\n      - name: r1\n      - name: r2\n    retyr: {attempts: 2}\n",
 			[]controlplane.Problem{{Line: 6, Field: "services[0].retyr", Message: `unknown key "retyr" (did you mean "retry"?); the keys here are name, port, spiffe_id, lb, hash_header, endpoints, versions, routes, timeout, retry, circuit_breaker, outlier_detection, authorization`}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, parseProblems(t, tt.yaml)); diff != "" {
-				t.Errorf("problems (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }
 
 // TestParseConfigTypeErrors: a value of the wrong type names the field
@@ -295,11 +291,7 @@ func TestParseConfigTypeErrors(t *testing.T) {
 		return "services:\n  - name: a\n    versions: [{name: v1}, {name: v2}]\n    routes:\n      - split:\n          - {version: v2, weight: 1}\n          - " + leg + "\n"
 	}
 	const legField = "services[0].routes[0].split[1]"
-	tests := []struct {
-		name string
-		yaml string
-		want []controlplane.Problem
-	}{
+	runProblemCases(t, []problemCase{
 		{"negative weight", split("{version: v1, weight: -5}"),
 			[]controlplane.Problem{{Line: 7, Field: legField + ".weight", Message: "-5 is negative; " + weightTakes}}},
 		{"word for a weight", split("{version: v1, weight: ten}"),
@@ -342,14 +334,7 @@ func TestParseConfigTypeErrors(t *testing.T) {
 				{Line: 4, Field: "services[0].port", Message: `"x" is not a number; port takes a port number, 1-65535`},
 				{Line: 5, Field: "services[0].versions[0].endpoints", Message: "a mapping where a list is expected; endpoints takes " + listOfAnything + " of addresses, host:port"},
 			}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, parseProblems(t, tt.yaml)); diff != "" {
-				t.Errorf("problems (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }
 
 // TestParseConfigAliases: aliases decode as the value they name, and a
