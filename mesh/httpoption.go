@@ -10,6 +10,7 @@ import (
 type httpServerConfig struct {
 	protocols *http.Protocols
 	paths     security.PathPolicy // mesh/httppathoption.go
+	pathsSet  bool
 }
 
 // httpDialConfig is the HTTP part of dialConfig (HTTPClient).

@@ -397,3 +397,16 @@ func TestHTTPServedPathIsAuthorizedPath(t *testing.T) {
 	}
 	t.Logf("%d cases, each over HTTP/1.1 and HTTP/2; per class (both protocols): %v", len(tests), counts)
 }
+
+func TestWithHTTPPathPolicyErrors(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	src := devSource(t, ca, "/server")
+	if _, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithHTTPPathPolicy(security.PathAllowParameters)); err == nil ||
+		!strings.Contains(err.Error(), "WithHTTPPathPolicy applies to NewHTTPServer") {
+		t.Errorf("NewServer with WithHTTPPathPolicy: %v, want an error naming the option", err)
+	}
+	if _, err := mesh.NewHTTPServer(&httpEcho{}, mesh.WithIdentity(src), mesh.WithHTTPPathPolicy(security.PathPolicy(0x80))); err == nil ||
+		!strings.Contains(err.Error(), "unknown flags 0x80") {
+		t.Errorf("NewHTTPServer with an unknown path policy flag: %v, want an error naming it", err)
+	}
+}

@@ -19,8 +19,8 @@ import "github.com/gridmesh/gridmesh/security"
 // slashes and backslashes, NUL and control characters, invalid UTF-8
 // (overlong "." and "/" included), Unicode that NFKC turns into a
 // separator or delimiter, and "..;". See security.PathPolicy. NewHTTPServer
-// returns an error for a policy with unknown flags. It applies to
-// NewHTTPServer only; NewServer (gRPC) does not read it.
+// returns an error for a policy with unknown flags, and NewServer (gRPC)
+// one for this option.
 func WithHTTPPathPolicy(p security.PathPolicy) ServerOption {
-	return serverOption(func(c *serverConfig) { c.http.paths = p })
+	return serverOption(func(c *serverConfig) { c.http.paths, c.http.pathsSet = p, true })
 }

@@ -120,6 +120,9 @@ func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig,
 	if remaining, err = security.SVIDRemaining(cfg.identity); err != nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
 	}
+	if cfg.http.pathsSet && constructor != "NewHTTPServer" {
+		return cfg, id, 0, nil, fmt.Errorf("mesh: WithHTTPPathPolicy applies to NewHTTPServer's request paths; %s serves no HTTP: remove the option", constructor)
+	}
 	if cfg.healthAuthorized && constructor != "NewServer" {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: WithHealthAuthorization applies to NewServer's gRPC health service; %s serves none: remove the option", constructor)
 	}
