@@ -16,7 +16,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -168,7 +167,9 @@ func checkEndpoint(ep Endpoint) error {
 	if ep.Version != "" && !nameRE.MatchString(ep.Version) {
 		return fmt.Errorf("version %s: use lower-case letters, digits, '-', '.' and '_'", quoteValue(ep.Version))
 	}
-	if a, err := endpointAddress(ep.Address, 0); err != nil || a != ep.Address {
+	if a, err := endpointAddress(ep.Address, 0); errors.Is(err, errLongHost) {
+		return fmt.Errorf("address %w", err)
+	} else if err != nil || a != ep.Address {
 		return fmt.Errorf("address %s is not host:port, like 10.0.0.7:8443", quoteValue(ep.Address))
 	}
 	if ep.ListenAddress != "" {
@@ -177,7 +178,7 @@ func checkEndpoint(ep Endpoint) error {
 		}
 	}
 	if ep.SPIFFEID != "" {
-		if _, err := spiffeid.FromString(ep.SPIFFEID); err != nil {
+		if err := checkSPIFFEID(ep.SPIFFEID); err != nil {
 			return fmt.Errorf("spiffe_id %s is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", quoteValue(ep.SPIFFEID), err)
 		}
 	}

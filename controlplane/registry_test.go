@@ -156,6 +156,8 @@ func TestRegistrationBodyLimitAndBoundedEcho(t *testing.T) {
 			400, "service \"Aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"… (61441 bytes, cut) is too long"},
 		{"60 KiB address", http.MethodPut, u, `{"service": "a", "address": "` + long + `"}`,
 			400, "address \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"… (61440 bytes, cut) is not host:port"},
+		{"60 KiB host", http.MethodPut, u, `{"service": "a", "address": "` + long + `:80"}`,
+			400, "address \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"… (61443 bytes, cut) has a host of 61440 bytes; a host is an IP address or a DNS name of at most 253 bytes"},
 		{"60 KiB SPIFFE ID", http.MethodPut, u, `{"service": "a", "address": "127.0.0.1:9000", "spiffe_id": "` + long + `"}`,
 			400, "spiffe_id \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"… (61440 bytes, cut) is not a SPIFFE ID"},
 		{"60 KiB TTL", http.MethodPut, u, `{"service": "a", "address": "127.0.0.1:9000", "ttl": "` + long + `"}`,

@@ -22,6 +22,21 @@ var (
 	headerRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 )
 
+var errLongHost = fmt.Errorf("a host is an IP address or a DNS name of at most %d bytes", maxNameLen)
+
+// maxSPIFFEIDLen is the SPIFFE specification's bound on an ID (a URI of
+// at most 2048 bytes).
+const maxSPIFFEIDLen = 2048
+
+// checkSPIFFEID parses a SPIFFE ID, refusing one over the spec's length.
+func checkSPIFFEID(id string) error {
+	if len(id) > maxSPIFFEIDLen {
+		return fmt.Errorf("%d bytes, over the %d the SPIFFE specification allows", len(id), maxSPIFFEIDLen)
+	}
+	_, err := spiffeid.FromString(id)
+	return err
+}
+
 // maxNameLen bounds service and version names, as DNS bounds a name: they
 // become xDS resource names and metric labels.
 const maxNameLen = 253
@@ -70,7 +85,7 @@ func (v *validator) service(f string, s *Service, mtls bool, owner map[string]st
 		v.add(f+".port", "%d is not a port; use 1-65535", s.Port)
 	}
 	if s.SPIFFEID != "" {
-		if _, err := spiffeid.FromString(s.SPIFFEID); err != nil {
+		if err := checkSPIFFEID(s.SPIFFEID); err != nil {
 			v.add(f+".spiffe_id", "%s is not a SPIFFE ID (%v); write spiffe://<trust-domain>/<path>", quoteValue(s.SPIFFEID), err)
 		}
 	}
@@ -181,6 +196,9 @@ func endpointAddress(ep string, port uint32) (string, error) {
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 || host == "" {
 		return "", fmt.Errorf("%s is not host:port with a port in 1-65535", quoteValue(ep))
+	}
+	if len(host) > maxNameLen {
+		return "", fmt.Errorf("%s has a host of %d bytes; %w", quoteValue(ep), len(host), errLongHost)
 	}
 	return net.JoinHostPort(host, p), nil
 }
