@@ -6,6 +6,9 @@ BIN := $(CURDIR)/bin
 # module proxy by tools/spire/build.sh) instead of meshd dev's identities.
 SPIRE ?=
 SPIRE_DIR ?= /tmp/gridmesh-spire
+# CONSUL=1 runs the demo on a real Consul agent (v1.14.11, built once by
+# tools/consul/build.sh and cached) as catalog, Connect CA and intention store.
+CONSUL ?=
 # The demo takes routes, mTLS and RBAC from meshd's xDS; RECDEMOFLAGS= runs
 # it on static targets with authorization in code. See bin/recdemo -h.
 RECDEMOFLAGS ?= -xds
@@ -15,7 +18,11 @@ RECDEMOFLAGS ?= -xds
 build:
 	$(GO) build -o $(BIN)/ ./cmd/meshd ./cmd/meshctl ./examples/hello/greeter ./examples/hello/caller ./examples/rec/cmd/...
 
-ifeq ($(SPIRE),)
+ifneq ($(CONSUL),)
+demo: build
+	consul_dir="$$(bash tools/consul/build.sh)" && \
+		$(BIN)/recdemo -bin $(BIN) -consul "$$consul_dir/consul" $(filter-out -xds,$(RECDEMOFLAGS))
+else ifeq ($(SPIRE),)
 demo: build
 	$(BIN)/recdemo -bin $(BIN) $(RECDEMOFLAGS)
 else

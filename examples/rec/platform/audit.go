@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
 
 	"github.com/gridmesh/gridmesh/examples/rec/policy"
@@ -47,7 +48,11 @@ func (p *Platform) Client(ctx context.Context, workload string, log *slog.Logger
 	if p.cfg.XDS {
 		cp = p.ControlPlane
 	}
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: workload, Socket: p.Socket(workload), ControlPlane: cp, Logger: log})
+	var consul *api.Config
+	if p.consul != nil {
+		consul = p.consul.api(workload)
+	}
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: workload, Socket: p.Socket(workload), ControlPlane: cp, Consul: consul, Logger: log})
 	if err != nil {
 		return nil, err
 	}

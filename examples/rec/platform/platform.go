@@ -62,6 +62,15 @@ type Config struct {
 	// and take mTLS and RBAC (policy.MeshdConfig) from it, clients dial
 	// xds:///<service>. Default: static targets and in-code policy.
 	XDS bool
+	// ConsulBin, when set, runs the platform on a real Consul agent (this
+	// consul binary, v1.14.11 from tools/consul/build.sh) instead of meshd
+	// dev: the agent is the catalog (servers register with a health check,
+	// clients dial consul:///<service>), the identity provider (each
+	// workload's SVID from its Connect CA) and the intention store (the
+	// matrix as L7 intentions, ConsulConfigEntries). ACLs are on with
+	// default deny; each workload has its own token. SVIDTTL, Socket and
+	// XDS do not apply.
+	ConsulBin string
 }
 
 // Proc is one started process.
@@ -76,6 +85,7 @@ type Proc struct {
 	env            []string
 	args           []string
 	workload       string
+	stop           syscall.Signal // how Stop asks it to end; default SIGTERM
 	cmd            *exec.Cmd
 	done           chan struct{}
 	Restarts       int
@@ -97,11 +107,15 @@ type Platform struct {
 	Addrs map[string]string
 	// ControlPlane is meshd's xDS address.
 	ControlPlane string
+	consul       *consulAgent
 }
 
 // Socket returns the Workload API socket of workload, as an address for
 // SPIFFE_ENDPOINT_SOCKET.
 func (p *Platform) Socket(workload string) string {
+	if p.cfg.ConsulBin != "" {
+		return ""
+	}
 	if p.cfg.Socket != "" {
 		return p.cfg.Socket
 	}
@@ -127,6 +141,9 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if cfg.Trading <= 0 {
 		cfg.Trading = 2
 	}
+	if cfg.ConsulBin != "" && (cfg.XDS || cfg.Socket != "") {
+		return nil, errors.New("platform: Config.ConsulBin runs the platform on Consul, which replaces Config.XDS and Config.Socket: set one of them")
+	}
 	if cfg.SVIDTTL <= 0 {
 		cfg.SVIDTTL = time.Hour
 	}
@@ -143,6 +160,12 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		}
 	}()
 
+	if cfg.ConsulBin != "" {
+		if err := p.startConsul(ctx); err != nil {
+			return nil, err
+		}
+		return p, p.startServices(ctx, consulTargets(), "")
+	}
 	ready := filepath.Join(cfg.Dir, "meshd.ready")
 	xds, err := freePort()
 	if err != nil {
@@ -171,18 +194,33 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	var targets map[string]string
+	if cfg.XDS {
+		targets = map[string]string{}
+		for _, w := range []string{policy.Registry, policy.Accounts, policy.Trading, policy.Settlement} {
+			targets[w] = "xds:///" + w
+		}
+	}
+	return p, p.startServices(ctx, targets, xds)
+}
 
+// startServices starts the services on free ports, each once what it
+// depends on serves. targets, when not nil, are the gRPC targets the
+// services and clients dial (xds:///, consul:///) instead of the address
+// lists; xds is meshd's address with Config.XDS.
+func (p *Platform) startServices(ctx context.Context, targets map[string]string, xds string) (err error) {
+	cfg := p.cfg
 	addr := map[string]string{}
 	for _, name := range []string{"registry", "accounts", "settlement", "gateway"} {
 		if addr[name], err = freePort(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	var trading []string
 	for i := 1; i <= cfg.Trading; i++ {
 		a, err := freePort()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		trading = append(trading, a)
 	}
@@ -192,10 +230,8 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		policy.Registry: addr["registry"], policy.Accounts: addr["accounts"],
 		policy.Settlement: addr["settlement"], policy.Trading: p.TradingAddrs,
 	}
-	if cfg.XDS {
-		for w := range p.Addrs {
-			p.Addrs[w] = "xds:///" + w
-		}
+	for w, t := range targets {
+		p.Addrs[w] = t
 	}
 	target := p.Addrs
 	db := func(name string) string { return filepath.Join(cfg.Dir, name+".db") }
@@ -224,22 +260,34 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	for _, pr := range procs {
 		pr.Addr = pr.args[slices.Index(pr.args, "-listen")+1]
 		if pr.Admin, err = freePort(); err != nil {
-			return nil, err
+			return err
 		}
 		pr.args = append(pr.args, "-admin", pr.Admin)
 		pr.env = append([]string{"OTEL_SERVICE_NAME=" + pr.Name}, cfg.Env...)
+		pr.env = append(pr.env, p.ConsulEnv(pr.workload)...)
 		if cfg.Metrics {
 			if pr.Metrics, err = freePort(); err != nil {
-				return nil, err
+				return err
 			}
 			host, port, _ := net.SplitHostPort(pr.Metrics)
 			pr.env = append(pr.env, "OTEL_METRICS_EXPORTER=prometheus", "OTEL_EXPORTER_PROMETHEUS_HOST="+host, "OTEL_EXPORTER_PROMETHEUS_PORT="+port)
 		}
 		if err := p.start(ctx, pr, nil); err != nil {
-			return nil, err
+			return err
+		}
+		if p.consul != nil && pr.workload != policy.Gateway {
+			// Its dependents find it through the catalog: wait for its
+			// passing registration (every instance, for trading).
+			n := 1
+			if pr.workload == policy.Trading {
+				n = slices.Index(trading, pr.Addr) + 1
+			}
+			if err := p.waitConsulInstances(ctx, pr.workload, n); err != nil {
+				return err
+			}
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // start runs pr and waits until ready reports true, or, when ready is nil,
@@ -258,7 +306,7 @@ func (p *Platform) start(ctx context.Context, pr *Proc, ready func() bool) error
 	cmd := exec.Command(pr.args[0], pr.args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = os.Environ()
-	if pr.workload != "" {
+	if pr.workload != "" && p.Socket(pr.workload) != "" {
 		cmd.Env = append(cmd.Env, "SPIFFE_ENDPOINT_SOCKET="+p.Socket(pr.workload))
 	}
 	cmd.Env = append(cmd.Env, pr.env...)
@@ -338,7 +386,7 @@ func (p *Platform) Restart(ctx context.Context, name string) error {
 	default:
 		return fmt.Errorf("platform: %s is still running", name)
 	}
-	next := &Proc{Name: pr.Name, Addr: pr.Addr, Admin: pr.Admin, Metrics: pr.Metrics, env: pr.env, args: pr.args, workload: pr.workload, Restarts: pr.Restarts + 1}
+	next := &Proc{Name: pr.Name, Addr: pr.Addr, Admin: pr.Admin, Metrics: pr.Metrics, env: pr.env, args: pr.args, workload: pr.workload, stop: pr.stop, Restarts: pr.Restarts + 1}
 	return p.start(ctx, next, nil)
 }
 
@@ -357,7 +405,11 @@ func (p *Platform) Stop() error {
 			continue
 		default:
 		}
-		pr.cmd.Process.Signal(syscall.SIGTERM)
+		sig := pr.stop
+		if sig == 0 {
+			sig = syscall.SIGTERM
+		}
+		pr.cmd.Process.Signal(sig)
 		select {
 		case <-pr.done:
 		case <-time.After(10 * time.Second):

@@ -5,6 +5,12 @@
 // keys from the service's own database, clients with discovery, balancing
 // and resilience, and the mesh admin endpoint.
 //
+// On Consul (Config.Consul, or CONSUL_HTTP_ADDR in the environment) the
+// same process takes its identity from Consul's Connect CA, authorizes
+// callers by Consul intentions (which platform.ConsulIntentions generates
+// from the same matrix), registers its servers in Consul's catalog with a
+// TTL health check, and finds the others through consul:///<service>.
+//
 //	node, err := recmesh.Start(ctx, recmesh.Config{Name: "registry", Admin: "127.0.0.1:15001"})
 //	defer node.Close()
 //	srv, err := node.NewServer(&recpb.Registry_ServiceDesc, db)
@@ -23,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -61,26 +68,45 @@ type Config struct {
 	// and xds:///<service> targets get endpoints, balancing and policy
 	// from it. Empty: static targets and in-code policy only.
 	ControlPlane string
+	// Consul, when set, joins the mesh through this Consul agent instead
+	// of the Workload API: identity from its Connect CA for the service
+	// Name, authorization by Consul intentions, servers registered in its
+	// catalog with a health check, consul:///<service> targets. Default:
+	// api.DefaultConfig() when CONSUL_HTTP_ADDR is set and neither Socket
+	// nor SPIFFE_ENDPOINT_SOCKET is (Consul's own variables:
+	// CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), else none.
+	Consul *api.Config
 	// Logger defaults to silent.
 	Logger *slog.Logger
+}
+
+// Source is a Node's identity source.
+type Source interface {
+	security.Source
+	Close() error
 }
 
 // Node is one process's place in the mesh. Close it when done.
 type Node struct {
 	Name string
-	Src  *security.WorkloadAPISource
+	Src  Source
 	// ID is the process's SPIFFE ID, TD its trust domain.
 	ID  spiffeid.ID
 	TD  spiffeid.TrustDomain
 	Log *slog.Logger
+	// Consul is the Consul client on Consul (Config.Consul), else nil.
+	Consul *api.Client
+	// Datacenter is the Consul datacenter, from the SVID, on Consul.
+	Datacenter string
 
 	Resilience *resilience.Client
 	// Stats counts retries, breaker changes and refusals of Resilience.
-	Stats     *Stats
-	admin     string
-	cp        string
-	discovery *discovery.Registry
-	tel       *telemetry.Providers
+	Stats      *Stats
+	admin      string
+	cp         string
+	discovery  *discovery.Registry
+	tel        *telemetry.Providers
+	intentions *discovery.Intentions
 }
 
 // Start joins the mesh: it fetches the identity (blocking until the first
@@ -101,23 +127,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return nil, fmt.Errorf("%s: telemetry: %w", cfg.Name, err)
 		}
 	}
-	if n.Src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: cfg.Socket, Logger: log}); err != nil {
-		return nil, fmt.Errorf("%s: identity: %w", cfg.Name, err)
+	if cfg.Consul == nil && cfg.Socket == "" && os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" && os.Getenv("CONSUL_HTTP_ADDR") != "" {
+		cfg.Consul = api.DefaultConfig()
 	}
-	if n.ID, err = security.ID(n.Src); err != nil {
-		return nil, fmt.Errorf("%s: identity: %w", cfg.Name, err)
-	}
-	if want := policy.ID(n.ID.TrustDomain(), cfg.Name); cfg.Name != "" && n.ID != want {
-		// A SPIRE agent may offer a process several SVIDs (entries that
-		// match every process of a user); take the workload's own.
-		n.Src.Close()
-		if n.Src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: cfg.Socket, ExpectedID: want, Logger: log}); err != nil {
-			return nil, fmt.Errorf("%s: identity: the Workload API offered %s, not %s: %w", cfg.Name, n.ID, want, err)
+	if cfg.Consul != nil {
+		if err := n.startConsul(ctx, cfg.Consul); err != nil {
+			return nil, err
 		}
-		n.ID = want
-	}
-	n.TD = n.ID.TrustDomain()
-	if n.discovery, err = discovery.New(discovery.Config{TrustDomain: n.TD}); err != nil {
+	} else if err := n.startWorkloadAPI(ctx, cfg.Socket); err != nil {
 		return nil, err
 	}
 	n.Stats = newStats()
@@ -125,6 +142,109 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// startWorkloadAPI takes the node's identity from the Workload API.
+func (n *Node) startWorkloadAPI(ctx context.Context, socket string) (err error) {
+	var src *security.WorkloadAPISource
+	if src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: socket, Logger: n.Log}); err != nil {
+		return fmt.Errorf("%s: identity: %w", n.Name, err)
+	}
+	n.Src = src
+	if n.ID, err = security.ID(n.Src); err != nil {
+		return fmt.Errorf("%s: identity: %w", n.Name, err)
+	}
+	if want := policy.ID(n.ID.TrustDomain(), n.Name); n.Name != "" && n.ID != want {
+		// A SPIRE agent may offer a process several SVIDs (entries that
+		// match every process of a user); take the workload's own.
+		n.Src.Close()
+		n.Src = nil
+		if src, err = security.NewWorkloadAPISource(ctx, security.WorkloadAPIConfig{Address: socket, ExpectedID: want, Logger: n.Log}); err != nil {
+			return fmt.Errorf("%s: identity: the Workload API offered %s, not %s: %w", n.Name, n.ID, want, err)
+		}
+		n.Src, n.ID = src, want
+	}
+	n.TD = n.ID.TrustDomain()
+	n.discovery, err = discovery.New(discovery.Config{TrustDomain: n.TD})
+	return err
+}
+
+// startConsul takes the node's identity from the Connect CA of the Consul
+// agent at cfg, and finds services in its catalog.
+func (n *Node) startConsul(ctx context.Context, cfg *api.Config) (err error) {
+	src, err := security.NewConsulSource(ctx, security.ConsulConfig{Service: n.Name, API: cfg, Logger: n.Log})
+	if err != nil {
+		return fmt.Errorf("%s: identity: %w", n.Name, err)
+	}
+	n.Src = src
+	if n.ID, err = security.ID(src); err != nil {
+		return fmt.Errorf("%s: identity: %w", n.Name, err)
+	}
+	n.TD = n.ID.TrustDomain()
+	// Consul's IDs are spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>.
+	if segs := strings.Split(n.ID.Path(), "/"); len(segs) == 7 && segs[3] == "dc" {
+		n.Datacenter = segs[4]
+	} else {
+		return fmt.Errorf("%s: identity: %s is not a Consul service identity", n.Name, n.ID)
+	}
+	if n.Consul, err = api.NewClient(cfg); err != nil {
+		return fmt.Errorf("%s: consul: %w", n.Name, err)
+	}
+	n.discovery, err = discovery.New(discovery.Config{Consul: n.Consul, TrustDomain: n.TD})
+	return err
+}
+
+// PeerID is the SPIFFE ID workload presents: policy.ID on the Workload
+// API, Consul's service identity on Consul.
+func (n *Node) PeerID(workload string) spiffeid.ID {
+	if n.Consul == nil {
+		return policy.ID(n.TD, workload)
+	}
+	id, err := spiffeid.FromSegments(n.TD, "ns", "default", "dc", n.Datacenter, "svc", workload)
+	if err != nil {
+		panic(fmt.Sprintf("recmesh: workload name %q: %v", workload, err))
+	}
+	return id
+}
+
+// Intentions returns the Consul intentions whose destination is the node's
+// service, watched from the first call until Close. Consul only.
+func (n *Node) Intentions(ctx context.Context) (*discovery.Intentions, error) {
+	if n.intentions != nil {
+		return n.intentions, nil
+	}
+	in, err := n.discovery.WatchIntentions(ctx, discovery.IntentionsConfig{Service: n.Name})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
+	}
+	n.intentions = in
+	return in, nil
+}
+
+// IntentionsAuthorizer authorizes calls by the node's Consul intentions,
+// L4 and L7, passing the HTTP path on for HTTP requests (which
+// mesh.IntentionsAuthorizer does not yet do).
+func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
+	return func(ctx context.Context, c security.Call) error {
+		if ok, rule := in.AuthorizeRequest(ctx, discovery.IntentionRequest{Caller: c.Caller, Method: c.Method, Path: c.Path}); !ok {
+			return security.Deny(c, rule)
+		}
+		return nil
+	}
+}
+
+// GatewayAuthorizer is the gateway's HTTP authorization:
+// policy.GatewayAuthorizer on the Workload API, the gateway's Consul
+// intentions (platform.ConsulIntentions) on Consul.
+func (n *Node) GatewayAuthorizer(ctx context.Context) (security.Authorizer, error) {
+	if n.Consul == nil {
+		return policy.GatewayAuthorizer(n.TD)
+	}
+	in, err := n.Intentions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return IntentionsAuthorizer(in), nil
 }
 
 // Resilience is the platform's client policy: the mesh defaults, with more
@@ -144,6 +264,9 @@ func Resilience() resilience.Config {
 // twice.
 func (n *Node) Close() error {
 	var errs []error
+	if n.intentions != nil {
+		errs = append(errs, n.intentions.Close())
+	}
 	if n.Src != nil {
 		errs = append(errs, n.Src.Close())
 	}
@@ -169,8 +292,22 @@ func (n *Node) Options() []mesh.Option {
 // authorized by policy.Matrix, and keyed writes are answered once, from
 // db's idempotency table (db must come from recdb.Open).
 func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, error) {
+	authz := policy.Authorizer(n.TD, desc)
+	var consulOpts []mesh.ServerOption
+	if n.Consul != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		in, err := n.Intentions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		authz = mesh.IntentionsAuthorizer(in)
+		// A 3s TTL check (heartbeat every second): a crashed instance is
+		// out of the catalog 3s later.
+		consulOpts = append(consulOpts, mesh.WithRegistration(n.discovery, discovery.Service{Name: n.Name, TTL: 3 * time.Second}))
+	}
 	opts := []mesh.ServerOption{
-		mesh.WithAuthorizer(policy.Authorizer(n.TD, desc)),
+		mesh.WithAuthorizer(authz),
 		mesh.WithDenialHook(func(d *security.DeniedError) {
 			n.Log.Warn("denied", "caller", d.Caller.String(), "target", d.Target, "rule", d.Rule)
 		}),
@@ -178,6 +315,7 @@ func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, erro
 		mesh.WithDrainTimeout(5 * time.Second),
 		mesh.WithGRPCServerOptions(grpc.ChainUnaryInterceptor(n.logFailures)),
 	}
+	opts = append(opts, consulOpts...)
 	if n.cp != "" {
 		// meshd enforces its RBAC (generated from the same matrix, see
 		// policy.MeshdConfig) in front of the authorizer above.
@@ -205,7 +343,7 @@ func Target(s string) string {
 func (n *Node) Dial(ctx context.Context, addrs, workload string, bal discovery.Balancer) (*grpc.ClientConn, error) {
 	target := Target(addrs)
 	opts := []mesh.DialOption{
-		mesh.WithServerID(policy.ID(n.TD, workload)),
+		mesh.WithServerID(n.PeerID(workload)),
 		mesh.WithResilience(n.Resilience),
 	}
 	if strings.HasPrefix(target, "xds:") {
@@ -259,7 +397,7 @@ func (n *Node) logFailures(ctx context.Context, req any, info *grpc.UnaryServerI
 // node and accepts only a server presenting workload's SPIFFE ID. Release
 // it with client.Transport.(*mesh.HTTPTransport).Close().
 func (n *Node) HTTPClient(workload string) (*http.Client, error) {
-	opts := []mesh.DialOption{mesh.WithServerID(policy.ID(n.TD, workload)), mesh.WithRegistry(n.discovery)}
+	opts := []mesh.DialOption{mesh.WithServerID(n.PeerID(workload)), mesh.WithRegistry(n.discovery)}
 	for _, o := range n.Options() {
 		opts = append(opts, o)
 	}

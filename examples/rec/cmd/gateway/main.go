@@ -79,7 +79,7 @@ func run(ctx context.Context) error {
 		d.set(cc)
 	}
 
-	authz, err := policy.GatewayAuthorizer(node.TD)
+	authz, err := node.GatewayAuthorizer(ctx) // policy.GatewayAuthorizer, or Consul intentions on Consul
 	if err != nil {
 		return err
 	}

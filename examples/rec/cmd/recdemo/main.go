@@ -6,8 +6,15 @@
 // restarted, audits the result and prints a summary. It stops every process
 // it started and exits non-zero if an invariant failed.
 //
+// With -consul (make demo CONSUL=1) a real Consul agent replaces meshd dev:
+// it is the catalog (servers register with a health check, clients dial
+// consul:///<service>), the identity provider (every SVID from its Connect
+// CA, which the demo rotates during the load) and the intention store (the
+// authorization matrix as L7 intentions).
+//
 //	go build -o bin/ ./cmd/meshd ./examples/rec/cmd/...
 //	bin/recdemo -bin bin
+//	bin/recdemo -bin bin -consul "$(bash tools/consul/build.sh)/consul"
 package main
 
 import (
@@ -55,7 +62,11 @@ func run(ctx context.Context) error {
 	traces := flag.String("traces", "", "trace exporter for every service: otlp (OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4317), console (spans in each service's log), or none")
 	socket := flag.String("spiffe-socket", "", "use this SPIFFE Workload API (a SPIRE agent, e.g. unix:///tmp/gridmesh-spire/agent.sock) for every workload instead of meshd dev's; see tools/spire/up.sh")
 	xds := flag.Bool("xds", false, "run on meshd's xDS: servers register with meshd, clients dial xds:///<service>, mTLS and RBAC come from meshd")
+	consulBin := flag.String("consul", "", "run on a real Consul agent started from this consul binary (v1.14.11, see tools/consul/build.sh): catalog, Connect CA identities and intentions from Consul; -xds, -spiffe-socket and -svid-ttl do not apply")
 	flag.Parse()
+	if *consulBin != "" && (*xds || *socket != "") {
+		return errors.New("-consul runs the platform on Consul, which replaces meshd's xDS (-xds) and the Workload API (-spiffe-socket): drop those flags")
+	}
 
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "recdemo-")
@@ -72,13 +83,19 @@ func run(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 
-	fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
-	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds, Socket: *socket, Env: traceEnv(*traces)})
+	if *consulBin != "" {
+		fmt.Fprintf(out, "== starting a Consul agent and the platform in %s\n", *dir)
+	} else {
+		fmt.Fprintf(out, "== starting meshd dev and the platform in %s\n", *dir)
+	}
+	p, err := platform.Start(ctx, platform.Config{Bin: *bin, Dir: *dir, Trading: *instances, SVIDTTL: *svidTTL, Metrics: true, XDS: *xds, Socket: *socket, ConsulBin: *consulBin, Env: traceEnv(*traces)})
 	if err != nil {
 		return err
 	}
 	defer p.Stop()
-	if *socket != "" {
+	if *consulBin != "" {
+		fmt.Fprintf(out, "   %-11s agent on %s (ACLs on, default deny; a token per workload): catalog, Connect CA, intentions\n", "Consul", p.ConsulAddr())
+	} else if *socket != "" {
 		fmt.Fprintf(out, "   %-11s every workload's SVID from %s; meshd dev serves xDS and registration on %s\n", "SPIRE", *socket, p.Proc("meshd").Addr)
 	} else {
 		fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s\n", "meshd dev", *dir, p.Proc("meshd").Addr)
@@ -93,7 +110,11 @@ func run(ctx context.Context) error {
 		fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", n, pr.Addr, pr.Admin, pr.Metrics)
 	}
 	fmt.Fprintf(out, "   the gateway serves its HTTP JSON API at %s with mesh mTLS: only the portal workload may trade\n", p.GatewayURL)
-	if *socket == "" {
+	if *consulBin != "" {
+		if err := printConsul(ctx, out, p); err != nil {
+			return err
+		}
+	} else if *socket == "" {
 		fmt.Fprintf(out, "   SVIDs live %v and rotate every %v\n", *svidTTL, *svidTTL/2)
 	}
 
@@ -166,9 +187,10 @@ func run(ctx context.Context) error {
 	// Load, with a trading instance killed and restarted in the middle.
 	fmt.Fprintf(out, "== load: %d orders from %d concurrent participants; trading-1 gets SIGKILL part-way and restarts\n", *orders, *concurrency)
 	var (
-		wg      sync.WaitGroup
-		killErr error
-		events  []string
+		wg        sync.WaitGroup
+		killErr   error
+		events    []string
+		rotatedAt time.Time
 	)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
@@ -192,6 +214,17 @@ func run(ctx context.Context) error {
 			case <-time.After(d):
 			}
 		}
+		if *consulBin != "" {
+			// Rotate the Connect CA while the load runs: servers and
+			// clients move to the new root over the next 30s.
+			root, err := p.RotateConsulCA(ctx)
+			if err != nil {
+				killErr = err
+				return
+			}
+			rotatedAt = time.Now()
+			events = append(events, fmt.Sprintf("%5.1fs  Connect CA rotated through /v1/connect/ca/configuration: new root %s", time.Since(start).Seconds(), root[:23]))
+		}
 		// Kill once a third of the load is in, so orders are in flight.
 		base, err := op.Trading.Stats(ctx, &recpb.TradingStatsRequest{})
 		if err != nil {
@@ -213,11 +246,25 @@ func run(ctx context.Context) error {
 			return
 		}
 		events = append(events, fmt.Sprintf("%5.1fs  trading-1 killed (SIGKILL) after %d orders", time.Since(start).Seconds(), *orders/3))
-		wait(2 * time.Second)
+		if *consulBin != "" {
+			// Its TTL health check lapses and Consul stops listing it.
+			if killErr = waitTrading(ctx, p, 1); killErr != nil {
+				return
+			}
+			events = append(events, fmt.Sprintf("%5.1fs  trading-1's health check critical: Consul lists one trading instance", time.Since(start).Seconds()))
+		} else {
+			wait(2 * time.Second)
+		}
 		if killErr = p.Restart(ctx, "trading-1"); killErr != nil {
 			return
 		}
 		events = append(events, fmt.Sprintf("%5.1fs  trading-1 restarted and serving", time.Since(start).Seconds()))
+		if *consulBin != "" {
+			if killErr = waitTrading(ctx, p, 2); killErr != nil {
+				return
+			}
+			events = append(events, fmt.Sprintf("%5.1fs  trading-1 registered again, check passing: Consul lists two trading instances", time.Since(start).Seconds()))
+		}
 	}()
 	res := <-resc
 	wg.Wait()
@@ -227,6 +274,7 @@ func run(ctx context.Context) error {
 	for _, e := range events {
 		fmt.Fprintln(out, "   "+e)
 	}
+
 	fmt.Fprint(out, indent(res.Summary()))
 	if m, err := p.GatewayMesh(ctx, op); err == nil {
 		fmt.Fprintf(out, "   mesh:       the gateway's client made %s\n", m)
@@ -249,7 +297,13 @@ func run(ctx context.Context) error {
 		report.Checks = append(report.Checks, platform.Check{Name: "no process crashed", Detail: strings.Join(crashed, "; ")})
 	}
 	report.Print(indentWriter{out})
-	fmt.Fprintf(out, "   identity: the operator's SVID rotated %d times during the run\n", rotations())
+	if *consulBin != "" {
+		if err := waitConsulRotation(ctx, out, p, op, rotatedAt); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "   identity: the operator's SVID rotated %d times during the run\n", rotations())
+	}
 
 	fmt.Fprintln(out, "== where to look")
 	if *keep {
@@ -267,7 +321,12 @@ func run(ctx context.Context) error {
 	default:
 		fmt.Fprintf(out, "   traces: exported with OTEL_TRACES_EXPORTER=%s\n", *traces)
 	}
-	fmt.Fprintf(out, "   the API needs an SVID: SPIFFE_ENDPOINT_SOCKET=%s bin/recload -url %s\n", p.Socket(policy.Portal), p.GatewayURL)
+	if *consulBin != "" {
+		fmt.Fprintf(out, "   the API needs an SVID: %s bin/recload -url %s\n", strings.Join(p.ConsulEnv(policy.Portal), " "), p.GatewayURL)
+		fmt.Fprintf(out, "   Consul: curl -H 'X-Consul-Token: %s' http://%s/v1/config/service-intentions/trading\n", p.ConsulManagementToken(), p.ConsulAddr())
+	} else {
+		fmt.Fprintf(out, "   the API needs an SVID: SPIFFE_ENDPOINT_SOCKET=%s bin/recload -url %s\n", p.Socket(policy.Portal), p.GatewayURL)
+	}
 
 	if !report.OK() || res.Invalid > 0 || res.Unknown > 0 {
 		return errors.New("an invariant failed: see the checks above")
@@ -278,6 +337,70 @@ func run(ctx context.Context) error {
 		<-sigCtx.Done()
 	}
 	return nil
+}
+
+// printConsul shows what the platform put in Consul: the catalog, with
+// each instance's health, and the intentions, with the operator's SVID.
+func printConsul(ctx context.Context, out io.Writer, p *platform.Platform) error {
+	for _, svc := range []string{policy.Registry, policy.Accounts, policy.Trading, policy.Settlement} {
+		list, err := p.ConsulInstances(ctx, svc)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "   %-11s registered in Consul, health check passing: %s\n", svc, strings.Join(list, ", "))
+	}
+	fmt.Fprintf(out, "   %-11s the matrix as L7 intentions (service-intentions entries, one permission per method or route)\n", "intentions")
+	return nil
+}
+
+// waitConsulRotation waits, up to 40s after the rotation, until the
+// operator's leaf is signed by the Connect CA's new root (Consul's agent
+// re-signs leaves at a random time within 30s of a rotation), and says
+// when it was.
+func waitConsulRotation(ctx context.Context, out io.Writer, p *platform.Platform, op *platform.Operator, rotatedAt time.Time) error {
+	for {
+		svid, err := op.Node.Src.GetX509SVID()
+		if err != nil {
+			return err
+		}
+		onNew, err := p.SignedByActiveConsulRoot(ctx, svid.Certificates[0])
+		if err != nil {
+			return err
+		}
+		if onNew {
+			fmt.Fprintf(out, "   identity: every SVID from Consul's Connect CA (%s); the operator's leaf was signed by the new root %v after the rotation, the old root trusted meanwhile\n",
+				svid.ID.TrustDomain(), time.Since(rotatedAt).Round(100*time.Millisecond))
+			return nil
+		}
+		if time.Since(rotatedAt) > 40*time.Second {
+			return fmt.Errorf("the operator's leaf is still signed by the old Connect CA root 40s after the rotation")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-op.Node.Src.(interface{ Changed() <-chan struct{} }).Changed():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// waitTrading waits until Consul lists n passing trading instances.
+func waitTrading(ctx context.Context, p *platform.Platform, n int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		list, err := p.ConsulInstances(ctx, policy.Trading)
+		if err == nil && len(list) == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("Consul lists %d passing trading instances (%v) 30s on, want %d", len(list), err, n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func placeByHand(ctx context.Context, hc *http.Client, url string, o gateway.OrderRequest) (platform.Ack, string, error) {
