@@ -39,10 +39,19 @@ func TestServeRefusesHalfWrittenConfigAtStart(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			err := runServe(ctx, []string{"-config", path, "-listen", "127.0.0.1:0"})
+			f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0"}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := &syncBuffer{}
+			err = serve(ctx, f, slog.New(slog.NewTextHandler(logs, nil)), nil)
 			var ce *controlplane.ConfigError
 			if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "controlplane: "+path+" refused: "+tt.want) {
-				t.Errorf("runServe: %v\nwant: controlplane: %s refused: %s...", err, path, tt.want)
+				t.Errorf("serve: %v\nwant: controlplane: %s refused: %s...", err, path, tt.want)
+			}
+			// main prints the error; it is not logged as well.
+			if strings.Contains(logs.String(), "refused") {
+				t.Errorf("the refusal was logged as well as returned:\n%s", logs.String())
 			}
 		})
 	}

@@ -99,7 +99,13 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 	if f.config != "" {
 		// At start there is no last good config to fall back on: refuse to
 		// start rather than serve something the operator did not write.
-		if err := s.LoadConfigFile(f.config); err != nil {
+		// (Parsed here rather than with s.LoadConfigFile, which would also
+		// log the refusal that main prints.)
+		cfg, err := controlplane.LoadConfigFile(f.config)
+		if err != nil {
+			return err
+		}
+		if err := s.SetConfig(f.config, cfg); err != nil {
 			return err
 		}
 	} else if err := s.SetConfig("(no config file)", &controlplane.Config{}); err != nil {
