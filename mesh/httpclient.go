@@ -96,7 +96,10 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //     (labelled by both SPIFFE IDs; on when a MeterProvider is an SDK one or
 //     WithAdmin is given, as for gRPC);
 //   - routing: the request's service, meshd route and cluster are decided
-//     once, and the route's timeout bounds the rest;
+//     once, and the route's timeout bounds the rest (a service's first
+//     requests, sent before its endpoints are known, wait for them inside
+//     resilience and are routed once they are, without the route's
+//     timeout);
 //   - the resilience policies (WithResilience; by default a client of its
 //     own with resilience.DefaultConfig(), keyed by the URL host; off with
 //     WithoutResilience), the only stage that retries: idempotent requests,

@@ -94,11 +94,16 @@ func (balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, errors.New("httpclient: a request reached the balancer without a routing decision in its context")
 	}
-	pick, err := d.pick()
+	c, err := d.cluster(req.Context())
 	if err != nil {
 		closeBody(req)
-		if d.cl.name != "" {
-			return nil, fmt.Errorf("mesh: %s (%s cluster %s): %w", d.host, d.svc.target, d.cl.name, err)
+		return nil, err
+	}
+	pick, err := d.pick(c)
+	if err != nil {
+		closeBody(req)
+		if c.name != "" {
+			return nil, fmt.Errorf("mesh: %s (%s cluster %s): %w", d.host, d.svc.target, c.name, err)
 		}
 		return nil, fmt.Errorf("mesh: %s (%s): %w", d.host, d.svc.target, err)
 	}
@@ -108,7 +113,7 @@ func (balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 	out, u := *req, *req.URL
 	u.Scheme, u.Host = "https", pick.Addr
 	out.URL, out.Host = &u, d.host
-	resp, err := d.cl.tr.RoundTrip(&out)
+	resp, err := c.tr.RoundTrip(&out)
 	if err != nil {
 		pick.Done()
 		err = fmt.Errorf("mesh: %s endpoint %s: %w", d.host, pick.Addr, err)

@@ -25,7 +25,12 @@
 //     keeps it and nothing beneath looks the request up again. The
 //     route's timeout (max_stream_duration) bounds everything beneath,
 //     retries and the reading of the response body included. On gRPC:
-//     grpc-go's config selector, once per call.
+//     grpc-go's config selector, once per call. A service's first
+//     requests, sent before its endpoints (and meshd's routes) are known,
+//     are routed by their first attempt once they are, with the same
+//     request: the wait is then bounded by resilience's timeout, as
+//     grpc-go's picker waits for its resolver, and the route's timeout
+//     does not apply to them.
 //  4. Resilience (Config.Resilience, resilience.Client.RoundTripper): the
 //     only stage that retries, hedges, breaks circuits or rate-limits.
 //     It retries what is safe: idempotent requests, requests with an

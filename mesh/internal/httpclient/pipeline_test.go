@@ -181,3 +181,51 @@ func TestWrongServerIDIsNeverSent(t *testing.T) {
 		t.Errorf("err %v, applied %d; want a NotSentError naming the impostor, never applied", err, applied.Load())
 	}
 }
+
+// TestFirstRequestWaitsInsideResilience: a request to a service whose
+// endpoints never come (meshd unreachable), sent without a deadline of its
+// own, fails when resilience's timeout ends the wait; it does not hang.
+func TestFirstRequestWaitsInsideResilience(t *testing.T) {
+	ca := pki.NewCA(t, "example.org")
+	policy := resilience.Default()
+	policy.Timeout = 300 * time.Millisecond
+	rc, err := resilience.NewClient(resilience.Config{Default: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := discovery.New(discovery.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httpclient.New(httpclient.Config{
+		Identity:     ca.NewSource(t, "spiffe://example.org/client"),
+		Expect:       spiffeid.MatchMemberOf(spiffeid.RequireTrustDomainFromString("example.org")),
+		Registry:     reg,
+		ControlPlane: deadAddrBefore(t, "9"), // any closed port
+		Resilience:   rc.RoundTripper,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	req, err := http.NewRequest(http.MethodGet, "http://trading.mesh/v1/trades", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("err = %v; want resilience's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request still waits after 10s; resilience's 300ms timeout should end it")
+	}
+}

@@ -124,16 +124,27 @@ func (s *Service) eachCluster(f func(*cluster)) {
 
 func (s *Service) markBalanced() { s.balancedOnce.Do(func() { close(s.balanced) }) }
 
-// route returns the meshd route req takes (nil without routes) and the
-// cluster it goes to: by the route's weights, else main.
-func (s *Service) route(req *http.Request) (*httpxds.Route, *cluster, error) {
+// ready reports whether the service's own cluster has its first
+// endpoint set (and an xds:/// service meshd's routes, if any).
+func (s *Service) ready() bool {
+	select {
+	case <-s.balanced:
+		return true
+	default:
+		return false
+	}
+}
+
+// route returns the meshd route a request takes (nil without routes) and
+// the cluster it goes to: by the route's weights, else main.
+func (s *Service) route(method, path string, h http.Header) (*httpxds.Route, *cluster, error) {
 	rp := s.routes.Load()
 	if rp == nil || *rp == nil {
 		return nil, s.main, nil
 	}
-	r := httpxds.Find(*rp, req.URL.Path, req.Header)
+	r := httpxds.Find(*rp, path, h)
 	if r == nil {
-		return nil, nil, fmt.Errorf("mesh: no meshd route of %s matches %s %s", s.target, req.Method, req.URL.Path)
+		return nil, nil, fmt.Errorf("mesh: no meshd route of %s matches %s %s", s.target, method, path)
 	}
 	if r.Unsupported != "" {
 		return nil, nil, fmt.Errorf("mesh: %s: %s", s.target, r.Unsupported)

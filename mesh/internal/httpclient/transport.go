@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
+	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -214,12 +216,17 @@ func (t *Transport) service(host string) (*Service, error) {
 	return s, nil
 }
 
-// decision is a request's routing, made once by the router and read by
-// the balancer on every attempt.
+// decision is a request's routing, made once and read by the balancer on
+// every attempt.
 type decision struct {
 	svc  *Service
-	cl   *cluster
 	host string // the Host header the endpoints get
+	// The request as routed, for a decision the first attempt makes.
+	method, path string
+	header       http.Header
+	// cl is the cluster decided; nil until the service's first endpoints
+	// arrive (see router.RoundTrip).
+	cl atomic.Pointer[cluster]
 
 	mu    sync.Mutex
 	tried []string // endpoints attempted, to try others first
@@ -228,14 +235,38 @@ type decision struct {
 
 type decisionKey struct{}
 
-// pick chooses an endpoint of the decided cluster, one not tried by this
-// request while there are such.
-func (d *decision) pick() (*httpbalance.Pick, error) {
+// cluster returns the decided cluster. A request routed before its
+// service had endpoints is routed here, once, by its first attempt after
+// waiting for them within ctx: inside resilience, whose timeout then
+// bounds the wait, as grpc-go's picker waits for a resolver.
+func (d *decision) cluster(ctx context.Context) (*cluster, error) {
+	if c := d.cl.Load(); c != nil {
+		return c, nil
+	}
+	if err := d.svc.wait(ctx); err != nil {
+		return nil, fmt.Errorf("mesh: endpoints of %s: %w", d.svc.target, err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	p, err := d.cl.bal.Pick(d.tried)
+	if c := d.cl.Load(); c != nil {
+		return c, nil
+	}
+	_, c, err := d.svc.route(d.method, d.path, d.header)
+	if err != nil {
+		return nil, err
+	}
+	d.cl.Store(c)
+	return c, nil
+}
+
+// pick chooses an endpoint of cluster c, one not tried by this request
+// while there are such.
+func (d *decision) pick(c *cluster) (*httpbalance.Pick, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, err := c.bal.Pick(d.tried)
 	if errors.Is(err, httpbalance.ErrNoEndpoints) && len(d.tried) > 0 {
-		p, err = d.cl.bal.Pick(nil) // every endpoint tried: any again
+		p, err = c.bal.Pick(nil) // every endpoint tried: any again
 	}
 	if err != nil {
 		return nil, err
@@ -260,21 +291,23 @@ func (r router) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
-	ctx := req.Context()
-	if err := svc.wait(ctx); err != nil {
-		closeBody(req)
-		return nil, fmt.Errorf("mesh: endpoints of %s: %w", svc.target, err)
-	}
-	route, cl, err := svc.route(req)
-	if err != nil {
-		closeBody(req)
-		return nil, err
-	}
-	d := &decision{svc: svc, cl: cl, host: req.Host}
+	d := &decision{svc: svc, host: req.Host, method: req.Method, path: req.URL.Path, header: req.Header}
 	if d.host == "" {
 		d.host = req.URL.Host
 	}
-	ctx = context.WithValue(ctx, decisionKey{}, d)
+	// Once the service has endpoints (every request but its first few),
+	// the route and cluster are decided here, and the route's timeout
+	// bounds the stages beneath. Before, the first attempt decides.
+	var route *httpxds.Route
+	if svc.ready() {
+		var c *cluster
+		if route, c, err = svc.route(req.Method, req.URL.Path, req.Header); err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		d.cl.Store(c)
+	}
+	ctx := context.WithValue(req.Context(), decisionKey{}, d)
 	if route == nil || route.Timeout <= 0 {
 		return r.next.RoundTrip(req.WithContext(ctx))
 	}
