@@ -332,11 +332,7 @@ func parseRoute(rt *routepb.Route) (*Route, error) {
 			}
 		}
 		if p := act.GetRetryPolicy(); p != nil {
-			n := uint32(1)
-			if p.GetNumRetries() != nil {
-				n = p.GetNumRetries().GetValue()
-			}
-			r.Unapplied = append(r.Unapplied, fmt.Sprintf("retry up to %d times on %s", n, p.GetRetryOn()))
+			r.Unapplied = append(r.Unapplied, xdsresource.RetrySummary(p))
 		}
 	case *routepb.Route_NonForwardingAction:
 		r.Unsupported = fmt.Sprintf("route %q has a non-forwarding action", name)
@@ -350,27 +346,17 @@ func parseRoute(rt *routepb.Route) (*Route, error) {
 			continue
 		}
 		if d := f.GetDelay(); d != nil {
-			r.Unapplied = append(r.Unapplied, fmt.Sprintf("fault: delay %s for %s", d.GetFixedDelay().AsDuration(), percent(d.GetPercentage())))
+			r.Unapplied = append(r.Unapplied, fmt.Sprintf("fault: delay %s for %s", d.GetFixedDelay().AsDuration(), xdsresource.Percent(d.GetPercentage())))
 		}
 		if ab := f.GetAbort(); ab != nil {
 			what := fmt.Sprintf("gRPC %s", codes.Code(ab.GetGrpcStatus()))
 			if s := ab.GetHttpStatus(); s != 0 {
 				what = fmt.Sprintf("HTTP %d", s)
 			}
-			r.Unapplied = append(r.Unapplied, fmt.Sprintf("fault: abort %s with %s", percent(ab.GetPercentage()), what))
+			r.Unapplied = append(r.Unapplied, fmt.Sprintf("fault: abort %s with %s", xdsresource.Percent(ab.GetPercentage()), what))
 		}
 	}
 	return r, nil
-}
-
-func percent(f *typepb.FractionalPercent) string {
-	switch f.GetDenominator() {
-	case typepb.FractionalPercent_TEN_THOUSAND:
-		return fmt.Sprintf("%g%%", float64(f.GetNumerator())/100)
-	case typepb.FractionalPercent_MILLION:
-		return fmt.Sprintf("%g%%", float64(f.GetNumerator())/10000)
-	}
-	return fmt.Sprintf("%d%%", f.GetNumerator())
 }
 
 func parseHeaderMatcher(h *routepb.HeaderMatcher) (headerMatcher, error) {

@@ -28,6 +28,7 @@ import (
 	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 )
 
 // The resource types the mesh's xDS clients read.
@@ -236,4 +237,26 @@ func FullRegexp(pattern string) (*regexp.Regexp, error) {
 		return nil, err
 	}
 	return regexp.Compile("^(?:" + pattern + ")$")
+}
+
+// RetrySummary describes a route's retry policy for people: "retry up to
+// 2 times on unavailable,cancelled" (num_retries defaults to 1).
+func RetrySummary(p *routepb.RetryPolicy) string {
+	n := uint32(1)
+	if p.GetNumRetries() != nil {
+		n = p.GetNumRetries().GetValue()
+	}
+	return fmt.Sprintf("retry up to %d times on %s", n, p.GetRetryOn())
+}
+
+// Percent describes a fractional percent: "50%", "0.5%" (per ten
+// thousand), "0.05%" (per million).
+func Percent(f *typepb.FractionalPercent) string {
+	switch f.GetDenominator() {
+	case typepb.FractionalPercent_TEN_THOUSAND:
+		return fmt.Sprintf("%g%%", float64(f.GetNumerator())/100)
+	case typepb.FractionalPercent_MILLION:
+		return fmt.Sprintf("%g%%", float64(f.GetNumerator())/10000)
+	}
+	return fmt.Sprintf("%d%%", f.GetNumerator())
 }

@@ -113,11 +113,7 @@ func describeAction(rt *routepb.Route) string {
 		parts = append(parts, "timeout "+d.AsDuration().String())
 	}
 	if p := a.GetRetryPolicy(); p != nil {
-		n := uint32(1)
-		if p.GetNumRetries() != nil {
-			n = p.GetNumRetries().GetValue()
-		}
-		parts = append(parts, fmt.Sprintf("retry up to %d times on %s", n, p.GetRetryOn()))
+		parts = append(parts, xdsresource.RetrySummary(p))
 	}
 	filters := rt.GetTypedPerFilterConfig()
 	for _, name := range slices.Sorted(maps.Keys(filters)) {
@@ -128,23 +124,13 @@ func describeAction(rt *routepb.Route) string {
 			continue
 		}
 		if d := f.GetDelay(); d != nil {
-			parts = append(parts, fmt.Sprintf("delay %s for %s", d.GetFixedDelay().AsDuration(), percent(d.GetPercentage().GetNumerator(), d.GetPercentage().GetDenominator().String())))
+			parts = append(parts, fmt.Sprintf("delay %s for %s", d.GetFixedDelay().AsDuration(), xdsresource.Percent(d.GetPercentage())))
 		}
 		if ab := f.GetAbort(); ab != nil {
-			parts = append(parts, fmt.Sprintf("abort %s with %s", percent(ab.GetPercentage().GetNumerator(), ab.GetPercentage().GetDenominator().String()), codes.Code(ab.GetGrpcStatus())))
+			parts = append(parts, fmt.Sprintf("abort %s with %s", xdsresource.Percent(ab.GetPercentage()), codes.Code(ab.GetGrpcStatus())))
 		}
 	}
 	return strings.Join(parts, "; ")
-}
-
-func percent(num uint32, denominator string) string {
-	switch denominator {
-	case "TEN_THOUSAND":
-		return fmt.Sprintf("%g%%", float64(num)/100)
-	case "MILLION":
-		return fmt.Sprintf("%g%%", float64(num)/10000)
-	}
-	return fmt.Sprintf("%d%%", num)
 }
 
 // ServerRBAC describes the RBAC of the server listeners the client
