@@ -109,17 +109,91 @@ func readConfigFile(path string) ([]byte, error) {
 		if fi, err := f.Stat(); err == nil {
 			size = fi.Size()
 		}
-		return data, &ConfigError{File: path, Problems: []Problem{tooLarge(size)}}
+		return data, &ConfigError{File: path, Problems: []Problem{tooLarge(size, data[:MaxConfigSize])}}
 	}
 	return data, nil
 }
 
-func tooLarge(size int64) Problem {
+// tooLarge is the problem of a file of size bytes (-1: unknown) over
+// MaxConfigSize, placed at the line and field where the limit falls in
+// prefix, the first MaxConfigSize bytes.
+func tooLarge(size int64, prefix []byte) Problem {
 	what := "the file is larger than"
 	if size >= 0 {
 		what = fmt.Sprintf("the file is %d bytes, over", size)
 	}
-	return Problem{Message: fmt.Sprintf("%s the limit of %d bytes (4 MiB, controlplane.MaxConfigSize); split the services between meshd replicas or shorten the file", what, MaxConfigSize)}
+	line, field := locateCut(prefix)
+	where := ""
+	if field != "" {
+		where = " (the limit falls in this value)"
+	}
+	return Problem{Line: line, Field: field, Message: fmt.Sprintf("%s the limit of %d bytes (4 MiB, controlplane.MaxConfigSize)%s; split the services between meshd replicas or shorten the file", what, MaxConfigSize, where)}
+}
+
+// locateCut finds the line where prefix ends and, when it can, the field
+// path of the key on that line: it parses the complete lines before it
+// plus the last line with its value replaced (the value is what the limit
+// cut), and looks for the key on that line in the tree.
+func locateCut(prefix []byte) (line int, field string) {
+	text := string(prefix)
+	start := strings.LastIndexByte(text, '\n') + 1
+	line = strings.Count(text, "\n") + 1
+	last := text[start:]
+	switch i := strings.Index(last, ": "); {
+	case i >= 0 && i < 1200: // yaml.v3 keys are at most 1024 bytes
+		last = last[:i+2] + "x"
+	case strings.HasPrefix(strings.TrimLeft(last, " "), "- "):
+		last = last[:len(last)-len(strings.TrimLeft(last, " "))] + "- x"
+	default:
+		return line, ""
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(text[:start]+last+"\n"), &root); err != nil || len(root.Content) == 0 {
+		return line, ""
+	}
+	return line, pathAtLine(root.Content[0], "", line)
+}
+
+// pathAtLine returns the field path of the last key or list item on line
+// in the tree under n, or "".
+func pathAtLine(n *yaml.Node, path string, line int) string {
+	found := ""
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := join(path, pathKey(n.Content[i].Value))
+			if n.Content[i].Line == line {
+				found = p
+			}
+			if sub := pathAtLine(n.Content[i+1], p, line); sub != "" {
+				found = sub
+			}
+		}
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if item.Line == line && item.Kind == yaml.ScalarNode {
+				found = p
+			}
+			if sub := pathAtLine(item, p, line); sub != "" {
+				found = sub
+			}
+		}
+	}
+	return found
+}
+
+// pathKey is key as a segment of a field path: as written, or cut to
+// maxQuoted bytes and marked when longer, so field paths stay short.
+func pathKey(key string) string {
+	if len(key) <= maxQuoted {
+		return key
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(key[cut]) {
+		cut--
+	}
+	return strings.Trim(strconv.Quote(key[:cut]), `"`) + "…"
 }
 
 // ParseConfig parses and validates a YAML config. name is used in errors
@@ -147,7 +221,7 @@ func tooLarge(size int64) Problem {
 func ParseConfig(name string, data []byte) (*Config, error) {
 	refuse := func(ps ...Problem) error { return &ConfigError{File: name, Problems: ps} }
 	if len(data) > MaxConfigSize {
-		return nil, refuse(tooLarge(int64(len(data))))
+		return nil, refuse(tooLarge(int64(len(data)), data[:MaxConfigSize]))
 	}
 	root, problems := parseDocument(data)
 	if len(problems) > 0 {
@@ -467,14 +541,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 			d.fail(k, path, "%s as a key; keys are names like %s", kindName(k), strings.Join(keysOf(t), ", "))
 			continue
 		}
-		fpath := join(path, k.Value)
-		if len(k.Value) > maxQuoted { // an unknown key; field paths stay short too
-			cut := maxQuoted
-			for cut > 0 && !utf8.RuneStart(k.Value[cut]) {
-				cut--
-			}
-			fpath = join(path, strings.Trim(strconv.Quote(k.Value[:cut]), `"`)+"…")
-		}
+		fpath := join(path, pathKey(k.Value))
 		if k.ShortTag() == "!!merge" {
 			d.fail(k, path, "merge keys (<<) are not supported; write the keys out")
 			continue

@@ -151,11 +151,19 @@ func TestConfigSizeLimitAndBoundedEcho(t *testing.T) {
 		{"16 MiB service name in a file", func() error {
 			_, err := controlplane.LoadConfigFile(write("huge.yaml", "services:\n  - name: "+huge+"\n"))
 			return err
-		}, "", "over the limit of 4194304 bytes (4 MiB, controlplane.MaxConfigSize)"},
+		}, "services[0].name", "line 2: services[0].name: the file is 16777237 bytes, over the limit of 4194304 bytes (4 MiB, controlplane.MaxConfigSize) (the limit falls in this value)"},
 		{"16 MiB service name parsed", func() error {
 			_, err := controlplane.ParseConfig("meshd.yaml", []byte("services:\n  - name: "+huge+"\n"))
 			return err
-		}, "", "the file is 16777237 bytes, over the limit of 4194304 bytes"},
+		}, "services[0].name", "line 2: services[0].name: the file is 16777237 bytes, over the limit of 4194304 bytes"},
+		{"16 MiB endpoint deep in a file", func() error {
+			_, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: a\n  - name: b\n    versions:\n      - name: v1\n        endpoints:\n          - 10.0.0.1:80\n          - "+huge+"\n"))
+			return err
+		}, "services[1].versions[0].endpoints[1]", "line 9: services[1].versions[0].endpoints[1]: the file is"},
+		{"16 MiB comment", func() error {
+			_, err := controlplane.ParseConfig("meshd.yaml", []byte("services: []\n# "+huge+"\n"))
+			return err
+		}, "", "line 2: the file is 16777232 bytes, over the limit"},
 		{"4 MiB service name", func() error {
 			_, err := controlplane.LoadConfigFile(write("big.yaml", "services:\n  - name: "+big+"\n"))
 			return err

@@ -208,7 +208,11 @@ func (s *Server) Handler() http.Handler {
 		body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, registration.MaxBodySize))
 		if err != nil {
 			if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-				writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is over the limit of %d bytes (64 KiB, registration.MaxBodySize) for one registration", registration.MaxBodySize))
+				where := ""
+				if f := fieldAtCut(body); f != "" {
+					where = "; the limit falls in field " + f
+				}
+				writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is over the limit of %d bytes (64 KiB, registration.MaxBodySize) for one registration%s", registration.MaxBodySize, where))
 				return
 			}
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
@@ -369,6 +373,29 @@ func decodeRegistration(body []byte) (registration.Registration, error) {
 		}
 	}
 	return reg, nil
+}
+
+// fieldAtCut names the field whose value a body cut at the size limit
+// (prefix) was in, or "".
+func fieldAtCut(prefix []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(prefix))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	for {
+		t, err := dec.Token()
+		if err != nil {
+			return "" // cut in a key
+		}
+		key, _ := t.(string)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			if slices.Contains(registrationFields, key) {
+				return key
+			}
+			return quoteValue(key)
+		}
+	}
 }
 
 // setRegistrationField sets the field key of reg from a JSON token.

@@ -104,7 +104,8 @@ func TestRegistrationAPIRefusesMalformedBodies(t *testing.T) {
 		{"text content type", "text/plain", `{` + ok + `}`, 415, `Content-Type "text/plain": send the registration as application/json`},
 		{"form content type", "application/x-www-form-urlencoded", `{` + ok + `}`, 415, `Content-Type "application/x-www-form-urlencoded": send the registration as application/json`},
 		{"other charset", "application/json; charset=latin1", `{` + ok + `}`, 415, `Content-Type charset "latin1": send the registration in utf-8`},
-		{"body over 64 KiB", jsonCT, `{` + ok + `, "spiffe_id": "spiffe://td/` + strings.Repeat("a", 64<<10) + `"}`, 413, "body is over the limit of 65536 bytes (64 KiB, registration.MaxBodySize) for one registration"},
+		{"body over 64 KiB", jsonCT, `{` + ok + `, "spiffe_id": "spiffe://td/` + strings.Repeat("a", 64<<10) + `"}`, 413, "body is over the limit of 65536 bytes (64 KiB, registration.MaxBodySize) for one registration; the limit falls in field spiffe_id"},
+		{"body over 64 KiB of whitespace", jsonCT, `{` + ok + strings.Repeat(" ", 64<<10) + `}`, 413, "body is over the limit of 65536 bytes (64 KiB, registration.MaxBodySize) for one registration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,7 +150,7 @@ func TestRegistrationBodyLimitAndBoundedEcho(t *testing.T) {
 		wantIn     string
 	}{
 		{"16 MiB service name", http.MethodPut, u, `{"service": "` + strings.Repeat("a", 16<<20) + `", "address": "127.0.0.1:9000"}`,
-			413, "over the limit of 65536 bytes (64 KiB, registration.MaxBodySize)"},
+			413, "over the limit of 65536 bytes (64 KiB, registration.MaxBodySize) for one registration; the limit falls in field service"},
 		{"60 KiB service name", http.MethodPut, u, `{"service": "` + long + `", "address": "127.0.0.1:9000"}`,
 			400, `service "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"… (61440 bytes, cut) is too long; names are at most 253 bytes`},
 		{"60 KiB invalid service name", http.MethodPut, u, `{"service": "A` + long + `", "address": "127.0.0.1:9000"}`,
