@@ -357,6 +357,22 @@ func syntaxProblem(data []byte, err error) Problem {
 		case "did not find expected '-' indicator":
 			hint = "this line does not fit the list it is in: check its indentation (the items of one list line up, each starting with '- ')"
 		}
+	case strings.Contains(msg, "UTF-8"):
+		if off := invalidUTF8(data); off >= 0 {
+			line = lineAt(data, off)
+			hint = fmt.Sprintf("byte %d is not UTF-8; save the file as UTF-8", off)
+		}
+	case msg == "control characters are not allowed":
+		if off := bytes.IndexFunc(data, isControl); off >= 0 {
+			line = lineAt(data, off)
+			hint = fmt.Sprintf("a control character (%U) at byte %d; remove it", data[off], off)
+		}
+	case strings.HasPrefix(msg, "unknown anchor '"):
+		name := strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced")
+		if off := bytes.Index(data, []byte("*"+name)); off >= 0 {
+			line = lineAt(data, off)
+			hint = "an alias (*name) to an anchor (&name) not defined before it"
+		}
 	case msg == "mapping values are not allowed in this context":
 		hint = "a ': ' where no key can start: check the indentation, or quote a value that holds ': '"
 	case msg == "could not find expected ':'":
@@ -367,6 +383,28 @@ func syntaxProblem(data []byte, err error) Problem {
 		out = "not valid YAML: " + hint + " (yaml: " + cutText(msg) + ")"
 	}
 	return Problem{Line: line, Message: out}
+}
+
+// lineAt is the 1-based line of byte off of data.
+func lineAt(data []byte, off int) int { return bytes.Count(data[:off], []byte("\n")) + 1 }
+
+// invalidUTF8 is the offset of the first byte of data that is not UTF-8,
+// or -1.
+func invalidUTF8(data []byte) int {
+	for off := 0; off < len(data); {
+		r, size := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && size == 1 {
+			return off
+		}
+		off += size
+	}
+	return -1
+}
+
+// isControl reports the characters YAML refuses in a file: C0 controls
+// other than tab and line breaks, and DEL.
+func isControl(r rune) bool {
+	return (r < 0x20 && r != '\t' && r != '\n' && r != '\r') || r == 0x7f
 }
 
 // tabIndented says whether the 1-based line's leading whitespace holds a tab.
