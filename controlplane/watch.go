@@ -50,8 +50,10 @@ func (s *Server) WatchConfigFile(ctx context.Context, path string, interval time
 			pending = sum // changed: read it when it has stopped changing
 			continue
 		}
+		if last != nil {
+			s.log.Info("config file changed", "path", path)
+		}
 		last, pending = sum, nil
-		s.log.Info("config file changed", "path", path)
 		if err == nil {
 			var cfg *Config
 			if cfg, err = ParseConfig(path, data); err == nil {
