@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -112,6 +113,58 @@ func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, raw
 func (c *clientCreds) Clone() credentials.TransportCredentials {
 	base := c.base.Clone()
 	return &clientCreds{TransportCredentials: credentials.NewTLS(base), base: base, src: c.src}
+}
+
+// CheckPeerSANs returns creds changed to apply VerifyPeer's SAN checks to
+// the peer's leaf certificate after every handshake, client and server
+// side, failing the handshake (and closing the connection) when they refuse
+// it. It is for credentials that verify certificate chains themselves, such
+// as grpc-go's xDS credentials, whose SAN matchers read crypto/x509's
+// parsed names (an upper-case "SPIFFE://" scheme, a NUL in a DNS SAN pass
+// them); ServerCredentials and ClientCredentials check already. A peer
+// without a certificate passes unchanged (the server's interceptors refuse
+// it). The result keeps creds' UsesXDS, so grpc-go still applies the
+// control plane's security config. Safe for concurrent use.
+func CheckPeerSANs(creds credentials.TransportCredentials) credentials.TransportCredentials {
+	return &sanCheckedCreds{TransportCredentials: creds}
+}
+
+type sanCheckedCreds struct {
+	credentials.TransportCredentials
+}
+
+func (c *sanCheckedCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
+	return checkHandshake(conn, info, err)
+}
+
+func (c *sanCheckedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	return checkHandshake(conn, info, err)
+}
+
+func (c *sanCheckedCreds) Clone() credentials.TransportCredentials {
+	return &sanCheckedCreds{TransportCredentials: c.TransportCredentials.Clone()}
+}
+
+// UsesXDS reports whether the wrapped credentials take their security
+// config from xDS, which grpc-go asks of the credentials it is given.
+func (c *sanCheckedCreds) UsesXDS() bool {
+	x, ok := c.TransportCredentials.(interface{ UsesXDS() bool })
+	return ok && x.UsesXDS()
+}
+
+func checkHandshake(conn net.Conn, info credentials.AuthInfo, err error) (net.Conn, credentials.AuthInfo, error) {
+	if err != nil {
+		return nil, nil, err
+	}
+	if tlsInfo, ok := info.(credentials.TLSInfo); ok && len(tlsInfo.State.PeerCertificates) > 0 {
+		if _, err := idFromCert(tlsInfo.State.PeerCertificates[0]); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("security: peer certificate refused: %w", err)
+		}
+	}
+	return conn, info, nil
 }
 
 // peerStream is a ServerStream whose context carries the verified peer.

@@ -78,6 +78,10 @@ type Config struct {
 	// bootstrap configures (what it received, what it ACKed and NACKed),
 	// which grpc-go's own CSDS cannot see for a per-channel client.
 	Recorder *xdsstatus.Recorder
+	// WrapCredentials, when set, wraps grpc-go's xDS credentials (the mesh
+	// adds its own checks of the peer certificate). It must keep their
+	// UsesXDS method.
+	WrapCredentials func(credentials.TransportCredentials) credentials.TransportCredentials
 }
 
 type bootstrapJSON struct {
@@ -203,6 +207,9 @@ func DialOptions(c Config, fallback credentials.TransportCredentials) ([]grpc.Di
 	if err != nil {
 		return nil, fmt.Errorf("xdsbootstrap: %w", err)
 	}
+	if c.WrapCredentials != nil {
+		creds = c.WrapCredentials(creds)
+	}
 	return []grpc.DialOption{grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds)}, nil
 }
 
@@ -221,6 +228,9 @@ func ServerOptions(c Config, fallback credentials.TransportCredentials) ([]grpc.
 	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: fallback})
 	if err != nil {
 		return nil, fmt.Errorf("xdsbootstrap: %w", err)
+	}
+	if c.WrapCredentials != nil {
+		creds = c.WrapCredentials(creds)
 	}
 	return []grpc.ServerOption{bopt, grpc.Creds(creds)}, nil
 }
