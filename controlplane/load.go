@@ -189,11 +189,7 @@ func pathKey(key string) string {
 	if len(key) <= maxQuoted {
 		return key
 	}
-	cut := maxQuoted
-	for cut > 0 && !utf8.RuneStart(key[cut]) {
-		cut--
-	}
-	return strings.Trim(strconv.Quote(key[:cut]), `"`) + "…"
+	return strings.Trim(strconv.Quote(runePrefix(key, maxQuoted)), `"`) + "…"
 }
 
 // ParseConfig parses and validates a YAML config. name is used in errors

@@ -418,9 +418,17 @@ func cutText(s string) string {
 	if len(s) <= maxText {
 		return s
 	}
-	cut := maxText
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return fmt.Sprintf("%s… (%d bytes, cut)", runePrefix(s, maxText), len(s))
+}
+
+// runePrefix is the longest prefix of s of at most n bytes that does not
+// split a UTF-8 character.
+func runePrefix(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return fmt.Sprintf("%s… (%d bytes, cut)", s[:cut], len(s))
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
