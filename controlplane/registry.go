@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -308,15 +307,7 @@ var registrationFields = []string{"service", "version", "address", "listen_addre
 // first), not null, of its type, and printable ASCII.
 func decodeRegistration(body []byte) (registration.Registration, error) {
 	var reg registration.Registration
-	if !utf8.Valid(body) {
-		off := 0
-		for off < len(body) {
-			r, size := utf8.DecodeRune(body[off:])
-			if r == utf8.RuneError && size == 1 {
-				break
-			}
-			off += size
-		}
+	if off := invalidUTF8(body); off >= 0 {
 		return reg, fmt.Errorf("byte %d is not UTF-8; send JSON in UTF-8", off)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
