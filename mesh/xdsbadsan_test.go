@@ -2,7 +2,6 @@ package mesh_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/security"
 )
 
 // TestXDSModeRefusesBadSANAtHandshake: in xDS mode grpc-go's xDS
@@ -52,27 +50,12 @@ services:
 		t.Run(tc.name, func(t *testing.T) {
 			meshd := xdstest.StartMeshd(t, "", cfg)
 			svc := &echoService{}
-			srv, err := mesh.NewServer(mesh.WithIdentity(ca.SourceSANs(t, server, tc.server)),
+			startServer(t, svc, mesh.WithIdentity(ca.SourceSANs(t, server, tc.server)),
 				mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
-			if err != nil {
-				t.Fatal(err)
-			}
-			testgrpc.RegisterTestServiceServer(srv, svc)
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ctx, lis) }()
-			defer func() {
-				cancel()
-				srv.Close()
-				<-served
-			}()
 
-			var src security.Source = ca.SourceSANs(t, client, tc.client)
-			cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(src), mesh.WithControlPlane(meshd.Addr))
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(ca.SourceSANs(t, client, tc.client)), mesh.WithControlPlane(meshd.Addr))
 			if err != nil {
 				t.Fatal(err)
 			}
