@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -46,13 +44,7 @@ func TestPlatformOnConsul(t *testing.T) {
 	defer func() {
 		p.Stop()
 		if t.Failed() {
-			for _, n := range []string{"consul", "trading-1", "trading-2", "settlement", "gateway", "registry", "accounts"} {
-				b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
-				if len(b) > 4000 {
-					b = b[len(b)-4000:]
-				}
-				t.Logf("--- %s.log (tail)\n%s", n, b)
-			}
+			logTails(t, dir, "consul", "trading-1", "trading-2", "settlement", "gateway", "registry", "accounts")
 		}
 	}()
 	op, err := p.Operator(ctx, slog.New(slog.DiscardHandler))
@@ -138,25 +130,7 @@ func TestPlatformOnConsul(t *testing.T) {
 		t.Errorf("orders: %d started, %d invalid, %d with unknown outcome; want %d, 0, 0", res.Started, res.Invalid, res.Unknown, orders)
 	}
 
-	actx, acancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer acancel()
-	report, err := platform.Audit(actx, op, seed, res.Acks, res.Unknown)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pairs, err := p.SweepAuthz(actx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	report.Checks = append(report.Checks, platform.AuthzCheck(pairs))
-	var b strings.Builder
-	report.Print(&b)
-	t.Logf("audit:\n%s", b.String())
-	for _, c := range report.Checks {
-		if !c.OK {
-			t.Errorf("%s: %s", c.Name, c.Detail)
-		}
-	}
+	_, pairs := auditAndSweep(ctx, t, p, op, seed, res)
 	if got, want := len(pairs), len(policy.Workloads)*(len(policy.Matrix)+len(policy.GatewayRoutes)); got != want {
 		t.Errorf("swept %d pairs, want every workload × every method and route: %d", got, want)
 	}

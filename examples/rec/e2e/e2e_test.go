@@ -97,13 +97,7 @@ func killUnderLoad(t *testing.T, bin string, xds bool) {
 	defer func() {
 		p.Stop()
 		if t.Failed() {
-			for _, n := range []string{"trading-1", "trading-2", "settlement", "gateway", "registry", "accounts"} {
-				b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
-				if len(b) > 4000 {
-					b = b[len(b)-4000:]
-				}
-				t.Logf("--- %s.log (tail)\n%s", n, b)
-			}
+			logTails(t, dir, "trading-1", "trading-2", "settlement", "gateway", "registry", "accounts")
 		}
 	}()
 	op, err := p.Operator(ctx, slog.New(slog.DiscardHandler))
@@ -188,30 +182,7 @@ func killUnderLoad(t *testing.T, bin string, xds bool) {
 		t.Errorf("orders: %d started, %d invalid, %d with unknown outcome; want %d, 0, 0", res.Started, res.Invalid, res.Unknown, orders)
 	}
 
-	actx, acancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer acancel()
-	report, err := platform.Audit(actx, op, seed, res.Acks, res.Unknown)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pairs, err := p.SweepAuthz(actx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	report.Checks = append(report.Checks, platform.AuthzCheck(pairs))
-	var b strings.Builder
-	report.Print(&b)
-	t.Logf("audit:\n%s", b.String())
-	for _, c := range report.Checks {
-		if !c.OK {
-			t.Errorf("%s: %s", c.Name, c.Detail)
-		}
-	}
-	for _, pr := range pairs {
-		if !pr.Holds() {
-			t.Errorf("%s calling %s: got %v (%s), matrix allows: %v", pr.Caller, pr.Method, pr.Code, pr.Message, pr.Allowed)
-		}
-	}
+	report, _ := auditAndSweep(ctx, t, p, op, seed, res)
 	if crashed := p.Exited(); len(crashed) > 0 {
 		t.Errorf("processes exited on their own: %v", crashed)
 	}
