@@ -74,6 +74,7 @@ type Agent struct {
 	dir     string // root temporary directory: data/ and agent.log
 	logPath string
 	token   string // management token, "" without ACLs
+	nodeID  string // -node-id, so the harness knows its agent when it answers
 
 	mu         sync.Mutex
 	ports      ports
@@ -134,7 +135,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 	if err != nil {
 		t.Fatalf("consul: %v", err)
 	}
-	a := &Agent{bin: bin, cfg: cfg, dir: dir, logPath: filepath.Join(dir, "agent.log")}
+	a := &Agent{bin: bin, cfg: cfg, dir: dir, logPath: filepath.Join(dir, "agent.log"), nodeID: newUUID()}
 	if cfg.acls {
 		a.token = newUUID()
 	}
@@ -192,7 +193,7 @@ func (a *Agent) args() []string {
 		"-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
 		"-data-dir", filepath.Join(a.dir, "data"),
 		"-datacenter", a.cfg.datacenter,
-		"-node", nodeName,
+		"-node", nodeName, "-node-id", a.nodeID,
 		"-log-level", "info",
 		// A server's graceful leave waits leave_drain_time (5s) for RPCs
 		// to drain; a test agent has none to wait for.
@@ -257,7 +258,6 @@ func (a *Agent) waitReady(p *process) error {
 	if err != nil {
 		return fmt.Errorf("consul: client: %w", err)
 	}
-	q := (&api.QueryOptions{}).WithContext(ctx)
 	var last error
 	for {
 		if ended, werr := p.exited(); ended {
@@ -268,7 +268,11 @@ func (a *Agent) waitReady(p *process) error {
 			}
 			return err
 		}
-		last = a.ready(c, q)
+		// Each poll is bounded: whatever holds the port may accept a
+		// connection and never answer.
+		pollCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		last = a.ready(c, (&api.QueryOptions{}).WithContext(pollCtx))
+		cancel()
 		if last == nil {
 			return nil
 		}
@@ -281,7 +285,16 @@ func (a *Agent) waitReady(p *process) error {
 }
 
 func (a *Agent) ready(c *api.Client, q *api.QueryOptions) error {
-	leader, err := c.Status().Leader()
+	// Whoever answers on the port must be this agent, not another test's
+	// that bound it first while this one is failing to.
+	var self struct{ Config struct{ NodeID string } }
+	if _, err := c.Raw().Query("/v1/agent/self", &self, q); err != nil {
+		return err
+	}
+	if self.Config.NodeID != a.nodeID {
+		return fmt.Errorf("%s answered by another agent (node ID %s, want %s)", a.Addr(), self.Config.NodeID, a.nodeID)
+	}
+	leader, err := c.Status().LeaderWithQueryOptions(q)
 	if err != nil {
 		return err
 	}
