@@ -179,6 +179,33 @@ func TestCrashedInstanceDropsOut(t *testing.T) {
 	}
 }
 
+// loadOnKnown starts n backends, registers the first known of them as
+// trading instances (heartbeating, TTL 2s), and runs two paced load workers
+// through consul:///trading, stopped when the test ends, until each known
+// instance has answered.
+func loadOnKnown(t *testing.T, f *consul.Agent, n, known int) ([]*backend, *eventLog, *loadLoop) {
+	t.Helper()
+	reg, ev := newRegistry(t, f)
+	bs := startBackends(t, n)
+	for _, b := range bs[:known] {
+		registerBackend(t, reg, "trading", b)
+	}
+	conn := dial(t, reg, "consul:///trading", discovery.Balancer{})
+	load := startLoad(conn, 2, 5*time.Millisecond)
+	t.Cleanup(load.halt) // before conn closes: cleanups run last-in first
+	if _, ok := pollUntil(10*time.Second, func() bool {
+		for _, b := range bs[:known] {
+			if load.count(b.name) == 0 {
+				return false
+			}
+		}
+		return true
+	}); !ok {
+		t.Fatal("calls do not reach all known instances")
+	}
+	return bs, ev, load
+}
+
 // TestConsulDown30Seconds: with the Consul agent killed for 30 seconds,
 // calls through consul:/// keep succeeding on the last endpoints; when the
 // agent is back, an instance registered then gets calls. It logs the
@@ -190,17 +217,7 @@ func TestConsulDown30Seconds(t *testing.T) {
 		t.Skip("takes 30 seconds")
 	}
 	f := consul.Start(t)
-	reg, ev := newRegistry(t, f)
-	bs := startBackends(t, 4)
-	for _, b := range bs[:3] {
-		registerBackend(t, reg, "trading", b)
-	}
-	conn := dial(t, reg, "consul:///trading", discovery.Balancer{})
-	load := startLoad(conn, 2, 5*time.Millisecond)
-	defer load.halt()
-	if _, ok := pollUntil(10*time.Second, func() bool { return load.count("b0") > 0 && load.count("b1") > 0 && load.count("b2") > 0 }); !ok {
-		t.Fatal("calls do not reach all backends")
-	}
+	bs, ev, load := loadOnKnown(t, f, 4, 3)
 
 	f.Stop(t)
 	before := map[string]int{"b0": load.count("b0"), "b1": load.count("b1"), "b2": load.count("b2")}
@@ -247,17 +264,7 @@ func TestConsulDown30Seconds(t *testing.T) {
 // gets calls.
 func TestConsulPartitionKeepsEndpoints(t *testing.T) {
 	f := consul.Start(t)
-	reg, _ := newRegistry(t, f)
-	bs := startBackends(t, 3)
-	for _, b := range bs[:2] {
-		registerBackend(t, reg, "trading", b)
-	}
-	conn := dial(t, reg, "consul:///trading", discovery.Balancer{})
-	load := startLoad(conn, 2, 5*time.Millisecond)
-	defer load.halt()
-	if _, ok := pollUntil(10*time.Second, func() bool { return load.count("b0") > 0 && load.count("b1") > 0 }); !ok {
-		t.Fatal("calls do not reach all backends")
-	}
+	bs, _, load := loadOnKnown(t, f, 3, 2)
 	f.Pause(t)
 	before := load.count("b0") + load.count("b1")
 	// Long enough for several heartbeats (every TTL/3) to hang.

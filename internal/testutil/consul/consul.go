@@ -79,7 +79,6 @@ type Agent struct {
 	mu         sync.Mutex
 	ports      ports
 	proc       *process
-	paused     bool
 	clients    map[string]*api.Client // by token
 	transports []*http.Transport
 }
@@ -232,7 +231,6 @@ func (a *Agent) start() error {
 		return err
 	}
 	a.proc = p
-	a.paused = false
 	a.mu.Unlock()
 	if err := a.waitReady(p); err != nil {
 		p.kill()
@@ -390,7 +388,6 @@ func (a *Agent) Stop(t testing.TB) {
 	a.mu.Lock()
 	p := a.proc
 	a.proc = nil
-	a.paused = false
 	a.mu.Unlock()
 	if p != nil {
 		p.kill()
@@ -402,34 +399,33 @@ func (a *Agent) Stop(t testing.TB) {
 // nothing is answered until [Agent.Resume].
 func (a *Agent) Pause(t testing.TB) {
 	t.Helper()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.proc == nil {
-		t.Fatal("consul: Pause: the agent is not running")
-	}
-	a.proc.signal(syscall.SIGSTOP)
-	a.paused = true
+	a.signalRunning(t, "Pause", syscall.SIGSTOP)
 }
 
 // Resume continues a paused agent with SIGCONT. Requests that waited are
 // answered; blocking queries that outlived their wait answer at once.
 func (a *Agent) Resume(t testing.TB) {
 	t.Helper()
+	a.signalRunning(t, "Resume", syscall.SIGCONT)
+}
+
+func (a *Agent) signalRunning(t testing.TB, method string, sig syscall.Signal) {
+	t.Helper()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.proc == nil {
-		t.Fatal("consul: Resume: the agent is not running")
+		t.Fatalf("consul: %s: the agent is not running", method)
 	}
-	a.proc.signal(syscall.SIGCONT)
-	a.paused = false
+	a.proc.signal(sig)
 }
 
 // Restart starts the agent again on the same ports and data directory,
 // killing it first if it runs, and blocks until it is ready. Services and
 // checks registered through the agent API come back (a TTL check with the
-// status of its last update while that is fresh); everything else in the catalog, KV, intentions, config entries,
-// ACL tokens other than the management token, and the Connect CA start
-// over, and the catalog's indexes go backwards (see the package doc).
+// status of its last update while that is fresh); everything else in the
+// catalog, KV, intentions, config entries, ACL tokens other than the
+// management token, and the Connect CA start over, and the catalog's
+// indexes go backwards (see the package doc).
 func (a *Agent) Restart(t testing.TB) {
 	t.Helper()
 	a.Stop(t)

@@ -68,14 +68,12 @@ func (p *process) kill() {
 	<-p.done
 }
 
-// interrupt sends SIGINT (a Consul agent's graceful leave) and waits up to
-// grace for the process to end, then kills it. It returns how long the
-// process took to end. A stopped (paused) process is continued first, or it
-// could not handle the signal.
-func (p *process) interrupt(grace time.Duration) time.Duration {
-	start := time.Now()
+// interrupt sends SIGINT (a Consul agent's graceful shutdown) and waits up
+// to grace for the process to end, then kills it. A stopped (paused)
+// process is continued too, so it can handle the signal.
+func (p *process) interrupt(grace time.Duration) {
 	if ended, _ := p.exited(); ended {
-		return 0
+		return
 	}
 	p.signal(syscall.SIGINT)
 	p.signal(syscall.SIGCONT)
@@ -86,7 +84,6 @@ func (p *process) interrupt(grace time.Duration) time.Duration {
 	case <-timer.C:
 		p.kill()
 	}
-	return time.Since(start)
 }
 
 // tailFile returns the last n lines of the file at path.
