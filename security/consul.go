@@ -85,21 +85,25 @@ func NewConsulSource(ctx context.Context, cfg ConsulConfig) (*ConsulSource, erro
 	if cfg.Service == "" {
 		return nil, errors.New("security: ConsulConfig.Service is empty: give the Consul service name whose Connect certificate to use")
 	}
-	apiCfg := cfg.API
-	if apiCfg == nil {
-		apiCfg = api.DefaultConfig()
-	}
-	conf := *apiCfg
-	var owned *http.Client
-	if conf.HttpClient == nil && conf.Transport == nil {
-		// Ours, so Close can close its idle connections.
-		conf.Transport = api.DefaultConfig().Transport
-		owned = &http.Client{Transport: conf.Transport}
-		conf.HttpClient = owned
+	// A client made here (from api.DefaultConfig, or from a config with
+	// neither HttpClient nor Transport) is ours, so Close closes its idle
+	// connections. api.NewClient sets up TLS from the config and
+	// Consul's environment.
+	var conf api.Config
+	ours := cfg.API == nil
+	if ours {
+		conf = *api.DefaultConfig()
+	} else {
+		conf = *cfg.API
+		ours = conf.HttpClient == nil && conf.Transport == nil
 	}
 	client, err := api.NewClient(&conf)
 	if err != nil {
 		return nil, fmt.Errorf("security: Consul client for %s: %w", conf.Address, err)
+	}
+	var owned *http.Client
+	if ours {
+		owned = conf.HttpClient
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

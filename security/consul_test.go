@@ -179,3 +179,26 @@ func TestConsulSourceFollowsCARotation(t *testing.T) {
 		t.Errorf("bundle has old root %v, new root %v; want both", haveOld, haveNew)
 	}
 }
+
+// TestConsulSourceTokenFromEnv: with no API config, the source reads
+// CONSUL_HTTP_ADDR and CONSUL_HTTP_TOKEN, so on an agent with ACLs in
+// default-deny a service's token from the environment gets its leaf.
+func TestConsulSourceTokenFromEnv(t *testing.T) {
+	a := consul.Start(t, consul.WithACLs())
+	t.Setenv("CONSUL_HTTP_ADDR", a.Addr())
+	t.Setenv("CONSUL_HTTP_TOKEN", a.CreateToken(t, "trading", `service "trading" { policy = "write" }`))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src, err := security.NewConsulSource(ctx, security.ConsulConfig{Service: "trading"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	id, err := security.ID(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "spiffe://" + a.CARoots(t).TrustDomain + "/ns/default/dc/dc1/svc/trading"; id.String() != want {
+		t.Errorf("ID = %s, want %s", id, want)
+	}
+}
