@@ -194,8 +194,9 @@ func (a *Agent) args() []string {
 		"-datacenter", a.cfg.datacenter,
 		"-node", nodeName, "-node-id", a.nodeID,
 		"-log-level", "info",
-		// A server's graceful leave waits leave_drain_time (5s) for RPCs
-		// to drain; a test agent has none to wait for.
+		// A server's graceful leave (/v1/agent/leave; SIGINT does not
+		// leave a server) waits leave_drain_time (5s) for RPCs to drain;
+		// a test agent has none to wait for.
 		"-hcl", `performance { leave_drain_time = "0s" }`,
 	}
 	if a.cfg.acls {

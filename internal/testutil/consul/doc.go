@@ -1,8 +1,9 @@
 // Package consul runs a real Consul agent (v1.14.11, `consul agent -dev`) on
 // loopback for tests: one process per [Start], on free ports, with its own
-// temporary data directory, stopped in t.Cleanup (SIGINT, Consul's graceful
-// leave, then SIGKILL after 10s). Its log goes to a file that is copied into
-// the test log when the test fails.
+// temporary data directory, stopped in t.Cleanup (SIGINT, on which a -dev
+// agent, a server, shuts down at once without leaving; SIGKILL if it has not
+// ended 10s later). Its log goes to a file that is copied into the test log
+// when the test fails.
 //
 // The binary is not built here: tools/consul/build.sh builds it once into a
 // cache outside the repository (about 7 minutes the first time) and later

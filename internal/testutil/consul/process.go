@@ -68,7 +68,7 @@ func (p *process) kill() {
 	<-p.done
 }
 
-// interrupt sends SIGINT (a Consul agent's graceful shutdown) and waits up
+// interrupt sends SIGINT (a Consul agent's shutdown signal) and waits up
 // to grace for the process to end, then kills it. A stopped (paused)
 // process is continued too, so it can handle the signal.
 func (p *process) interrupt(grace time.Duration) {
