@@ -50,10 +50,13 @@ type ConsulConfig struct {
 //
 // After a CA rotation the new root is in the bundle at once (Consul
 // cross-signs it, and keeps the old root in the list while leaves signed
-// by it live, so old and new leaves verify everywhere), but Consul 1.14's
-// agent hands out the leaf signed by the new root only after a random
-// delay of up to 30 seconds, to spread the signing load on its servers
-// (caChangeJitterWindow in its leaf cache; not configurable).
+// by it live, so old and new leaves verify everywhere), and the source
+// asks the agent to re-sign its leaf at once. Consul 1.14's agent does so
+// unless a blocking query for the same leaf is open (one of the source's
+// own in the last 40% of the leaf's life, or another client's): then it
+// hands the new leaf out after a random delay of up to 30 seconds, to
+// spread the signing load on its servers (caChangeJitterWindow in its
+// leaf cache; not configurable).
 type ConsulSource struct {
 	staticState
 	cfg    ConsulConfig
@@ -66,12 +69,14 @@ type ConsulSource struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	ready chan struct{} // closed once an SVID and a bundle are known
+	ready   chan struct{} // closed once an SVID and a bundle are known
+	rootsIn chan struct{} // a roots answer arrived (buffered, 1)
 
 	mu       sync.Mutex // taken before staticState.mu
 	leaf     *x509svid.SVID
 	roots    *consulRoots
 	bundles  *x509bundle.Set
+	active   [][]byte // key IDs that sign leaves under the active root
 	lastErr  error
 	readyHit bool
 }
@@ -116,13 +121,14 @@ func NewConsulSource(ctx context.Context, cfg ConsulConfig) (*ConsulSource, erro
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	s := &ConsulSource{
-		cfg:    cfg,
-		addr:   conf.Address,
-		client: client,
-		owned:  owned,
-		logger: logger.With("component", "consul-identity", "service", cfg.Service),
-		cancel: cancel,
-		ready:  make(chan struct{}),
+		cfg:     cfg,
+		addr:    conf.Address,
+		client:  client,
+		owned:   owned,
+		logger:  logger.With("component", "consul-identity", "service", cfg.Service),
+		cancel:  cancel,
+		ready:   make(chan struct{}),
+		rootsIn: make(chan struct{}, 1),
 	}
 	s.wg.Add(2)
 	go s.watchRoots(wctx)
@@ -179,7 +185,8 @@ func (s *ConsulSource) watchRoots(ctx context.Context) {
 		// Consul's default wait (5 minutes): roots change rarely and the
 		// agent answers at once when they do.
 		q := (&api.QueryOptions{WaitIndex: index}).WithContext(ctx)
-		// Raw: consul/api's CARoot leaves out ExternalTrustDomain.
+		// Raw: consul/api's CARoot leaves out IntermediateCerts and
+		// ExternalTrustDomain.
 		var roots consulRoots
 		meta, err := raw.Query("/v1/agent/connect/ca/roots", &roots, q)
 		if err != nil {
@@ -193,20 +200,85 @@ func (s *ConsulSource) watchRoots(ctx context.Context) {
 }
 
 // watchLeaf follows /v1/agent/connect/ca/leaf/<service>.
+//
+// Consul's agent serves leaves from a cache. While a blocking query for a
+// leaf is outstanding, the agent holds a fetch open that, after a CA
+// rotation, hands out the re-signed leaf only at a random time up to 30s
+// later; with no fetch open, a non-blocking query re-signs at once a leaf
+// the active root did not sign. So the source asks with a non-blocking
+// query when the roots change under its leaf, and keeps a blocking query
+// open only from the leaf's renewal point on (60% of its lifetime, where
+// the agent starts renewing), so that renewals arrive as soon as the agent
+// makes them. If another client of the agent holds a fetch open, the
+// non-blocking answer is the old leaf, and the source waits with a
+// blocking query for the agent's re-signed one.
 func (s *ConsulSource) watchLeaf(ctx context.Context) {
 	defer s.wg.Done()
 	agent := s.client.Agent()
+	var triedAt []byte // the leaf a non-blocking re-sign was already asked for
 	follow(ctx, s, "leaf certificate", func(ctx context.Context, index uint64) (uint64, error) {
-		q := (&api.QueryOptions{WaitIndex: index}).WithContext(ctx)
-		leaf, meta, err := agent.ConnectCALeaf(s.cfg.Service, q)
+		s.mu.Lock()
+		leaf, stale := s.leaf, s.staleLocked()
+		s.mu.Unlock()
+		wait := index
+		switch {
+		case leaf == nil:
+			wait = 0
+		case stale && !bytes.Equal(triedAt, leaf.Certificates[0].Raw):
+			triedAt, wait = leaf.Certificates[0].Raw, 0
+		case stale:
+			// The agent kept the old leaf: block until it re-signs.
+		default:
+			renew := renewalPoint(leaf.Certificates[0])
+			if d := time.Until(renew); d > 0 {
+				t := time.NewTimer(d)
+				defer t.Stop()
+				select {
+				case <-ctx.Done():
+					return index, nil
+				case <-s.rootsIn:
+					return index, nil // look again: the roots may have moved
+				case <-t.C:
+				}
+			}
+		}
+		q := (&api.QueryOptions{WaitIndex: wait}).WithContext(ctx)
+		got, meta, err := agent.ConnectCALeaf(s.cfg.Service, q)
 		if err != nil {
 			return 0, err
 		}
-		if err := s.setLeaf(leaf); err != nil {
+		if err := s.setLeaf(got); err != nil {
 			return 0, err
+		}
+		if wait == 0 {
+			// A non-blocking answer's index may be the old leaf's; keep
+			// ours so the next query blocks past it.
+			return max(meta.LastIndex, index), nil
 		}
 		return meta.LastIndex, nil
 	})
+}
+
+// renewalPoint is when Consul's agent starts renewing a leaf: 60% into its
+// lifetime (agent/cache-types/connect_ca_leaf.go, calculateSoftExpiry).
+func renewalPoint(c *x509.Certificate) time.Time {
+	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) * 6 / 10)
+}
+
+// staleLocked reports whether the current leaf was signed by a key other
+// than the active root's (or its intermediates'): the CA rotated and the
+// agent has not re-signed it yet. s.mu is held.
+func (s *ConsulSource) staleLocked() bool {
+	if s.leaf == nil || s.active == nil {
+		return false
+	}
+	aki := s.leaf.Certificates[0].AuthorityKeyId
+	for _, ski := range s.active {
+		if bytes.Equal(aki, ski) {
+			return false
+		}
+	}
+	return true
 }
 
 // follow runs fetch as a blocking query loop (consulwatch.Run: Consul's
@@ -231,6 +303,7 @@ func (s *ConsulSource) setRoots(roots *consulRoots) error {
 		return fmt.Errorf("CA roots name trust domain %q: %w", roots.TrustDomain, err)
 	}
 	bundles := map[spiffeid.TrustDomain]*x509bundle.Bundle{td: x509bundle.New(td)}
+	var active [][]byte
 	for _, r := range roots.Roots {
 		certs, err := parsePEMCerts(r.RootCert)
 		if err != nil || len(certs) == 0 {
@@ -246,6 +319,20 @@ func (s *ConsulSource) setRoots(roots *consulRoots) error {
 			}
 			bundles[ext].AddX509Authority(certs[0])
 		}
+		if r.Active {
+			// Leaves under the active root are signed by its key, or by
+			// an intermediate's (a provider such as Vault's).
+			active = append(active, certs[0].SubjectKeyId)
+			for _, p := range r.IntermediateCerts {
+				inter, err := parsePEMCerts(p)
+				if err != nil {
+					return fmt.Errorf("CA root %s: intermediate: %w", r.ID, err)
+				}
+				for _, c := range inter {
+					active = append(active, c.SubjectKeyId)
+				}
+			}
+		}
 	}
 	set := x509bundle.NewSet()
 	for _, b := range bundles {
@@ -253,9 +340,13 @@ func (s *ConsulSource) setRoots(roots *consulRoots) error {
 	}
 	s.mu.Lock()
 	changed := s.roots == nil || s.roots.ActiveRootID != roots.ActiveRootID
-	s.roots, s.bundles = roots, set
+	s.roots, s.bundles, s.active = roots, set, active
 	s.publishLocked()
 	s.mu.Unlock()
+	select {
+	case s.rootsIn <- struct{}{}:
+	default:
+	}
 	if changed {
 		s.logger.Info("consul CA roots", "trust_domain", roots.TrustDomain, "active_root", roots.ActiveRootID, "roots", len(roots.Roots))
 	}
@@ -299,6 +390,8 @@ type consulRoots struct {
 	Roots        []struct {
 		ID                  string
 		RootCert            string
+		IntermediateCerts   []string
+		Active              bool
 		ExternalTrustDomain string
 	}
 }

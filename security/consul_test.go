@@ -135,49 +135,92 @@ func TestConsulSourceConstructionErrors(t *testing.T) {
 // TestConsulSourceFollowsCARotation: after a rotation forced through
 // /v1/connect/ca/configuration, the bundle has the old and the new root
 // (the old one still signs live leaves), and the source hands out a leaf
-// signed by the new root once the agent re-signs it, within Consul's
-// 30-second spreading window. The test logs how long that took.
+// signed by the new root: at once when it is the agent's only client for
+// the leaf, within Consul's 30-second spreading window when another
+// client holds a blocking query for the same leaf open (the agent then
+// re-signs only when that query's fetch ends). The test logs how long each
+// took.
 func TestConsulSourceFollowsCARotation(t *testing.T) {
-	a := consul.Start(t)
-	src := newConsulSource(t, a, "trading")
-	before := a.CARoots(t)
-	oldSKI := rootSKI(t, before, before.ActiveRootID)
-	start := time.Now()
-	newRoot := a.RotateCA(t)
-	after := a.CARoots(t)
-	newSKI := rootSKI(t, after, newRoot)
-	td := spiffeid.RequireTrustDomainFromString(after.TrustDomain)
-
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		svid, err := src.GetX509SVID()
-		if err != nil {
-			t.Fatal(err)
+	for _, other := range []bool{false, true} {
+		name := "alone"
+		if other {
+			name = "another blocking watcher"
 		}
-		if bytes.Equal(svid.Certificates[0].AuthorityKeyId, newSKI) {
-			t.Logf("leaf signed by the new root %v after the rotation", time.Since(start).Round(time.Millisecond))
-			if _, _, err := x509svid.Verify(svid.Certificates, src); err != nil {
-				t.Errorf("new leaf does not verify: %v", err)
+		t.Run(name, func(t *testing.T) {
+			a := consul.Start(t)
+			src := newConsulSource(t, a, "trading")
+			if other {
+				holdBlockingLeafQuery(t, a, "trading")
 			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leaf still signed by the old root 45s after the rotation")
-		}
-		time.Sleep(50 * time.Millisecond)
+			before := a.CARoots(t)
+			oldSKI := rootSKI(t, before, before.ActiveRootID)
+			start := time.Now()
+			newRoot := a.RotateCA(t)
+			after := a.CARoots(t)
+			newSKI := rootSKI(t, after, newRoot)
+			td := spiffeid.RequireTrustDomainFromString(after.TrustDomain)
+
+			deadline := time.Now().Add(45 * time.Second)
+			for {
+				svid, err := src.GetX509SVID()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Equal(svid.Certificates[0].AuthorityKeyId, newSKI) {
+					t.Logf("leaf signed by the new root %v after the rotation", time.Since(start).Round(time.Millisecond))
+					if _, _, err := x509svid.Verify(svid.Certificates, src); err != nil {
+						t.Errorf("new leaf does not verify: %v", err)
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("leaf still signed by the old root 45s after the rotation")
+				}
+				select {
+				case <-src.Changed():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			b, err := src.GetX509BundleForTrustDomain(td)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var haveOld, haveNew bool
+			for _, c := range b.X509Authorities() {
+				haveOld = haveOld || bytes.Equal(c.SubjectKeyId, oldSKI)
+				haveNew = haveNew || bytes.Equal(c.SubjectKeyId, newSKI)
+			}
+			if !haveOld || !haveNew {
+				t.Errorf("bundle has old root %v, new root %v; want both", haveOld, haveNew)
+			}
+		})
 	}
-	b, err := src.GetX509BundleForTrustDomain(td)
+}
+
+// holdBlockingLeafQuery keeps a blocking query for service's leaf open on
+// a (as a sidecar or a second instance would) until the test ends.
+func holdBlockingLeafQuery(t *testing.T, a *consul.Agent, service string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	agent := a.Client().Agent()
+	_, meta, err := agent.ConnectCALeaf(service, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var haveOld, haveNew bool
-	for _, c := range b.X509Authorities() {
-		haveOld = haveOld || bytes.Equal(c.SubjectKeyId, oldSKI)
-		haveNew = haveNew || bytes.Equal(c.SubjectKeyId, newSKI)
-	}
-	if !haveOld || !haveNew {
-		t.Errorf("bundle has old root %v, new root %v; want both", haveOld, haveNew)
-	}
+	go func() {
+		defer close(done)
+		index := meta.LastIndex
+		for ctx.Err() == nil {
+			_, m, err := agent.ConnectCALeaf(service, (&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+			if err == nil {
+				index = m.LastIndex
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// Let the query reach the agent before the test goes on.
+	time.Sleep(200 * time.Millisecond)
 }
 
 // TestConsulSourceTokenFromEnv: with no API config, the source reads
