@@ -215,17 +215,37 @@ func (s *ConsulSource) watchRoots(ctx context.Context) {
 func (s *ConsulSource) watchLeaf(ctx context.Context) {
 	defer s.wg.Done()
 	agent := s.client.Agent()
-	var triedAt []byte // the leaf a non-blocking re-sign was already asked for
+	// The agent may answer a non-blocking query with the old leaf for a
+	// moment after the roots change: its leaf cache reads the roots from
+	// a cache entry of its own, refreshed apart from the one the roots
+	// watch reads. So a stale leaf is asked for again a few times, 50ms
+	// doubling to 800ms, before the source waits with a blocking query.
+	const resignTries = 5
+	var triedFor []byte // the stale leaf the tries are for
+	tries := 0
 	follow(ctx, s, "leaf certificate", func(ctx context.Context, index uint64) (uint64, error) {
 		s.mu.Lock()
 		leaf, stale := s.leaf, s.staleLocked()
 		s.mu.Unlock()
+		if stale && !bytes.Equal(triedFor, leaf.Certificates[0].Raw) {
+			triedFor, tries = leaf.Certificates[0].Raw, 0
+		}
 		wait := index
 		switch {
 		case leaf == nil:
 			wait = 0
-		case stale && !bytes.Equal(triedAt, leaf.Certificates[0].Raw):
-			triedAt, wait = leaf.Certificates[0].Raw, 0
+		case stale && tries < resignTries:
+			if tries > 0 {
+				t := time.NewTimer(50 * time.Millisecond << (tries - 1))
+				defer t.Stop()
+				select {
+				case <-ctx.Done():
+					return index, nil
+				case <-t.C:
+				}
+			}
+			tries++
+			wait = 0
 		case stale:
 			// The agent kept the old leaf: block until it re-signs.
 		default:
