@@ -225,11 +225,11 @@ func TestConsulCARotationUnderLoad(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// Keep the load up until the server has seen the client's new leaf on a
-	// fresh handshake, and a second more.
+	// fresh handshake, and 3 seconds more on the new leaves.
 	if _, ok := poll(10*time.Second, func() bool { return svc.sawIssuer(newSKI) }); !ok {
 		t.Error("the server never saw a client certificate issued by the new root")
 	}
-	time.Sleep(time.Second)
+	time.Sleep(3 * time.Second)
 	stopLoad()
 	wg.Wait()
 	t.Logf("rotation: new-root leaf after %v (trading) and %v (web); %d calls, %d failed", tradingAt.Round(time.Millisecond), webAt.Round(time.Millisecond), calls.Load(), failed.Load())
