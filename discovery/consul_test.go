@@ -259,29 +259,40 @@ func TestConsulDown30Seconds(t *testing.T) {
 }
 
 // TestConsulPartitionKeepsEndpoints: with the agent frozen (SIGSTOP, as a
-// partition looks: connections hang instead of being refused), calls keep
-// succeeding on the last endpoints; after it resumes, a new registration
+// partition looks: connections stay open and hang instead of being
+// refused), calls keep succeeding on the last endpoints, and the watch
+// reports Consul unreachable once its blocking query outlives
+// consulwatch.QueryTimeout; after the agent resumes, a new registration
 // gets calls.
 func TestConsulPartitionKeepsEndpoints(t *testing.T) {
 	f := consul.Start(t)
-	bs, _, load := loadOnKnown(t, f, 3, 2)
+	bs, ev, load := loadOnKnown(t, f, 3, 2)
 	f.Pause(t)
+	at := time.Now()
 	before := load.count("b0") + load.count("b1")
-	// Long enough for several heartbeats (every TTL/3) to hang.
-	if _, failed := pollUntil(3*time.Second, func() bool { return load.failed.Load() != 0 }); failed {
-		t.Fatalf("%d calls failed while Consul was partitioned: %v", load.failed.Load(), load.lastErr.Load())
+	// newRegistry's queries wait 2s: QueryTimeout(2s) is 4.125s.
+	reportedAfter, reported := pollUntil(10*time.Second, func() bool {
+		return ev.count(discovery.SourceUnreachable) > 0 || load.failed.Load() != 0
+	})
+	if n := load.failed.Load(); n != 0 {
+		t.Fatalf("%d calls failed while Consul was partitioned: %v", n, load.lastErr.Load())
+	}
+	if !reported {
+		t.Errorf("no SourceUnreachable event %v into the partition", time.Since(at).Round(time.Millisecond))
 	}
 	during := load.count("b0") + load.count("b1") - before
 	if during == 0 {
 		t.Fatal("no calls while Consul was partitioned")
 	}
 	f.Resume(t)
+	partition := time.Since(at)
 	registerRaw(t, f.Client(), "trading", bs[2], "1h", nil)
 	took, ok := pollUntil(10*time.Second, func() bool { return load.count("b2") > 0 })
 	if !ok {
 		t.Fatal("instance registered after the partition got no calls")
 	}
-	t.Logf("partition 3s: %d calls, %d failed; after it healed, a new instance got calls %v after registering", during, load.failed.Load(), took.Round(time.Millisecond))
+	t.Logf("partition %v: %d calls, %d failed, reported unreachable after %v; after it healed, a new instance got calls %v after registering",
+		partition.Round(time.Millisecond), during, load.failed.Load(), reportedAfter.Round(time.Millisecond), took.Round(time.Millisecond))
 	if n := load.failed.Load(); n != 0 {
 		t.Errorf("%d calls failed: %v", n, load.lastErr.Load())
 	}

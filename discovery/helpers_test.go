@@ -92,11 +92,12 @@ func startBackends(t *testing.T, n int) []*backend {
 }
 
 // newRegistry returns a Registry on the agent (none when nil) with fast
-// retries, recording its events.
+// retries and 2s blocking queries (so an agent that stops answering is
+// noticed within consulwatch.QueryTimeout(2s)), recording its events.
 func newRegistry(t *testing.T, f *consul.Agent, opts ...discovery.Option) (*discovery.Registry, *eventLog) {
 	t.Helper()
 	ev := &eventLog{}
-	cfg := discovery.Config{RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond}
+	cfg := discovery.Config{RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, WaitTime: 2 * time.Second}
 	if f != nil {
 		cfg.Consul = f.Client()
 	}

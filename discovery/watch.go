@@ -3,6 +3,7 @@ package discovery
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -111,9 +112,14 @@ func (r *Registry) watch(t Target, update func([]Endpoint, error)) (*Watch, erro
 func (r *Registry) runConsul(ctx context.Context, t Target, w *Watch, update func([]Endpoint, error)) {
 	health := r.cfg.Consul.Health()
 	fetch := func(ctx context.Context, index uint64) (uint64, error) {
+		ctx, cancel := context.WithTimeout(ctx, consulwatch.QueryTimeout(r.cfg.WaitTime))
+		defer cancel()
 		q := (&api.QueryOptions{Datacenter: t.Datacenter, WaitIndex: index, WaitTime: r.cfg.WaitTime}).WithContext(ctx)
 		entries, meta, err := health.ServiceMultipleTags(t.Service, t.Tags, true, q)
 		if err != nil {
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return 0, fmt.Errorf("discovery: consul health query for %s: no answer within %v: %w", t, consulwatch.QueryTimeout(r.cfg.WaitTime), err)
+			}
 			return 0, fmt.Errorf("discovery: consul health query for %s: %w", t, err)
 		}
 		eps := r.endpoints(t, w.target, entries)

@@ -58,6 +58,17 @@ func NextIndex(prev, got uint64) uint64 {
 	}
 }
 
+// QueryTimeout is how long a client should let a blocking query that asks
+// Consul to wait up to wait run before giving up on it: Consul answers
+// within wait plus up to wait/16 of jitter, and 2s more covers the trip. A
+// Fetch that bounds its query so turns an agent that stops answering (a
+// partition, a frozen process: the connection stays open) into a failed
+// query, which Run reports and retries, instead of a query that hangs
+// until TCP gives up on the connection, minutes later.
+func QueryTimeout(wait time.Duration) time.Duration {
+	return wait + wait/16 + 2*time.Second
+}
+
 // Fetch performs one blocking query that waits for an index greater than
 // index and returns the answer's index. It must return when ctx ends.
 type Fetch func(ctx context.Context, index uint64) (uint64, error)

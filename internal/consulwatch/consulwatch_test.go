@@ -36,6 +36,21 @@ func TestNextIndex(t *testing.T) {
 	}
 }
 
+func TestQueryTimeout(t *testing.T) {
+	tests := []struct {
+		wait, want time.Duration
+	}{
+		{5 * time.Minute, 5*time.Minute + 18750*time.Millisecond + 2*time.Second},
+		{2 * time.Second, 2*time.Second + 125*time.Millisecond + 2*time.Second},
+		{0, 2 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := consulwatch.QueryTimeout(tt.wait); got != tt.want {
+			t.Errorf("QueryTimeout(%v) = %v, want %v", tt.wait, got, tt.want)
+		}
+	}
+}
+
 func TestBackoffDelayBounds(t *testing.T) {
 	b := consulwatch.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
 	for attempt, base := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 4: 800 * time.Millisecond, 10: time.Second} {
