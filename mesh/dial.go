@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -29,12 +30,18 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
+	if err := checkScope(forDial, opts); err != nil {
+		return nil, err
+	}
 	var cfg dialConfig
 	for _, o := range opts {
 		o.applyDial(&cfg)
 	}
 	if cfg.identity == nil {
 		return nil, errors.New("mesh: Dial has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
+	}
+	if err := cfg.checkTarget(target); err != nil {
+		return nil, err
 	}
 	expect, err := cfg.expectedServer()
 	if err != nil {
@@ -57,7 +64,8 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	grpcOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, discoveryOpts...)
 	if xdsOpts != nil {
 		grpcOpts = xdsOpts // meshd's resolver and xDS credentials, with creds as fallback
-		if cfg.resilience.client == nil {
+		if cfg.resilience.client == nil && cfg.resilience.config == nil {
+			// No resilience in code: meshd's route retries apply.
 			cfg.resilience.off, cfg.resilience.keepGRPCRetries = true, true
 		}
 	}
@@ -105,4 +113,25 @@ func (c *dialConfig) expectedServer() (spiffeid.Matcher, error) {
 		return nil, err
 	}
 	return spiffeid.MatchMemberOf(own.TrustDomain()), nil
+}
+
+// checkTarget refuses the options that cannot apply to target's scheme, so
+// none is silently ignored: the control plane is only for xds:/// targets,
+// a Registry only for consul:/// and static:/// ones, and a balancer not for
+// xds:/// ones, whose balancer meshd's cluster sets (grpc-go takes it from
+// there, and code cannot override it).
+func (c *dialConfig) checkTarget(target string) error {
+	scheme, _, _ := strings.Cut(target, ":///")
+	if scheme == target {
+		scheme = ""
+	}
+	switch {
+	case c.xds.controlPlane != "" && scheme != "xds":
+		return fmt.Errorf("mesh: dial %s: WithControlPlane applies to xds:/// targets only: remove it, or dial xds:///<service>", target)
+	case c.discovery.registry != nil && scheme != "consul" && scheme != "static":
+		return fmt.Errorf("mesh: dial %s: WithRegistry resolves consul:/// and static:/// targets only: remove it, or dial consul:///<service>", target)
+	case c.discovery.balancer != nil && scheme == "xds":
+		return fmt.Errorf("mesh: dial %s: WithBalancer does not apply to xds:/// targets: meshd's cluster config chooses their balancer (lb_policy); remove the option and set the balancer in meshd's config", target)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/gridmesh/gridmesh/discovery"
@@ -50,7 +51,7 @@ func WithBalancer(b discovery.Balancer) DialOption {
 	return dialOption(func(c *dialConfig) { c.discovery.balancer = &b })
 }
 
-// WithRegistration makes Serve register the server in Consul through reg
+// WithRegistration makes Serve (of NewServer or NewHTTPServer) register the server in Consul through reg
 // once it listens (Address and Port default to the listener's, SPIFFEID to
 // the server's own), keep its check passing while serving, mark it failing
 // as soon as draining starts, and deregister it when Serve returns.
@@ -96,12 +97,13 @@ func (c *dialConfig) discoveryDialOptions(target string) (*discovery.Registry, [
 	return reg, opts, err
 }
 
-// register puts the server in Consul when WithRegistration was given.
-func (s *Server) register(ctx context.Context, lis net.Listener) (*discovery.Registration, error) {
-	if s.registry == nil {
+// register puts a server (gRPC or HTTP) listening on lis in Consul when
+// WithRegistration was given; id is the server's own SPIFFE ID.
+func (c discoveryServerConfig) register(ctx context.Context, lis net.Listener, id spiffeid.ID) (*discovery.Registration, error) {
+	if c.registry == nil {
 		return nil, nil
 	}
-	svc := s.service
+	svc := c.service
 	if svc.Address == "" || svc.Port == 0 {
 		host, port, err := net.SplitHostPort(lis.Addr().String())
 		if err != nil {
@@ -115,9 +117,9 @@ func (s *Server) register(ctx context.Context, lis net.Listener) (*discovery.Reg
 		}
 	}
 	if svc.SPIFFEID.IsZero() {
-		svc.SPIFFEID = s.id
+		svc.SPIFFEID = id
 	}
-	reg, err := s.registry.Register(ctx, svc)
+	reg, err := c.registry.Register(ctx, svc)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: registering %s in Consul: %w", svc.Name, err)
 	}

@@ -49,9 +49,15 @@
 // # Where settings come from
 //
 // Code, meshd's xDS and Consul can each say how a target is called. One rule
-// holds for both protocols: a config source wins over code where it speaks
-// (meshd's routes and clusters for xds:/// targets, a Consul service's
-// resilience-* meta for consul:/// targets), and code wins over the mesh's
-// defaults. An option that a config source always overrides for the given
-// target is refused by the constructor, with an error that names it.
+// holds for both protocols: an option given in code wins over the config
+// source (meshd's routes and clusters for xds:/// targets, a Consul
+// service's resilience-* meta for consul:/// targets), and the config source
+// wins over the mesh's defaults. So WithResilience or WithResiliencePolicy
+// replaces meshd's route retries for an xds:/// target, and a Consul
+// service's meta for a consul:/// one. Where code cannot win, the
+// constructor refuses the option with an error that names it: WithBalancer
+// for xds:/// targets (grpc-go takes the balancer from meshd's cluster).
+// Likewise an option that does not apply to a constructor (a gRPC option
+// passed to NewHTTPServer, WithControlPlane for a static:/// target) is an
+// error, never silently ignored.
 package mesh

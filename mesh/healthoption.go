@@ -25,7 +25,7 @@ import (
 //
 // NewHTTPServer serves no gRPC health service and refuses this option.
 func WithHealthAuthorization() ServerOption {
-	return serverOption(func(c *serverConfig) { c.healthAuthorized = true })
+	return serverOnly("WithHealthAuthorization", forNewServer, func(c *serverConfig) { c.healthAuthorized = true })
 }
 
 // healthAuthorizer returns authz with the health service's probes let

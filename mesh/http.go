@@ -31,6 +31,8 @@ type HTTPServer struct {
 	logger *slog.Logger
 	tel    *meshTelemetry
 
+	registration discoveryServerConfig // WithRegistration (mesh/discovery.go)
+
 	closeOnce sync.Once
 }
 
@@ -101,6 +103,8 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 		drain:  cfg.drain,
 		logger: logger.With("component", "mesh.httpserver", "spiffe_id", id.String()),
 		tel:    tel,
+
+		registration: cfg.discovery,
 	}
 	var outer http.Handler = capped
 	if !cfg.telemetry.off {
@@ -149,7 +153,9 @@ func nextProtos(p http.Protocols) []string {
 // ID returns the server's own SPIFFE ID.
 func (s *HTTPServer) ID() spiffeid.ID { return s.id }
 
-// Serve accepts connections on lis until ctx ends, then drains: it stops
+// Serve accepts connections on lis until ctx ends, then drains. With
+// WithRegistration it registers the server in Consul once it listens and
+// marks the registration failing as soon as draining starts. Draining stops
 // accepting, closes idle connections, lets in-flight requests finish for up
 // to the drain timeout (WithDrainTimeout), closes what remains and returns
 // nil. It returns early with an error if lis fails. It blocks. Call it once.
@@ -159,6 +165,15 @@ func (s *HTTPServer) Serve(ctx context.Context, lis net.Listener) error {
 	s.logger.Info("serving", "address", lis.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.ServeTLS(bound, "", "") }()
+	registration, err := s.registration.register(ctx, lis, s.id)
+	if err != nil {
+		s.srv.Close()
+		<-errc
+		return err
+	}
+	if registration != nil {
+		defer registration.Close()
+	}
 	select {
 	case err := <-errc:
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -168,6 +183,14 @@ func (s *HTTPServer) Serve(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.logger.Info("draining", "timeout", s.drain)
+	if registration != nil {
+		// Mark the registration failing first, so clients move away.
+		drainCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := registration.Drain(drainCtx); err != nil {
+			s.logger.Warn("marking the Consul registration failing", "error", err)
+		}
+		cancel()
+	}
 	dctx, cancel := context.WithTimeout(context.Background(), s.drain)
 	defer cancel()
 	if err := s.srv.Shutdown(dctx); err != nil {

@@ -133,6 +133,9 @@ type HTTPTransport struct {
 // request, which waits for them within the request's context. Close it
 // when done.
 func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
+	if err := checkScope(forHTTPClient, opts); err != nil {
+		return nil, err
+	}
 	var cfg dialConfig
 	for _, o := range opts {
 		o.applyDial(&cfg)

@@ -10,7 +10,6 @@ import (
 type httpServerConfig struct {
 	protocols *http.Protocols
 	paths     security.PathPolicy // mesh/httppathoption.go
-	pathsSet  bool
 }
 
 // httpDialConfig is the HTTP part of dialConfig (HTTPClient).
@@ -20,23 +19,18 @@ type httpDialConfig struct {
 	wrappers  []func(http.RoundTripper) http.RoundTripper
 }
 
-type httpProtocolsOption http.Protocols
-
-func (o httpProtocolsOption) applyServer(c *serverConfig) {
-	p := http.Protocols(o)
-	c.http.protocols = &p
-}
-
-func (o httpProtocolsOption) applyDial(c *dialConfig) {
-	p := http.Protocols(o)
-	c.http.protocols = &p
-}
-
 // WithHTTPProtocols sets the HTTP versions NewHTTPServer accepts or
 // HTTPClient offers: HTTP/1.1 (p.SetHTTP1) and HTTP/2 (p.SetHTTP2), always
 // over the mesh's TLS; unencrypted HTTP/2 is ignored. Default: both, with
 // HTTP/2 preferred when both sides offer it.
-func WithHTTPProtocols(p http.Protocols) Option { return httpProtocolsOption(p) }
+func WithHTTPProtocols(p http.Protocols) Option {
+	return scoped{
+		name:   "WithHTTPProtocols",
+		scope:  forNewHTTPServer | forHTTPClient,
+		server: func(c *serverConfig) { c.http.protocols = &p },
+		dial:   func(c *dialConfig) { c.http.protocols = &p },
+	}
+}
 
 // WithHTTPTarget makes HTTPClient send requests for host (a URL host such
 // as "trading.mesh" or "trading:8080", compared case-insensitively; without
@@ -46,7 +40,7 @@ func WithHTTPProtocols(p http.Protocols) Option { return httpProtocolsOption(p) 
 // or, with WithControlPlane, "xds:///trading/v2". It may be given several
 // times. See HTTPTransport for hosts without a target.
 func WithHTTPTarget(host, target string) DialOption {
-	return dialOption(func(c *dialConfig) {
+	return dialOnly("WithHTTPTarget", forHTTPClient, func(c *dialConfig) {
 		if c.http.targets == nil {
 			c.http.targets = map[string]string{}
 		}
@@ -61,5 +55,5 @@ func WithHTTPTarget(host, target string) DialOption {
 // wrapper passes on is the one routed (a header it adds can select a meshd
 // route), once, and retried. The first given is the outermost.
 func WithHTTPRoundTripper(wrap func(next http.RoundTripper) http.RoundTripper) DialOption {
-	return dialOption(func(c *dialConfig) { c.http.wrappers = append(c.http.wrappers, wrap) })
+	return dialOnly("WithHTTPRoundTripper", forHTTPClient, func(c *dialConfig) { c.http.wrappers = append(c.http.wrappers, wrap) })
 }

@@ -402,7 +402,7 @@ func TestWithHTTPPathPolicyErrors(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	src := devSource(t, ca, "/server")
 	if _, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithHTTPPathPolicy(security.PathAllowParameters)); err == nil ||
-		!strings.Contains(err.Error(), "WithHTTPPathPolicy applies to NewHTTPServer") {
+		!strings.Contains(err.Error(), "WithHTTPPathPolicy does not apply to NewServer: it configures NewHTTPServer only") {
 		t.Errorf("NewServer with WithHTTPPathPolicy: %v, want an error naming the option", err)
 	}
 	if _, err := mesh.NewHTTPServer(&httpEcho{}, mesh.WithIdentity(src), mesh.WithHTTPPathPolicy(security.PathPolicy(0x80))); err == nil ||

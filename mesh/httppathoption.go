@@ -22,5 +22,5 @@ import "github.com/gridmesh/gridmesh/security"
 // returns an error for a policy with unknown flags, and NewServer (gRPC)
 // one for this option.
 func WithHTTPPathPolicy(p security.PathPolicy) ServerOption {
-	return serverOption(func(c *serverConfig) { c.http.paths, c.http.pathsSet = p, true })
+	return serverOnly("WithHTTPPathPolicy", forNewHTTPServer, func(c *serverConfig) { c.http.paths = p })
 }

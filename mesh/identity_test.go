@@ -366,7 +366,7 @@ func TestHealthAuthorization(t *testing.T) {
 
 	t.Run("NewHTTPServer refuses the option", func(t *testing.T) {
 		_, err := mesh.NewHTTPServer(http.NotFoundHandler(), mesh.WithIdentity(ca.NewSource(t, "spiffe://example.org/server")), mesh.WithHealthAuthorization())
-		if err == nil || !strings.Contains(err.Error(), "WithHealthAuthorization applies to NewServer") {
+		if err == nil || !strings.Contains(err.Error(), "WithHealthAuthorization does not apply to NewHTTPServer: it configures NewServer only") {
 			t.Errorf("err = %v, want one naming the option and where it belongs", err)
 		}
 	})

@@ -1,7 +1,9 @@
 package mesh
 
 import (
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -68,6 +70,82 @@ type dialOption func(*dialConfig)
 
 func (o dialOption) applyDial(c *dialConfig) { o(c) }
 
+// constructor is a set of the mesh's constructors, the ones an option
+// applies to.
+type constructor uint8
+
+const (
+	forNewServer constructor = 1 << iota
+	forNewHTTPServer
+	forDial
+	forHTTPClient // HTTPClient and NewHTTPTransport
+)
+
+var constructorNames = []string{"NewServer", "NewHTTPServer", "Dial", "HTTPClient"}
+
+func (c constructor) String() string {
+	var names []string
+	for i, n := range constructorNames {
+		if c&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, " and ")
+}
+
+// scoped is an option that applies to some constructors only. Every
+// constructor refuses, by name, a scoped option it is not in the scope of,
+// so a misplaced option is an error and never silently does nothing.
+type scoped struct {
+	name   string
+	scope  constructor
+	server func(*serverConfig)
+	dial   func(*dialConfig)
+}
+
+func (o scoped) applyServer(c *serverConfig) { o.server(c) }
+func (o scoped) applyDial(c *dialConfig)     { o.dial(c) }
+
+// scopedServer and scopedDial are scoped options of one side only, so that
+// passing them to the other side's constructors does not compile.
+type scopedServer struct{ o scoped }
+
+func (o scopedServer) applyServer(c *serverConfig) { o.o.server(c) }
+
+type scopedDial struct{ o scoped }
+
+func (o scopedDial) applyDial(c *dialConfig) { o.o.dial(c) }
+
+func serverOnly(name string, scope constructor, fn func(*serverConfig)) ServerOption {
+	return scopedServer{scoped{name: name, scope: scope, server: fn}}
+}
+
+func dialOnly(name string, scope constructor, fn func(*dialConfig)) DialOption {
+	return scopedDial{scoped{name: name, scope: scope, dial: fn}}
+}
+
+// checkScope refuses the first option in opts that does not apply to the
+// constructor in.
+func checkScope[O any](in constructor, opts []O) error {
+	for _, o := range opts {
+		var s scoped
+		switch o := any(o).(type) {
+		case scoped:
+			s = o
+		case scopedServer:
+			s = o.o
+		case scopedDial:
+			s = o.o
+		default:
+			continue
+		}
+		if s.scope&in == 0 {
+			return fmt.Errorf("mesh: %s does not apply to %s: it configures %s only; remove it, or pass it to %s", s.name, in, s.scope, s.scope)
+		}
+	}
+	return nil
+}
+
 // WithIdentity sets where the service's X.509-SVID and trust bundles come
 // from: a SPIRE agent (security.NewWorkloadAPISource), files
 // (security.NewFileSource) or a development CA (security.DevCA.Source).
@@ -114,7 +192,7 @@ func WithDrainTimeout(d time.Duration) ServerOption {
 // mesh's own credentials and interceptors are always applied; interceptors
 // given here run after the mesh's authorization.
 func WithGRPCServerOptions(opts ...grpc.ServerOption) ServerOption {
-	return serverOption(func(c *serverConfig) { c.grpcOptions = append(c.grpcOptions, opts...) })
+	return serverOnly("WithGRPCServerOptions", forNewServer, func(c *serverConfig) { c.grpcOptions = append(c.grpcOptions, opts...) })
 }
 
 // WithServerID makes Dial accept only a server presenting exactly id (unless
@@ -133,5 +211,5 @@ func WithServerTrustDomain(td spiffeid.TrustDomain) DialOption {
 // WithGRPCDialOptions adds options to the underlying grpc.NewClient call.
 // The mesh's transport credentials always apply.
 func WithGRPCDialOptions(opts ...grpc.DialOption) DialOption {
-	return dialOption(func(c *dialConfig) { c.grpcOptions = append(c.grpcOptions, opts...) })
+	return dialOnly("WithGRPCDialOptions", forDial, func(c *dialConfig) { c.grpcOptions = append(c.grpcOptions, opts...) })
 }

@@ -14,7 +14,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -25,15 +24,13 @@ import (
 // gracefully.
 // Register services on it as on a *grpc.Server. Safe for concurrent use.
 type Server struct {
-	grpc   grpcServer // *grpc.Server, or *xds.GRPCServer with WithControlPlane
-	health *health.Server
-	id     spiffeid.ID
-	drain  time.Duration
-	logger *slog.Logger
-	// registry and service are set by WithRegistration (mesh/discovery.go).
-	registry *discovery.Registry
-	service  discovery.Service
-	tel      *meshTelemetry // mesh/telemetry.go
+	grpc         grpcServer // *grpc.Server, or *xds.GRPCServer with WithControlPlane
+	health       *health.Server
+	id           spiffeid.ID
+	drain        time.Duration
+	logger       *slog.Logger
+	registration discoveryServerConfig // WithRegistration (mesh/discovery.go)
+	tel          *meshTelemetry        // mesh/telemetry.go
 	// xds and releaseXDS are set by WithControlPlane (mesh/xds.go).
 	xds        xdsConfig
 	releaseXDS func()
@@ -88,16 +85,15 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	tel.healthAuthorized = cfg.healthAuthorized
 	tel.registerServer(cfg.identity, cfg.authorizer, "server")
 	s := &Server{
-		tel:        tel,
-		grpc:       srv,
-		releaseXDS: releaseXDS,
-		xds:        cfg.xds,
-		health:     health.NewServer(),
-		id:         id,
-		drain:      cfg.drain,
-		registry:   cfg.discovery.registry,
-		service:    cfg.discovery.service,
-		logger:     logger.With("component", "mesh.server", "spiffe_id", id.String()),
+		tel:          tel,
+		grpc:         srv,
+		releaseXDS:   releaseXDS,
+		xds:          cfg.xds,
+		health:       health.NewServer(),
+		id:           id,
+		drain:        cfg.drain,
+		registration: cfg.discovery,
+		logger:       logger.With("component", "mesh.server", "spiffe_id", id.String()),
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -108,6 +104,13 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 // identity: its SPIFFE ID and how long its current SVID stays valid.
 func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig, id spiffeid.ID, remaining time.Duration, logger *slog.Logger, err error) {
 	cfg = serverConfig{grace: 10 * time.Second, drain: 30 * time.Second}
+	in := forNewServer
+	if constructor == "NewHTTPServer" {
+		in = forNewHTTPServer
+	}
+	if err := checkScope(in, opts); err != nil {
+		return cfg, id, 0, nil, err
+	}
 	for _, o := range opts {
 		o.applyServer(&cfg)
 	}
@@ -119,12 +122,6 @@ func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig,
 	}
 	if remaining, err = security.SVIDRemaining(cfg.identity); err != nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
-	}
-	if cfg.http.pathsSet && constructor != "NewHTTPServer" {
-		return cfg, id, 0, nil, fmt.Errorf("mesh: WithHTTPPathPolicy applies to NewHTTPServer's request paths; %s serves no HTTP: remove the option", constructor)
-	}
-	if cfg.healthAuthorized && constructor != "NewServer" {
-		return cfg, id, 0, nil, fmt.Errorf("mesh: WithHealthAuthorization applies to NewServer's gRPC health service; %s serves none: remove the option", constructor)
 	}
 	logger = cfg.logger
 	if logger == nil {
@@ -161,7 +158,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.logger.Info("serving", "address", lis.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
-	registration, err := s.register(ctx, lis)
+	registration, err := s.registration.register(ctx, lis, s.id)
 	if err != nil {
 		s.grpc.Stop()
 		<-errc

@@ -30,11 +30,6 @@ type xdsConfig struct {
 	advertise    string
 }
 
-type controlPlaneOption string
-
-func (o controlPlaneOption) applyServer(c *serverConfig) { c.xds.controlPlane = string(o) }
-func (o controlPlaneOption) applyDial(c *dialConfig)     { c.xds.controlPlane = string(o) }
-
 // WithControlPlane makes the mesh take its configuration from meshd at addr
 // (host:port, meshd's default is 127.0.0.1:15010), with no bootstrap file.
 //
@@ -42,20 +37,30 @@ func (o controlPlaneOption) applyDial(c *dialConfig)     { c.xds.controlPlane = 
 // timeouts, fault injection, circuit breaking, balancing and the endpoints'
 // SPIFFE IDs from meshd, and mTLS from this process's identity. In this mode
 // the control plane owns traffic policy: grpc-go applies the route's retry
-// policy, and the mesh adds its own resilience layer only when
-// WithResilience is given.
+// policy, unless WithResilience or WithResiliencePolicy is given, which
+// replaces it with the mesh's own resilience layer (code wins over the
+// config source). WithBalancer is refused for xds:/// targets: their
+// balancer is the cluster's. Dial refuses WithControlPlane for any other
+// target.
 //
 // For NewServer (with WithXDSService), the server is an xDS server: it
 // stays NOT_SERVING until meshd sends its listener, then enforces the mTLS
 // and RBAC meshd configures, and Serve registers its endpoint with meshd
 // and keeps it registered until draining starts.
-func WithControlPlane(addr string) Option { return controlPlaneOption(addr) }
+func WithControlPlane(addr string) Option {
+	return scoped{
+		name:   "WithControlPlane",
+		scope:  forNewServer | forDial | forHTTPClient,
+		server: func(c *serverConfig) { c.xds.controlPlane = addr },
+		dial:   func(c *dialConfig) { c.xds.controlPlane = addr },
+	}
+}
 
 // WithXDSService names the service a server in xDS mode registers under
 // (clients dial xds:///<service>) and, optionally, its version ("" for
 // none), which meshd's weighted splits refer to.
 func WithXDSService(service, version string) ServerOption {
-	return serverOption(func(c *serverConfig) {
+	return serverOnly("WithXDSService", forNewServer, func(c *serverConfig) {
 		c.xds.service, c.xds.version = service, version
 	})
 }
@@ -64,7 +69,7 @@ func WithXDSService(service, version string) ServerOption {
 // clients to connect to, when it differs from the listener's (a server
 // listening on 0.0.0.0:8443). Default: the listener's address.
 func WithAdvertiseAddress(hostport string) ServerOption {
-	return serverOption(func(c *serverConfig) { c.xds.advertise = hostport })
+	return serverOnly("WithAdvertiseAddress", forNewServer, func(c *serverConfig) { c.xds.advertise = hostport })
 }
 
 // xdsDialOptions returns the options that resolve target through meshd, or
