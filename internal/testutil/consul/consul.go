@@ -417,7 +417,9 @@ func (a *Agent) signalRunning(t testing.TB, method string, sig syscall.Signal) {
 	if a.proc == nil {
 		t.Fatalf("consul: %s: the agent is not running", method)
 	}
-	a.proc.signal(sig)
+	if err := a.proc.signalAndSettle(sig); err != nil {
+		t.Fatalf("consul: %s: %v", method, err)
+	}
 }
 
 // Restart starts the agent again on the same ports and data directory,

@@ -61,6 +61,66 @@ func (p *process) signal(sig syscall.Signal) {
 	}
 }
 
+// signalAndSettle sends SIGSTOP or SIGCONT and waits (up to 5 s) until
+// every thread of the process shows the new state in /proc. A signal is
+// delivered asynchronously: without the wait a request sent right after
+// SIGSTOP can still be answered by a thread that has not stopped yet.
+func (p *process) signalAndSettle(sig syscall.Signal) error {
+	p.signal(sig)
+	wantStopped := sig == syscall.SIGSTOP
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if ended, _ := p.exited(); ended {
+			return nil
+		}
+		stopped, err := allThreadsStopped(p.cmd.Process.Pid)
+		if err == nil && stopped == wantStopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("consul: agent pid %d: threads not settled after %v (stopped=%v, want %v, err=%v)", p.cmd.Process.Pid, sig, stopped, wantStopped, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// allThreadsStopped reports true when every thread of pid is in state T
+// (stopped) and false when none is. A mix of states is an error, so the
+// caller waits on.
+func allThreadsStopped(pid int) (bool, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	var stopped, running int
+	for _, task := range tasks {
+		stat, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err != nil {
+			continue // the thread ended
+		}
+		// The state follows the command name, which is in parentheses
+		// and may hold spaces: "pid (comm) S ...".
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) {
+			return false, fmt.Errorf("%s/%s/stat: unexpected format", dir, task.Name())
+		}
+		if stat[i+2] == 'T' || stat[i+2] == 't' {
+			stopped++
+		} else {
+			running++
+		}
+	}
+	switch {
+	case running == 0 && stopped > 0:
+		return true, nil
+	case stopped == 0:
+		return false, nil
+	default:
+		return false, errors.New("threads in mixed states")
+	}
+}
+
 // kill ends the process at once and waits for it. Safe to call more than
 // once.
 func (p *process) kill() {
