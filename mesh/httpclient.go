@@ -71,8 +71,8 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //
 // Each cluster the routes name is followed (CDS + EDS) over the one ADS
 // stream: its endpoints, its load-balancing policy (CDS lb_policy: round
-// robin or least request; ring hash falls back to round robin) unless
-// WithBalancer is given, and the SPIFFE IDs its mTLS context accepts (CDS
+// robin or least request; ring hash falls back to round robin; WithBalancer
+// is refused here, as by Dial), and the SPIFFE IDs its mTLS context accepts (CDS
 // subject alternative names). Each cluster has its own balancer and
 // connection pool. meshd's circuit breakers and outlier detection are not
 // applied: use the resilience policies.
@@ -147,6 +147,16 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 	}
+	if cfg.discovery.balancer != nil {
+		for host, target := range cfg.http.targets {
+			if strings.HasPrefix(target, "xds:///") {
+				return nil, fmt.Errorf("mesh: HTTPClient: WithBalancer does not apply to xds:/// targets (WithHTTPTarget(%q, %q)): meshd's cluster config chooses their balancer (lb_policy); remove the option and set the balancer in meshd's config, or use a separate HTTPClient for consul:/// and static:/// hosts", host, target)
+			}
+		}
+		if cfg.xds.controlPlane != "" {
+			return nil, errors.New("mesh: HTTPClient: WithBalancer does not apply with WithControlPlane: its .mesh hosts are xds:/// targets, whose balancer meshd's cluster config chooses (lb_policy); remove the option and set the balancer in meshd's config, or use a separate HTTPClient for consul:/// and static:/// hosts")
+		}
+	}
 	policy, err := httpBalancePolicy(cfg.discovery.balancer)
 	if err != nil {
 		return nil, err
@@ -188,7 +198,6 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		ControlPlane: cfg.xds.controlPlane,
 		Registry:     reg,
 		Balance:      policy,
-		PolicySet:    cfg.discovery.balancer != nil,
 		Wrappers:     cfg.http.wrappers,
 		Logger:       tel.log(),
 		OnXDS:        tel.xdsUpdate,

@@ -90,6 +90,37 @@ func TestMisplacedOptionsAreRefused(t *testing.T) {
 			t.Errorf("error %q does not name WithBalancer and where the balancer is set", err)
 		}
 	})
+	// HTTPClient follows Dial: meshd's cluster chooses an xds:/// target's
+	// balancer, so WithBalancer is refused wherever a host would be one.
+	for _, c := range []struct {
+		name string
+		opts []mesh.DialOption
+	}{
+		{"HTTPClient/xds target/WithBalancer", []mesh.DialOption{
+			mesh.WithControlPlane("127.0.0.1:1"), mesh.WithHTTPTarget("trading", "xds:///trading")}},
+		{"HTTPClient/WithControlPlane/WithBalancer", []mesh.DialOption{mesh.WithControlPlane("127.0.0.1:1")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := append([]mesh.DialOption{mesh.WithIdentity(src),
+				mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest})}, c.opts...)
+			hc, err := mesh.HTTPClient(opts...)
+			if err == nil {
+				hc.CloseIdleConnections()
+				t.Fatal("HTTPClient accepted WithBalancer for xds:/// hosts, whose balancer meshd sets")
+			}
+			if !strings.Contains(err.Error(), "WithBalancer") || !strings.Contains(err.Error(), "lb_policy") {
+				t.Errorf("error %q does not name WithBalancer and where the balancer is set", err)
+			}
+		})
+	}
+	t.Run("HTTPClient/consul target/WithBalancer", func(t *testing.T) {
+		hc, err := mesh.HTTPClient(mesh.WithIdentity(src), mesh.WithHTTPTarget("trading", "static:///127.0.0.1:1"),
+			mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest}))
+		if err != nil {
+			t.Fatalf("HTTPClient refused WithBalancer for a static:/// target, where it applies: %v", err)
+		}
+		hc.CloseIdleConnections()
+	})
 	t.Run("HTTPClient/WithGRPCDialOptions", func(t *testing.T) {
 		c, err := mesh.HTTPClient(mesh.WithIdentity(src), mesh.WithGRPCDialOptions(grpc.WithUserAgent("x")))
 		if err == nil {

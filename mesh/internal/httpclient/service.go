@@ -265,12 +265,10 @@ func (t *Transport) watchXDS(s *Service, name string) error {
 // applyCluster hands a cluster's state from meshd to its balancer and
 // dialer.
 func (t *Transport) applyCluster(c *cluster, xc httpxds.Cluster) {
-	if !t.cfg.PolicySet {
-		if xc.Policy == "least_request" {
-			c.bal.SetPolicy(httpbalance.LeastRequest)
-		} else {
-			c.bal.SetPolicy(httpbalance.RoundRobin)
-		}
+	if xc.Policy == "least_request" {
+		c.bal.SetPolicy(httpbalance.LeastRequest)
+	} else {
+		c.bal.SetPolicy(httpbalance.RoundRobin)
 	}
 	if len(xc.SANs) > 0 {
 		sans, name := xc.SANs, c.name

@@ -41,10 +41,9 @@ type Config struct {
 	ControlPlane string
 	// Registry resolves consul:/// and static:/// targets.
 	Registry *discovery.Registry
-	// Balance is the balancing policy. PolicySet says it was chosen in
-	// code: it then wins over meshd's CDS lb_policy.
-	Balance   httpbalance.Config
-	PolicySet bool
+	// Balance is the balancing policy of consul:/// and static:///
+	// targets; an xds:/// cluster's comes from meshd's CDS lb_policy.
+	Balance httpbalance.Config
 
 	// The stages of the pipeline the caller provides, each nil when off;
 	// the package doc gives their order. Wrappers: the first given is the
