@@ -44,6 +44,7 @@ type serverConfig struct {
 	xds         xdsConfig             // mesh/xds.go
 
 	healthAuthorized bool // mesh/healthoption.go
+	reflection       bool // mesh/reflection.go
 }
 
 type dialConfig struct {

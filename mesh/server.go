@@ -97,6 +97,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	cfg.registerReflection(s)
 	return s, nil
 }
 

@@ -296,6 +296,7 @@ func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func())
 // grpcServer is what Server needs of *grpc.Server and *xds.GRPCServer.
 type grpcServer interface {
 	grpc.ServiceRegistrar
+	GetServiceInfo() map[string]grpc.ServiceInfo
 	Serve(net.Listener) error
 	Stop()
 	GracefulStop()
