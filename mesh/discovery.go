@@ -64,11 +64,15 @@ func WithRegistration(reg *discovery.Registry, svc discovery.Service) ServerOpti
 
 // IntentionsAuthorizer turns Consul intentions watched with
 // discovery.Registry.WatchIntentions into a server authorizer, for
-// WithAuthorizer. A denial names the intention (or the default) that
+// WithAuthorizer, for gRPC and HTTP servers alike. L7 permissions apply to
+// HTTP requests by method, normalized path and headers, and to gRPC calls
+// as Consul sees them (a POST to "/pkg.Service/Method", headers from the
+// call's metadata). A denial names the intention (or the default) that
 // decided.
 func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
 	return func(ctx context.Context, c security.Call) error {
-		if ok, rule := in.Authorize(ctx, c.Caller, c.Method); !ok {
+		req := discovery.IntentionRequest{Caller: c.Caller, Method: c.Method, Path: c.Path, Header: c.Header}
+		if ok, rule := in.AuthorizeRequest(ctx, req); !ok {
 			return security.Deny(c, rule)
 		}
 		return nil

@@ -3,6 +3,7 @@ package security
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"path"
 	"strings"
 
@@ -18,6 +19,10 @@ type Call struct {
 	Method string
 	// Path is the normalized HTTP path for HTTP calls; empty for gRPC.
 	Path string
+	// Header is the HTTP request's header for HTTP calls (read only; nil
+	// for gRPC, whose metadata is in the context). The identity headers
+	// the mesh drops are gone from it.
+	Header http.Header
 }
 
 // target names what was called, for error messages.

@@ -370,7 +370,7 @@ func HTTPHandler(next http.Handler, authz Authorizer, onDeny func(*DeniedError),
 			return
 		}
 		ctx := WithHTTPHost(acceptHTTPPeer(r, caller), host)
-		if err := authz(ctx, Call{Caller: caller, Method: r.Method, Path: norm}); err != nil {
+		if err := authz(ctx, Call{Caller: caller, Method: r.Method, Path: norm, Header: r.Header}); err != nil {
 			var denied *DeniedError
 			if errors.As(err, &denied) && onDeny != nil {
 				onDeny(denied)

@@ -170,12 +170,15 @@ func dial(t testing.TB, addr string, opts ...mesh.DialOption) *grpc.ClientConn {
 }
 
 // httpDo sends one request and returns the status and body.
-func httpDo(ctx context.Context, c *http.Client, method, url string) (int, string, error) {
+func httpDo(ctx context.Context, c *http.Client, method, url string, header ...string) (int, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return 0, "", err
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
 	}
 	resp, err := c.Do(req)
 	if err != nil {

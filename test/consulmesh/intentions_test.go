@@ -15,23 +15,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
-
-// l7Authorizer is mesh.IntentionsAuthorizer with the HTTP path passed on,
-// which L7 permissions need for HTTP requests (for gRPC both are the
-// same: the method is the path).
-func l7Authorizer(in *discovery.Intentions) security.Authorizer {
-	return func(ctx context.Context, c security.Call) error {
-		if ok, rule := in.AuthorizeRequest(ctx, discovery.IntentionRequest{Caller: c.Caller, Method: c.Method, Path: c.Path}); !ok {
-			return security.Deny(c, rule)
-		}
-		return nil
-	}
-}
 
 // TestConsulIntentionsGRPC: a gRPC server with a Consul identity enforces
 // the Consul intentions of its service through mesh.IntentionsAuthorizer,
@@ -134,6 +121,8 @@ func TestConsulIntentionsHTTP(t *testing.T) {
 			{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathExact: "/healthz"}},
 			{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/v1/", Methods: []string{"GET"}}},
 			{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathRegex: "/v1/orders/[0-9]+", Methods: []string{"POST"}}},
+			{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/ops/",
+				Header: []api.IntentionHTTPHeaderPermission{{Name: "X-Ops-Ticket", Regex: "OPS-[0-9]+"}}}},
 		}},
 		{Name: "*", Action: api.IntentionActionDeny},
 	}})
@@ -145,7 +134,7 @@ func TestConsulIntentionsHTTP(t *testing.T) {
 	base := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached.Add(1)
 		w.Write([]byte(r.URL.Path))
-	}), mesh.WithIdentity(ledger), mesh.WithAuthorizer(l7Authorizer(in)))
+	}), mesh.WithIdentity(ledger), mesh.WithAuthorizer(mesh.IntentionsAuthorizer(in)))
 	ledgerID := consulID(t, ledger, "dc1", "ledger")
 	client := func(src *security.ConsulSource) *http.Client {
 		c, err := mesh.HTTPClient(mesh.WithIdentity(src), mesh.WithServerID(ledgerID))
@@ -164,23 +153,27 @@ func TestConsulIntentionsHTTP(t *testing.T) {
 		method   string
 		path     string
 		want     int
-		wantBody string // part of the body
+		wantBody string   // part of the body
+		header   []string // name, value, ...
 	}{
-		{"exact", "web", "GET", "/healthz", 200, "/healthz"},
-		{"prefix with method", "web", "GET", "/v1/trades/7", 200, "/v1/trades/7"},
-		{"prefix, method not listed", "web", "DELETE", "/v1/trades/7", 403, "no permission matches DELETE /v1/trades/7"},
-		{"regex with method", "web", "POST", "/v1/orders/12", 200, "/v1/orders/12"},
-		{"regex is whole-path", "web", "POST", "/v1/orders/12/cancel", 403, "no permission matches POST /v1/orders/12/cancel"},
-		{"deny prefix", "web", "GET", "/admin/users", 403, "permission 1 (deny path-prefix /admin/)"},
-		{"dot segments normalized before the intention", "web", "GET", "/v1/../admin/users", 403, "permission 1 (deny path-prefix /admin/)"},
-		{"duplicate slashes normalized", "web", "GET", "/v1//trades", 200, "/v1/trades"},
-		{"encoded slash refused by the mesh", "web", "GET", "/v1/trades%2F..%2Fadmin", 400, "encoded slash"},
-		{"wildcard L4 deny", "batch", "GET", "/healthz", 403, "consul intention * => ledger (deny)"},
+		{"exact", "web", "GET", "/healthz", 200, "/healthz", nil},
+		{"prefix with method", "web", "GET", "/v1/trades/7", 200, "/v1/trades/7", nil},
+		{"prefix, method not listed", "web", "DELETE", "/v1/trades/7", 403, "no permission matches DELETE /v1/trades/7", nil},
+		{"regex with method", "web", "POST", "/v1/orders/12", 200, "/v1/orders/12", nil},
+		{"regex is whole-path", "web", "POST", "/v1/orders/12/cancel", 403, "no permission matches POST /v1/orders/12/cancel", nil},
+		{"deny prefix", "web", "GET", "/admin/users", 403, "permission 1 (deny path-prefix /admin/)", nil},
+		{"dot segments normalized before the intention", "web", "GET", "/v1/../admin/users", 403, "permission 1 (deny path-prefix /admin/)", nil},
+		{"duplicate slashes normalized", "web", "GET", "/v1//trades", 200, "/v1/trades", nil},
+		{"encoded slash refused by the mesh", "web", "GET", "/v1/trades%2F..%2Fadmin", 400, "encoded slash", nil},
+		{"wildcard L4 deny", "batch", "GET", "/healthz", 403, "consul intention * => ledger (deny)", nil},
+		{"header permission met", "web", "GET", "/ops/restart", 200, "/ops/restart", []string{"X-Ops-Ticket", "OPS-42"}},
+		{"header permission, wrong value", "web", "GET", "/ops/restart", 403, "no permission matches GET /ops/restart", []string{"X-Ops-Ticket", "OPS-42x"}},
+		{"header permission, header missing", "web", "GET", "/ops/restart", 403, "no permission matches GET /ops/restart", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := reached.Load()
-			code, body, err := httpDo(ctx, clients[tt.caller], tt.method, base+tt.path)
+			code, body, err := httpDo(ctx, clients[tt.caller], tt.method, base+tt.path, tt.header...)
 			if err != nil || code != tt.want || !strings.Contains(body, tt.wantBody) {
 				t.Fatalf("%s %s as %s: %d %q %v, want %d with %q", tt.method, tt.path, tt.caller, code, body, err, tt.want, tt.wantBody)
 			}

@@ -221,18 +221,6 @@ func (n *Node) Intentions(ctx context.Context) (*discovery.Intentions, error) {
 	return in, nil
 }
 
-// IntentionsAuthorizer authorizes calls by the node's Consul intentions,
-// L4 and L7, passing the HTTP path on for HTTP requests (which
-// mesh.IntentionsAuthorizer does not yet do).
-func IntentionsAuthorizer(in *discovery.Intentions) security.Authorizer {
-	return func(ctx context.Context, c security.Call) error {
-		if ok, rule := in.AuthorizeRequest(ctx, discovery.IntentionRequest{Caller: c.Caller, Method: c.Method, Path: c.Path}); !ok {
-			return security.Deny(c, rule)
-		}
-		return nil
-	}
-}
-
 // GatewayAuthorizer is the gateway's HTTP authorization:
 // policy.GatewayAuthorizer on the Workload API, the gateway's Consul
 // intentions (platform.ConsulIntentions) on Consul.
@@ -244,7 +232,7 @@ func (n *Node) GatewayAuthorizer(ctx context.Context) (security.Authorizer, erro
 	if err != nil {
 		return nil, err
 	}
-	return IntentionsAuthorizer(in), nil
+	return mesh.IntentionsAuthorizer(in), nil
 }
 
 // Resilience is the platform's client policy: the mesh defaults, with more
