@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"sort"
 	"strconv"
@@ -11,14 +12,23 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/consulwatch"
 )
 
 // ConsulSource feeds endpoints from the Consul catalog into a Server: every
 // service in the catalog with passing health checks, through consul/api
 // blocking queries. A Consul instance's ServiceMeta "version" puts it in a
-// version and "spiffe_id" sets its identity; its address is the service
-// address, or the node's when the service has none.
+// version, "spiffe_id" sets its identity and "listen_address" the address
+// its server listens on; its weight is its passing weight (Consul's
+// default, 1, when unset); its address is the service address, or the
+// node's when the service has none. Instances of one service at one
+// address (the same registration held by two agents) count once: the one
+// Consul changed last.
+//
+// Registrations that the registration API keeps in Consul
+// (WithConsulRegistrations) are such instances; the source also hands
+// them to the server's GET /v1/endpoints and Stats.Registered.
 type ConsulSource struct {
 	client *api.Client
 	server *Server
@@ -28,12 +38,13 @@ type ConsulSource struct {
 
 	mu       sync.Mutex
 	services map[string][]Endpoint
+	regs     map[string][]registration.Registration // instances written by the registration API
 }
 
 // NewConsulSource returns a source that reads the Consul agent behind
 // client and feeds s. Start it with Run.
 func NewConsulSource(client *api.Client, s *Server) *ConsulSource {
-	return &ConsulSource{client: client, server: s, services: map[string][]Endpoint{}}
+	return &ConsulSource{client: client, server: s, services: map[string][]Endpoint{}, regs: map[string][]registration.Registration{}}
 }
 
 const consulSource = "consul"
@@ -72,7 +83,7 @@ func (c *ConsulSource) Run(ctx context.Context) error {
 			if _, ok := names[name]; !ok {
 				stop()
 				delete(watching, name)
-				c.set(name, nil)
+				c.set(name, nil, nil)
 			}
 		}
 		return meta.LastIndex, nil
@@ -90,7 +101,21 @@ func (c *ConsulSource) serviceFetch(name string) consulwatch.Fetch {
 		if err != nil {
 			return 0, fmt.Errorf("controlplane: consul health of %q: %w", name, err)
 		}
+		// One instance per address, the one changed last: the same
+		// registration may be held by two agents for a while.
+		sort.Slice(entries, func(i, j int) bool {
+			a, b := entries[i].Service, entries[j].Service
+			if a == nil || b == nil {
+				return b == nil && a != nil
+			}
+			if a.ModifyIndex != b.ModifyIndex {
+				return a.ModifyIndex > b.ModifyIndex
+			}
+			return a.ID < b.ID
+		})
 		var eps []Endpoint
+		var regs []registration.Registration
+		seen := map[string]bool{}
 		for _, e := range entries {
 			if e.Service == nil {
 				continue
@@ -99,24 +124,38 @@ func (c *ConsulSource) serviceFetch(name string) consulwatch.Fetch {
 			if host == "" && e.Node != nil {
 				host = e.Node.Address
 			}
+			sm := e.Service.Meta
 			ep := Endpoint{
-				Service:  name,
-				Address:  net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
-				Version:  e.Service.Meta["version"],
-				SPIFFEID: e.Service.Meta["spiffe_id"],
+				Service:       name,
+				Address:       net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
+				Version:       sm[metaVersion],
+				SPIFFEID:      sm[metaSPIFFEID],
+				ListenAddress: sm[metaListenAddress],
+			}
+			if w := e.Service.Weights.Passing; w > 1 && w <= math.MaxUint32 {
+				ep.Weight = uint32(w)
+			}
+			if seen[ep.Address] {
+				continue
 			}
 			if err := checkEndpoint(ep); err != nil {
 				c.server.log.Warn("skipping consul instance", "service", name, "id", e.Service.ID, "err", err)
 				continue
 			}
+			seen[ep.Address] = true
 			eps = append(eps, ep)
+			if sm[metaRegisteredBy] == registeredBy {
+				ttl, _ := time.ParseDuration(sm[metaTTL])
+				regs = append(regs, registrationOf(ep, ttl))
+			}
 		}
-		c.set(name, eps)
+		sort.Slice(eps, func(i, j int) bool { return eps[i].Address < eps[j].Address })
+		c.set(name, eps, regs)
 		return meta.LastIndex, nil
 	}
 }
 
-func (c *ConsulSource) set(name string, eps []Endpoint) {
+func (c *ConsulSource) set(name string, eps []Endpoint, regs []registration.Registration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(eps) == 0 {
@@ -124,6 +163,16 @@ func (c *ConsulSource) set(name string, eps []Endpoint) {
 	} else {
 		c.services[name] = eps
 	}
+	if len(regs) == 0 {
+		delete(c.regs, name)
+	} else {
+		c.regs[name] = regs
+	}
+	var allRegs []registration.Registration
+	for _, r := range c.regs {
+		allRegs = append(allRegs, r...)
+	}
+	c.server.observeConsulRegistrations(allRegs)
 	var all []Endpoint
 	names := make([]string, 0, len(c.services))
 	for n := range c.services {

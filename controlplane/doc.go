@@ -13,6 +13,13 @@
 //     their SPIFFE IDs;
 //   - the Consul catalog (ConsulSource).
 //
+// Registrations live in this process's memory by default, for a single
+// meshd. With WithConsulRegistrations they live in the Consul catalog and
+// each replica reads them back through its ConsulSource, so replicas over
+// the same config and Consul serve identical snapshots and any of them
+// takes registrations (see WithConsulRegistrations for the instances and
+// TTL checks it writes).
+//
 // Every input is validated; a bad one is refused with an error naming the
 // file, line and field, and the last good snapshot stays in force. Errors
 // quote values cut to a few dozen bytes, however long the value.

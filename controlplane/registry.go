@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,33 +25,81 @@ import (
 // registrySource is the endpoint source name of the registration API.
 const registrySource = "registration"
 
+// Registration stores: where the registration API keeps what it is told.
+const (
+	// StoreMemory keeps registrations in the meshd process: a second
+	// replica does not see them, and a restart forgets them until servers
+	// renew (see WithStartupGrace).
+	StoreMemory = "memory"
+	// StoreConsul keeps registrations in the Consul catalog, where every
+	// replica reads them (WithConsulRegistrations).
+	StoreConsul = "consul"
+)
+
+// registrations is where the registration API keeps what it is told: this
+// process's memory (memRegistry) or the Consul catalog (consulRegistry).
+// Methods return the HTTP status for their error.
+type registrations interface {
+	add(ctx context.Context, reg registration.Registration) (int, error)
+	remove(ctx context.Context, service, address string) (int, error)
+	list() []registration.Registration
+	len() int
+	store() string
+}
+
+// endpointOf is the endpoint a registration adds.
+func endpointOf(reg registration.Registration) Endpoint {
+	return Endpoint{
+		Service: reg.Service, Version: reg.Version, Address: reg.Address,
+		ListenAddress: reg.ListenAddress, SPIFFEID: reg.SPIFFEID, Weight: reg.Weight,
+	}
+}
+
+func registrationOf(ep Endpoint, ttl time.Duration) registration.Registration {
+	return registration.Registration{
+		Service: ep.Service, Version: ep.Version, Address: ep.Address,
+		ListenAddress: ep.ListenAddress, SPIFFEID: ep.SPIFFEID, Weight: ep.Weight,
+		TTL: registration.Duration(ttl),
+	}
+}
+
+func sortRegistrations(regs []registration.Registration) {
+	sort.Slice(regs, func(i, j int) bool {
+		return regKey(regs[i].Service, regs[i].Address) < regKey(regs[j].Service, regs[j].Address)
+	})
+}
+
 type regEntry struct {
 	ep      Endpoint
 	ttl     time.Duration
 	expires time.Time // zero: never
 }
 
-// registry holds the endpoints added through the registration API.
-type registry struct {
+// memRegistry holds the endpoints added through the registration API in
+// this process's memory.
+type memRegistry struct {
 	s       *Server
 	mu      sync.Mutex
 	entries map[string]regEntry // service|address → entry
 }
 
-func newRegistry(s *Server) *registry {
-	return &registry{s: s, entries: map[string]regEntry{}}
+func newMemRegistry(s *Server) *memRegistry {
+	return &memRegistry{s: s, entries: map[string]regEntry{}}
 }
 
 func regKey(service, address string) string { return service + "|" + address }
 
-func (r *registry) len() int {
+func (r *memRegistry) store() string { return StoreMemory }
+
+func (r *memRegistry) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.entries)
 }
 
-// publish hands the registry's endpoints to the server; r.mu must be held.
-func (r *registry) publishLocked() error {
+// publishLocked hands the registry's endpoints to the server; r.mu must be
+// held.
+func (r *memRegistry) publishLocked() error {
 	eps := make([]Endpoint, 0, len(r.entries))
 	for _, e := range r.entries {
 		eps = append(eps, e.ep)
@@ -62,11 +111,8 @@ func (r *registry) publishLocked() error {
 }
 
 // add validates and stores a registration.
-func (r *registry) add(reg registration.Registration) (int, error) {
-	ep := Endpoint{
-		Service: reg.Service, Version: reg.Version, Address: reg.Address,
-		ListenAddress: reg.ListenAddress, SPIFFEID: reg.SPIFFEID, Weight: reg.Weight,
-	}
+func (r *memRegistry) add(_ context.Context, reg registration.Registration) (int, error) {
+	ep := endpointOf(reg)
 	if err := checkEndpoint(ep); err != nil {
 		return http.StatusBadRequest, err
 	}
@@ -98,36 +144,34 @@ func (r *registry) add(reg registration.Registration) (int, error) {
 	return http.StatusOK, nil
 }
 
-func (r *registry) remove(service, address string) bool {
+func (r *memRegistry) remove(_ context.Context, service, address string) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := regKey(service, address)
 	if _, ok := r.entries[key]; !ok {
-		return false
+		return http.StatusNotFound, errNotRegistered(service, address)
 	}
 	delete(r.entries, key)
 	_ = r.publishLocked() // removing cannot create a conflict
-	return true
+	return http.StatusOK, nil
 }
 
-func (r *registry) list() []registration.Registration {
+func errNotRegistered(service, address string) error {
+	return fmt.Errorf("nothing registered for service %s at %s", quoteValue(service), quoteValue(address))
+}
+
+func (r *memRegistry) list() []registration.Registration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]registration.Registration, 0, len(r.entries))
 	for _, e := range r.entries {
-		out = append(out, registration.Registration{
-			Service: e.ep.Service, Version: e.ep.Version, Address: e.ep.Address,
-			ListenAddress: e.ep.ListenAddress, SPIFFEID: e.ep.SPIFFEID, Weight: e.ep.Weight,
-			TTL: registration.Duration(e.ttl),
-		})
+		out = append(out, registrationOf(e.ep, e.ttl))
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return regKey(out[i].Service, out[i].Address) < regKey(out[j].Service, out[j].Address)
-	})
+	sortRegistrations(out)
 	return out
 }
 
-func (r *registry) expireLoop(stop <-chan struct{}) {
+func (r *memRegistry) expireLoop(stop <-chan struct{}) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -188,7 +232,9 @@ func checkEndpoint(ep Endpoint) error {
 // package registration), /healthz, /metrics (Prometheus text), and
 // /debug/config (the snapshot in force, JSON) and /debug/clients (what each
 // connected client was sent). Bind it to a trusted address: registration
-// is not authenticated.
+// is not authenticated. Answers of the registration API carry the header
+// registration.StoreHeader: where registrations are kept (StoreMemory, in
+// this process only, or StoreConsul, shared by replicas).
 //
 // A registration (PUT /v1/endpoints) is refused with 415 unless its
 // Content-Type is application/json (charset, if given, utf-8), with 413 if
@@ -200,6 +246,7 @@ func checkEndpoint(ep Endpoint) error {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/endpoints", func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set(registration.StoreHeader, s.reg.store())
 		if err := checkJSONContentType(req.Header.Get("Content-Type")); err != nil {
 			writeErr(w, http.StatusUnsupportedMediaType, err)
 			return
@@ -222,26 +269,28 @@ func (s *Server) Handler() http.Handler {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("body is not a registration: %w", err))
 			return
 		}
-		if code, err := s.reg.add(reg); err != nil {
+		if code, err := s.reg.add(req.Context(), reg); err != nil {
 			writeErr(w, code, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("DELETE /v1/endpoints", func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set(registration.StoreHeader, s.reg.store())
 		q := req.URL.Query()
 		service, address := q.Get("service"), q.Get("address")
 		if service == "" || address == "" {
 			writeErr(w, http.StatusBadRequest, errors.New("query parameters service and address are required: DELETE /v1/endpoints?service=S&address=A"))
 			return
 		}
-		if !s.reg.remove(service, address) {
-			writeErr(w, http.StatusNotFound, fmt.Errorf("nothing registered for service %s at %s", quoteValue(service), quoteValue(address)))
+		if code, err := s.reg.remove(req.Context(), service, address); err != nil {
+			writeErr(w, code, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set(registration.StoreHeader, s.reg.store())
 		writeJSON(w, s.reg.list())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -263,6 +312,7 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintf(w, "# HELP meshd_rejections_total Inputs refused by validation.\n# TYPE meshd_rejections_total counter\nmeshd_rejections_total %d\n", st.Rejections)
 		fmt.Fprintf(w, "# HELP meshd_config_loads_total Configs accepted.\n# TYPE meshd_config_loads_total counter\nmeshd_config_loads_total %d\n", st.ConfigLoads)
 		fmt.Fprintf(w, "# HELP meshd_registered_endpoints Endpoints from the registration API.\n# TYPE meshd_registered_endpoints gauge\nmeshd_registered_endpoints %d\n", st.Registered)
+		fmt.Fprintf(w, "# HELP meshd_registration_store_info Where the registration API keeps registrations: memory (this replica only) or consul (shared by replicas).\n# TYPE meshd_registration_store_info gauge\nmeshd_registration_store_info{store=%q} 1\n", st.RegistrationStore)
 		fmt.Fprintf(w, "# HELP meshd_config_info The snapshot version in force.\n# TYPE meshd_config_info gauge\nmeshd_config_info{version=%q} 1\n", st.Version)
 	})
 	mux.HandleFunc("GET /debug/config", func(w http.ResponseWriter, _ *http.Request) {

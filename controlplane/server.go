@@ -21,8 +21,11 @@ import (
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/gridmesh/gridmesh/controlplane/registration"
 )
 
 // snapshotKey is the one snapshot-cache key every client maps to: meshd
@@ -40,6 +43,7 @@ type Option interface{ apply(*options) }
 type options struct {
 	logger *slog.Logger
 	grace  time.Duration
+	consul *api.Client
 }
 
 type optionFunc func(*options)
@@ -60,6 +64,37 @@ func WithStartupGrace(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.grace = d })
 }
 
+// WithConsulRegistrations makes the registration API keep registrations
+// in the Consul catalog, through the agent API of the agent behind client,
+// instead of in this process's memory, so that replicas share them. Run a
+// ConsulSource over the same Consul: the registrations reach this
+// server's snapshot, and every other replica's, through it.
+//
+// A registration becomes a Consul service instance (ID
+// "meshd-<service>-<hash of the address>", meta version, spiffe_id,
+// listen_address, ttl and registered_by=meshd, weight as Consul's passing
+// weight). One with a TTL gets a TTL check: a renewal writes the instance
+// again, which passes the check; when a registrant stops renewing, the
+// check goes critical when the TTL runs out and meshd drops the endpoint
+// (it reads passing instances only), and Consul removes the instance
+// ConsulDeregisterAfter later. One without a TTL stays until deregistered.
+// A registration returns once the agent has it; it reaches the snapshot
+// when the ConsulSource reads it back, a moment later. When Consul refuses
+// or does not answer, the registration API answers 503 and stores
+// nothing.
+//
+// Point every replica at the same Consul (the same agent, or agents of
+// one Consul cluster): an instance belongs to the agent of the replica
+// that took the registration; if renewals later go through another
+// replica with another agent, that agent gets its own copy and the one no
+// longer renewed goes critical and out of the snapshot (the ConsulSource
+// keeps one instance per service and address).
+//
+// Default: registrations live in memory, for a single meshd.
+func WithConsulRegistrations(client *api.Client) Option {
+	return optionFunc(func(o *options) { o.consul = client })
+}
+
 // Server is meshd's core: it combines the config and the endpoint sources
 // into snapshots and serves them over ADS. Create it with NewServer, feed
 // it with SetConfig / LoadConfigFile / SetEndpoints and the registration
@@ -69,7 +104,7 @@ type Server struct {
 	log   *slog.Logger
 	cache cachev3.SnapshotCache
 	xds   serverv3.Server
-	reg   *registry
+	reg   registrations
 
 	mu        sync.Mutex
 	cfg       *Config
@@ -129,8 +164,9 @@ type ClientStatus struct {
 	LastNACK string              `json:"last_nack,omitempty"`
 }
 
-// NewServer returns a Server with no config. It starts the goroutine that
-// expires registrations; Close stops it.
+// NewServer returns a Server with no config. With registrations in memory
+// (no WithConsulRegistrations) it starts the goroutine that expires them;
+// Close stops it.
 func NewServer(opts ...Option) *Server {
 	o := options{}
 	for _, opt := range opts {
@@ -147,7 +183,13 @@ func NewServer(opts ...Option) *Server {
 	}
 	s.cache = cachev3.NewSnapshotCache(false, sharedHash{}, nil)
 	s.xds = serverv3.NewServer(context.Background(), s.cache, s.callbacks())
-	s.reg = newRegistry(s)
+	var mem *memRegistry
+	if o.consul != nil {
+		s.reg = &consulRegistry{s: s, client: o.consul}
+	} else {
+		mem = newMemRegistry(s)
+		s.reg = mem
+	}
 	if o.grace > 0 {
 		s.holding = true
 		s.grace = time.AfterFunc(o.grace, func() {
@@ -157,11 +199,13 @@ func NewServer(opts ...Option) *Server {
 			_ = s.rebuild()
 		})
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.reg.expireLoop(s.stop)
-	}()
+	if mem != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			mem.expireLoop(s.stop)
+		}()
+	}
 	return s
 }
 
@@ -227,6 +271,38 @@ func (s *Server) SetEndpoints(source string, eps []Endpoint) error {
 		s.reject(err)
 	}
 	return err
+}
+
+// checkEndpointFits reports, with the HTTP status to answer, whether ep
+// can join the endpoints in force: its address is not another service's,
+// and a snapshot with it builds. It changes nothing.
+func (s *Server) checkEndpointFits(ep Endpoint) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var eps []Endpoint
+	for _, src := range s.sources {
+		for _, e := range src {
+			if e.Address == ep.Address && e.Service != ep.Service {
+				return http.StatusConflict, fmt.Errorf("address %s is registered for service %s; deregister it there first", cutText(ep.Address), quoteValue(e.Service))
+			}
+			if e.Address != ep.Address {
+				eps = append(eps, e)
+			}
+		}
+	}
+	if _, err := BuildSnapshot(s.cfg, append(eps, ep)); err != nil {
+		return http.StatusConflict, err
+	}
+	return http.StatusOK, nil
+}
+
+// observeConsulRegistrations hands the registrations a ConsulSource found
+// in the catalog to the registration API's list, when it keeps them in
+// Consul.
+func (s *Server) observeConsulRegistrations(regs []registration.Registration) {
+	if r, ok := s.reg.(*consulRegistry); ok {
+		r.observe(regs)
+	}
 }
 
 // Snapshot returns the snapshot in force (nil before the first one).
@@ -370,8 +446,12 @@ type Stats struct {
 	ConfigLoads int64
 	// Version is the snapshot version in force.
 	Version string
-	// Registered is the number of endpoints from the registration API.
+	// Registered is the number of endpoints from the registration API
+	// (with registrations in Consul: those the ConsulSource last read).
 	Registered int
+	// RegistrationStore is where the registration API keeps
+	// registrations: StoreMemory or StoreConsul.
+	RegistrationStore string
 	// Holding is true during the startup grace (WithStartupGrace): the
 	// snapshot is built but not yet served.
 	Holding bool
@@ -394,6 +474,8 @@ func (s *Server) Stats() Stats {
 		ConfigLoads: s.stats.configLoads.Load(),
 		Version:     s.Version(),
 		Registered:  s.reg.len(),
+
+		RegistrationStore: s.reg.store(),
 	}
 }
 

@@ -34,6 +34,17 @@ To remove every service, write "services: []". Split weights are relative
 (9 and 1 split calls like 90 and 10); each route's total is 1 to 4294967295.
 Registration bodies are JSON, at most 64 KiB.
 
+Registrations: with -consul, the registration API writes them to the
+Consul catalog (a TTL check for registrations with a TTL) and meshd reads
+them back from it, so several meshd replicas with the same -config and
+-consul serve identical snapshots and any of them takes registrations.
+Without -consul they live in this process's memory: run a single meshd
+then; a second replica would not know what the first was told (meshd warns
+at start, and its registration answers say "Meshd-Registration-Store:
+memory", which mesh servers given several control planes warn about).
+The Consul token is read from CONSUL_HTTP_TOKEN; it needs service:write
+for the services that register, and read access to the catalog.
+
 flags:`
 
 // serveFlags are the flags of meshd serve.
@@ -54,7 +65,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.config, "config", "", "YAML config file (services, routes, policies; at most 4 MiB); reloaded when it changes and has stayed the same for one -watch-interval. Optional: without it meshd serves registered endpoints with default settings")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:15010", "xDS (ADS) address")
 	fs.StringVar(&f.registration, "registration", "", "extra HTTP address for the registration API, /healthz, /metrics and /debug; they are always served on -listen too (HTTP/1.1 beside gRPC)")
-	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from; empty to disable")
+	fs.StringVar(&f.consul, "consul", "", "Consul agent address (host:port) to read endpoints from and to keep registrations in, shared by every replica; empty: no Consul, registrations in this process's memory (run a single meshd)")
 	fs.DurationVar(&f.grace, "startup-grace", 10*time.Second, "hold the first snapshot this long after start, so that after a restart servers re-register before clients are sent endpoint lists (keep it above the servers' heartbeat interval, 5s by default); clients keep their cached config meanwhile. 0 to serve at once")
 	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -94,7 +105,20 @@ func runServe(ctx context.Context, args []string) error {
 // serve runs meshd with parsed flags. ready, if not nil, receives the bound
 // xDS and HTTP addresses once both listen (tests use port 0).
 func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(xdsAddr, httpAddr string)) error {
-	s := controlplane.NewServer(controlplane.WithLogger(logger), controlplane.WithStartupGrace(f.grace))
+	opts := []controlplane.Option{controlplane.WithLogger(logger), controlplane.WithStartupGrace(f.grace)}
+	var consul *api.Client
+	if f.consul != "" {
+		cc := api.DefaultConfig()
+		cc.Address = f.consul
+		var err error
+		if consul, err = api.NewClient(cc); err != nil {
+			return fmt.Errorf("-consul %q: %w", f.consul, err)
+		}
+		opts = append(opts, controlplane.WithConsulRegistrations(consul))
+	} else {
+		logger.Warn("no -consul: registrations are kept in this meshd's memory; a second meshd replica would not see them and would serve other endpoints. Run a single meshd, or give every replica -consul")
+	}
+	s := controlplane.NewServer(opts...)
 	defer s.Close()
 	if f.config != "" {
 		// At start there is no last good config to fall back on: refuse to
@@ -152,20 +176,11 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.WatchConfigFile(ctx, f.config, f.watch) }()
 	}
-	if f.consul != "" {
-		cc := api.DefaultConfig()
-		cc.Address = f.consul
-		client, err := api.NewClient(cc)
-		if err != nil {
-			cancel()
-			s.Close()
-			wg.Wait()
-			return fmt.Errorf("-consul %q: %w", f.consul, err)
-		}
+	if consul != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = controlplane.NewConsulSource(client, s).Run(ctx) }()
+		go func() { defer wg.Done(); _ = controlplane.NewConsulSource(consul, s).Run(ctx) }()
 	}
-	logger.Info("meshd serving", "xds", xlis.Addr().String(), "http", httpAddr, "config", f.config, "consul", f.consul, "version", s.Version())
+	logger.Info("meshd serving", "xds", xlis.Addr().String(), "http", httpAddr, "config", f.config, "consul", f.consul, "registrations", s.Stats().RegistrationStore, "version", s.Version())
 	if ready != nil {
 		ready(xlis.Addr().String(), httpAddr)
 	}

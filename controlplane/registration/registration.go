@@ -37,6 +37,12 @@ import (
 // hold. Client.Register refuses a larger registration before sending it.
 const MaxBodySize = 64 << 10
 
+// StoreHeader is the header of meshd's registration API answers that says
+// where meshd keeps registrations: "memory" (this meshd only: replicas do
+// not share them) or "consul" (the Consul catalog, shared by every replica
+// over the same Consul).
+const StoreHeader = "Meshd-Registration-Store"
+
 // maxAnswer bounds what Client quotes of meshd's answer in an Error.
 const maxAnswer = 1 << 10
 
