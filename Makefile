@@ -42,6 +42,8 @@ vet:
 test: vet
 	bash tools/spire/build.sh >/dev/null
 	bash tools/consul/build.sh >/dev/null
+	bash tools/etcd/build.sh >/dev/null
+	bash tools/kube-apiserver/build.sh >/dev/null
 	bash telemetry/internal/jaeger/build.sh >/dev/null
 	$(GO) test -race -count=1 -timeout 60m ./...
 	$(GO) test -run '^$$' -fuzz FuzzNormalizePathDenyRule -fuzztime 30s ./security/
