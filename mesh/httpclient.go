@@ -220,6 +220,24 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	if rc != nil {
 		hc.Resilience = rc.RoundTripper
 	}
+	if rc != nil && cfg.resilience.client == nil && cfg.resilience.config == nil {
+		// No policy in code: a consul:/// service gets its own client that
+		// follows the service's resilience-* meta, as Dial's does.
+		hc.ServiceResilience = func(s *httpclient.Service) (func(http.RoundTripper) http.RoundTripper, func()) {
+			if !strings.HasPrefix(s.Target(), "consul:") {
+				return nil, nil
+			}
+			own, err := cfg.resilienceClient(tel)
+			if err == nil {
+				var stop func()
+				if stop, err = followConsulPolicy(reg, s.Target(), own, cfg.logger); err == nil {
+					return own.RoundTripper, stop
+				}
+			}
+			tel.log().Warn("Consul resilience meta not followed; the default policy applies", "target", s.Target(), "error", err)
+			return nil, nil
+		}
+	}
 	t := &HTTPTransport{tel: tel}
 	if tel.admin != nil {
 		hc.OnService = func(s *httpclient.Service) func() { return t.showOnAdmin(cfg.identity, s) }

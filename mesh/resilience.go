@@ -133,7 +133,8 @@ func (c *serverConfig) unaryAfterAuthz() []grpc.UnaryServerInterceptor {
 	return out
 }
 
-// followConsulPolicy keeps rc's policy for a consul:/// target in step with
+// followConsulPolicy keeps the policy of rc, which serves one consul:///
+// target (a Dial, or one service of an HTTPClient), in step with
 // the "resilience-*" meta of the service's instances, applied over the
 // default policy (resilience.FromConsulMeta): ops set
 // resilience-retry-max-attempts=2 on the service and every client follows.
@@ -168,7 +169,9 @@ func followConsulPolicy(reg *discovery.Registry, target string, rc *resilience.C
 				logger.Warn("Consul resilience meta refused; the policy in force stays", "error", err)
 				return
 			}
-			cfg = resilience.Config{Source: resilience.SourceConsul, Default: base.Default, Targets: map[string]resilience.Policy{target: p}}
+			// rc serves this target alone: the policy is its default too,
+			// for HTTP, whose destinations are URL hosts.
+			cfg = resilience.Config{Source: resilience.SourceConsul, Default: p, Targets: map[string]resilience.Policy{target: p}}
 		}
 		if err := rc.Update(cfg); err != nil {
 			logger.Warn("Consul resilience meta refused; the policy in force stays", "error", err)

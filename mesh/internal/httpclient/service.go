@@ -25,6 +25,9 @@ import (
 // Its methods are safe for concurrent use.
 type Service struct {
 	target string
+	// resilience is the service's own resilience stage over the attempt
+	// stages (Config.ServiceResilience); nil: the transport's.
+	resilience http.RoundTripper
 	wait   func(context.Context) error // blocks for the first endpoint set
 	close  func() error
 	// main is where requests go without routes: the endpoints of a

@@ -53,6 +53,13 @@ type Config struct {
 	Resilience func(http.RoundTripper) http.RoundTripper
 	Attempts   func(http.RoundTripper) http.RoundTripper
 
+	// ServiceResilience, when set, is called once for each service the
+	// transport starts following; a non-nil wrap it returns is that
+	// service's resilience stage, used instead of Resilience for its
+	// requests (mesh gives a consul:/// service one that follows the
+	// service's resilience meta). release is called when the service is
+	// closed.
+	ServiceResilience func(*Service) (wrap func(http.RoundTripper) http.RoundTripper, release func())
 	// OnService, when set, is called once for each service the transport
 	// starts following, before its first request is routed; the release
 	// it returns is called when the service is closed. mesh shows the
@@ -71,6 +78,9 @@ type Config struct {
 type Transport struct {
 	cfg Config
 	rt  http.RoundTripper // the pipeline, wrappers outermost
+	// attempts is the pipeline beneath resilience (attempt telemetry,
+	// balancing), which a service's own resilience stage wraps.
+	attempts http.RoundTripper
 
 	mu       sync.Mutex
 	services map[string]*Service // by discovery target
@@ -101,9 +111,11 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.Attempts != nil {
 		rt = cfg.Attempts(rt)
 	}
+	t.attempts = rt
 	if cfg.Resilience != nil {
 		rt = cfg.Resilience(rt)
 	}
+	rt = serviceResilience{next: rt}
 	rt = router{t: t, next: rt}
 	if cfg.Calls != nil {
 		rt = cfg.Calls(rt)
@@ -203,6 +215,19 @@ func (t *Transport) service(host string) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: host %q: %w", host, err)
 	}
+	if t.cfg.ServiceResilience != nil {
+		wrap, release := t.cfg.ServiceResilience(s)
+		if wrap != nil {
+			s.resilience = wrap(t.attempts)
+		}
+		if release != nil {
+			closeWatch := s.close
+			s.close = func() error {
+				release()
+				return closeWatch()
+			}
+		}
+	}
 	if t.cfg.OnService != nil {
 		release, closeWatch := t.cfg.OnService(s), s.close
 		s.close = func() error {
@@ -279,6 +304,17 @@ func (d *decision) pick(c *cluster) (*httpbalance.Pick, error) {
 
 // router is the routing stage: one lookup of the service, its route and
 // cluster per request (see the package doc).
+// serviceResilience sends a request through its service's own resilience
+// stage when it has one, else on to the transport's.
+type serviceResilience struct{ next http.RoundTripper }
+
+func (r serviceResilience) RoundTrip(req *http.Request) (*http.Response, error) {
+	if d, ok := req.Context().Value(decisionKey{}).(*decision); ok && d.svc.resilience != nil {
+		return d.svc.resilience.RoundTrip(req)
+	}
+	return r.next.RoundTrip(req)
+}
+
 type router struct {
 	t    *Transport
 	next http.RoundTripper
