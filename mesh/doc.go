@@ -54,7 +54,15 @@
 // service's resilience-* meta for consul:/// targets), and the config source
 // wins over the mesh's defaults. So WithResilience or WithResiliencePolicy
 // replaces meshd's route retries for an xds:/// target, and a Consul
-// service's meta for a consul:/// one. Where code cannot win, the
+// service's meta for a consul:/// one; without them, Dial and HTTPClient
+// alike apply the route's retry policy and follow the service's meta
+// (TestBothProtocolsBehaveAlike, TestHTTPClientAppliesMeshdRouteRetries).
+// What may be retried is not configurable: a request is retried only when
+// it is idempotent, carries an Idempotency-Key, or never reached the
+// server. One difference remains, from the transports: an xds:/// route
+// with no retry policy gets no retries from grpc-go beyond its transparent
+// retry of calls that never left the client, while HTTPClient, whose
+// net/http has no such retry, keeps the mesh's default policy there. Where code cannot win, the
 // constructor refuses the option with an error that names it: WithBalancer
 // for xds:/// targets (grpc-go takes the balancer from meshd's cluster).
 // Likewise an option that does not apply to a constructor (a gRPC option

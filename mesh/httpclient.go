@@ -16,7 +16,9 @@ import (
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 	"github.com/gridmesh/gridmesh/mesh/internal/httpclient"
+	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
@@ -63,9 +65,13 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 // catch-all). Before meshd's routes arrive, or when it has none for the
 // service, every request goes to the service's own cluster; new routes
 // take effect once every cluster they name has its endpoints, the
-// previous ones staying until then. Routes' retry policies and fault
-// injection are NOT applied (the transport has its own resilience
-// policies, and meshd's faults are gRPC codes): they are logged once and
+// previous ones staying until then. A route's retry policy applies as
+// grpc-go applies it (num_retries, backoff; retry_on with no code grpc-go
+// knows turns retries off), unless a policy is given in code, which wins;
+// what is retried follows the mesh's safety rules (only requests that are
+// idempotent, carry an Idempotency-Key, or never reached the server; on
+// 502, 503, 504, 429 and connection failures). Routes' fault injection is
+// NOT applied (meshd's faults are gRPC codes): it is logged once and
 // listed on the admin endpoint as not applied. A version cluster
 // ("xds:///trading/v2") is followed alone, without routes.
 //
@@ -221,7 +227,19 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		hc.Resilience = rc.RoundTripper
 	}
 	if rc != nil && cfg.resilience.client == nil && cfg.resilience.config == nil {
-		// No policy in code: a consul:/// service gets its own client that
+		// No policy in code: a meshd route's retry policy applies to its
+		// requests.
+		hc.RouteResilience = func(r xdsresource.Retry) func(http.RoundTripper) http.RoundTripper {
+			p := resilience.Default()
+			p.Retry.MaxAttempts, p.Retry.InitialBackoff, p.Retry.MaxBackoff = r.Attempts, r.Base, r.Max
+			own, err := cfg.newResilienceClient(tel, resilience.Config{Source: resilience.SourceXDS, Default: p})
+			if err != nil {
+				tel.log().Warn("meshd route retry policy not applied; sent once", "retry", r, "error", err)
+				return func(next http.RoundTripper) http.RoundTripper { return next }
+			}
+			return own.RoundTripper
+		}
+		// A consul:/// service gets its own client that
 		// follows the service's resilience-* meta, as Dial's does.
 		hc.ServiceResilience = func(s *httpclient.Service) (func(http.RoundTripper) http.RoundTripper, func()) {
 			if !strings.HasPrefix(s.Target(), "consul:") {
@@ -382,7 +400,7 @@ func unappliedRoutes(target string, routes []*httpxds.Route) []admin.Policy {
 		}
 		ps = append(ps, admin.Policy{Kind: "route", Scope: target, Name: name, Source: "xds",
 			Detail: "NOT APPLIED by the HTTP client: " + strings.Join(r.Unapplied, "; ") +
-				" (the route's match, clusters and timeout apply)"})
+				" (the route's match, clusters, timeout and retry policy apply)"})
 	}
 	return ps
 }

@@ -202,7 +202,7 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 	}
 	// The route's fault is not applied, its match and cluster are;
 	// meshd's default route is applied whole: not listed.
-	if diff := cmp.Diff([]string{"chaos: NOT APPLIED by the HTTP client: fault: abort 50% with gRPC Unavailable (the route's match, clusters and timeout apply)"}, unapplied); diff != "" {
+	if diff := cmp.Diff([]string{"chaos: NOT APPLIED by the HTTP client: fault: abort 50% with gRPC Unavailable (the route's match, clusters, timeout and retry policy apply)"}, unapplied); diff != "" {
 		t.Errorf("route parts shown as not applied (-want +got):\n%s\npolicies: %+v", diff, cv.Policies)
 	}
 	waitFor(t, func() bool {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
+	"github.com/gridmesh/gridmesh/resilience"
+	"github.com/gridmesh/gridmesh/resilience/idempotency"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
@@ -226,7 +229,7 @@ func TestHTTPClientShowsMeshdClustersOnAdmin(t *testing.T) {
 			unapplied = append(unapplied, p.Name+": "+p.Detail)
 		}
 	}
-	want := []string{"quote: NOT APPLIED by the HTTP client: retry up to 3 times on unavailable; fault: abort 5% with gRPC Unavailable (the route's match, clusters and timeout apply)"}
+	want := []string{"quote: NOT APPLIED by the HTTP client: fault: abort 5% with gRPC Unavailable (the route's match, clusters, timeout and retry policy apply)"}
 	if diff := cmp.Diff(want, unapplied); diff != "" {
 		t.Errorf("route parts shown as not applied (-want +got):\n%s", diff)
 	}
@@ -286,5 +289,63 @@ func TestHTTPClientFollowsMeshdRouteChange(t *testing.T) {
 			}
 		}
 		t.Errorf("%d of %d requests failed during the change", failed, len(all))
+	}
+}
+
+// TestHTTPClientAppliesMeshdRouteRetries: with no policy in code, a meshd
+// route's retry policy sets how often an HTTP request is tried, as it does
+// for a gRPC call; the mesh's safety rules still decide what may be
+// retried; a policy in code wins over meshd's.
+func TestHTTPClientAppliesMeshdRouteRetries(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{
+		{Name: "trading", Retry: &controlplane.RetryPolicy{Attempts: 4, BaseInterval: time.Millisecond}}}})
+	var runs atomic.Int64
+	addr, _ := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		http.Error(w, "down for the test", http.StatusServiceUnavailable)
+	}), mesh.WithIdentity(devSource(t, ca, "/trading")))
+	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: addr, SPIFFEID: "spiffe://example.org/trading"})
+
+	code := resilience.DefaultConfig()
+	code.Default.Retry.MaxAttempts = 2
+	code.Default.Breaker = resilience.Breaker{}
+	tests := []struct {
+		name   string
+		opts   []mesh.DialOption
+		method string
+		key    string
+		want   int64
+	}{
+		{"GET: meshd's 4 retries", nil, http.MethodGet, "", 5},
+		{"keyed POST: meshd's 4 retries", nil, http.MethodPost, "k1", 5},
+		{"POST without key: never retried", nil, http.MethodPost, "", 1},
+		{"GET: code wins over meshd", []mesh.DialOption{mesh.WithResiliencePolicy(code)}, http.MethodGet, "", 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := httpClient(t, append([]mesh.DialOption{mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr)}, tc.opts...)...)
+			// The first request waits for meshd's routes; measure after it.
+			warm, _ := http.NewRequestWithContext(callTimeout(t), http.MethodPost, "http://trading.mesh/warm-up", nil)
+			if resp, err := c.Do(warm); err == nil {
+				resp.Body.Close()
+			}
+			req, _ := http.NewRequestWithContext(callTimeout(t), tc.method, "http://trading.mesh/v1/trades", nil)
+			if tc.key != "" {
+				req.Header.Set(idempotency.Header, tc.key)
+			}
+			before := runs.Load()
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Errorf("status %d, want 503", resp.StatusCode)
+			}
+			if got := runs.Load() - before; got != tc.want {
+				t.Errorf("handler ran %d times, want %d", got, tc.want)
+			}
+		})
 	}
 }

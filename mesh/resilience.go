@@ -68,19 +68,24 @@ func (c *dialConfig) resilienceClient(tel *meshTelemetry) (*resilience.Client, e
 	if c.resilience.client != nil {
 		return c.resilience.client, nil
 	}
-	opts := []resilience.Option{resilience.WithObserver(tel.resilienceObserver())}
-	if c.logger != nil {
-		opts = append(opts, resilience.WithLogger(c.logger))
-	}
 	cfg, what := resilience.DefaultConfig(), "default resilience policy"
 	if c.resilience.config != nil {
 		cfg, what = *c.resilience.config, "WithResiliencePolicy"
 	}
-	rc, err := resilience.NewClient(cfg, opts...)
+	rc, err := c.newResilienceClient(tel, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return rc, nil
+}
+
+// newResilienceClient returns a client for cfg that reports to tel.
+func (c *dialConfig) newResilienceClient(tel *meshTelemetry, cfg resilience.Config) (*resilience.Client, error) {
+	opts := []resilience.Option{resilience.WithObserver(tel.resilienceObserver())}
+	if c.logger != nil {
+		opts = append(opts, resilience.WithLogger(c.logger))
+	}
+	return resilience.NewClient(cfg, opts...)
 }
 
 // resilienceDialOptions returns the client interceptors. grpc-go's own

@@ -155,8 +155,11 @@ func TestWatchAppliesRoutes(t *testing.T) {
 	if quote.Timeout != 250*time.Millisecond || quote.Pick() != "trading/v1" {
 		t.Errorf("quote route: timeout %v, cluster %q; want 250ms, trading/v1", quote.Timeout, quote.Pick())
 	}
-	if diff := cmp.Diff([]string{"retry up to 3 times on unavailable"}, quote.Unapplied); diff != "" {
-		t.Errorf("quote route's unapplied parts (-want +got):\n%s", diff)
+	if quote.Unapplied != nil {
+		t.Errorf("quote route's unapplied parts: %v, want none (its retry policy applies)", quote.Unapplied)
+	}
+	if diff := cmp.Diff(&xdsresource.Retry{Attempts: 4, Base: 25 * time.Millisecond, Max: 250 * time.Millisecond, On: "unavailable"}, quote.Retry); diff != "" {
+		t.Errorf("quote route's retry policy (-want +got):\n%s", diff)
 	}
 	split := httpxds.Find(u.Routes, "/", nil)
 	counts := map[string]int{}

@@ -37,9 +37,11 @@ type Route struct {
 	// action the client can follow (non-forwarding, redirect, direct
 	// response, a cluster header). grpc-go fails such calls too.
 	Unsupported string
+	// Retry is the route's retry policy; nil when it has none.
+	Retry *xdsresource.Retry
 	// Unapplied describes the route's parts the HTTP client does not apply,
-	// "retry up to 2 times on unavailable" or "fault: abort 50% with
-	// Unavailable"; its match, clusters and timeout do apply.
+	// "fault: abort 50% with Unavailable"; its match, clusters, timeout
+	// and retry policy do apply.
 	Unapplied []string
 	// Unreachable says an earlier route matches every request.
 	Unreachable bool
@@ -332,7 +334,11 @@ func parseRoute(rt *routepb.Route) (*Route, error) {
 			}
 		}
 		if p := act.GetRetryPolicy(); p != nil {
-			r.Unapplied = append(r.Unapplied, xdsresource.RetrySummary(p))
+			retry, err := xdsresource.ParseRetry(p)
+			if err != nil {
+				return nil, fmt.Errorf("route %q: %w", name, err)
+			}
+			r.Retry = &retry
 		}
 	case *routepb.Route_NonForwardingAction:
 		r.Unsupported = fmt.Sprintf("route %q has a non-forwarding action", name)

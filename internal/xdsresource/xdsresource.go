@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -237,6 +238,51 @@ func FullRegexp(pattern string) (*regexp.Regexp, error) {
 		return nil, err
 	}
 	return regexp.Compile("^(?:" + pattern + ")$")
+}
+
+// Retry is a route's retry policy as grpc-go reads it (num_retries 1 by
+// default, backoff base 25ms and max ten times the base by default); On
+// holds the gRPC status names of retry_on that grpc-go knows.
+type Retry struct {
+	Attempts  int // num_retries + 1; 1 when retry_on names no code grpc-go knows
+	Base, Max time.Duration
+	On        string // the known names, comma-separated, in retry_on's order
+}
+
+// ParseRetry reads a route's retry policy with grpc-go's rules and its
+// errors, so the HTTP client applies what a gRPC client of the same route
+// would.
+func ParseRetry(p *routepb.RetryPolicy) (Retry, error) {
+	var on []string
+	for _, s := range strings.Split(p.GetRetryOn(), ",") {
+		switch name := strings.TrimSpace(strings.ToLower(s)); name {
+		case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
+			on = append(on, name)
+		}
+	}
+	r := Retry{Attempts: 2, Base: 25 * time.Millisecond, On: strings.Join(on, ",")}
+	if n := p.GetNumRetries(); n != nil {
+		if n.GetValue() < 1 {
+			return Retry{}, fmt.Errorf("retry_policy.num_retries = %d; must be >= 1", n.GetValue())
+		}
+		r.Attempts = int(min(n.GetValue(), 1<<16)) + 1
+	}
+	if b := p.GetRetryBackOff(); b != nil {
+		r.Base = b.GetBaseInterval().AsDuration()
+		if r.Base <= 0 {
+			return Retry{}, fmt.Errorf("retry_policy.base_interval = %v; must be > 0", r.Base)
+		}
+	}
+	r.Max = 10 * r.Base
+	if m := p.GetRetryBackOff().GetMaxInterval(); m != nil {
+		if r.Max = m.AsDuration(); r.Max <= 0 {
+			return Retry{}, fmt.Errorf("retry_policy.max_interval = %v; must be > 0", r.Max)
+		}
+	}
+	if len(on) == 0 {
+		r.Attempts = 1
+	}
+	return r, nil
 }
 
 // RetrySummary describes a route's retry policy for people: "retry up to

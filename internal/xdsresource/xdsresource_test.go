@@ -1,7 +1,9 @@
 package xdsresource_test
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -11,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/gridmesh/gridmesh/internal/xdsresource"
@@ -126,6 +129,45 @@ func TestCatchAll(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := xdsresource.CatchAll(tc.m); got != tc.want {
 				t.Errorf("CatchAll = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestParseRetryAsGRPCReadsIt: a route's retry policy is read with
+// grpc-go's defaults and refusals.
+func TestParseRetryAsGRPCReadsIt(t *testing.T) {
+	ms := func(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+	tests := []struct {
+		name    string
+		policy  *routepb.RetryPolicy
+		want    xdsresource.Retry
+		wantErr string
+	}{
+		{"defaults", &routepb.RetryPolicy{RetryOn: "unavailable"}, xdsresource.Retry{Attempts: 2, Base: 25 * time.Millisecond, Max: 250 * time.Millisecond, On: "unavailable"}, ""},
+		{"num_retries", &routepb.RetryPolicy{RetryOn: "unavailable", NumRetries: wrapperspb.UInt32(4)}, xdsresource.Retry{Attempts: 5, Base: 25 * time.Millisecond, Max: 250 * time.Millisecond, On: "unavailable"}, ""},
+		{"backoff", &routepb.RetryPolicy{RetryOn: "cancelled", RetryBackOff: &routepb.RetryPolicy_RetryBackOff{BaseInterval: ms(time.Millisecond), MaxInterval: ms(time.Second)}},
+			xdsresource.Retry{Attempts: 2, Base: time.Millisecond, Max: time.Second, On: "cancelled"}, ""},
+		{"names cleaned, unknown dropped", &routepb.RetryPolicy{RetryOn: " Unavailable ,5xx,internal"}, xdsresource.Retry{Attempts: 2, Base: 25 * time.Millisecond, Max: 250 * time.Millisecond, On: "unavailable,internal"}, ""},
+		{"no known code: no retries", &routepb.RetryPolicy{RetryOn: "5xx,reset"}, xdsresource.Retry{Attempts: 1, Base: 25 * time.Millisecond, Max: 250 * time.Millisecond}, ""},
+		{"num_retries 0", &routepb.RetryPolicy{RetryOn: "unavailable", NumRetries: wrapperspb.UInt32(0)}, xdsresource.Retry{}, "num_retries = 0; must be >= 1"},
+		{"base 0", &routepb.RetryPolicy{RetryOn: "unavailable", RetryBackOff: &routepb.RetryPolicy_RetryBackOff{BaseInterval: ms(0)}}, xdsresource.Retry{}, "base_interval = 0s; must be > 0"},
+		{"max 0", &routepb.RetryPolicy{RetryOn: "unavailable", RetryBackOff: &routepb.RetryPolicy_RetryBackOff{BaseInterval: ms(time.Millisecond), MaxInterval: ms(0)}}, xdsresource.Retry{}, "max_interval = 0s; must be > 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := xdsresource.ParseRetry(tc.policy)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ParseRetry = %v, %v; want an error with %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ParseRetry (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -35,8 +35,12 @@
 //     only stage that retries, hedges, breaks circuits or rate-limits.
 //     It retries what is safe: idempotent requests, requests with an
 //     Idempotency-Key header, and any request the stages beneath prove
-//     the server never saw (a *NotSentError). On gRPC: the resilience
-//     interceptors.
+//     the server never saw (a *NotSentError). Its policy is chosen per
+//     request, as Dial's is per target: a meshd route's retry policy
+//     (Config.RouteResilience), else the service's own (Config.
+//     ServiceResilience: a consul:/// service following its Consul meta),
+//     else the transport's. On gRPC: the resilience interceptors, or
+//     grpc-go's retries for an xds:/// target without a policy in code.
 //  5. Attempt telemetry (Config.Attempts): an OpenTelemetry client span
 //     per attempt and W3C trace context in its headers. On gRPC: the
 //     otelgrpc stats handler, which sees each attempt the interceptors

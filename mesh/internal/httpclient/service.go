@@ -28,8 +28,8 @@ type Service struct {
 	// resilience is the service's own resilience stage over the attempt
 	// stages (Config.ServiceResilience); nil: the transport's.
 	resilience http.RoundTripper
-	wait   func(context.Context) error // blocks for the first endpoint set
-	close  func() error
+	wait       func(context.Context) error // blocks for the first endpoint set
+	close      func() error
 	// main is where requests go without routes: the endpoints of a
 	// discovery target, the cluster an xds:/// target names.
 	main *cluster

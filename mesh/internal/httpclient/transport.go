@@ -16,6 +16,7 @@ import (
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
+	"github.com/gridmesh/gridmesh/internal/xdsresource"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -60,6 +61,15 @@ type Config struct {
 	// service's resilience meta). release is called when the service is
 	// closed.
 	ServiceResilience func(*Service) (wrap func(http.RoundTripper) http.RoundTripper, release func())
+	// RouteResilience, when set, gives a request whose meshd route has a
+	// retry policy a resilience stage built from that policy (called once
+	// per distinct policy), instead of the transport's Resilience. mesh
+	// sets it when no policy is given in code, so meshd's route retries
+	// apply as grpc-go applies them for Dial. A route without one keeps
+	// Resilience: net/http has no transparent retry of requests that never
+	// left the client, which grpc-go does, so the mesh's default policy
+	// stands in for it.
+	RouteResilience func(xdsresource.Retry) func(http.RoundTripper) http.RoundTripper
 	// OnService, when set, is called once for each service the transport
 	// starts following, before its first request is routed; the release
 	// it returns is called when the service is closed. mesh shows the
@@ -83,8 +93,9 @@ type Transport struct {
 	attempts http.RoundTripper
 
 	mu       sync.Mutex
-	services map[string]*Service // by discovery target
-	byHost   map[string]*Service // by URL host as requests give it
+	services map[string]*Service                     // by discovery target
+	byHost   map[string]*Service                     // by URL host as requests give it
+	byRetry  map[xdsresource.Retry]http.RoundTripper // route retry stages
 	closed   bool
 }
 
@@ -115,7 +126,7 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.Resilience != nil {
 		rt = cfg.Resilience(rt)
 	}
-	rt = serviceResilience{next: rt}
+	rt = serviceResilience{t: t, next: rt}
 	rt = router{t: t, next: rt}
 	if cfg.Calls != nil {
 		rt = cfg.Calls(rt)
@@ -243,8 +254,9 @@ func (t *Transport) service(host string) (*Service, error) {
 // decision is a request's routing, made once and read by the balancer on
 // every attempt.
 type decision struct {
-	svc  *Service
-	host string // the Host header the endpoints get
+	svc   *Service
+	route *httpxds.Route // meshd's route decided; nil without one
+	host  string         // the Host header the endpoints get
 	// The request as routed, for a decision the first attempt makes.
 	method, path string
 	header       http.Header
@@ -306,13 +318,38 @@ func (d *decision) pick(c *cluster) (*httpbalance.Pick, error) {
 // cluster per request (see the package doc).
 // serviceResilience sends a request through its service's own resilience
 // stage when it has one, else on to the transport's.
-type serviceResilience struct{ next http.RoundTripper }
+type serviceResilience struct {
+	t    *Transport
+	next http.RoundTripper
+}
 
 func (r serviceResilience) RoundTrip(req *http.Request) (*http.Response, error) {
-	if d, ok := req.Context().Value(decisionKey{}).(*decision); ok && d.svc.resilience != nil {
+	d, ok := req.Context().Value(decisionKey{}).(*decision)
+	switch {
+	case !ok:
+	case d.route != nil && d.route.Retry != nil && r.t.cfg.RouteResilience != nil:
+		return r.t.routeResilience(*d.route.Retry).RoundTrip(req)
+	case d.svc.resilience != nil:
 		return d.svc.resilience.RoundTrip(req)
 	}
 	return r.next.RoundTrip(req)
+}
+
+// routeResilience returns the resilience stage for a route retry policy,
+// one per distinct policy, so its breaker and budget last across meshd's
+// route updates.
+func (t *Transport) routeResilience(p xdsresource.Retry) http.RoundTripper {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rt, ok := t.byRetry[p]
+	if !ok {
+		if t.byRetry == nil {
+			t.byRetry = map[xdsresource.Retry]http.RoundTripper{}
+		}
+		rt = t.cfg.RouteResilience(p)(t.attempts)
+		t.byRetry[p] = rt
+	}
+	return rt
 }
 
 type router struct {
@@ -341,6 +378,7 @@ func (r router) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		d.cl.Store(c)
+		d.route = route
 	}
 	ctx := context.WithValue(req.Context(), decisionKey{}, d)
 	if route == nil || route.Timeout <= 0 {
