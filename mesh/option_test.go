@@ -38,6 +38,8 @@ func TestMisplacedOptionsAreRefused(t *testing.T) {
 		{"NewHTTPServer/WithControlPlane", newHTTP(h), mesh.WithControlPlane("127.0.0.1:1"), []string{"WithControlPlane", "NewServer and Dial and HTTPClient"}},
 		{"NewHTTPServer/WithHealthAuthorization", newHTTP(h), mesh.WithHealthAuthorization(), []string{"WithHealthAuthorization", "NewServer only"}},
 		{"NewServer/WithHTTPPathPolicy", newGRPC, mesh.WithHTTPPathPolicy(security.PathAllowParameters), []string{"WithHTTPPathPolicy", "NewHTTPServer only"}},
+		{"NewServer/WithHTTPProtocols", newGRPC, mesh.WithHTTPProtocols(http.Protocols{}), []string{"WithHTTPProtocols", "NewHTTPServer and HTTPClient"}},
+		{"NewHTTPServer/WithReflection", newHTTP(h), mesh.WithReflection(), []string{"WithReflection", "NewServer only"}},
 	}
 	for _, c := range serverCases {
 		t.Run(c.name, func(t *testing.T) {
