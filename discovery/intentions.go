@@ -318,7 +318,7 @@ type IntentionRequest struct {
 	// Method is the full gRPC method ("/pkg.Service/Method") for gRPC
 	// calls, or the HTTP method ("GET") for HTTP requests.
 	Method string
-	// Path is the HTTP request's normalized path (security.NormalizePath),
+	// Path is the HTTP request's normalized path (security.PathPolicy.Normalize),
 	// which L7 permissions' path matches are applied to; empty for gRPC
 	// calls, whose path is Method (a gRPC call is an HTTP/2 POST to it).
 	Path string

@@ -31,7 +31,7 @@ type badSANCert struct {
 // TestClientRefusesServerWithBadSAN, each a bent form of good, the SPIFFE
 // ID the peer would be allowed as. crypto/x509 refuses to parse the first
 // six; go-spiffe accepts "upper-case scheme" and the DNS and email cases,
-// which only the mesh's own checks (security.VerifyPeer) refuse.
+// which only the mesh's own checks (meshtls.VerifyPeer) refuse.
 func badSANCerts(good string) []badSANCert {
 	slash := strings.LastIndexByte(good, '/')
 	return []badSANCert{

@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -51,7 +52,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
-	creds := security.ClientCredentials(cfg.identity, expect)
+	creds := meshtls.ClientCredentials(cfg.identity, expect)
 	tel, err := newDialTelemetry(&cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)

@@ -10,9 +10,13 @@
 //		return err
 //	}
 //	defer src.Close()
-//	srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithAuthorizer(security.Rules(
-//		security.Allow("gateway-places-orders", security.ExactID(gatewayID), recpb.Trading_PlaceOrder_FullMethodName),
-//	)))
+//	authz, err := security.Rules(
+//		security.Allow("gateway-places-orders", spiffeid.MatchID(gatewayID), recpb.Trading_PlaceOrder_FullMethodName),
+//	)
+//	if err != nil {
+//		return err
+//	}
+//	srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithAuthorizer(authz))
 //	if err != nil {
 //		return err
 //	}

@@ -35,9 +35,14 @@ func ExampleNewServer() {
 	serverSrc, _ := ca.Source(greeterID)
 	defer serverSrc.Close()
 
-	srv, err := mesh.NewServer(mesh.WithIdentity(serverSrc), mesh.WithAuthorizer(security.Rules(
-		security.Allow("caller-says-hello", security.ExactID(callerID), hellopb.Greeter_Hello_FullMethodName),
-	)))
+	authz, err := security.Rules(
+		security.Allow("caller-says-hello", spiffeid.MatchID(callerID), hellopb.Greeter_Hello_FullMethodName),
+	)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	srv, err := mesh.NewServer(mesh.WithIdentity(serverSrc), mesh.WithAuthorizer(authz))
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -185,3 +185,40 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// mustRules is security.Rules for a test: it fails the test when the
+// rules are invalid.
+func mustRules(t testing.TB, rules ...security.Rule) security.Authorizer {
+	t.Helper()
+	authz, err := security.Rules(rules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authz
+}
+
+// countRotations counts, from now until the test ends, how many times src
+// replaces its SVID, following src.Changed(). It returns the count so far.
+func countRotations(t testing.TB, src *security.DevSource) func() int64 {
+	var n atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	last, _ := src.GetX509SVID()
+	go func() {
+		defer close(done)
+		for {
+			changed := src.Changed()
+			if cur, _ := src.GetX509SVID(); cur != last {
+				n.Add(1)
+				last = cur
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return n.Load
+}

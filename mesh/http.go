@@ -13,8 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
-	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry"
 )
 
@@ -48,7 +48,8 @@ type connStartKey struct{}
 // policy (WithHTTPPathPolicy; default security.PathStrict), with 400 and
 // the reason for an ambiguous path, a request target that is not a path
 // ("OPTIONS *", which net/http would otherwise answer itself, or CONNECT's
-// host:port) and a malformed Host (security.CheckHost); and authorization
+// host:port) and a malformed Host (anything but a DNS name, an IPv4 address or a
+// bracketed IPv6 address, with an optional port); and authorization
 // (WithAuthorizer, e.g. security.HTTPRules), with 403 and the reason for a
 // denial, counted in the mesh metrics and passed to WithDenialHook; then,
 // with WithIdempotency, the idempotency middleware for requests with an
@@ -71,11 +72,11 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.http.paths.Validate(); err != nil {
+	if err := meshtls.CheckPathPolicy(cfg.http.paths); err != nil {
 		return nil, fmt.Errorf("mesh: WithHTTPPathPolicy: %w", err)
 	}
 	protocols := httpProtocols(cfg.http.protocols)
-	tlsCfg := security.ServerTLSConfig(cfg.identity, spiffeid.MatchAny())
+	tlsCfg := meshtls.ServerTLSConfig(cfg.identity, spiffeid.MatchAny())
 	tlsCfg.NextProtos = nextProtos(protocols)
 
 	tel, err := newTelemetry(&cfg.commonConfig, id)
@@ -87,7 +88,7 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	}
 	tel.registerServer(cfg.identity, cfg.authorizer, "http-server")
 	maxAge := remaining * 2 / 5
-	guarded := security.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny), cfg.http.paths)
+	guarded := meshtls.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny), cfg.http.paths)
 	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,
 	// status) outside the authorization, so refusals count.
 	measured := telemetry.HTTPHandler(tel.metrics, id.String(), guarded)
@@ -160,7 +161,7 @@ func (s *HTTPServer) ID() spiffeid.ID { return s.id }
 // to the drain timeout (WithDrainTimeout), closes what remains and returns
 // nil. It returns early with an error if lis fails. It blocks. Call it once.
 func (s *HTTPServer) Serve(ctx context.Context, lis net.Listener) error {
-	bound, tlsCfg := security.CertificateBoundListener(lis, s.srv.TLSConfig, s.grace)
+	bound, tlsCfg := meshtls.CertificateBoundListener(lis, s.srv.TLSConfig, s.grace)
 	s.srv.TLSConfig = tlsCfg
 	s.logger.Info("serving", "address", lis.Addr().String())
 	errc := make(chan error, 1)

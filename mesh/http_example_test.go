@@ -26,7 +26,7 @@ func ExampleNewHTTPServer() {
 	defer clientID.Close()
 
 	rules, _ := security.HTTPRules(
-		security.AllowHTTP("gateway-reads", security.ExactID(spiffeid.RequireFromPath(td, "/gateway")), "GET /v1/trades/**"),
+		security.Allow("gateway-reads", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/gateway")), "GET /v1/trades/**"),
 	)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/trades/{id}", func(w http.ResponseWriter, r *http.Request) {

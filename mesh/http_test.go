@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
@@ -157,7 +158,7 @@ func TestHTTPBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
 	ca := pki.NewCA(t, "example.org")
 	otherDomain := pki.NewCA(t, "evil.org")
 	rogue := pki.NewCA(t, "example.org") // same name, different key: not in the bundle
-	authz, err := security.HTTPRules(security.AllowHTTP("clients", security.PathPrefix(id("/clients")), "*"))
+	authz, err := security.HTTPRules(security.Allow("clients", security.PathPrefix(id("/clients")), "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,10 +255,10 @@ func TestHTTPBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
 func TestHTTPAuthorizationRules(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	authz, err := security.HTTPRules(
-		security.AllowHTTP("gateway-reads", security.ExactID(id("/gateway")), "GET /v1/trades/*", "GET /v1/lots"),
-		security.AllowHTTP("settlement", security.ExactID(id("/settlement")), "POST /v1/orders/**"),
-		security.AllowHTTP("ops", security.PathPrefix(id("/ops")), "*"),
-		security.RefuseHTTP("no-admin-for-interns", security.ExactID(id("/ops/intern")), "/admin/**"),
+		security.Allow("gateway-reads", spiffeid.MatchID(id("/gateway")), "GET /v1/trades/*", "GET /v1/lots"),
+		security.Allow("settlement", spiffeid.MatchID(id("/settlement")), "POST /v1/orders/**"),
+		security.Allow("ops", security.PathPrefix(id("/ops")), "*"),
+		security.Refuse("no-admin-for-interns", spiffeid.MatchID(id("/ops/intern")), "/admin/**"),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -337,8 +338,8 @@ func rawH2Request(t *testing.T, addr string, cfg *tls.Config, method, path, auth
 func TestHTTPPathNormalizationTable(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	authz, err := security.HTTPRules(
-		security.RefuseHTTP("no-admin", security.AnyID(), "/admin/**", "admin.example.org/**"),
-		security.AllowHTTP("rest", security.AnyID(), "*"),
+		security.Refuse("no-admin", spiffeid.MatchAny(), "/admin/**", "admin.example.org/**"),
+		security.Allow("rest", spiffeid.MatchAny(), "*"),
 	)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"net/http"
 
+	"github.com/gridmesh/gridmesh/internal/httphost"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -44,7 +45,7 @@ func WithHTTPTarget(host, target string) DialOption {
 		if c.http.targets == nil {
 			c.http.targets = map[string]string{}
 		}
-		c.http.targets[security.NormalizeHost(host)] = target
+		c.http.targets[httphost.Normalize(host)] = target
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -209,8 +210,8 @@ type pathCase struct {
 func TestHTTPServedPathIsAuthorizedPath(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	authz, err := security.HTTPRules(
-		security.RefuseHTTP("no-admin-host", security.AnyID(), "admin.example.org/"),
-		security.AllowHTTP("public", security.AnyID(), "/public/"),
+		security.Refuse("no-admin-host", spiffeid.MatchAny(), "admin.example.org/"),
+		security.Allow("public", spiffeid.MatchAny(), "/public/"),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -219,9 +220,8 @@ func TestHTTPServedPathIsAuthorizedPath(t *testing.T) {
 	var mu sync.Mutex
 	var checked []decision
 	spy := func(ctx context.Context, c security.Call) error {
-		host, _ := security.HTTPHost(ctx)
 		mu.Lock()
-		checked = append(checked, decision{c.Path, host})
+		checked = append(checked, decision{c.Path, c.Host})
 		mu.Unlock()
 		return authz(ctx, c)
 	}

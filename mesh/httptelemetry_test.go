@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -38,7 +39,7 @@ func TestHTTPTelemetry(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	rec, tp, reader, mp := sdkProviders(t)
 
-	authz, err := security.HTTPRules(security.AllowHTTP("reads", security.AnyID(), "GET /v1/trades/*"))
+	authz, err := security.HTTPRules(security.Allow("reads", spiffeid.MatchAny(), "GET /v1/trades/*"))
 	if err != nil {
 		t.Fatal(err)
 	}

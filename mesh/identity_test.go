@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
@@ -113,7 +114,7 @@ func grpcCall(t *testing.T, client testgrpc.TestServiceClient, md map[string]str
 // server must be in src's trust domain).
 func meshHTTPClient(t *testing.T, src security.Source, h2 bool) *http.Client {
 	t.Helper()
-	cfg := security.ClientTLSConfig(src, spiffeid.MatchAny())
+	cfg := meshtls.ClientTLSConfig(src, spiffeid.MatchAny())
 	if h2 {
 		cfg.NextProtos = []string{"h2"}
 	}
@@ -308,7 +309,7 @@ func TestHealthAuthorization(t *testing.T) {
 	ca := pki.NewCA(t, "example.org")
 	denied := ca.NewSource(t, "spiffe://example.org/clients/denied")
 	prober := ca.NewSource(t, "spiffe://example.org/infra/prober")
-	rules := security.Rules(security.Allow("probes", security.ExactID(id("/infra/prober")), "/grpc.health.v1.Health/*"))
+	rules := mustRules(t, security.Allow("probes", spiffeid.MatchID(id("/infra/prober")), "/grpc.health.v1.Health/*"))
 
 	probe := func(t *testing.T, addr string, src security.Source) map[string]codes.Code {
 		t.Helper()

@@ -21,9 +21,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/security"
 )
 
 // TestRotationWithoutFailedCalls runs unary calls and short bidirectional
@@ -40,6 +40,7 @@ func TestRotationWithoutFailedCalls(t *testing.T) {
 	)
 	ca := newDevCA(t, ttl)
 	serverSrc := devSource(t, ca, "/server")
+	serverRotations := countRotations(t, serverSrc)
 	clientSrc := devSource(t, ca, "/client")
 	svc := &echoService{}
 	var late atomic.Int64 // calls served past their client certificate's expiry + grace
@@ -108,7 +109,7 @@ func TestRotationWithoutFailedCalls(t *testing.T) {
 
 	clientCerts := svc.clientCerts()
 	t.Logf("%d unary calls, %d streams, %d failed; %d client and %d server certificates used; %d server rotations",
-		unaryCalls.Load(), streamCalls.Load(), failures.Load(), len(clientCerts), len(serverCerts), serverSrc.Rotations())
+		unaryCalls.Load(), streamCalls.Load(), failures.Load(), len(clientCerts), len(serverCerts), serverRotations())
 	if n := failures.Load(); n != 0 {
 		t.Errorf("%d calls failed, want 0; first: %v", n, firstErr.Load())
 	}
@@ -117,7 +118,7 @@ func TestRotationWithoutFailedCalls(t *testing.T) {
 		t.Errorf("new handshakes did not pick up rotated certificates: %d client, %d server certificates seen", len(clientCerts), len(serverCerts))
 	}
 	// Rotation at half-life: about duration/(ttl/2) = 12 rotations.
-	if n := serverSrc.Rotations(); n > 2*int64(duration/(ttl/2)) {
+	if n := serverRotations(); n > 2*int64(duration/(ttl/2)) {
 		t.Errorf("%d rotations in %v with a %v SVID: rotating far more often than at half-life", n, duration, ttl)
 	}
 	if n := late.Load(); n != 0 {
@@ -203,6 +204,7 @@ func (s *switchableSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid
 func (s *switchableSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	return s.bundles.Load().GetX509BundleForTrustDomain(td)
 }
+func (s *switchableSource) Close() error { return nil }
 
 // TestResumedSessionIsVerifiedAgain: a TLS 1.3 session resumed from a ticket
 // is checked against the current trust bundle, like a full handshake. After
@@ -213,7 +215,7 @@ func TestResumedSessionIsVerifiedAgain(t *testing.T) {
 	serverSrc.bundles.Store(x509bundle.NewSet(ca.Bundle()))
 	clientSrc := ca.NewSource(t, "spiffe://example.org/client")
 
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", security.ServerTLSConfig(serverSrc, spiffeid.MatchAny()))
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", meshtls.ServerTLSConfig(serverSrc, spiffeid.MatchAny()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +242,7 @@ func TestResumedSessionIsVerifiedAgain(t *testing.T) {
 		}
 	}()
 
-	cfg := security.ClientTLSConfig(clientSrc, spiffeid.MatchID(id("/server")))
+	cfg := meshtls.ClientTLSConfig(clientSrc, spiffeid.MatchID(id("/server")))
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	connect := func() (resumed bool, err error) {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", lis.Addr().String(), cfg)

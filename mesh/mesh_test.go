@@ -20,6 +20,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestCallCarriesBothIdentities(t *testing.T) {
@@ -48,7 +49,7 @@ func TestCallCarriesBothIdentities(t *testing.T) {
 func TestHealthServiceReportsServing(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/server")),
-		mesh.WithAuthorizer(security.Rules())) // deny everything but health
+		mesh.WithAuthorizer(mustRules(t))) // deny everything but health
 	cc, err := mesh.Dial(callTimeout(t), addr, mesh.WithIdentity(devSource(t, ca, "/client")))
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func TestBadClientCertificatesRefusedBeforeHandler(t *testing.T) {
 	svc := &echoService{}
 	addr := startServer(t, svc,
 		mesh.WithIdentity(ca.NewSource(t, "spiffe://example.org/server")),
-		mesh.WithAuthorizer(security.Rules(
+		mesh.WithAuthorizer(mustRules(t,
 			security.Allow("clients", security.PathPrefix(id("/clients"))),
 		)))
 
@@ -181,10 +182,10 @@ func TestAuthorizationRules(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	svc := &echoService{}
 	addr := startServer(t, svc, mesh.WithIdentity(devSource(t, ca, "/server")),
-		mesh.WithAuthorizer(security.Rules(
-			security.Allow("trading-unary", security.ExactID(id("/trading")), "/grpc.testing.TestService/UnaryCall"),
+		mesh.WithAuthorizer(mustRules(t,
+			security.Allow("trading-unary", spiffeid.MatchID(id("/trading")), "/grpc.testing.TestService/UnaryCall"),
 			security.Allow("ops-all", security.PathPrefix(id("/ops"))),
-			security.Refuse("no-ops-interns", security.ExactID(id("/ops/intern")), "*"),
+			security.Refuse("no-ops-interns", spiffeid.MatchID(id("/ops/intern")), "*"),
 		)))
 	tests := []struct {
 		caller string

@@ -14,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -51,14 +52,14 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	}
 	authz := cfg.authorizer
 	if authz == nil {
-		authz = security.AllowAll()
+		authz = meshtls.AllowAll
 	}
 	tel, err := newTelemetry(&cfg.commonConfig, id)
 	if err != nil {
 		return nil, err
 	}
-	unary, stream := security.Interceptors(cfg.healthAuthorizer(authz), tel.onDeny(cfg.onDeny))
-	creds := security.ServerCredentials(cfg.identity, cfg.grace)
+	unary, stream := meshtls.Interceptors(cfg.healthAuthorizer(authz), tel.onDeny(cfg.onDeny))
+	creds := meshtls.ServerCredentials(cfg.identity, cfg.grace)
 	grpcOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainUnaryInterceptor(cfg.unaryAfterAuthz()...),
@@ -121,7 +122,7 @@ func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig,
 	if id, err = security.ID(cfg.identity); err != nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
 	}
-	if remaining, err = security.SVIDRemaining(cfg.identity); err != nil {
+	if remaining, err = meshtls.SVIDRemaining(cfg.identity); err != nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %w", err)
 	}
 	logger = cfg.logger

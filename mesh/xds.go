@@ -15,10 +15,10 @@ import (
 	"google.golang.org/grpc/xds"
 
 	"github.com/gridmesh/gridmesh/controlplane/registration"
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/internal/xdscert"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
-	"github.com/gridmesh/gridmesh/security"
 	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
@@ -84,7 +84,7 @@ func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCr
 	cp, releaseCert := xdscert.Register(c.identity)
 	rec := tel.recordXDS(target, false)
 	release := func() { releaseCert(); rec.Close() }
-	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Recorder: rec, WrapCredentials: security.CheckPeerSANs}, creds)
+	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Recorder: rec, WrapCredentials: meshtls.CheckPeerSANs}, creds)
 	if err != nil {
 		release()
 		return nil, nil, err
@@ -250,7 +250,7 @@ func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts
 	cp, releaseCert := xdscert.Register(c.identity)
 	rec := tel.recordXDS(id.String(), true)
 	release := func() { releaseCert(); rec.Close() }
-	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service, Recorder: rec, WrapCredentials: security.CheckPeerSANs}, creds)
+	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service, Recorder: rec, WrapCredentials: meshtls.CheckPeerSANs}, creds)
 	if err != nil {
 		release()
 		return nil, nil, fmt.Errorf("mesh: %w", err)

@@ -2,6 +2,7 @@ package security
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"path"
@@ -17,8 +18,12 @@ type Call struct {
 	// Method is the full gRPC method ("/pkg.Service/Method"), or the HTTP
 	// method ("GET", "POST", ...) for HTTP calls.
 	Method string
-	// Path is the normalized HTTP path for HTTP calls; empty for gRPC.
+	// Path is the normalized HTTP path (PathPolicy.Normalize) for HTTP
+	// calls; empty for gRPC.
 	Path string
+	// Host is the HTTP request's Host, lower-case, without a trailing dot
+	// on the name, with its port when it had one; empty for gRPC.
+	Host string
 	// Header is the HTTP request's header for HTTP calls (read only; nil
 	// for gRPC, whose metadata is in the context). The identity headers
 	// the mesh drops are gone from it.
@@ -49,142 +54,148 @@ func (e *DeniedError) Error() string {
 	return fmt.Sprintf("%s may not call %s (decided by %s)", e.Caller, e.Target, e.Rule)
 }
 
-// Deny returns the *DeniedError for call, decided by rule.
+// Deny returns the *DeniedError for call, decided by rule. Custom
+// Authorizers return it to refuse a call.
 func Deny(call Call, rule string) error {
 	return &DeniedError{Caller: call.Caller, Target: call.target(), Rule: rule}
 }
 
-// IDMatcher reports whether a caller's SPIFFE ID matches.
-type IDMatcher func(id spiffeid.ID) bool
-
-// AnyID matches every authenticated caller.
-func AnyID() IDMatcher { return func(spiffeid.ID) bool { return true } }
-
-// ExactID matches the given IDs exactly.
-func ExactID(ids ...spiffeid.ID) IDMatcher {
-	return func(id spiffeid.ID) bool {
-		for _, want := range ids {
-			if id == want {
-				return true
-			}
-		}
-		return false
-	}
-}
-
-// MemberOf matches every ID in the trust domain td.
-func MemberOf(td spiffeid.TrustDomain) IDMatcher {
-	return func(id spiffeid.ID) bool { return id.MemberOf(td) }
-}
-
-// PathPrefix matches IDs in prefix's trust domain whose path is prefix's path
-// or lies under it on a segment boundary: spiffe://td/ns/prod matches
-// spiffe://td/ns/prod/trading but not spiffe://td/ns/production.
-func PathPrefix(prefix spiffeid.ID) IDMatcher {
+// PathPrefix returns a spiffeid.Matcher for the IDs in prefix's trust
+// domain whose path is prefix's path or lies under it on a segment
+// boundary: spiffe://td/ns/prod matches spiffe://td/ns/prod/trading but not
+// spiffe://td/ns/production. go-spiffe's spiffeid package has the other
+// matchers a Rule takes (MatchID, MatchOneOf, MatchMemberOf, MatchAny).
+func PathPrefix(prefix spiffeid.ID) spiffeid.Matcher {
+	td := prefix.TrustDomain()
 	p := strings.TrimSuffix(prefix.Path(), "/")
-	return func(id spiffeid.ID) bool {
-		if !id.MemberOf(prefix.TrustDomain()) {
-			return false
+	return func(id spiffeid.ID) error {
+		if !id.MemberOf(td) {
+			return fmt.Errorf("%s is not a member of trust domain %q", id, td)
 		}
-		return id.Path() == p || strings.HasPrefix(id.Path(), p+"/")
+		if id.Path() != p && !strings.HasPrefix(id.Path(), p+"/") {
+			return fmt.Errorf("%s is not %s or under it", id, prefix)
+		}
+		return nil
 	}
 }
 
-// Action says what a matching rule does.
-type Action int
-
-const (
-	// ActionAllow lets a matching call through.
-	ActionAllow Action = iota
-	// ActionDeny refuses a matching call, whatever any allow rule says.
-	ActionDeny
-)
-
-func (a Action) String() string {
-	if a == ActionDeny {
-		return "deny"
-	}
-	return "allow"
-}
-
-// Rule is one authorization rule: callers matching Callers that call a
-// method matching one of Methods get Action.
+// Rule is one authorization rule: callers that Callers matches, making a
+// call that matches one of its patterns, are allowed (Allow) or refused
+// (Refuse). Rules reads the patterns as gRPC methods, HTTPRules as HTTP
+// method, host and path patterns; both check them when they build the
+// Authorizer. The zero Rule is invalid.
 type Rule struct {
-	// Name identifies the rule in denial messages and on the admin endpoint.
-	Name    string
-	Action  Action
-	Callers IDMatcher
-	// Methods are full gRPC methods ("/pkg.Service/Method"), a whole service
-	// ("/pkg.Service/*"), or "*" for every method. Empty means every method.
-	// For HTTP calls see HTTPRule.
-	Methods []string
+	name     string
+	deny     bool
+	callers  spiffeid.Matcher
+	patterns []string
 }
 
-// Allow returns a rule that lets callers call methods ("*" or none: all).
-func Allow(name string, callers IDMatcher, methods ...string) Rule {
-	return Rule{Name: name, Action: ActionAllow, Callers: callers, Methods: methods}
+// Allow returns a rule that lets callers make calls matching patterns (none:
+// every call). name identifies the rule in denials and on the admin
+// endpoint; callers is a spiffeid.Matcher such as spiffeid.MatchID(id),
+// spiffeid.MatchMemberOf(td), PathPrefix(id) or spiffeid.MatchAny().
+func Allow(name string, callers spiffeid.Matcher, patterns ...string) Rule {
+	return Rule{name: name, callers: callers, patterns: patterns}
 }
 
-// Refuse returns a rule that refuses callers calling methods.
-func Refuse(name string, callers IDMatcher, methods ...string) Rule {
-	return Rule{Name: name, Action: ActionDeny, Callers: callers, Methods: methods}
+// Refuse returns a rule that refuses callers' calls matching patterns (none:
+// every call), whatever any allow rule says.
+func Refuse(name string, callers spiffeid.Matcher, patterns ...string) Rule {
+	return Rule{name: name, deny: true, callers: callers, patterns: patterns}
 }
 
-func (r Rule) matches(call Call) bool {
-	if r.Callers == nil || !r.Callers(call.Caller) {
+// Rules returns a default-deny Authorizer over gRPC rules: a call matching
+// any Refuse rule is refused; otherwise a call matching an Allow rule
+// proceeds; anything else is refused as "default deny".
+//
+// A pattern is a full gRPC method ("/pkg.Service/Method"), a whole service
+// ("/pkg.Service/*"), or "*" for every method; a rule without patterns
+// matches every call. Every rule needs a name of its own and a matcher;
+// Rules returns an error naming each rule (by index and name) and field
+// that is wrong and what to write instead. The Authorizer is safe for
+// concurrent use.
+func Rules(rules ...Rule) (Authorizer, error) {
+	compiled, err := compile("Rules", rules, parseMethodPattern)
+	if err != nil {
+		return nil, err
+	}
+	return decide(compiled), nil
+}
+
+// matchFunc reports whether a pattern matches a call.
+type matchFunc func(call Call) bool
+
+// compiledRule is a validated Rule with its patterns parsed.
+type compiledRule struct {
+	Rule
+	matchers []matchFunc
+}
+
+func (r *compiledRule) matches(call Call) bool {
+	if r.callers(call.Caller) != nil {
 		return false
 	}
-	if len(r.Methods) == 0 {
+	if len(r.matchers) == 0 {
 		return true
 	}
-	for _, m := range r.Methods {
-		if methodMatches(m, call.Method) {
+	for _, m := range r.matchers {
+		if m(call) {
 			return true
 		}
 	}
 	return false
 }
 
-func methodMatches(pattern, method string) bool {
-	switch {
-	case pattern == "*":
-		return true
-	case strings.HasSuffix(pattern, "/*"):
-		return strings.HasPrefix(method, strings.TrimSuffix(pattern, "*"))
-	default:
-		return pattern == method
+// compile validates rules for the constructor named ctor, parsing each
+// pattern with parse, and returns an error naming every bad field.
+func compile(ctor string, rules []Rule, parse func(string) (matchFunc, error)) ([]compiledRule, error) {
+	var errs []error
+	bad := func(i int, r Rule, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("security: %s: rule %d (%q): %s", ctor, i, r.name, fmt.Sprintf(format, args...)))
 	}
+	out := make([]compiledRule, 0, len(rules))
+	seen := map[string]int{}
+	for i, r := range rules {
+		switch prev, dup := seen[r.name]; {
+		case r.name == "":
+			bad(i, r, "name is empty: give every rule a name (security.Allow(\"readers\", ...)); denials and the admin endpoint show it")
+		case dup:
+			bad(i, r, "name is also rule %d's: give each rule its own name, so a denial says which one decided", prev)
+		default:
+			seen[r.name] = i
+		}
+		if r.callers == nil {
+			bad(i, r, "callers is nil: pass a spiffeid.Matcher such as spiffeid.MatchID(id), spiffeid.MatchMemberOf(td), security.PathPrefix(id) or spiffeid.MatchAny()")
+		}
+		c := compiledRule{Rule: r}
+		for _, p := range r.patterns {
+			m, err := parse(p)
+			if err != nil {
+				bad(i, r, "%v", err)
+				continue
+			}
+			c.matchers = append(c.matchers, m)
+		}
+		out = append(out, c)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
-// ValidateMethodPattern reports whether pattern is a method form a Rule
-// accepts, with an error that says the expected form.
-func ValidateMethodPattern(pattern string) error {
-	if pattern == "*" {
-		return nil
-	}
-	svc, m, ok := strings.Cut(strings.TrimPrefix(pattern, "/"), "/")
-	if !strings.HasPrefix(pattern, "/") || !ok || svc == "" || m == "" || strings.Contains(m, "/") || (strings.Contains(m, "*") && m != "*") {
-		return fmt.Errorf("method %q: want \"/package.Service/Method\", \"/package.Service/*\" or \"*\"", pattern)
-	}
-	if _, err := path.Match(svc, ""); err != nil {
-		return fmt.Errorf("method %q: %w", pattern, err)
-	}
-	return nil
-}
-
-// Rules returns a default-deny Authorizer over rules: a call matching any
-// deny rule is refused; otherwise a call matching an allow rule proceeds;
-// anything else is refused as "default deny".
-func Rules(rules ...Rule) Authorizer {
-	rules = append([]Rule(nil), rules...)
+// decide is the default-deny Authorizer over compiled rules: a matching
+// Refuse rule wins over any Allow rule.
+func decide(rules []compiledRule) Authorizer {
 	return func(_ context.Context, call Call) error {
-		for _, r := range rules {
-			if r.Action == ActionDeny && r.matches(call) {
-				return Deny(call, "rule "+r.Name)
+		for i := range rules {
+			if r := &rules[i]; r.deny && r.matches(call) {
+				return Deny(call, "rule "+r.name)
 			}
 		}
-		for _, r := range rules {
-			if r.Action == ActionAllow && r.matches(call) {
+		for i := range rules {
+			if r := &rules[i]; !r.deny && r.matches(call) {
 				return nil
 			}
 		}
@@ -192,35 +203,21 @@ func Rules(rules ...Rule) Authorizer {
 	}
 }
 
-// AllowAll allows every authenticated caller. It is what a server does when
-// it is given no Authorizer.
-func AllowAll() Authorizer {
-	return func(context.Context, Call) error { return nil }
-}
-
-// AllOf allows a call only when every authorizer allows it; the first denial
-// is returned.
-func AllOf(authz ...Authorizer) Authorizer {
-	return func(ctx context.Context, call Call) error {
-		for _, a := range authz {
-			if err := a(ctx, call); err != nil {
-				return err
-			}
-		}
-		return nil
+// parseMethodPattern parses a gRPC method pattern of Rules.
+func parseMethodPattern(pattern string) (matchFunc, error) {
+	if pattern == "*" {
+		return func(Call) bool { return true }, nil
 	}
-}
-
-// AnyOf allows a call when at least one authorizer allows it; when all deny,
-// the last denial is returned. With no authorizers it denies.
-func AnyOf(authz ...Authorizer) Authorizer {
-	return func(ctx context.Context, call Call) error {
-		err := Deny(call, "default deny")
-		for _, a := range authz {
-			if err = a(ctx, call); err == nil {
-				return nil
-			}
-		}
-		return err
+	svc, m, ok := strings.Cut(strings.TrimPrefix(pattern, "/"), "/")
+	if !strings.HasPrefix(pattern, "/") || !ok || svc == "" || m == "" || strings.Contains(m, "/") || (strings.Contains(m, "*") && m != "*") {
+		return nil, fmt.Errorf("method %q: want \"/package.Service/Method\", \"/package.Service/*\" or \"*\"", pattern)
 	}
+	if _, err := path.Match(svc, ""); err != nil {
+		return nil, fmt.Errorf("method %q: %w", pattern, err)
+	}
+	if m == "*" {
+		prefix := strings.TrimSuffix(pattern, "*")
+		return func(c Call) bool { return strings.HasPrefix(c.Method, prefix) }, nil
+	}
+	return func(c Call) bool { return c.Method == pattern }, nil
 }

@@ -83,7 +83,7 @@ type ConsulSource struct {
 
 // NewConsulSource starts following the agent's leaf certificate for
 // cfg.Service and its CA roots, and blocks until it has both. When ctx
-// ends first, or after DefaultIdentityWait if ctx has no deadline, it
+// ends first, or after 30 seconds if ctx has no deadline, it
 // fails with an error naming the agent address, the service and the last
 // error the agent gave.
 func NewConsulSource(ctx context.Context, cfg ConsulConfig) (*ConsulSource, error) {
@@ -112,7 +112,7 @@ func NewConsulSource(ctx context.Context, cfg ConsulConfig) (*ConsulSource, erro
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultIdentityWait)
+		ctx, cancel = context.WithTimeout(ctx, defaultIdentityWait)
 		defer cancel()
 	}
 	logger := cfg.Logger
@@ -147,21 +147,6 @@ func NewConsulSource(ctx context.Context, cfg ConsulConfig) (*ConsulSource, erro
 		}
 		return nil, fmt.Errorf("%s: %w", msg, ctx.Err())
 	}
-}
-
-// Address returns the agent address the source reads.
-func (s *ConsulSource) Address() string { return s.addr }
-
-// TrustDomain returns the Consul cluster's trust domain, as the CA roots
-// name it ("<cluster-id>.consul"). It does not block.
-func (s *ConsulSource) TrustDomain() spiffeid.TrustDomain {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.roots == nil {
-		return spiffeid.TrustDomain{}
-	}
-	td, _ := spiffeid.TrustDomainFromString(s.roots.TrustDomain)
-	return td
 }
 
 // Close stops following the agent; the last SVID and bundle stay

@@ -61,19 +61,16 @@ func NewDevCA(td spiffeid.TrustDomain, cfg DevCAConfig) (*DevCA, error) {
 		cfg.Now = time.Now
 	}
 	ca := &DevCA{td: td, cfg: cfg, bundle: x509bundle.New(td)}
-	if err := ca.RotateCA(); err != nil {
+	if err := ca.rotateCA(); err != nil {
 		return nil, err
 	}
 	return ca, nil
 }
 
-// TrustDomain returns the CA's trust domain.
-func (ca *DevCA) TrustDomain() spiffeid.TrustDomain { return ca.td }
-
-// RotateCA replaces the signing key and certificate. The new CA certificate
+// rotateCA replaces the signing key and certificate. The new CA certificate
 // joins the bundle and the old ones stay in it, so SVIDs issued before the
-// rotation keep verifying until DropOldCAs is called.
-func (ca *DevCA) RotateCA() error {
+// rotation keep verifying until dropOldCAs is called.
+func (ca *DevCA) rotateCA() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("devca: generating CA key: %w", err)
@@ -105,28 +102,28 @@ func (ca *DevCA) RotateCA() error {
 	return nil
 }
 
-// DropOldCAs removes every CA certificate but the current one from the
+// dropOldCAs removes every CA certificate but the current one from the
 // bundle: SVIDs signed by earlier CAs stop verifying.
-func (ca *DevCA) DropOldCAs() {
+func (ca *DevCA) dropOldCAs() {
 	ca.mu.Lock()
 	ca.bundle = x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
 	ca.mu.Unlock()
 	ca.updates.notify()
 }
 
-// Bundle returns the CA's current trust bundle.
-func (ca *DevCA) Bundle() *x509bundle.Bundle {
+// currentBundle returns the CA's current trust bundle.
+func (ca *DevCA) currentBundle() *x509bundle.Bundle {
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
 	return ca.bundle
 }
 
-// BundleChanged returns a channel that is closed when the bundle next changes.
-func (ca *DevCA) BundleChanged() <-chan struct{} { return ca.updates.changed() }
+// bundleChanged returns a channel that is closed when the bundle next changes.
+func (ca *DevCA) bundleChanged() <-chan struct{} { return ca.updates.changed() }
 
-// Issue signs a new X.509-SVID for id, valid for ttl (the configured SVIDTTL
+// issue signs a new X.509-SVID for id, valid for ttl (the configured SVIDTTL
 // when ttl is 0), with a fresh P-256 key.
-func (ca *DevCA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+func (ca *DevCA) issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 	if !id.MemberOf(ca.td) {
 		return nil, fmt.Errorf("devca: %q is not in trust domain %q", id, ca.td)
 	}
@@ -169,13 +166,13 @@ func (ca *DevCA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error
 // replaces it at half its lifetime, like a SPIRE agent does, and follows
 // changes to the CA's bundle. Close stops the rotation.
 func (ca *DevCA) Source(id spiffeid.ID) (*DevSource, error) {
-	svid, err := ca.Issue(id, 0)
+	svid, err := ca.issue(id, 0)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &DevSource{ca: ca, id: id, cancel: cancel, done: make(chan struct{})}
-	s.set(svid, x509bundle.NewSet(ca.Bundle()))
+	s.set(svid, x509bundle.NewSet(ca.currentBundle()))
 	go s.rotate(ctx)
 	return s, nil
 }
@@ -189,18 +186,16 @@ type DevSource struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
-
-	rotations int64 // guarded by staticState.mu
 }
 
 func (s *DevSource) rotate(ctx context.Context) {
 	defer close(s.done)
-	bundle := s.ca.Bundle()
+	bundle := s.ca.currentBundle()
 	svid, _ := s.GetX509SVID()
 	rotateAt := halfLife(svid)
 	for {
-		changed := s.ca.BundleChanged()
-		if b := s.ca.Bundle(); b != bundle {
+		changed := s.ca.bundleChanged()
+		if b := s.ca.currentBundle(); b != bundle {
 			bundle = b
 			svid, _ := s.GetX509SVID()
 			s.set(svid, x509bundle.NewSet(bundle))
@@ -215,7 +210,7 @@ func (s *DevSource) rotate(ctx context.Context) {
 			continue
 		case <-timer.C:
 		}
-		next, err := s.ca.Issue(s.id, 0)
+		next, err := s.ca.issue(s.id, 0)
 		if err != nil {
 			// Issuance only fails when the CA itself is broken; try again
 			// in a second rather than spin.
@@ -223,10 +218,7 @@ func (s *DevSource) rotate(ctx context.Context) {
 			continue
 		}
 		rotateAt = halfLife(next)
-		s.mu.Lock()
-		s.rotations++
-		s.mu.Unlock()
-		bundle = s.ca.Bundle()
+		bundle = s.ca.currentBundle()
 		s.set(next, x509bundle.NewSet(bundle))
 	}
 }
@@ -237,14 +229,8 @@ func halfLife(svid *x509svid.SVID) time.Time {
 	return time.Now().Add(time.Until(leafOf(svid).NotAfter) / 2)
 }
 
-// Rotations returns how many times the SVID has been replaced.
-func (s *DevSource) Rotations() int64 {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.rotations
-}
-
-// Close stops rotation. It is safe to call more than once.
+// Close stops rotation; the last SVID and bundle stay readable. It is safe
+// to call more than once.
 func (s *DevSource) Close() error {
 	s.once.Do(func() {
 		s.cancel()

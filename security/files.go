@@ -41,7 +41,7 @@ type FileSource struct {
 
 // NewFileSource loads the files and starts watching them. It blocks until
 // the files hold a valid SVID and bundle, polling while they are missing or
-// invalid, and fails at ctx's deadline (DefaultIdentityWait if none) with the
+// invalid, and fails at ctx's deadline (30 seconds if none) with the
 // last load error.
 func NewFileSource(ctx context.Context, cfg FileConfig) (*FileSource, error) {
 	for name, v := range map[string]string{"CertFile": cfg.CertFile, "KeyFile": cfg.KeyFile, "BundleFile": cfg.BundleFile} {
@@ -51,7 +51,7 @@ func NewFileSource(ctx context.Context, cfg FileConfig) (*FileSource, error) {
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultIdentityWait)
+		ctx, cancel = context.WithTimeout(ctx, defaultIdentityWait)
 		defer cancel()
 	}
 	s := &FileSource{cfg: cfg, done: make(chan struct{})}
@@ -143,7 +143,8 @@ func (s *FileSource) reportError(err error) {
 	}
 }
 
-// Close stops watching the files. It is safe to call more than once.
+// Close stops watching the files; the last SVID and bundle stay
+// readable. It is safe to call more than once.
 func (s *FileSource) Close() error {
 	var err error
 	s.once.Do(func() {

@@ -9,7 +9,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 )
 
-// PathError says why a request path was refused by NormalizePath. The mesh's
+// PathError says why a request path was refused by PathPolicy.Normalize. The mesh's
 // HTTP server answers it with 400 Bad Request and the reason.
 type PathError struct {
 	Path   string // the path as received
@@ -29,7 +29,7 @@ func (e *PathError) Error() string {
 // path_with_escaped_slashes_action or Istio's pathNormalization levels.
 // The mesh's HTTP server takes it with mesh.WithHTTPPathPolicy.
 //
-// Whatever the policy, NormalizePath always refuses what cannot be made
+// Whatever the policy, Normalize always refuses what cannot be made
 // unambiguous: encoded slashes and backslashes, raw backslashes, NUL and
 // control characters, fragments, invalid escapes, invalid UTF-8 (which
 // includes overlong encodings of "." and "/", such as %C0%AE and %C0%AF),
@@ -92,21 +92,6 @@ func (p PathPolicy) String() string {
 	return strings.Join(names, "|")
 }
 
-// Validate reports an error if p holds a flag that is none of the
-// PathPolicy constants.
-func (p PathPolicy) Validate() error {
-	if rest := p &^ pathPolicyAll; rest != 0 {
-		return fmt.Errorf("security: path policy %s: unknown flags %#x: combine PathStrict, PathAllowParameters, PathAllowEncodedDelimiters and PathNormalizeUnicode", p, uint8(rest))
-	}
-	return nil
-}
-
-// NormalizePath is PathStrict.Normalize: the canonical form of a request
-// path under the default policy.
-func NormalizePath(raw string) (string, error) {
-	return PathStrict.Normalize(raw)
-}
-
 // Normalize returns the canonical form of an HTTP request path as it
 // arrived on the wire (escaped, without the query), the form on which HTTP
 // authorization rules match and which the mesh hands to handlers:
@@ -126,10 +111,17 @@ func NormalizePath(raw string) (string, error) {
 // not starting with "/" (such as the "*" of "OPTIONS *" or the "host:port"
 // of CONNECT) and a path holding "?" (pass the path only) are refused too.
 //
+// A policy holding a flag that is none of the PathPolicy constants
+// refuses every path, with an error that is not a *PathError; the mesh's
+// HTTP server refuses such a policy when it is built.
+//
 // The result r satisfies p.Normalize(r) == r. A plain path (no "%", ";",
 // "//", dot segments or bytes that need escaping) is returned as is
 // without allocating. It is safe for concurrent use.
 func (p PathPolicy) Normalize(raw string) (string, error) {
+	if rest := p &^ pathPolicyAll; rest != 0 {
+		return "", fmt.Errorf("security: path policy %s: unknown flags %#x: combine PathStrict, PathAllowParameters, PathAllowEncodedDelimiters and PathNormalizeUnicode", p, uint8(rest))
+	}
 	if isPlainPath(raw) {
 		return raw, nil
 	}
@@ -353,88 +345,8 @@ func escapeDecoded(s string) string {
 	return string(out)
 }
 
-// NormalizeHost returns host (with its port, if any) in the form HTTP
-// authorization rules compare: lower-case, without a trailing dot on the
-// name.
-func NormalizeHost(host string) string {
-	host = strings.ToLower(host)
-	name, port := host, ""
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
-		name, port = host[:i], host[i:]
-	}
-	return strings.TrimSuffix(name, ".") + port
-}
-
-// CheckHost reports whether host (a Host header or :authority, as in
-// http.Request.Host) is one that host patterns can judge unambiguously:
-// empty, or a DNS name of ASCII letters, digits, "-", "_" and "." (an
-// internationalized name in its "xn--" form), an IPv4 address or a
-// bracketed IPv6 address without a zone, optionally followed by ":" and a
-// port of 1 to 5 digits. Anything else (NUL, control characters, spaces,
-// non-ASCII or invalid UTF-8, "%", "/", "@", an empty port) gets an error
-// saying what. The mesh's HTTP server answers such a request with 400.
-func CheckHost(host string) error {
-	if host == "" {
-		return nil
-	}
-	name, port, hasPort := host, "", false
-	if host[0] == '[' {
-		end := strings.IndexByte(host, ']')
-		if end < 0 {
-			return errors.New("security: Host: IPv6 literal without \"]\"")
-		}
-		name = host[1:end]
-		if rest := host[end+1:]; rest != "" {
-			if rest[0] != ':' {
-				return errors.New("security: Host: want \"[ipv6]\" or \"[ipv6]:port\"")
-			}
-			port, hasPort = rest[1:], true
-		}
-		if name == "" {
-			return errors.New("security: Host: empty IPv6 literal")
-		}
-		for i := 0; i < len(name); i++ {
-			if c := name[i]; !isHex(c) && c != ':' && c != '.' {
-				return fmt.Errorf("security: Host: byte %s in an IPv6 literal: want hex digits, \":\" and \".\" (no zone)", byteName(c))
-			}
-		}
-	} else {
-		if i := strings.LastIndexByte(host, ':'); i >= 0 {
-			name, port, hasPort = host[:i], host[i+1:], true
-		}
-		if name == "" {
-			return errors.New("security: Host: empty host name")
-		}
-		for i := 0; i < len(name); i++ {
-			c := name[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
-				return fmt.Errorf("security: Host: byte %s in the host name: want ASCII letters, digits, \"-\", \"_\" and \".\" (internationalized names in their xn-- form)", byteName(c))
-			}
-		}
-	}
-	if hasPort {
-		if port == "" || len(port) > 5 {
-			return errors.New("security: Host: the port must be 1 to 5 digits")
-		}
-		for i := 0; i < len(port); i++ {
-			if port[i] < '0' || port[i] > '9' {
-				return fmt.Errorf("security: Host: byte %s in the port: want digits", byteName(port[i]))
-			}
-		}
-	}
-	return nil
-}
-
-// byteName shows c in an error: quoted if printable ASCII, else in hex.
-func byteName(c byte) string {
-	if c > 0x20 && c < 0x7f {
-		return fmt.Sprintf("%q", c)
-	}
-	return fmt.Sprintf("0x%02X", c)
-}
-
 // errPathPattern is wrapped by pattern validation errors.
-var errPathPattern = errors.New("want \"/exact/path\", \"/subtree/\", \"/subtree/{$}\" (that path only), \"/with/*/globs\" (one segment each) or \"/prefix/**\", in normalized form (see NormalizePath)")
+var errPathPattern = errors.New("want \"/exact/path\", \"/subtree/\", \"/subtree/{$}\" (that path only), \"/with/*/globs\" (one segment each) or \"/prefix/**\", in normalized form (see PathPolicy.Normalize)")
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'

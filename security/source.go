@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -16,9 +15,17 @@ import (
 // package implements it, as does go-spiffe's *workloadapi.X509Source.
 // Implementations must be safe for concurrent use and return the current
 // SVID on every call, so new handshakes pick up rotated certificates.
+//
+// Close stops what the source runs in the background (a Workload API
+// stream, file or Consul watches, rotation) and releases what it holds; it
+// is safe to call more than once. The mesh never closes a source it is
+// given: whoever made it closes it once the servers and clients using it
+// are done, which code that picks a source at run time can do through this
+// interface.
 type Source interface {
 	x509svid.Source
 	x509bundle.Source
+	Close() error
 }
 
 // ID returns the SPIFFE ID of src's current SVID.
@@ -28,18 +35,6 @@ func ID(src Source) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("security: reading own SVID: %w", err)
 	}
 	return svid.ID, nil
-}
-
-// SVIDRemaining returns how long src's current SVID stays valid, which the
-// mesh uses to bound connection age. It is not NotAfter minus NotBefore:
-// issuers (SPIRE, the dev CA) backdate NotBefore for clock skew, which would
-// overstate the usable life and let connections outlive their certificates.
-func SVIDRemaining(src Source) (time.Duration, error) {
-	svid, err := src.GetX509SVID()
-	if err != nil {
-		return 0, fmt.Errorf("security: reading own SVID: %w", err)
-	}
-	return time.Until(svid.Certificates[0].NotAfter), nil
 }
 
 // notifier hands out a channel that is closed on the next update, so any

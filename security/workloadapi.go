@@ -13,9 +13,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
-// DefaultIdentityWait is how long the identity sources wait for their first
-// SVID when the caller's context has no deadline.
-const DefaultIdentityWait = 30 * time.Second
+// defaultIdentityWait is how long the identity sources wait for their first
+// SVID when the caller's context has no deadline: 30 seconds.
+const defaultIdentityWait = 30 * time.Second
 
 // WorkloadAPIConfig configures NewWorkloadAPISource. The zero value reads the
 // socket named by SPIFFE_ENDPOINT_SOCKET and takes the first SVID offered.
@@ -42,7 +42,7 @@ type WorkloadAPISource struct {
 
 // NewWorkloadAPISource connects to the Workload API and blocks until the
 // first SVID (with cfg.ExpectedID, when set) arrives. When ctx ends first, or
-// after DefaultIdentityWait if ctx has no deadline, it fails with an error
+// after 30 seconds if ctx has no deadline, it fails with an error
 // that names the socket and the expected ID.
 func NewWorkloadAPISource(ctx context.Context, cfg WorkloadAPIConfig) (*WorkloadAPISource, error) {
 	addr := cfg.Address
@@ -57,7 +57,7 @@ func NewWorkloadAPISource(ctx context.Context, cfg WorkloadAPIConfig) (*Workload
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultIdentityWait)
+		ctx, cancel = context.WithTimeout(ctx, defaultIdentityWait)
 		defer cancel()
 	}
 	clientOpts := []workloadapi.ClientOption{workloadapi.WithAddr(addr)}
@@ -105,9 +105,6 @@ func (s *WorkloadAPISource) GetX509SVID() (*x509svid.SVID, error) {
 	}
 	return svid, err
 }
-
-// Address returns the Workload API address the source reads.
-func (s *WorkloadAPISource) Address() string { return s.addr }
 
 func identityWaitError(addr string, want spiffeid.ID, err error) error {
 	wantText := "any SPIFFE ID"

@@ -48,11 +48,21 @@ func consulSource(t testing.TB, a *consul.Agent, service string) *security.Consu
 // consulID is Consul's SPIFFE ID for service in the default namespace.
 func consulID(t testing.TB, src *security.ConsulSource, dc, service string) spiffeid.ID {
 	t.Helper()
-	id, err := spiffeid.FromSegments(src.TrustDomain(), "ns", "default", "dc", dc, "svc", service)
+	id, err := spiffeid.FromSegments(trustDomain(t, src), "ns", "default", "dc", dc, "svc", service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// trustDomain is the Consul cluster's trust domain, read from src's SVID.
+func trustDomain(t testing.TB, src security.Source) spiffeid.TrustDomain {
+	t.Helper()
+	own, err := security.ID(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return own.TrustDomain()
 }
 
 // watchIntentions follows the intentions of service on a with a's
@@ -215,4 +225,15 @@ func parsePEM(s string) ([]*x509.Certificate, error) {
 		}
 		der = append(der, b.Bytes...)
 	}
+}
+
+// mustRules is security.Rules for a test: it fails the test when the
+// rules are invalid.
+func mustRules(t testing.TB, rules ...security.Rule) security.Authorizer {
+	t.Helper()
+	authz, err := security.Rules(rules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authz
 }

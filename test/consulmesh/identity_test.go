@@ -18,6 +18,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // TestConsulIdentitiesMeshedCalls: services whose SVIDs come from Consul's
@@ -31,20 +32,20 @@ func TestConsulIdentitiesMeshedCalls(t *testing.T) {
 	web := consulSource(t, a, "web")
 	batch := consulSource(t, a, "batch")
 	ops := consulSource(t, a, "ops")
-	td := trading.TrustDomain()
+	td := trustDomain(t, trading)
 	id := func(svc string) string { return consulID(t, trading, "dc1", svc).String() }
 	tradingID := consulID(t, trading, "dc1", "trading")
 
 	opsPrefix := consulID(t, trading, "dc1", "ops")
-	authz := security.Rules(
-		security.Allow("web-unary", security.ExactID(consulID(t, trading, "dc1", "web")), unaryCall),
+	authz := mustRules(t,
+		security.Allow("web-unary", spiffeid.MatchID(consulID(t, trading, "dc1", "web")), unaryCall),
 		security.Allow("ops-anything", security.PathPrefix(opsPrefix)),
-		security.Refuse("no-empty-from-cluster", security.MemberOf(td), emptyCall),
+		security.Refuse("no-empty-from-cluster", spiffeid.MatchMemberOf(td), emptyCall),
 	)
 	svc := &echo{}
 	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(authz))
 	httpAuthz, err := security.HTTPRules(
-		security.AllowHTTP("web-reads", security.ExactID(consulID(t, trading, "dc1", "web")), "GET /v1/**"),
+		security.Allow("web-reads", spiffeid.MatchID(consulID(t, trading, "dc1", "web")), "GET /v1/**"),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,7 @@ func TestConsulCARotationUnderLoad(t *testing.T) {
 	tradingID := consulID(t, trading, "dc1", "trading")
 	webID := consulID(t, trading, "dc1", "web")
 	svc := &echo{}
-	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(security.Rules(security.Allow("web", security.ExactID(webID)))))
+	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(mustRules(t, security.Allow("web", spiffeid.MatchID(webID)))))
 	dialOpts := []mesh.DialOption{mesh.WithIdentity(web), mesh.WithServerID(tradingID)}
 	longLived := testgrpc.NewTestServiceClient(dial(t, addr, dialOpts...))
 

@@ -44,7 +44,7 @@ func TestConsulIntentionsGRPC(t *testing.T) {
 	for _, s := range []string{"web", "ops", "batch", "reports"} {
 		sources[s] = consulSource(t, a, s)
 	}
-	in := watchIntentions(t, a, trading.TrustDomain(), "trading")
+	in := watchIntentions(t, a, trustDomain(t, trading), "trading")
 	svc := &echo{}
 	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(mesh.IntentionsAuthorizer(in)))
 	tradingID := consulID(t, trading, "dc1", "trading")
@@ -129,7 +129,7 @@ func TestConsulIntentionsHTTP(t *testing.T) {
 	ledger := consulSource(t, a, "ledger")
 	web := consulSource(t, a, "web")
 	batch := consulSource(t, a, "batch")
-	in := watchIntentions(t, a, ledger.TrustDomain(), "ledger")
+	in := watchIntentions(t, a, trustDomain(t, ledger), "ledger")
 	var reached atomic.Int64
 	base := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached.Add(1)

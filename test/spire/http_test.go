@@ -129,7 +129,7 @@ func TestMeshHTTPAuthorizedBySPIREIdentities(t *testing.T) {
 	frontend := workloadSource(ctx, t, d, d.Addr(), "/frontend")
 	rogue := workloadSource(ctx, t, d, d.Addr(), "/rogue")
 
-	authz, err := security.HTTPRules(security.AllowHTTP("frontend-trades", security.ExactID(d.ID("/frontend")), "GET /v1/trades"))
+	authz, err := security.HTTPRules(security.Allow("frontend-trades", spiffeid.MatchID(d.ID("/frontend")), "GET /v1/trades"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestMeshHTTPCallsAcrossRotations(t *testing.T) {
 	serverRot := watchRotations(t, "trading", trading)
 	clientRot := watchRotations(t, "frontend", frontend)
 
-	authz, err := security.HTTPRules(security.AllowHTTP("frontend", security.ExactID(d.ID("/frontend")), "GET /v1/trades"))
+	authz, err := security.HTTPRules(security.Allow("frontend", spiffeid.MatchID(d.ID("/frontend")), "GET /v1/trades"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/testutil/spire"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Every mesh test here registers its identities for the test process's uid on
@@ -47,7 +48,7 @@ func TestMeshGRPCAuthorizedBySPIREIdentities(t *testing.T) {
 	svc := &echo{}
 	addr := startMeshServer(t, svc,
 		mesh.WithIdentity(trading),
-		mesh.WithAuthorizer(security.Rules(security.Allow("frontend-unary", security.ExactID(d.ID("/frontend")), unaryCall))))
+		mesh.WithAuthorizer(mustRules(t, security.Allow("frontend-unary", spiffeid.MatchID(d.ID("/frontend")), unaryCall))))
 
 	t.Run("allowed caller", func(t *testing.T) {
 		c := dialMesh(t, addr, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
@@ -149,7 +150,7 @@ func TestMeshCallsAcrossRotations(t *testing.T) {
 
 	svc := &echo{}
 	addr := startMeshServer(t, svc, mesh.WithIdentity(trading),
-		mesh.WithAuthorizer(security.Rules(security.Allow("frontend", security.ExactID(d.ID("/frontend")), unaryCall))))
+		mesh.WithAuthorizer(mustRules(t, security.Allow("frontend", spiffeid.MatchID(d.ID("/frontend")), unaryCall))))
 	c := dialMesh(t, addr, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
 	caller := d.ID("/frontend")
 

@@ -45,12 +45,13 @@ func run(ctx context.Context) error {
 	}
 	defer src.Close()
 
-	srv, err := mesh.NewServer(
-		mesh.WithIdentity(src),
-		mesh.WithAuthorizer(security.Rules(
-			security.Allow("caller-says-hello", security.ExactID(allowed), hellopb.Greeter_Hello_FullMethodName),
-		)),
+	authz, err := security.Rules(
+		security.Allow("caller-says-hello", spiffeid.MatchID(allowed), hellopb.Greeter_Hello_FullMethodName),
 	)
+	if err != nil {
+		return err
+	}
+	srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithAuthorizer(authz))
 	if err != nil {
 		return err
 	}

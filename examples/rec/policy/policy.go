@@ -157,11 +157,11 @@ func Allowed(caller, method string) bool {
 
 // Authorizer returns the default-deny authorizer for the service desc in
 // trust domain td: one allow rule per (method, caller) pair of the matrix.
-func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) security.Authorizer {
+func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) (security.Authorizer, error) {
 	var rules []security.Rule
 	for _, m := range Methods(desc) {
 		for _, caller := range Matrix[m] {
-			rules = append(rules, security.Allow(caller+" calls "+m, security.ExactID(ID(td, caller)), m))
+			rules = append(rules, security.Allow(caller+" calls "+m, spiffeid.MatchID(ID(td, caller)), m))
 		}
 	}
 	return security.Rules(rules...)
@@ -169,7 +169,7 @@ func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) security.Author
 
 // HTTPRoute is one route of the gateway's API and who may call it.
 type HTTPRoute struct {
-	// Pattern is the security.HTTPRule pattern.
+	// Pattern is the security.Rule pattern.
 	Pattern string
 	// Example is a concrete request matching Pattern ("GET /v1/trades/t1"),
 	// for the tests' sweep.
@@ -202,14 +202,14 @@ func (r HTTPRoute) HTTPAllowed(caller string) bool {
 // GatewayAuthorizer returns the default-deny authorizer of the gateway's
 // HTTP API in trust domain td.
 func GatewayAuthorizer(td spiffeid.TrustDomain) (security.Authorizer, error) {
-	var rules []security.HTTPRule
+	var rules []security.Rule
 	for _, r := range GatewayRoutes {
 		if r.Callers == nil {
-			rules = append(rules, security.AllowHTTP("anyone calls "+r.Pattern, security.MemberOf(td), r.Pattern))
+			rules = append(rules, security.Allow("anyone calls "+r.Pattern, spiffeid.MatchMemberOf(td), r.Pattern))
 			continue
 		}
 		for _, c := range r.Callers {
-			rules = append(rules, security.AllowHTTP(c+" calls "+r.Pattern, security.ExactID(ID(td, c)), r.Pattern))
+			rules = append(rules, security.Allow(c+" calls "+r.Pattern, spiffeid.MatchID(ID(td, c)), r.Pattern))
 		}
 	}
 	return security.HTTPRules(rules...)

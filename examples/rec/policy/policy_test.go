@@ -100,7 +100,11 @@ func TestEveryPairInProcess(t *testing.T) {
 	}
 	addrs := map[string]string{}
 	for svc, desc := range policy.Services {
-		srv, err := mesh.NewServer(mesh.WithIdentity(srcs[svc]), mesh.WithAuthorizer(policy.Authorizer(td, desc)), mesh.WithoutTelemetry(), mesh.WithDrainTimeout(time.Second))
+		authz, err := policy.Authorizer(td, desc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := mesh.NewServer(mesh.WithIdentity(srcs[svc]), mesh.WithAuthorizer(authz), mesh.WithoutTelemetry(), mesh.WithDrainTimeout(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -80,16 +80,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Source is a Node's identity source.
-type Source interface {
-	security.Source
-	Close() error
-}
-
 // Node is one process's place in the mesh. Close it when done.
 type Node struct {
 	Name string
-	Src  Source
+	// Src is the identity source, picked at Start (the Workload API or
+	// Consul's Connect CA); Close closes it.
+	Src security.Source
 	// ID is the process's SPIFFE ID, TD its trust domain.
 	ID  spiffeid.ID
 	TD  spiffeid.TrustDomain
@@ -280,7 +276,10 @@ func (n *Node) Options() []mesh.Option {
 // authorized by policy.Matrix, and keyed writes are answered once, from
 // db's idempotency table (db must come from recdb.Open).
 func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, error) {
-	authz := policy.Authorizer(n.TD, desc)
+	authz, err := policy.Authorizer(n.TD, desc)
+	if err != nil {
+		return nil, err
+	}
 	var consulOpts []mesh.ServerOption
 	if n.Consul != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

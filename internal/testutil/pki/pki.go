@@ -125,6 +125,10 @@ func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 	return s.Bundles.GetX509BundleForTrustDomain(td)
 }
 
+// Close implements security.Source: a fixed identity runs nothing, so
+// there is nothing to stop.
+func (s *Source) Close() error { return nil }
+
 func newKey(t testing.TB) crypto.Signer {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -93,7 +93,7 @@ func (ca *CA) SourceSANs(t testing.TB, id string, sans []SAN, extra ...*x509bund
 // PeerContext returns ctx carrying a gRPC peer shaped like the one grpc-go's
 // TLS transport records after a TLS 1.3 handshake in which the client
 // presented cert: what a server interceptor sees. It lets a test drive
-// security.Interceptors without a network; it is not a way to make
+// meshtls.Interceptors without a network; it is not a way to make
 // security.PeerID report an ID, which only the interceptors record.
 func PeerContext(ctx context.Context, cert tls.Certificate) context.Context {
 	info := credentials.TLSInfo{

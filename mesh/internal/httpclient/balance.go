@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/gridmesh/gridmesh/security"
 )
 
 // NotSentError is an attempt that failed before its endpoint could have
@@ -148,7 +147,7 @@ func (t *Transport) endpointTransport(c *cluster) *http.Transport {
 			if id, ok := c.bal.ID(addr); ok && !id.IsZero() {
 				expect = spiffeid.MatchID(id)
 			}
-			cfg := security.ClientTLSConfig(t.cfg.Identity, expect)
+			cfg := meshtls.ClientTLSConfig(t.cfg.Identity, expect)
 			cfg.NextProtos = alpn
 			raw, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
+	"github.com/gridmesh/gridmesh/internal/httphost"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsresource"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
@@ -34,7 +35,7 @@ type Config struct {
 	// names. Zero Protocols: HTTP/1.1 only.
 	Protocols  http.Protocols
 	NextProtos []string
-	// Targets maps URL hosts (security.NormalizeHost form, with or
+	// Targets maps URL hosts (httphost.Normalize form, with or
 	// without a port) to discovery targets.
 	Targets map[string]string
 	// ControlPlane is meshd's xDS address, for xds:/// targets and
@@ -171,7 +172,7 @@ func (t *Transport) Close() error {
 
 // targetFor maps a URL host to a discovery target.
 func (t *Transport) targetFor(host string) (string, error) {
-	host = security.NormalizeHost(host)
+	host = httphost.Normalize(host)
 	if target, ok := t.cfg.Targets[host]; ok {
 		return target, nil
 	}

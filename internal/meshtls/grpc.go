@@ -1,4 +1,4 @@
-package security
+package meshtls
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/internal/endpointid"
+	"github.com/gridmesh/gridmesh/internal/peerctx"
+	"github.com/gridmesh/gridmesh/security"
 )
 
 // ServerCredentials returns gRPC transport credentials for a server: mTLS as
@@ -24,13 +26,13 @@ import (
 // grace after the earlier expiry of the two certificates it was
 // authenticated with; servers should also set a maximum connection age so
 // connections normally end gracefully before that.
-func ServerCredentials(src Source, grace time.Duration) credentials.TransportCredentials {
+func ServerCredentials(src security.Source, grace time.Duration) credentials.TransportCredentials {
 	return &serverCreds{TransportCredentials: credentials.NewTLS(ServerTLSConfig(src, spiffeid.MatchAny())), src: src, grace: grace}
 }
 
 type serverCreds struct {
 	credentials.TransportCredentials
-	src   Source
+	src   security.Source
 	grace time.Duration
 }
 
@@ -88,7 +90,7 @@ func (c *expiringConn) Close() error {
 // in ClientTLSConfig. Each endpoint's expected SPIFFE ID comes from the
 // resolver (see discovery) when it has one; otherwise the server's ID must
 // satisfy expect.
-func ClientCredentials(src Source, expect spiffeid.Matcher) credentials.TransportCredentials {
+func ClientCredentials(src security.Source, expect spiffeid.Matcher) credentials.TransportCredentials {
 	base := ClientTLSConfig(src, expect)
 	return &clientCreds{TransportCredentials: credentials.NewTLS(base), base: base, src: src}
 }
@@ -96,7 +98,7 @@ func ClientCredentials(src Source, expect spiffeid.Matcher) credentials.Transpor
 type clientCreds struct {
 	credentials.TransportCredentials
 	base *tls.Config
-	src  Source
+	src  security.Source
 }
 
 func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -161,7 +163,7 @@ func checkHandshake(conn net.Conn, info credentials.AuthInfo, err error) (net.Co
 	if tlsInfo, ok := info.(credentials.TLSInfo); ok && len(tlsInfo.State.PeerCertificates) > 0 {
 		if _, err := idFromCert(tlsInfo.State.PeerCertificates[0]); err != nil {
 			conn.Close()
-			return nil, nil, fmt.Errorf("security: peer certificate refused: %w", err)
+			return nil, nil, fmt.Errorf("meshtls: peer certificate refused: %w", err)
 		}
 	}
 	return conn, info, nil
@@ -188,18 +190,18 @@ func (s *peerStream) Context() context.Context { return s.ctx }
 // with the reason, and onDeny (when not nil) is told. Install them first in
 // the chain: an interceptor before them sees no PeerID. Safe for
 // concurrent use.
-func Interceptors(authz Authorizer, onDeny func(*DeniedError)) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+func Interceptors(authz security.Authorizer, onDeny func(*security.DeniedError)) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	check := func(ctx context.Context, method string) (context.Context, error) {
 		id, err := transportPeerID(ctx)
 		if err != nil {
 			return nil, status.Error(codes.Unauthenticated, "gridmesh: the caller presented no verified SPIFFE ID: "+err.Error())
 		}
-		ctx = withVerifiedPeer(stripIdentityMetadata(ctx), id)
-		err = authz(ctx, Call{Caller: id, Method: method})
+		ctx = peerctx.WithVerified(stripIdentityMetadata(ctx), id)
+		err = authz(ctx, security.Call{Caller: id, Method: method})
 		if err == nil {
 			return ctx, nil
 		}
-		var denied *DeniedError
+		var denied *security.DeniedError
 		if errors.As(err, &denied) && onDeny != nil {
 			onDeny(denied)
 		}

@@ -1,4 +1,4 @@
-package security_test
+package meshtls_test
 
 import (
 	"context"
@@ -9,7 +9,9 @@ import (
 	"go/token"
 	"go/types"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/testutil/pki"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -40,7 +43,7 @@ func (s *peerStream) Context() context.Context { return s.ctx }
 // step a buggy handler or middleware might take, changed its context; and
 // the interceptor's error.
 func seen(ctx context.Context, stream bool, forge func(context.Context) context.Context) (string, error) {
-	unary, streamI := security.Interceptors(security.AllowAll(), nil)
+	unary, streamI := meshtls.Interceptors(meshtls.AllowAll, nil)
 	var got string
 	record := func(ctx context.Context) {
 		if id, ok := security.PeerID(forge(ctx)); ok {
@@ -67,7 +70,8 @@ func seen(ctx context.Context, stream bool, forge func(context.Context) context.
 // TestPeerIDCannotBeForgedByContext is the regression test for
 // security.WithPeerID, which let any code put a "verified" caller into a
 // context that PeerID then preferred over the TLS peer. The verified peer
-// now comes only from the handshake, through the mesh's own checks.
+// now comes only from the handshake, through the mesh's own checks: the
+// interceptors here, which alone write internal/peerctx.
 func TestPeerIDCannotBeForgedByContext(t *testing.T) {
 	ca := pki.NewCA(t, "example.org")
 	caller := ca.Issue(t, pki.Leaf{URIs: []string{"spiffe://example.org/clients/a"}})
@@ -129,8 +133,10 @@ func TestPeerIDCannotBeForgedByContext(t *testing.T) {
 	})
 }
 
+// exportedFuncs returns the exported functions and methods of package
+// security, whose PeerID the handlers read.
 func exportedFuncs(t *testing.T) []*ast.FuncDecl {
-	files, err := filepath.Glob("*.go")
+	files, err := filepath.Glob("../../security/*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +191,7 @@ func TestInterceptorsDropIdentityMetadata(t *testing.T) {
 		"x-spiffe-id", "spiffe://example.org/payments",
 		"idempotency-key", "k1",
 	))
-	unary, _ := security.Interceptors(security.AllowAll(), nil)
+	unary, _ := meshtls.Interceptors(meshtls.AllowAll, nil)
 	var got metadata.MD
 	_, err := unary(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/rec.Registry/Trade"}, func(ctx context.Context, _ any) (any, error) {
 		got, _ = metadata.FromIncomingContext(ctx)
@@ -233,7 +239,7 @@ func badSANs() []struct {
 func TestSANChecksRefuseAmbiguousNames(t *testing.T) {
 	ca := pki.NewCA(t, "example.org")
 	src := ca.NewSource(t, "spiffe://example.org/server")
-	verify := security.VerifyPeer(src, spiffeid.MatchAny())
+	verify := meshtls.VerifyPeer(src, spiffeid.MatchAny())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, tc := range badSANs() {
@@ -247,7 +253,7 @@ func TestSANChecksRefuseAmbiguousNames(t *testing.T) {
 				t.Errorf("VerifyPeer = %v, want an error containing %q", err, tc.want)
 			}
 			ran := false
-			unary, _ := security.Interceptors(security.AllowAll(), nil)
+			unary, _ := meshtls.Interceptors(meshtls.AllowAll, nil)
 			_, err = unary(pki.PeerContext(ctx, cert), nil, &grpc.UnaryServerInfo{FullMethod: "/rec.Registry/Trade"}, func(context.Context, any) (any, error) {
 				ran = true
 				return nil, nil
@@ -266,4 +272,37 @@ func TestSANChecksRefuseAmbiguousNames(t *testing.T) {
 			t.Errorf("interceptor: PeerID %s, err %v", got, err)
 		}
 	})
+}
+
+// TestOnlyMeshtlsWritesTheVerifiedPeer: internal/peerctx.WithVerified is
+// what makes security.PeerID report a caller, so no package but this one
+// (which calls it with the handshake's ID) may call it. Within the module
+// that is a rule, not a language guarantee: this test keeps it.
+func TestOnlyMeshtlsWritesTheVerifiedPeer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "list", "-f", "{{.Dir}}", "github.com/gridmesh/gridmesh/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var writers []string
+	for _, dir := range strings.Fields(string(out)) {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(src), "peerctx.WithVerified(") {
+				writers = append(writers, filepath.Base(filepath.Dir(f))+"/"+filepath.Base(f))
+			}
+		}
+	}
+	slices.Sort(writers)
+	if diff := cmp.Diff([]string{"meshtls/grpc.go", "meshtls/peer.go"}, writers); diff != "" {
+		t.Errorf("files calling peerctx.WithVerified (-want +got):\n%s", diff)
+	}
 }
