@@ -45,11 +45,14 @@ func meshed(t *testing.T) (adminAddr, addr string) {
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	source := devSources(t)
 	admin := freeAddr(t)
-	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(admin),
-		mesh.WithAuthorizer(mustRules(t,
-			security.Refuse("no-guests", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/guest"))),
-			security.Allow("gateway", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/gateway"))),
-		)))
+	authz, err := security.Rules(
+		security.Refuse("no-guests", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/guest"))),
+		security.Allow("gateway", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/gateway"))),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(admin), mesh.WithAuthorizer(authz))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,15 +238,4 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-// mustRules is security.Rules for a test: it fails the test when the
-// rules are invalid.
-func mustRules(t testing.TB, rules ...security.Rule) security.Authorizer {
-	t.Helper()
-	authz, err := security.Rules(rules...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return authz
 }

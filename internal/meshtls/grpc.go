@@ -181,14 +181,14 @@ func (s *peerStream) Context() context.Context { return s.ctx }
 // with authz before the handler runs. The caller's SPIFFE ID is read from
 // the client certificate of the call's connection (the TLS state gRPC's
 // transport records at the handshake) and handed to the handler through
-// PeerID; a call without a valid one is UNAUTHENTICATED. Incoming
+// security.PeerID; a call without a valid one is UNAUTHENTICATED. Incoming
 // metadata in which a sidecar would name the caller (x-forwarded-client-cert,
 // x-spiffe-id) is dropped: here only the caller can have written it. The
 // SAN checks of VerifyPeer apply again, so connections verified by other
 // credentials (grpc-go's xDS credentials) are held to them before any
 // handler runs. A denied call gets PERMISSION_DENIED
 // with the reason, and onDeny (when not nil) is told. Install them first in
-// the chain: an interceptor before them sees no PeerID. Safe for
+// the chain: an interceptor before them sees no security.PeerID. Safe for
 // concurrent use.
 func Interceptors(authz security.Authorizer, onDeny func(*security.DeniedError)) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	check := func(ctx context.Context, method string) (context.Context, error) {

@@ -38,7 +38,7 @@ func transportPeerID(ctx context.Context) (spiffeid.ID, error) {
 // header can only have been written by the caller itself: the mesh's
 // server checks delete them (HTTP headers and gRPC metadata alike) before
 // authorization and the handler, so code written for a sidecar mesh that
-// trusts them cannot be fooled. Handlers read the caller with PeerID.
+// trusts them cannot be fooled. Handlers read the caller with security.PeerID.
 var identityHeaders = []string{"X-Forwarded-Client-Cert", "X-Spiffe-Id"}
 
 // identityMetadata are identityHeaders as gRPC metadata keys.

@@ -226,14 +226,3 @@ func parsePEM(s string) ([]*x509.Certificate, error) {
 		der = append(der, b.Bytes...)
 	}
 }
-
-// mustRules is security.Rules for a test: it fails the test when the
-// rules are invalid.
-func mustRules(t testing.TB, rules ...security.Rule) security.Authorizer {
-	t.Helper()
-	authz, err := security.Rules(rules...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return authz
-}

@@ -37,11 +37,14 @@ func TestConsulIdentitiesMeshedCalls(t *testing.T) {
 	tradingID := consulID(t, trading, "dc1", "trading")
 
 	opsPrefix := consulID(t, trading, "dc1", "ops")
-	authz := mustRules(t,
+	authz, err := security.Rules(
 		security.Allow("web-unary", spiffeid.MatchID(consulID(t, trading, "dc1", "web")), unaryCall),
 		security.Allow("ops-anything", security.PathPrefix(opsPrefix)),
 		security.Refuse("no-empty-from-cluster", spiffeid.MatchMemberOf(td), emptyCall),
 	)
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc := &echo{}
 	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(authz))
 	httpAuthz, err := security.HTTPRules(
@@ -144,8 +147,12 @@ func TestConsulCARotationUnderLoad(t *testing.T) {
 	web := consulSource(t, a, "web")
 	tradingID := consulID(t, trading, "dc1", "trading")
 	webID := consulID(t, trading, "dc1", "web")
+	authz, err := security.Rules(security.Allow("web", spiffeid.MatchID(webID)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc := &echo{}
-	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(mustRules(t, security.Allow("web", spiffeid.MatchID(webID)))))
+	addr := serve(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(authz))
 	dialOpts := []mesh.DialOption{mesh.WithIdentity(web), mesh.WithServerID(tradingID)}
 	longLived := testgrpc.NewTestServiceClient(dial(t, addr, dialOpts...))
 

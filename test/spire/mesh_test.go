@@ -45,10 +45,12 @@ func TestMeshGRPCAuthorizedBySPIREIdentities(t *testing.T) {
 	frontend := workloadSource(ctx, t, d, d.Addr(), "/frontend")
 	rogue := workloadSource(ctx, t, d, d.Addr(), "/rogue")
 
+	authz, err := security.Rules(security.Allow("frontend-unary", spiffeid.MatchID(d.ID("/frontend")), unaryCall))
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc := &echo{}
-	addr := startMeshServer(t, svc,
-		mesh.WithIdentity(trading),
-		mesh.WithAuthorizer(mustRules(t, security.Allow("frontend-unary", spiffeid.MatchID(d.ID("/frontend")), unaryCall))))
+	addr := startMeshServer(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(authz))
 
 	t.Run("allowed caller", func(t *testing.T) {
 		c := dialMesh(t, addr, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
@@ -148,9 +150,12 @@ func TestMeshCallsAcrossRotations(t *testing.T) {
 	serverRot := watchRotations(t, "trading", trading)
 	clientRot := watchRotations(t, "frontend", frontend)
 
+	authz, err := security.Rules(security.Allow("frontend", spiffeid.MatchID(d.ID("/frontend")), unaryCall))
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc := &echo{}
-	addr := startMeshServer(t, svc, mesh.WithIdentity(trading),
-		mesh.WithAuthorizer(mustRules(t, security.Allow("frontend", spiffeid.MatchID(d.ID("/frontend")), unaryCall))))
+	addr := startMeshServer(t, svc, mesh.WithIdentity(trading), mesh.WithAuthorizer(authz))
 	c := dialMesh(t, addr, mesh.WithIdentity(frontend), mesh.WithServerID(d.ID("/trading")))
 	caller := d.ID("/frontend")
 

@@ -296,14 +296,3 @@ func (r *rotationWatch) since(t0 time.Time) int {
 	}
 	return n
 }
-
-// mustRules is security.Rules for a test: it fails the test when the
-// rules are invalid.
-func mustRules(t testing.TB, rules ...security.Rule) security.Authorizer {
-	t.Helper()
-	authz, err := security.Rules(rules...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return authz
-}
