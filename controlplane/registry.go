@@ -30,10 +30,10 @@ const (
 	// StoreMemory keeps registrations in the meshd process: a second
 	// replica does not see them, and a restart forgets them until servers
 	// renew (see WithStartupGrace).
-	StoreMemory = "memory"
+	StoreMemory = registration.StoreMemory
 	// StoreConsul keeps registrations in the Consul catalog, where every
 	// replica reads them (WithConsulRegistrations).
-	StoreConsul = "consul"
+	StoreConsul = registration.StoreConsul
 )
 
 // registrations is where the registration API keeps what it is told: this

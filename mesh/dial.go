@@ -38,6 +38,9 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 	for _, o := range opts {
 		o.applyDial(&cfg)
 	}
+	if err := cfg.xds.controlPlaneErr; err != nil {
+		return nil, err
+	}
 	if cfg.identity == nil {
 		return nil, errors.New("mesh: Dial has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
 	}

@@ -146,6 +146,9 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	for _, o := range opts {
 		o.applyDial(&cfg)
 	}
+	if err := cfg.xds.controlPlaneErr; err != nil {
+		return nil, err
+	}
 	if cfg.identity == nil {
 		return nil, errors.New("mesh: HTTPClient has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA")
 	}

@@ -116,6 +116,9 @@ func newServerConfig(constructor string, opts []ServerOption) (cfg serverConfig,
 	for _, o := range opts {
 		o.applyServer(&cfg)
 	}
+	if err := cfg.xds.controlPlaneErr; err != nil {
+		return cfg, id, 0, nil, err
+	}
 	if cfg.identity == nil {
 		return cfg, id, 0, nil, fmt.Errorf("mesh: %s has no identity: pass mesh.WithIdentity(src), with src from security.NewWorkloadAPISource, security.NewFileSource or a security.DevCA", constructor)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,14 +25,29 @@ import (
 
 // xdsConfig is the control-plane part of the server and dial configs.
 type xdsConfig struct {
-	controlPlane string
+	controlPlane    string   // gRPC target for the addresses below (xdsbootstrap.ReplicasTarget)
+	controlPlanes   []string // as given to WithControlPlane
+	controlPlaneErr error    // why they are not a target
 	service      string // servers: the service name clients dial as xds:///<service>
 	version      string
 	advertise    string
 }
 
-// WithControlPlane makes the mesh take its configuration from meshd at addr
-// (host:port, meshd's default is 127.0.0.1:15010), with no bootstrap file.
+// WithControlPlane makes the mesh take its configuration from meshd at
+// addrs, with no bootstrap file: one address (host:port, meshd's default
+// is 127.0.0.1:15010, or a gRPC target such as dns:///meshd:15010 whose
+// records are replicas), or several replicas' host:port addresses.
+//
+// With several replicas (or a DNS name with several records), the xDS
+// connection goes to one of them, in an order shuffled per connection so
+// that a fleet spreads over the replicas; when that replica fails, it
+// moves to the next that answers and subscribes again there, while calls
+// go on with the config already received. A server's registration goes to
+// the replica that last answered and moves on the same way. Replicas must
+// share their registrations (meshd serve -consul); a server warns when a
+// replica says it keeps them in memory. WithControlPlane refuses, when the
+// constructor runs, an empty list, an address given twice, or, among
+// several, one that is not host:port.
 //
 // For Dial, xds:///<service> targets get routes, weighted splits, retries,
 // timeouts, fault injection, circuit breaking, balancing and the endpoints'
@@ -47,12 +63,21 @@ type xdsConfig struct {
 // stays NOT_SERVING until meshd sends its listener, then enforces the mTLS
 // and RBAC meshd configures, and Serve registers its endpoint with meshd
 // and keeps it registered until draining starts.
-func WithControlPlane(addr string) Option {
+func WithControlPlane(addrs ...string) Option {
+	x := xdsConfig{controlPlanes: append([]string(nil), addrs...)}
+	x.controlPlane, x.controlPlaneErr = xdsbootstrap.ReplicasTarget(addrs)
+	if x.controlPlaneErr != nil {
+		x.controlPlaneErr = fmt.Errorf("mesh: WithControlPlane: %w", x.controlPlaneErr)
+		x.controlPlane = "" // the error stands for it
+	}
+	set := func(c *xdsConfig) {
+		c.controlPlane, c.controlPlanes, c.controlPlaneErr = x.controlPlane, x.controlPlanes, x.controlPlaneErr
+	}
 	return scoped{
 		name:   "WithControlPlane",
 		scope:  forNewServer | forDial | forHTTPClient,
-		server: func(c *serverConfig) { c.xds.controlPlane = addr },
-		dial:   func(c *dialConfig) { c.xds.controlPlane = addr },
+		server: func(c *serverConfig) { set(&c.xds) },
+		dial:   func(c *dialConfig) { set(&c.xds) },
 	}
 }
 
@@ -280,7 +305,18 @@ func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		err := registration.NewClient(s.xds.controlPlane).Heartbeat(ctx, reg, func(err error) {
+		rc := registration.NewClient(s.xds.controlPlanes[0], s.xds.controlPlanes[1:]...)
+		if len(s.xds.controlPlanes) > 1 {
+			var once sync.Once
+			rc.OnAnswer(func(addr, store string) {
+				if store == registration.StoreMemory {
+					once.Do(func() {
+						s.logger.Error("meshd keeps registrations in its memory, but this server names several control-plane replicas: the others do not know this server and their clients will not reach it; run every meshd with -consul so replicas share registrations", "meshd", addr, "control_planes", s.xds.controlPlanes)
+					})
+				}
+			})
+		}
+		err := rc.Heartbeat(ctx, reg, func(err error) {
 			s.logger.Warn("renewing the registration with meshd", "error", err)
 		})
 		if err != nil {

@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,12 @@ const MaxBodySize = 64 << 10
 // not share them) or "consul" (the Consul catalog, shared by every replica
 // over the same Consul).
 const StoreHeader = "Meshd-Registration-Store"
+
+// The values of StoreHeader.
+const (
+	StoreMemory = "memory"
+	StoreConsul = "consul"
+)
 
 // maxAnswer bounds what Client quotes of meshd's answer in an Error.
 const maxAnswer = 1 << 10
@@ -90,18 +97,42 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Client calls a meshd registration API. Safe for concurrent use.
 type Client struct {
-	base string
-	hc   *http.Client
+	bases []string
+	hc    *http.Client
+	next  atomic.Int32 // index in bases of the replica that answered last
+	onAns atomic.Pointer[func(addr, store string)]
 }
 
 // NewClient returns a client for the registration API at addr (host:port
-// or a URL). It uses http.DefaultClient.
-func NewClient(addr string) *Client {
-	base := addr
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
+// or a URL) and, optionally, at more replicas of meshd. It uses
+// http.DefaultClient.
+//
+// With several replicas, a request goes to the replica that answered
+// last (the first at the start); when a replica cannot be reached or
+// answers 502, 503 or 504, the request goes to the next, in order, until
+// one answers. Any other answer, a refusal included, is final.
+func NewClient(addr string, more ...string) *Client {
+	c := &Client{hc: http.DefaultClient}
+	for _, a := range append([]string{addr}, more...) {
+		base := a
+		if !strings.Contains(base, "://") {
+			base = "http://" + base
+		}
+		c.bases = append(c.bases, strings.TrimSuffix(base, "/"))
 	}
-	return &Client{base: strings.TrimSuffix(base, "/"), hc: http.DefaultClient}
+	return c
+}
+
+// OnAnswer sets f to be called, after every answer, with the replica that
+// answered and where it says it keeps registrations (StoreHeader: StoreMemory,
+// StoreConsul, or "" from an older meshd). f must not block. Set it before
+// the client is used; nil removes it.
+func (c *Client) OnAnswer(f func(addr, store string)) {
+	if f == nil {
+		c.onAns.Store(nil)
+		return
+	}
+	c.onAns.Store(&f)
 }
 
 // Register adds or renews r. It blocks until meshd answers or ctx ends. A
@@ -169,19 +200,46 @@ func (e *Error) Error() string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	start := int(c.next.Load())
+	var errs []error
+	for i := range c.bases {
+		idx := (start + i) % len(c.bases)
+		final, err := c.doOne(ctx, c.bases[idx], method, path, body, out)
+		if final {
+			c.next.Store(int32(idx))
+			return err
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return fmt.Errorf("registration: no meshd replica answered: %w", errors.Join(errs...))
+}
+
+// doOne sends one request to the replica at base. final is false when
+// another replica should be tried: this one could not be reached or is
+// unavailable (502, 503, 504).
+func (c *Client) doOne(ctx context.Context, base, method, path string, body []byte, out any) (final bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("registration: %w", err)
+		return true, fmt.Errorf("registration: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("registration: %w", err)
+		return false, fmt.Errorf("registration: %w", err)
 	}
 	defer resp.Body.Close()
+	if f := c.onAns.Load(); f != nil {
+		(*f)(strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://"), resp.Header.Get(StoreHeader))
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return fmt.Errorf("registration: read answer: %w", err)
+		return false, fmt.Errorf("registration: read answer from %s: %w", base, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct {
@@ -193,14 +251,18 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 		if len(e.Error) > maxAnswer {
 			e.Error = strings.ToValidUTF8(e.Error[:maxAnswer], "") + fmt.Sprintf("… (%d bytes, cut)", len(e.Error))
 		}
-		return &Error{Status: resp.StatusCode, Message: e.Error}
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return false, &Error{Status: resp.StatusCode, Message: e.Error}
+		}
+		return true, &Error{Status: resp.StatusCode, Message: e.Error}
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("registration: decode answer: %w", err)
+			return true, fmt.Errorf("registration: decode answer: %w", err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // ErrNotFound is returned (wrapped in *Error with status 404) by Deregister

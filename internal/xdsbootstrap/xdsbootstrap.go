@@ -61,8 +61,9 @@ type CertProvider struct {
 // Config is what the bootstrap needs. Only ServerURI is required.
 type Config struct {
 	// ServerURI is the control plane's address, host:port (meshd defaults
-	// to 127.0.0.1:15010) or a gRPC target such as dns:///meshd:15010. The
-	// connection to it is plaintext.
+	// to 127.0.0.1:15010) or a gRPC target such as dns:///meshd:15010 or
+	// ReplicasTarget's for several replicas. The connection to it is
+	// plaintext.
 	ServerURI string
 	// NodeID identifies this client to the control plane in logs and config
 	// dumps. Default: "gridmesh~<hostname>~<pid>~<random>".
