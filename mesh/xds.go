@@ -28,9 +28,9 @@ type xdsConfig struct {
 	controlPlane    string   // gRPC target for the addresses below (xdsbootstrap.ReplicasTarget)
 	controlPlanes   []string // as given to WithControlPlane
 	controlPlaneErr error    // why they are not a target
-	service      string // servers: the service name clients dial as xds:///<service>
-	version      string
-	advertise    string
+	service         string   // servers: the service name clients dial as xds:///<service>
+	version         string
+	advertise       string
 }
 
 // WithControlPlane makes the mesh take its configuration from meshd at
