@@ -91,13 +91,14 @@ func startBackends(t *testing.T, n int) []*backend {
 	return bs
 }
 
-// newRegistry returns a Registry on the agent (none when nil) with fast
-// retries and 2s blocking queries (so an agent that stops answering is
+// newRegistry returns a Registry on the agent (none when nil) with the
+// default retry backoff (whose bound the outage tests measure) and 2s
+// blocking queries (so an agent that stops answering is
 // noticed within consulwatch.QueryTimeout(2s)), recording its events.
 func newRegistry(t *testing.T, f *consul.Agent, opts ...discovery.Option) (*discovery.Registry, *eventLog) {
 	t.Helper()
 	ev := &eventLog{}
-	cfg := discovery.Config{RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, WaitTime: 2 * time.Second}
+	cfg := discovery.Config{WaitTime: 2 * time.Second}
 	if f != nil {
 		cfg.Consul = f.Client()
 	}

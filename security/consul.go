@@ -287,7 +287,7 @@ func (s *ConsulSource) staleLocked() bool {
 }
 
 // follow runs fetch as a blocking query loop (consulwatch.Run: Consul's
-// index rules, backoff of 100ms doubling to 5s) until ctx ends, recording
+// index rules, backoff of 100ms doubling to 500ms) until ctx ends, recording
 // errors for NewConsulSource's message and the logger.
 func follow(ctx context.Context, s *ConsulSource, what string, fetch consulwatch.Fetch) {
 	_ = consulwatch.Run(ctx, consulwatch.Backoff{}, fetch, consulwatch.Hooks{

@@ -12,7 +12,9 @@ import (
 )
 
 // Backoff bounds the wait between failed queries. Zero fields take the
-// defaults: Min 100ms, Max 5s.
+// defaults: Min 100ms, Max 500ms. The agent is normally on loopback, so
+// two failed queries a second cost nothing, and a restarted agent is read
+// again within about half a second of its return.
 type Backoff struct {
 	Min, Max time.Duration
 }
@@ -22,7 +24,7 @@ func (b Backoff) withDefaults() Backoff {
 		b.Min = 100 * time.Millisecond
 	}
 	if b.Max <= 0 {
-		b.Max = 5 * time.Second
+		b.Max = 500 * time.Millisecond
 	}
 	if b.Max < b.Min {
 		b.Max = b.Min
