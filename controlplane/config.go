@@ -233,4 +233,26 @@ type Endpoint struct {
 	// (also for 0). The weights of a service's endpoints may add up to at
 	// most 4294967295 (grpc-go's limit per locality).
 	Weight uint32 `json:"weight,omitempty"`
+	// Health says whether clients send the endpoint new calls. Default
+	// HealthServing. See EndpointHealth.
+	Health EndpointHealth `json:"health,omitempty"`
 }
+
+// EndpointHealth is the state of an endpoint as clients see it.
+//
+// An endpoint that is not serving stays in the snapshot: clients get it in
+// EDS as DRAINING or UNHEALTHY, which grpc-go's balancers skip, so it gets
+// no new calls; its server keeps its server-side Listener, so calls in
+// flight finish and a server that is not ready yet still serves (Kubernetes
+// probes it there before it becomes ready).
+type EndpointHealth string
+
+const (
+	// HealthServing (the zero value) gets calls.
+	HealthServing EndpointHealth = ""
+	// HealthDraining is going away (a terminating pod): no new calls.
+	HealthDraining EndpointHealth = "draining"
+	// HealthUnhealthy is not ready (a pod failing its readiness probe): no
+	// new calls.
+	HealthUnhealthy EndpointHealth = "unhealthy"
+)

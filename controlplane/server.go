@@ -117,6 +117,11 @@ type Server struct {
 	grpcs     []*grpc.Server
 	closed    bool
 
+	// sourceServices are services (with their policies) from dynamic
+	// sources (SetSource), merged after the config's by mergedConfigLocked.
+	// Guarded by mu.
+	sourceServices map[string][]Service
+
 	clientsMu sync.Mutex
 	clients   map[int64]*clientState
 
@@ -342,7 +347,7 @@ func (s *Server) rebuildLocked() error {
 	for _, n := range names {
 		eps = append(eps, s.sources[n]...)
 	}
-	snap, err := BuildSnapshot(s.cfg, eps)
+	snap, err := BuildSnapshot(s.mergedConfigLocked(), eps)
 	if err != nil {
 		return err
 	}

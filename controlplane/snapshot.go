@@ -437,13 +437,26 @@ func (b *builder) cluster(s *Service, name string, eps []Endpoint) {
 				HostIdentifier: &endpointpb.LbEndpoint_Endpoint{Endpoint: &endpointpb.Endpoint{
 					Address: socketAddress(host, uint32(p)),
 				}},
-				HealthStatus:        corepb.HealthStatus_HEALTHY,
+				HealthStatus:        healthStatus(e.Health),
 				LoadBalancingWeight: wrapperspb.UInt32(w),
 			})
 		}
 		cla.Endpoints = []*endpointpb.LocalityLbEndpoints{loc}
 	}
 	b.snap.Endpoints = append(b.snap.Endpoints, cla)
+}
+
+// healthStatus is the EDS health status of h. grpc-go balances over
+// HEALTHY (and UNKNOWN) endpoints only.
+func healthStatus(h EndpointHealth) corepb.HealthStatus {
+	switch h {
+	case HealthDraining:
+		return corepb.HealthStatus_DRAINING
+	case HealthUnhealthy:
+		return corepb.HealthStatus_UNHEALTHY
+	default:
+		return corepb.HealthStatus_HEALTHY
+	}
 }
 
 func outlierDetection(od *OutlierDetection) *clusterpb.OutlierDetection {
