@@ -33,8 +33,10 @@ type WorkloadAPIConfig struct {
 
 // WorkloadAPISource is a Source fed by the SPIFFE Workload API (a SPIRE
 // agent, or `meshd dev`). It follows rotations and bundle changes pushed by
-// the agent and keeps the last ones it got while the agent is away. Safe for
-// concurrent use.
+// the agent and keeps the last ones it got while the agent is away. Its
+// Close (go-spiffe's) ends the stream and is safe to call more than once;
+// after it, GetX509SVID and GetX509BundleForTrustDomain return an error.
+// Safe for concurrent use.
 type WorkloadAPISource struct {
 	*workloadapi.X509Source
 	addr string
