@@ -133,15 +133,15 @@ func TestPeerIDCannotBeForgedByContext(t *testing.T) {
 	})
 }
 
-// exportedFuncs returns the exported functions and methods of package
-// security, whose PeerID the handlers read.
-func exportedFuncs(t *testing.T) []*ast.FuncDecl {
-	files, err := filepath.Glob("../../security/*.go")
+// goSources returns the contents of the non-test Go files in dir, by
+// path.
+func goSources(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*ast.FuncDecl
-	fset := token.NewFileSet()
+	out := map[string][]byte{}
 	for _, name := range files {
 		if strings.HasSuffix(name, "_test.go") {
 			continue
@@ -150,6 +150,17 @@ func exportedFuncs(t *testing.T) []*ast.FuncDecl {
 		if err != nil {
 			t.Fatal(err)
 		}
+		out[name] = src
+	}
+	return out
+}
+
+// exportedFuncs returns the exported functions and methods of package
+// security, whose PeerID the handlers read.
+func exportedFuncs(t *testing.T) []*ast.FuncDecl {
+	var out []*ast.FuncDecl
+	fset := token.NewFileSet()
+	for name, src := range goSources(t, "../../security") {
 		f, err := parser.ParseFile(fset, name, src, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -287,15 +298,7 @@ func TestOnlyMeshtlsWritesTheVerifiedPeer(t *testing.T) {
 	}
 	var writers []string
 	for _, dir := range strings.Fields(string(out)) {
-		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
-		for _, f := range files {
-			if strings.HasSuffix(f, "_test.go") {
-				continue
-			}
-			src, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
+		for f, src := range goSources(t, dir) {
 			if strings.Contains(string(src), "peerctx.WithVerified(") {
 				writers = append(writers, filepath.Base(filepath.Dir(f))+"/"+filepath.Base(f))
 			}
