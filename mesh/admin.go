@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/gridmesh/gridmesh/telemetry/admin"
+	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 // WithAdmin turns on the process's admin endpoint at addr, a loopback

@@ -82,6 +82,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*grpc.ClientC
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	grpcOpts = append(grpcOpts, resilienceOpts...)
+	grpcOpts = append(grpcOpts, tel.attemptDialOptions(target)...) // attempts: inside resilience
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
 	grpcOpts = append(tel.dialOptions(target), grpcOpts...) // telemetry interceptors outermost
 	cc, err := grpc.NewClient(target, grpcOpts...)

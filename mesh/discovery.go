@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // discoveryDialConfig is the discovery part of dialConfig.
@@ -135,7 +135,7 @@ func (c discoveryServerConfig) register(ctx context.Context, lis net.Listener, i
 // the target with its own watch, so what the admin endpoint shows is what
 // discovery currently says, not only where calls went.
 func (t *meshTelemetry) attachDiscovery(reg *discovery.Registry, target string, b *discovery.Balancer) {
-	if t == nil || !t.interceptorsOn() {
+	if t == nil || !t.on() {
 		return
 	}
 	policy := string(discovery.RoundRobin)
@@ -152,7 +152,7 @@ func (t *meshTelemetry) attachDiscovery(reg *discovery.Registry, target string, 
 	if _, err := discovery.ParseTarget(target); err != nil {
 		return // not a discovery target (dns:///, xds:///, a bare address)
 	}
-	m := t.metrics
+	m := t.rec
 	w, err := reg.Watch(target, func(eps []discovery.Endpoint, err error) { m.DiscoveryUpdate(target, len(eps), err) })
 	if err != nil {
 		return

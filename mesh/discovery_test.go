@@ -20,10 +20,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 func TestDialStaticTargetBalancesRoundRobin(t *testing.T) {

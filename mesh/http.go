@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
-	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 // HTTPServer is an HTTPS server inside the mesh: it presents the service's
@@ -40,9 +38,10 @@ type connStartKey struct{}
 
 // NewHTTPServer builds a mesh HTTP server for handler. It does not block.
 //
-// Every request passes, before handler: OpenTelemetry server
-// instrumentation (otelhttp with W3C trace context, to the providers of
-// WithTracerProvider and WithMeterProvider; off with WithoutTelemetry);
+// Every request passes, before handler: the mesh's telemetry, installed
+// by the same rule as on gRPC (see WithTracerProvider): a server span when
+// sampled, W3C trace context and baggage, and http.server.request.duration
+// by caller and callee SPIFFE ID, method, route pattern and status;
 // the caller's SPIFFE ID from its verified certificate, which handlers read
 // with PeerID(r.Context()); path normalization under the server's path
 // policy (WithHTTPPathPolicy; default security.PathStrict), with 400 and
@@ -88,10 +87,11 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 	}
 	tel.registerServer(cfg.identity, cfg.authorizer, "http-server")
 	maxAge := remaining * 2 / 5
-	guarded := meshtls.HTTPHandler(handler, cfg.authorizer, tel.onDeny(cfg.onDeny), cfg.http.paths)
-	// Mesh metrics (caller and callee SPIFFE ID, method and route pattern,
-	// status) outside the authorization, so refusals count.
-	measured := telemetry.HTTPHandler(tel.metrics, id.String(), guarded)
+	guarded := meshtls.HTTPHandler(handler, tel.authorizer(cfg.authorizer), tel.onDeny(cfg.onDeny), cfg.http.paths)
+	// Telemetry (spans, golden metrics labelled by caller and callee
+	// SPIFFE ID, method, route pattern and status) outside the
+	// authorization, so refusals count.
+	measured := tel.httpHandler(guarded)
 	capped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && time.Since(start) > maxAge {
 			w.Header().Set("Connection", "close") // HTTP/2: graceful GOAWAY
@@ -108,9 +108,6 @@ func NewHTTPServer(handler http.Handler, opts ...ServerOption) (*HTTPServer, err
 		registration: cfg.discovery,
 	}
 	var outer http.Handler = capped
-	if !cfg.telemetry.off {
-		outer = otelhttp.NewHandler(capped, "gridmesh.http.server", cfg.otelhttpOptions()...)
-	}
 	s.srv = &http.Server{
 		Handler:           outer,
 		TLSConfig:         tlsCfg,

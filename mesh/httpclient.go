@@ -8,20 +8,15 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel/baggage"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
 	"github.com/gridmesh/gridmesh/internal/httpxds"
 	"github.com/gridmesh/gridmesh/internal/xdsresource"
 	"github.com/gridmesh/gridmesh/mesh/internal/httpclient"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // HTTPClient returns an *http.Client whose transport is NewHTTPTransport's.
@@ -211,20 +206,11 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 		Logger:       tel.log(),
 		OnXDS:        tel.xdsUpdate,
 	}
-	// The telemetry stages follow NewServer's and Dial's rule (see
-	// meshTelemetry.statsOn and interceptorsOn).
-	if tel.interceptorsOn() {
-		self := tel.self.String()
-		hc.Calls = func(next http.RoundTripper) http.RoundTripper {
-			return telemetry.HTTPTransport(tel.metrics, self, "", next)
-		}
-	}
-	switch {
-	case tel.statsOn():
-		opts := cfg.otelhttpOptions()
-		hc.Attempts = func(next http.RoundTripper) http.RoundTripper { return otelhttp.NewTransport(next, opts...) }
-	case !cfg.telemetry.off:
-		hc.Attempts = passTraceContext
+	// The telemetry stages follow NewServer's and Dial's rule
+	// (meshTelemetry.on).
+	if tel.on() {
+		hc.Calls = func(next http.RoundTripper) http.RoundTripper { return tel.pipe.HTTPCalls("", next) }
+		hc.Attempts = func(next http.RoundTripper) http.RoundTripper { return tel.pipe.HTTPAttempts("", next) }
 	}
 	if rc != nil {
 		hc.Resilience = rc.RoundTripper
@@ -291,26 +277,6 @@ func httpBalancePolicy(bp *discovery.Balancer) (httpbalance.Config, error) {
 	}
 	return httpbalance.Config{}, fmt.Errorf("mesh: WithBalancer: Policy %q is not supported by HTTPClient; use %q, %q or %q",
 		b.Policy, discovery.RoundRobin, discovery.LeastRequest, discovery.PickFirst)
-}
-
-// passTraceContext is the attempt telemetry stage while the providers are
-// no-ops: no span, but the caller's W3C trace context and baggage go on in
-// the request's headers, as otelhttp would send them.
-func passTraceContext(next http.RoundTripper) http.RoundTripper {
-	prop := telemetry.Propagator()
-	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
-		ctx := req.Context()
-		if !trace.SpanContextFromContext(ctx).IsValid() && baggage.FromContext(ctx).Len() == 0 {
-			return next.RoundTrip(req)
-		}
-		out := *req
-		out.Header = req.Header.Clone()
-		if out.Header == nil {
-			out.Header = http.Header{}
-		}
-		prop.Inject(ctx, propagation.HeaderCarrier(out.Header))
-		return next.RoundTrip(&out)
-	})
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

@@ -16,10 +16,10 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/discovery"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // TestHTTPClientFollowsConsul resolves http://trading.mesh through Consul:

@@ -15,11 +15,11 @@ import (
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/controlplane/registration"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/resilience/idempotency"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // versionEcho answers with its version's name, after the delay its

@@ -58,7 +58,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	unary, stream := meshtls.Interceptors(cfg.healthAuthorizer(authz), tel.onDeny(cfg.onDeny))
+	unary, stream := meshtls.Interceptors(tel.authorizer(cfg.healthAuthorizer(authz)), tel.onDeny(cfg.onDeny))
 	creds := meshtls.ServerCredentials(cfg.identity, cfg.grace)
 	grpcOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary),

@@ -1,8 +1,10 @@
 package mesh
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,67 +16,85 @@ import (
 
 	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental/stats"
 	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 
+	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // telemetryConfig is the telemetry part of commonConfig.
 type telemetryConfig struct {
 	tracer    trace.TracerProvider
 	meter     metric.MeterProvider
+	meterSet  bool // WithMeterProvider was given
 	off       bool
 	adminAddr string
 }
 
-// WithTracerProvider sets where the spans of the mesh's otelgrpc stats
-// handlers go. Default: the global TracerProvider (otel.GetTracerProvider),
-// a no-op until telemetry.Setup or otel.SetTracerProvider installs one.
+// WithTracerProvider sets where the mesh's spans go. Default: the global
+// TracerProvider (otel.GetTracerProvider), a no-op until telemetry.Setup
+// or otel.SetTracerProvider installs one.
 //
-// Off means off: NewServer and Dial install the stats handlers only if a
-// provider is an SDK one when they run, and the metrics interceptors only
-// if metrics are on or WithAdmin is given. Set up telemetry before building
-// servers and clients. With telemetry off, W3C trace context does not pass
-// through the process.
+// The mesh samples parent-based: a call whose caller's context is not
+// sampled gets no span (nothing is allocated for one) and passes that
+// context on unchanged. New traces are sampled at the ratio of
+// telemetry.Setup's Config.SampleRatio (OTEL_TRACES_SAMPLER_ARG), decided
+// by the mesh before it starts a span; with a provider Setup did not
+// build, that provider's sampler decides new traces.
+//
+// Off means off: NewServer, NewHTTPServer, Dial and HTTPClient install
+// their telemetry (the same for gRPC and HTTP) only if, when they run, a
+// provider is an SDK one or WithAdmin is given. Set up telemetry before
+// building servers and clients. With telemetry off, W3C trace context
+// does not pass through the process.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.tracer = tp })
 }
 
-// WithMeterProvider sets where the mesh's metrics go: the otelgrpc RPC
-// metrics and the mesh metrics of telemetry.Metrics (calls labelled by
-// caller and callee SPIFFE ID, retries, breaker changes, denials, ...).
-// Default: the global MeterProvider, a no-op until one is installed.
+// WithMeterProvider sets where the mesh's metrics go. Default: the global
+// MeterProvider, a no-op until one is installed.
+//
+// The golden call metrics (rpc.server.call.duration,
+// rpc.client.call.duration, http.server.request.duration,
+// http.client.request.duration, and attempts apart from calls) are
+// counted in the mesh's own lock-free aggregates, which the readers of the
+// provider telemetry.Setup builds collect at collection time; pass that
+// provider (Providers.MeterProvider). Another SDK provider here is refused
+// with an error by the constructor, as its readers cannot see them; as the
+// global provider it gets only the mesh's event metrics (retries, breaker
+// changes, denials, ...).
 func WithMeterProvider(mp metric.MeterProvider) Option {
-	return bothOption(func(c *commonConfig) { c.telemetry.meter = mp })
+	return bothOption(func(c *commonConfig) { c.telemetry.meter, c.telemetry.meterSet = mp, true })
 }
 
-// WithoutTelemetry installs no stats handlers and no metrics interceptors:
-// no spans, no metrics, no trace context propagation, no events for the
-// admin endpoint. Telemetry left on with no-op providers costs little (see
-// bench/telemetry); this removes even that.
+// WithoutTelemetry installs no telemetry: no spans, no metrics, no trace
+// context propagation, no events for the admin endpoint. Telemetry left
+// on with no-op providers installs nothing either (see bench/telemetry).
 func WithoutTelemetry() Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.off = true })
 }
 
 // meshTelemetry is what one server or client connection has of telemetry.
+// It owns what it starts (admin registrations, the rotation watch, metric
+// callbacks) and releases it in close.
 type meshTelemetry struct {
-	cfg     telemetryConfig
-	metrics *telemetry.Metrics
-	self    spiffeid.ID
-	admin   *admin.Server // nil unless WithAdmin
+	cfg  telemetryConfig
+	pipe *meshtel.Pipeline // nil when telemetry is off
+	rec  *meshtel.Recorder // pipe.Recorder
+	self spiffeid.ID
+	// admin is nil unless WithAdmin.
+	admin *admin.Server
 
-	// Hooks for the admin endpoint, nil until the mesh wires them: the
-	// balancer policy, breaker state and endpoints of a client's target.
+	// Hooks for the admin endpoint, set once while the owner is being
+	// built, before it is shared: the balancer policy, breaker state and
+	// endpoints of a client's target.
 	balancer  func() string
 	breaker   func() string
 	endpoints func() []admin.Endpoint
@@ -99,20 +119,34 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 	if t.cfg.off {
 		return t, nil
 	}
-	t.metrics = telemetry.NewMetrics(t.cfg.meter)
+	tp := meshtel.TracerProvider(t.cfg.tracer)
+	mp := meshtel.MeterProvider(t.cfg.meter)
+	var hub *meshtel.Hub
+	if mp != nil {
+		if owner, ok := mp.(meshtel.HubOwner); ok {
+			hub = owner.MeshHub()
+		} else if t.cfg.meterSet {
+			return nil, errors.New("mesh: WithMeterProvider: this provider's readers cannot collect the mesh's call metrics; pass the MeterProvider of telemetry.Setup (Config.NoGlobal keeps it out of the OpenTelemetry globals), or leave WithMeterProvider out")
+		}
+	}
+	if tp == nil && mp == nil && t.cfg.adminAddr == "" {
+		return t, nil // nothing would see what telemetry records
+	}
+	t.rec = meshtel.NewRecorder(t.cfg.meter)
+	t.pipe = &meshtel.Pipeline{Hub: hub, Tracing: meshtel.NewTracing(tp), Recorder: t.rec, Self: self.String()}
 	if t.cfg.adminAddr != "" {
 		a, release, err := acquireAdmin(t.cfg.adminAddr, c.logger)
 		if err != nil {
 			return nil, err
 		}
 		t.admin = a
-		t.closers = append(t.closers, release, t.metrics.OnEvent(a.Record))
+		t.closers = append(t.closers, release, t.rec.OnEvent(a.Record))
 	}
-	if telemetry.MetricsEnabled(t.cfg.meter) {
-		t.closers = append(t.closers, t.metrics.ObserveSVID(svidObserver(c.identity)))
+	if mp != nil {
+		t.closers = append(t.closers, t.rec.ObserveSVID(svidObserver(c.identity)))
 	}
-	if t.interceptorsOn() { // metrics on or admin endpoint: count rotations
-		t.closers = append(t.closers, watchRotations(c.identity, t.metrics))
+	if mp != nil || t.admin != nil { // count rotations
+		t.closers = append(t.closers, watchRotations(c.identity, t.rec))
 	}
 	return t, nil
 }
@@ -149,13 +183,17 @@ func (t *meshTelemetry) close() {
 	}
 }
 
+// on reports whether the telemetry pipeline is installed: the one rule
+// for gRPC and HTTP, servers and clients.
+func (t *meshTelemetry) on() bool { return t != nil && t.pipe.On() }
+
 // onDeny counts denials and records them for the admin endpoint, then calls
 // next (the WithDenialHook function, may be nil).
 func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.DeniedError) {
-	if !t.interceptorsOn() {
+	if !t.on() {
 		return next
 	}
-	m := t.metrics
+	m := t.rec
 	return func(d *security.DeniedError) {
 		m.AuthzDenied(d.Rule, d.Caller.String(), d.Target)
 		if next != nil {
@@ -164,52 +202,53 @@ func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.
 	}
 }
 
-// Off means off: what a server or client installs is decided when it is
-// built. The otelgrpc stats handler only when a tracer or meter provider is
-// an SDK one (grpc-go builds per-call stats events for any installed
-// handler, even one that ignores them); the metrics interceptors only when
-// metrics are on or the admin endpoint wants call events.
-func (t *meshTelemetry) statsOn() bool {
-	return t != nil && !t.cfg.off && telemetry.Enabled(t.cfg.tracer, t.cfg.meter)
+// authorizer puts the authorization decision on the call's span when the
+// call is traced: mesh.authz.decision, and for a denial the deciding rule
+// (mesh.authz.rule). nil stays nil (the default authorization).
+func (t *meshTelemetry) authorizer(a security.Authorizer) security.Authorizer {
+	if a == nil || !t.on() || t.pipe.Tracing == nil {
+		return a
+	}
+	return func(ctx context.Context, call security.Call) error {
+		err := a(ctx, call)
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
+			var denied *security.DeniedError
+			switch {
+			case err == nil:
+				span.SetAttributes(meshtel.KeyDecision.String("allow"))
+			case errors.As(err, &denied):
+				span.SetAttributes(meshtel.KeyDecision.String("deny"), meshtel.KeyRule.String(denied.Rule))
+			default:
+				span.SetAttributes(meshtel.KeyDecision.String("error"))
+			}
+		}
+		return err
+	}
 }
 
-func (t *meshTelemetry) interceptorsOn() bool {
-	return t != nil && !t.cfg.off && (t.admin != nil || telemetry.MetricsEnabled(t.cfg.meter))
-}
-
-// serverOptions are the stats handler and the metrics interceptors, to be
-// put before every other server option so the interceptors run outermost.
+// serverOptions are the telemetry interceptors, to be put before every
+// other server option so they run outermost.
 func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
-	var opts []grpc.ServerOption
-	if t.statsOn() {
-		opts = append(opts, grpc.StatsHandler(telemetry.ServerHandler(t.cfg.tracer, t.cfg.meter, telemetry.WithSelf(t.self.String()))))
+	if !t.on() {
+		return nil
 	}
-	if t.interceptorsOn() {
-		unary, stream := telemetry.ServerInterceptors(t.metrics, t.self.String())
-		opts = append(opts, grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
-	}
-	return opts
+	unary, stream := t.pipe.ServerInterceptors()
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
 }
 
-// dialOptions are the client counterpart of serverOptions.
+// dialOptions are the client counterpart of serverOptions: the call
+// interceptors, outermost.
 func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 	var opts []grpc.DialOption
-	if t.statsOn() {
-		opts = append(opts, grpc.WithStatsHandler(telemetry.ClientHandler(t.cfg.tracer, t.cfg.meter, telemetry.WithSelf(t.self.String()))))
-	}
-	if t.interceptorsOn() {
-		unary, stream := telemetry.ClientInterceptors(t.metrics, t.self.String(), target)
+	if t.on() {
+		unary, stream := t.pipe.ClientInterceptors(target)
 		opts = append(opts, grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	}
-	if strings.HasPrefix(target, "xds:") && telemetry.MetricsEnabled(t.cfg.meter) {
+	if mp := meshtel.MeterProvider(t.cfg.meter); mp != nil && !t.cfg.off && strings.HasPrefix(target, "xds:") {
 		// grpc-go's xDS client reports accepted and NACKed updates, its
 		// connection to the control plane and its resources only through
 		// a stats plugin: take those metrics, not the per-call ones
-		// (otelgrpc and the mesh already record calls).
-		mp := t.cfg.meter
-		if mp == nil {
-			mp = otel.GetMeterProvider()
-		}
+		// (the mesh records calls).
 		opts = append(opts, grpcotel.DialOption(grpcotel.Options{MetricsOptions: grpcotel.MetricsOptions{
 			MeterProvider: mp,
 			Metrics: stats.NewMetrics("grpc.xds_client.resource_updates_valid", "grpc.xds_client.resource_updates_invalid",
@@ -217,6 +256,26 @@ func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 		}}))
 	}
 	return opts
+}
+
+// attemptDialOptions are the attempt interceptors, to be put right after
+// the resilience interceptors: each attempt counted, a traced call's
+// attempts each a span.
+func (t *meshTelemetry) attemptDialOptions(target string) []grpc.DialOption {
+	if !t.on() {
+		return nil
+	}
+	unary, stream := t.pipe.AttemptInterceptors(target)
+	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream)}
+}
+
+// httpHandler wraps an HTTP server's handler (outside its authorization)
+// in the telemetry pipeline. Off means off: h unchanged.
+func (t *meshTelemetry) httpHandler(h http.Handler) http.Handler {
+	if !t.on() {
+		return h
+	}
+	return t.pipe.HTTPHandler(h)
 }
 
 // registerServer shows a server on the admin endpoint until close; kind is
@@ -374,20 +433,6 @@ func newDialTelemetry(c *commonConfig) (*meshTelemetry, error) {
 	return newTelemetry(c, self)
 }
 
-// otelhttpOptions are the otelhttp options for NewHTTPServer and
-// HTTPClient: W3C propagation and the providers of WithTracerProvider and
-// WithMeterProvider (the globals when unset).
-func (c *commonConfig) otelhttpOptions() []otelhttp.Option {
-	opts := []otelhttp.Option{otelhttp.WithPropagators(telemetry.Propagator())}
-	if c.telemetry.tracer != nil {
-		opts = append(opts, otelhttp.WithTracerProvider(c.telemetry.tracer))
-	}
-	if c.telemetry.meter != nil {
-		opts = append(opts, otelhttp.WithMeterProvider(c.telemetry.meter))
-	}
-	return opts
-}
-
 // rotationWatchers watch each identity source of the process once, however
 // many servers and clients share it, so a rotation counts once.
 var rotationWatchers = struct {
@@ -408,7 +453,7 @@ const rotationPoll = 10 * time.Second
 // returned func is called by every user of src. Sources with a
 // Changed() <-chan struct{} (closed at the next update: DevSource,
 // FileSource) are followed exactly; others are polled every 10s.
-func watchRotations(src security.Source, m *telemetry.Metrics) (release func()) {
+func watchRotations(src security.Source, m *meshtel.Recorder) (release func()) {
 	if src == nil || !reflect.TypeOf(src).Comparable() {
 		return func() {}
 	}
@@ -435,7 +480,7 @@ func watchRotations(src security.Source, m *telemetry.Metrics) (release func()) 
 	}
 }
 
-func (w *rotationWatcher) run(src security.Source, m *telemetry.Metrics) {
+func (w *rotationWatcher) run(src security.Source, m *meshtel.Recorder) {
 	defer close(w.done)
 	changer, _ := src.(interface{ Changed() <-chan struct{} })
 	serial := func() string {
@@ -475,41 +520,15 @@ func (w *rotationWatcher) run(src security.Source, m *telemetry.Metrics) {
 	}
 }
 
-// httpHandler wraps an HTTP server's handler (outside its authorization)
-// in the telemetry that is on: the identity-labelled call metrics and
-// admin events, and otelhttp spans with W3C propagation. Off means off: h
-// unchanged.
-func (t *meshTelemetry) httpHandler(c *commonConfig, h http.Handler) http.Handler {
-	if t.interceptorsOn() {
-		h = telemetry.HTTPHandler(t.metrics, t.self.String(), h)
-	}
-	if t.statsOn() {
-		h = otelhttp.NewHandler(h, "gridmesh.http.server", c.otelhttpOptions()...)
-	}
-	return h
-}
-
-// httpTransport is httpHandler for an HTTP client's transport; target ""
-// labels each request with its URL host.
-func (t *meshTelemetry) httpTransport(c *commonConfig, target string, rt http.RoundTripper) http.RoundTripper {
-	if t.interceptorsOn() {
-		rt = telemetry.HTTPTransport(t.metrics, t.self.String(), target, rt)
-	}
-	if t.statsOn() {
-		rt = otelhttp.NewTransport(rt, c.otelhttpOptions()...)
-	}
-	return rt
-}
-
 // resilienceObserver turns the resilience client's events into metrics and
 // admin events (retries, hedges, breaker changes, budget exhaustion,
 // local rejections). Pass it with resilience.WithObserver when building
 // the default client; it is empty while telemetry is off.
 func (t *meshTelemetry) resilienceObserver() resilience.Observer {
-	if !t.interceptorsOn() {
+	if !t.on() {
 		return resilience.Observer{}
 	}
-	m := t.metrics
+	m := t.rec
 	return resilience.Observer{
 		OnRetry: func(e resilience.RetryEvent) {
 			detail := "attempt " + strconv.Itoa(e.Attempt)

@@ -29,9 +29,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // relayService answers UnaryCall by calling next, and reports the baggage

@@ -16,11 +16,11 @@ import (
 	"google.golang.org/grpc/xds"
 
 	"github.com/gridmesh/gridmesh/controlplane/registration"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/internal/xdscert"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // xdsConfig is the control-plane part of the server and dial configs.
@@ -229,10 +229,10 @@ func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
 		t.log().Warn("refused config from the control plane (NACK); the last accepted version stays in force",
 			"scope", scope, "type", u.TypeURL, "version", u.Version, "resources", u.Rejected, "reason", u.Detail)
 	}
-	if !t.interceptorsOn() {
+	if !t.on() {
 		return
 	}
-	t.metrics.XDSUpdate(scope, u.TypeURL, u.Version, u.NACK, u.Detail)
+	t.rec.XDSUpdate(scope, u.TypeURL, u.Version, u.NACK, u.Detail)
 	typeName := u.TypeURL[strings.LastIndex(u.TypeURL, ".")+1:]
 	for _, r := range u.Accepted {
 		for _, f := range admin.UnsupportedFields(r.Message) {
@@ -245,7 +245,7 @@ func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
 			t.unsupportedSeen[key] = true
 			t.xdsMu.Unlock()
 			if !seen {
-				t.metrics.UnsupportedField("xds", scope, typeName+" "+r.Name, f)
+				t.rec.UnsupportedField("xds", scope, typeName+" "+r.Name, f)
 			}
 		}
 	}

@@ -28,12 +28,12 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // TestXDSModeWithoutBootstrapFile: a mesh server and client configured only
@@ -183,10 +183,10 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 	}
 
 	// Each accepted update is an event on the client's target.
-	events := getJSON[[]telemetry.Event](t, adminURL+"/events?target=xds:///trading")
+	events := getJSON[[]meshtel.Event](t, adminURL+"/events?target=xds:///trading")
 	updates := map[string]bool{}
 	for _, e := range events {
-		if e.Kind == telemetry.EventXDS && e.Code == "ok" {
+		if e.Kind == meshtel.EventXDS && e.Code == "ok" {
 			updates[e.Resource] = true
 		}
 	}

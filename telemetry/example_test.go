@@ -2,7 +2,6 @@ package telemetry_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 
@@ -32,15 +31,4 @@ func ExampleNewLogHandler() {
 	logger.InfoContext(ctx, "order placed", "lots", 3)
 	// Output:
 	// level=INFO msg="order placed" lots=3 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7
-}
-
-func ExampleMetrics_OnEvent() {
-	m := telemetry.NewMetrics(nil) // the global MeterProvider: a no-op until one is installed
-	m.OnEvent(func(e telemetry.Event) { fmt.Println(e.Kind, e.Target, e.Detail) })
-	// What the resilience and discovery callbacks call, one line each:
-	m.BreakerStateChanged("xds:///trading", "closed", "open")
-	m.DiscoveryUpdate("consul:///registry", 3, nil)
-	// Output:
-	// breaker xds:///trading closed -> open
-	// discovery_update consul:///registry 3 endpoints
 }

@@ -31,6 +31,8 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 // Exporter names, as the OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER
@@ -206,12 +208,6 @@ func (p *Providers) Shutdown(ctx context.Context) error {
 	return p.err
 }
 
-// Propagator is the W3C trace-context and baggage propagator the mesh uses
-// on every client and server.
-func Propagator() propagation.TextMapPropagator {
-	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-}
-
 // Setup builds the exporters and providers cfg asks for and, unless
 // cfg.NoGlobal, installs them and the W3C propagator as the OpenTelemetry
 // globals, which the mesh uses by default. A signal that is "none" keeps
@@ -259,16 +255,23 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		return fail(fmt.Errorf("telemetry: traces exporter: %w", err))
 	}
 	if spanExp != nil {
-		sampler := sdktrace.ParentBased(sdktrace.AlwaysSample())
+		ratio := 1.0
 		if cfg.SampleRatio > 0 && cfg.SampleRatio < 1 {
-			sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))
+			ratio = cfg.SampleRatio
 		}
-		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spanExp), sdktrace.WithResource(res), sdktrace.WithSampler(sampler))
-		p.TracerProvider = tp
+		// The mesh takes the sampling decision for its calls itself,
+		// before it allocates anything for a span (meshtel.Tracing), with
+		// the same ratio; the SDK's sampler follows it.
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spanExp), sdktrace.WithResource(res), sdktrace.WithSampler(meshtel.SDKSampler(ratio)))
+		p.TracerProvider = &tracerProvider{TracerProvider: tp, ratio: ratio}
 		p.shutdown = append(p.shutdown, tp.Shutdown)
 		p.flush = append(p.flush, tp.ForceFlush)
 	}
 
+	// The mesh's golden call metrics live in hub, lock-free aggregates the
+	// readers collect at collection time: no SDK instrument is touched on
+	// a call.
+	hub := meshtel.NewHub()
 	var reader sdkmetric.Reader
 	interval := cfg.MetricInterval
 	if interval <= 0 {
@@ -287,18 +290,18 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 			return fail(fmt.Errorf("telemetry: metrics protocol %q is not supported: use %q or %q (OTEL_EXPORTER_OTLP_PROTOCOL)", cfg.MetricsProtocol, ProtocolGRPC, ProtocolHTTP))
 		}
 		if err == nil {
-			reader = sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(interval))
+			reader = sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(interval), sdkmetric.WithProducer(hub))
 		}
 	case ExporterStdout, "stdout":
 		var exp sdkmetric.Exporter
 		exp, err = stdoutmetric.New(stdoutmetric.WithWriter(stdout(cfg)))
 		if err == nil {
-			reader = sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(interval))
+			reader = sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(interval), sdkmetric.WithProducer(hub))
 		}
 	case ExporterPrometheus:
 		reg := prometheus.NewRegistry()
 		var exp *otelprom.Exporter
-		exp, err = otelprom.New(otelprom.WithRegisterer(reg))
+		exp, err = otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(hub))
 		if err == nil {
 			reader = exp
 			p.prom = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
@@ -311,7 +314,7 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 	}
 	if reader != nil {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
-		p.MeterProvider = mp
+		p.MeterProvider = &meterProvider{MeterProvider: mp, hub: hub}
 		p.shutdown = append(p.shutdown, mp.Shutdown)
 		p.flush = append(p.flush, mp.ForceFlush)
 	}
@@ -341,7 +344,7 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		if reader != nil {
 			otel.SetMeterProvider(p.MeterProvider)
 		}
-		otel.SetTextMapPropagator(Propagator())
+		otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	}
 	return p, nil
 }
@@ -369,3 +372,21 @@ func stdout(cfg Config) io.Writer {
 	}
 	return os.Stdout
 }
+
+// meterProvider is the SDK provider Setup builds, with the Hub its
+// readers collect, which the mesh records its calls into.
+type meterProvider struct {
+	metric.MeterProvider
+	hub *meshtel.Hub
+}
+
+func (m *meterProvider) MeshHub() *meshtel.Hub { return m.hub }
+
+// tracerProvider is the SDK provider Setup builds, with the ratio of new
+// traces it samples, which the mesh applies itself.
+type tracerProvider struct {
+	trace.TracerProvider
+	ratio float64
+}
+
+func (t *tracerProvider) MeshRootRatio() float64 { return t.ratio }

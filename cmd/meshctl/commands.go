@@ -11,8 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
+	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 func writeJSON(w io.Writer, v any) error {
@@ -223,24 +223,24 @@ type Explanation struct {
 	// Changes are the latest config and state changes for the target (xDS
 	// and discovery updates, breaker changes, ejections): what the calls
 	// below were routed by.
-	Changes []telemetry.Event `json:"changes"`
-	Events  []telemetry.Event `json:"events"`
+	Changes []meshtel.Event `json:"changes"`
+	Events  []meshtel.Event `json:"events"`
 }
 
 // changesShown is how many recent changes explain shows.
 const changesShown = 8
 
 func (c *client) explain(ctx context.Context, w io.Writer, target string, limit int, asJSON bool) error {
-	var all []telemetry.Event
+	var all []meshtel.Event
 	if _, err := c.get(ctx, "/events", nil, &all); err != nil {
 		return err
 	}
-	var evs, changes []telemetry.Event
+	var evs, changes []meshtel.Event
 	for _, e := range all {
 		if e.Target != target && e.Method != target && e.Source != target && e.Peer != target {
 			continue
 		}
-		if telemetry.IsChange(e.Kind) {
+		if meshtel.IsChange(e.Kind) {
 			changes = append(changes, e)
 		} else {
 			evs = append(evs, e)
@@ -254,10 +254,10 @@ func (c *client) explain(ctx context.Context, w io.Writer, target string, limit 
 	}
 	ex := Explanation{Target: target, Summary: summarize(evs), Changes: changes, Events: evs}
 	if ex.Events == nil {
-		ex.Events = []telemetry.Event{}
+		ex.Events = []meshtel.Event{}
 	}
 	if ex.Changes == nil {
-		ex.Changes = []telemetry.Event{}
+		ex.Changes = []meshtel.Event{}
 	}
 	if asJSON {
 		return writeJSON(w, ex)
@@ -292,9 +292,9 @@ func (c *client) explain(ctx context.Context, w io.Writer, target string, limit 
 }
 
 // why is the one-line reason for an event.
-func why(e telemetry.Event) string {
+func why(e meshtel.Event) string {
 	switch e.Kind {
-	case telemetry.EventCall:
+	case meshtel.EventCall:
 		var b strings.Builder
 		if e.Side == "client" {
 			if e.Endpoint == "" {
@@ -310,33 +310,33 @@ func why(e telemetry.Event) string {
 			fmt.Fprintf(&b, ": %s", e.Detail)
 		}
 		return b.String()
-	case telemetry.EventDenied:
+	case meshtel.EventDenied:
 		return fmt.Sprintf("%s denied by %s", e.Source, e.Rule)
-	case telemetry.EventRetry:
+	case meshtel.EventRetry:
 		return "retried: " + dash(e.Detail)
-	case telemetry.EventHedge:
+	case meshtel.EventHedge:
 		return "hedged attempt"
-	case telemetry.EventBudget:
+	case meshtel.EventBudget:
 		return "retry refused: retry budget spent"
-	case telemetry.EventRejected:
+	case meshtel.EventRejected:
 		return "refused locally, not sent: " + dash(e.Detail)
-	case telemetry.EventBreaker:
+	case meshtel.EventBreaker:
 		return "circuit breaker " + e.Detail
-	case telemetry.EventEjected:
+	case meshtel.EventEjected:
 		return fmt.Sprintf("endpoint %s ejected by outlier detection: %s", e.Endpoint, dash(e.Detail))
-	case telemetry.EventUnejected:
+	case meshtel.EventUnejected:
 		return fmt.Sprintf("endpoint %s returned from ejection", e.Endpoint)
-	case telemetry.EventDiscovery:
+	case meshtel.EventDiscovery:
 		if e.Code == "error" {
 			return "discovery failed (keeping last endpoints): " + e.Detail
 		}
 		return "discovery update: " + e.Detail
-	case telemetry.EventXDS:
+	case meshtel.EventXDS:
 		if e.Code == "nack" {
 			return fmt.Sprintf("xDS %s version %s refused (NACK), last accepted version stays: %s", typeName(e.Resource), e.Version, e.Detail)
 		}
 		return fmt.Sprintf("xDS %s version %s accepted", typeName(e.Resource), e.Version)
-	case telemetry.EventUnsupported:
+	case meshtel.EventUnsupported:
 		return fmt.Sprintf("%s: field %s received but not acted on", e.Resource, e.Detail)
 	default:
 		return e.Detail
@@ -345,14 +345,14 @@ func why(e telemetry.Event) string {
 
 // summarize counts what the events say: outcomes, where calls went, retries
 // and denials by rule.
-func summarize(evs []telemetry.Event) []string {
+func summarize(evs []meshtel.Event) []string {
 	var calls, ok, retries, denied int
 	codes := map[string]int{}
 	endpoints := map[string]int{}
 	rules := map[string]int{}
 	for _, e := range evs {
 		switch e.Kind {
-		case telemetry.EventCall:
+		case meshtel.EventCall:
 			calls++
 			if succeeded(e.Code) {
 				ok++
@@ -362,9 +362,9 @@ func summarize(evs []telemetry.Event) []string {
 			if e.Side == "client" && e.Endpoint != "" {
 				endpoints[e.Endpoint+" ("+dash(e.Peer)+")"]++
 			}
-		case telemetry.EventRetry:
+		case meshtel.EventRetry:
 			retries++
-		case telemetry.EventDenied:
+		case meshtel.EventDenied:
 			denied++
 			rules[e.Rule]++
 		}

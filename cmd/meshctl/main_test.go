@@ -22,7 +22,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
+	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")

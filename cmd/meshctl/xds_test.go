@@ -16,8 +16,8 @@ import (
 	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
+	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 // TestCommandsInXDSMode: for a server and a client configured by meshd,
@@ -136,7 +136,7 @@ services:
 	}
 	types := map[string]bool{}
 	for _, e := range ex.Changes {
-		if e.Kind == telemetry.EventXDS && e.Code == "ok" {
+		if e.Kind == meshtel.EventXDS && e.Code == "ok" {
 			types[typeName(e.Resource)] = true
 		}
 	}

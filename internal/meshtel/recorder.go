@@ -1,4 +1,4 @@
-package telemetry
+package meshtel
 
 import (
 	"context"
@@ -13,23 +13,14 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
-// ScopeName is the instrumentation scope of the mesh's own metrics.
-const ScopeName = "github.com/gridmesh/gridmesh/telemetry"
-
 // Attribute keys of the mesh metrics.
 const (
-	KeySource      = attribute.Key("mesh.source")      // caller SPIFFE ID
-	KeyDestination = attribute.Key("mesh.destination") // callee SPIFFE ID ("" when no connection was made)
-	KeyTarget      = attribute.Key("mesh.target")      // dial target, client side
-	KeySide        = attribute.Key("mesh.side")        // "client" or "server"
-	KeyMethod      = attribute.Key("rpc.method")       // full gRPC method
-	KeyCode        = attribute.Key("rpc.grpc.status_code")
-	KeyRule        = attribute.Key("mesh.authz.rule")
-	KeyState       = attribute.Key("mesh.breaker.state")
-	KeyFrom        = attribute.Key("mesh.breaker.from")
-	KeyEndpoint    = attribute.Key("mesh.endpoint")
-	KeyTypeURL     = attribute.Key("xds.type_url")
-	KeyOutcome     = attribute.Key("mesh.outcome") // "ok", "error", "nack"
+	KeyMethod   = attribute.Key("rpc.method") // full gRPC method
+	KeyState    = attribute.Key("mesh.breaker.state")
+	KeyFrom     = attribute.Key("mesh.breaker.from")
+	KeyEndpoint = attribute.Key("mesh.endpoint")
+	KeyTypeURL  = attribute.Key("xds.type_url")
+	KeyOutcome  = attribute.Key("mesh.outcome") // "ok", "error", "nack"
 )
 
 // Event kinds, as Event.Kind spells them.
@@ -81,16 +72,15 @@ func IsChange(kind string) bool {
 	return false
 }
 
-// Metrics records the mesh's metrics through the OpenTelemetry metrics API
-// and hands every recorded event to an optional sink (the admin endpoint).
-// The methods match the callbacks of the leaf packages, so wiring one is
-// a one-line closure. A nil *Metrics records nothing. Safe for concurrent
-// use.
+// Recorder records the mesh's events (retries, breaker changes, denials,
+// rotations, config updates) as OpenTelemetry metrics and hands every
+// event, calls included, to its sinks (the admin endpoint). Call metrics
+// are not recorded here: they go to the Hub. The methods match the
+// callbacks of the leaf packages, so wiring one is a one-line closure. A
+// nil *Recorder records nothing. Safe for concurrent use.
 //
 // Instruments (all under the scope ScopeName):
 //
-//	mesh.rpc.requests            counter   side, source, destination, target, method, code
-//	mesh.rpc.duration            histogram seconds, same attributes
 //	mesh.retries                 counter   target, method
 //	mesh.hedges                  counter   target, method
 //	mesh.retry_budget.exhausted  counter   target
@@ -103,9 +93,7 @@ func IsChange(kind string) bool {
 //	mesh.discovery.updates       counter   target, outcome
 //	mesh.discovery.endpoints     gauge     endpoints in the last update, target
 //	mesh.xds.updates             counter   type_url, outcome ("ok" or "nack")
-type Metrics struct {
-	requests    metric.Int64Counter
-	duration    metric.Float64Histogram
+type Recorder struct {
 	retries     metric.Int64Counter
 	hedges      metric.Int64Counter
 	budget      metric.Int64Counter
@@ -124,57 +112,18 @@ type Metrics struct {
 	mu     sync.RWMutex
 	sinks  []func(Event)
 	nsinks atomic.Int32
-
-	// callAttrs caches the attribute set of each call series, so a call
-	// does not build one (it is the same few series over and over).
-	callMu    sync.RWMutex
-	callAttrs map[callSeries]metric.MeasurementOption
 }
 
-// callSeries identifies the attributes of a call's metrics.
-type callSeries struct{ side, source, peer, target, method, code string }
-
-// maxCachedCallSeries bounds callAttrs: callers choose method names, and
-// series beyond the bound are still recorded, only not cached.
-const maxCachedCallSeries = 4096
-
-func (m *Metrics) callAttributes(e Event) metric.MeasurementOption {
-	k := callSeries{e.Side, e.Source, e.Peer, e.Target, e.Method, e.Code}
-	m.callMu.RLock()
-	opt, ok := m.callAttrs[k]
-	m.callMu.RUnlock()
-	if ok {
-		return opt
-	}
-	opt = metric.WithAttributeSet(attribute.NewSet(
-		KeySide.String(e.Side), KeySource.String(e.Source), KeyDestination.String(e.Peer),
-		KeyTarget.String(e.Target), KeyMethod.String(e.Method), KeyCode.String(e.Code)))
-	m.callMu.Lock()
-	if m.callAttrs == nil {
-		m.callAttrs = map[callSeries]metric.MeasurementOption{}
-	}
-	if len(m.callAttrs) < maxCachedCallSeries {
-		m.callAttrs[k] = opt
-	}
-	m.callMu.Unlock()
-	return opt
-}
-
-// NewMetrics creates the mesh instruments on mp (the global provider when
+// NewRecorder creates the mesh instruments on mp (the global provider when
 // nil). With a no-op provider every method costs a few nanoseconds.
-func NewMetrics(mp metric.MeterProvider) *Metrics {
+func NewRecorder(mp metric.MeterProvider) *Recorder {
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
 	m := mp.Meter(ScopeName)
 	// Instrument constructors only fail on invalid names; ours are valid,
 	// and the API hands back a working no-op instrument beside any error.
-	var mt Metrics
-	mt.requests, _ = m.Int64Counter("mesh.rpc.requests", metric.WithUnit("{request}"),
-		metric.WithDescription("Calls through the mesh, by caller and callee SPIFFE ID, method and gRPC code."))
-	mt.duration, _ = m.Float64Histogram("mesh.rpc.duration", metric.WithUnit("s"),
-		metric.WithDescription("Duration of calls through the mesh."),
-		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+	var mt Recorder
 	mt.retries, _ = m.Int64Counter("mesh.retries", metric.WithUnit("{retry}"), metric.WithDescription("Retry attempts."))
 	mt.hedges, _ = m.Int64Counter("mesh.hedges", metric.WithUnit("{hedge}"), metric.WithDescription("Hedged attempts."))
 	mt.budget, _ = m.Int64Counter("mesh.retry_budget.exhausted", metric.WithUnit("{retry}"), metric.WithDescription("Retries refused because the retry budget was spent."))
@@ -194,7 +143,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 
 // OnEvent adds fn to the sinks that receive every recorded event. fn must
 // be quick and safe for concurrent use. The returned func removes it.
-func (m *Metrics) OnEvent(fn func(Event)) (remove func()) {
+func (m *Recorder) OnEvent(fn func(Event)) (remove func()) {
 	if m == nil || fn == nil {
 		return func() {}
 	}
@@ -216,7 +165,7 @@ func (m *Metrics) OnEvent(fn func(Event)) (remove func()) {
 	}
 }
 
-func (m *Metrics) emit(e Event) {
+func (m *Recorder) emit(e Event) {
 	if m.nsinks.Load() == 0 {
 		return
 	}
@@ -232,24 +181,15 @@ func (m *Metrics) emit(e Event) {
 	}
 }
 
-// active reports whether recording a call does anything: an SDK provider
-// behind the instruments, or an event sink.
-func (m *Metrics) active() bool {
-	return m != nil && (m.nsinks.Load() > 0 || m.requests.Enabled(bg) || m.duration.Enabled(bg))
-}
+// callEvents reports whether calls are to be handed to sinks.
+func (m *Recorder) callEvents() bool { return m != nil && m.nsinks.Load() > 0 }
 
 var bg = context.Background()
 
-// RecordCall records one finished call. The mesh's interceptors call it;
-// you do not need to.
-func (m *Metrics) RecordCall(e Event) {
+// RecordCall hands one finished call to the sinks.
+func (m *Recorder) RecordCall(e Event) {
 	if m == nil {
 		return
-	}
-	if m.requests.Enabled(bg) || m.duration.Enabled(bg) {
-		attrs := m.callAttributes(e)
-		m.requests.Add(bg, 1, attrs)
-		m.duration.Record(bg, e.Duration.Seconds(), attrs)
 	}
 	e.Kind = EventCall
 	m.emit(e)
@@ -257,7 +197,7 @@ func (m *Metrics) RecordCall(e Event) {
 
 // RecordRetry records a retry attempt of method to dest (a target or
 // destination service); detail says why (the error retried on).
-func (m *Metrics) RecordRetry(dest, method, detail string) {
+func (m *Recorder) RecordRetry(dest, method, detail string) {
 	if m == nil {
 		return
 	}
@@ -266,7 +206,7 @@ func (m *Metrics) RecordRetry(dest, method, detail string) {
 }
 
 // RecordHedge records a hedged attempt of method to dest.
-func (m *Metrics) RecordHedge(dest, method string) {
+func (m *Recorder) RecordHedge(dest, method string) {
 	if m == nil {
 		return
 	}
@@ -275,7 +215,7 @@ func (m *Metrics) RecordHedge(dest, method string) {
 }
 
 // RetryBudgetExhausted records a retry to dest refused by the retry budget.
-func (m *Metrics) RetryBudgetExhausted(dest, method string) {
+func (m *Recorder) RetryBudgetExhausted(dest, method string) {
 	if m == nil {
 		return
 	}
@@ -285,7 +225,7 @@ func (m *Metrics) RetryBudgetExhausted(dest, method string) {
 
 // Rejected records an attempt to dest refused locally (breaker open,
 // bulkhead full, rate limited) and so never sent.
-func (m *Metrics) Rejected(dest, method, detail string) {
+func (m *Recorder) Rejected(dest, method, detail string) {
 	if m == nil {
 		return
 	}
@@ -295,7 +235,7 @@ func (m *Metrics) Rejected(dest, method, detail string) {
 
 // BreakerStateChanged records a circuit breaker for dest moving from one
 // state to another ("closed", "open", "half-open").
-func (m *Metrics) BreakerStateChanged(dest, from, to string) {
+func (m *Recorder) BreakerStateChanged(dest, from, to string) {
 	if m == nil {
 		return
 	}
@@ -305,7 +245,7 @@ func (m *Metrics) BreakerStateChanged(dest, from, to string) {
 
 // OutlierEjected records outlier detection ejecting endpoint of dest
 // (ejected true) or returning it (false); reason is free text.
-func (m *Metrics) OutlierEjected(dest, endpoint string, ejected bool, reason string) {
+func (m *Recorder) OutlierEjected(dest, endpoint string, ejected bool, reason string) {
 	if m == nil {
 		return
 	}
@@ -322,7 +262,7 @@ func (m *Metrics) OutlierEjected(dest, endpoint string, ejected bool, reason str
 // labelled by the verb only: a refused path is whatever the caller sent,
 // and as a label it would grow without bound under probing. The admin
 // event keeps the path.
-func (m *Metrics) AuthzDenied(rule, caller, method string) {
+func (m *Recorder) AuthzDenied(rule, caller, method string) {
 	if m == nil {
 		return
 	}
@@ -333,7 +273,7 @@ func (m *Metrics) AuthzDenied(rule, caller, method string) {
 
 // SVIDRotated records that the workload id got a new SVID expiring at
 // expiry.
-func (m *Metrics) SVIDRotated(id string, expiry time.Time) {
+func (m *Recorder) SVIDRotated(id string, expiry time.Time) {
 	if m == nil {
 		return
 	}
@@ -344,7 +284,7 @@ func (m *Metrics) SVIDRotated(id string, expiry time.Time) {
 // ObserveSVID makes the mesh.svid.expiry gauge report what current returns
 // (the SPIFFE ID and expiry of the SVID in use, ok false when there is
 // none) each time metrics are collected. The returned func stops it.
-func (m *Metrics) ObserveSVID(current func() (id string, expiry time.Time, ok bool)) (unregister func()) {
+func (m *Recorder) ObserveSVID(current func() (id string, expiry time.Time, ok bool)) (unregister func()) {
 	if m == nil {
 		return func() {}
 	}
@@ -363,7 +303,7 @@ func (m *Metrics) ObserveSVID(current func() (id string, expiry time.Time, ok bo
 
 // DiscoveryUpdate records an endpoint update for target with n endpoints,
 // or a failed one (err non-nil; n is then ignored).
-func (m *Metrics) DiscoveryUpdate(target string, n int, err error) {
+func (m *Recorder) DiscoveryUpdate(target string, n int, err error) {
 	if m == nil {
 		return
 	}
@@ -380,7 +320,7 @@ func (m *Metrics) DiscoveryUpdate(target string, n int, err error) {
 // XDSUpdate records an xDS response of typeURL at version that the xDS
 // client of scope (a dial target or a server's SPIFFE ID) accepted or
 // NACKed (nack true, detail the reason).
-func (m *Metrics) XDSUpdate(scope, typeURL, version string, nack bool, detail string) {
+func (m *Recorder) XDSUpdate(scope, typeURL, version string, nack bool, detail string) {
 	if m == nil {
 		return
 	}
@@ -396,7 +336,7 @@ func (m *Metrics) XDSUpdate(scope, typeURL, version string, nack bool, detail st
 // mesh does not act on (grpc-go ignores such fields silently). source is
 // "xds" or "consul", scope the dial target or server it reached, resource
 // names the resource, field the field path.
-func (m *Metrics) UnsupportedField(source, scope, resource, field string) {
+func (m *Recorder) UnsupportedField(source, scope, resource, field string) {
 	if m == nil {
 		return
 	}

@@ -24,8 +24,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/gridmesh/gridmesh/telemetry"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
+	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -110,7 +110,7 @@ func TestEventsFeedDenialsAndObservedEndpoints(t *testing.T) {
 			return []admin.Target{{Target: "xds:///trading", State: "ready", Balancer: "round_robin"}}
 		},
 	})
-	m := telemetry.NewMetrics(nil) // no-op instruments; events still flow to the sink
+	m := meshtel.NewRecorder(nil) // no-op instruments; events still flow to the sink
 	m.OnEvent(s.Record)
 	for i := range 3 {
 		m.AuthzDenied("default deny", fmt.Sprintf("spiffe://example.org/c%d", i), "/rec.Trading/Buy")
@@ -119,7 +119,7 @@ func TestEventsFeedDenialsAndObservedEndpoints(t *testing.T) {
 	m.XDSUpdate("xds:///trading", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "8", true, "unknown lb policy")
 	m.UnsupportedField("xds", "xds:///trading", "Cluster trading", "dns_lookup_family")
 	for range 3 {
-		m.RecordCall(telemetry.Event{Side: "client", Target: "xds:///trading", Method: "/rec.Trading/Buy",
+		m.RecordCall(meshtel.Event{Side: "client", Target: "xds:///trading", Method: "/rec.Trading/Buy",
 			Endpoint: "10.0.0.1:8443", Peer: "spiffe://example.org/trading", Code: "OK"})
 	}
 

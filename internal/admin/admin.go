@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds/csds"
 
-	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 // Config configures Listen. Only Addr is required.
@@ -271,22 +271,22 @@ func (s *Server) Register(p Provider) (unregister func()) {
 // observed endpoints derived from it. Use it as a telemetry.Metrics sink:
 // m.OnEvent(s.Record). (Config received is read from the providers' xDS
 // clients, not from events.)
-func (s *Server) Record(e telemetry.Event) {
+func (s *Server) Record(e meshtel.Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recorded++
-	if telemetry.IsChange(e.Kind) {
+	if meshtel.IsChange(e.Kind) {
 		s.changes.add(recorded{s.recorded, e})
 	} else {
 		s.events.add(recorded{s.recorded, e})
 	}
 	switch e.Kind {
-	case telemetry.EventDenied:
+	case meshtel.EventDenied:
 		s.denials.add(Denial{Time: e.Time, Caller: e.Source, Method: e.Method, Rule: e.Rule})
-	case telemetry.EventCall:
+	case meshtel.EventCall:
 		if e.Side == "client" && e.Endpoint != "" {
 			eps := s.observed[e.Target]
 			if eps == nil {
@@ -516,19 +516,19 @@ func (s *Server) denialList() []Denial {
 
 // eventList returns the recent events, oldest first: traffic and changes
 // merged.
-func (s *Server) eventList(target string) []telemetry.Event {
+func (s *Server) eventList(target string) []meshtel.Event {
 	s.mu.Lock()
 	merged := append(s.events.list(), s.changes.list()...)
 	s.mu.Unlock()
 	slices.SortFunc(merged, func(a, b recorded) int { return cmp.Compare(a.seq, b.seq) })
-	all := make([]telemetry.Event, len(merged))
+	all := make([]meshtel.Event, len(merged))
 	for i, r := range merged {
 		all[i] = r.Event
 	}
 	if target == "" {
 		return all
 	}
-	out := []telemetry.Event{}
+	out := []meshtel.Event{}
 	for _, e := range all {
 		if e.Target == target {
 			out = append(out, e)
@@ -540,7 +540,7 @@ func (s *Server) eventList(target string) []telemetry.Event {
 // recorded is an event and its place in the order events were recorded.
 type recorded struct {
 	seq uint64
-	telemetry.Event
+	meshtel.Event
 }
 
 // ring keeps the last n values, oldest first.

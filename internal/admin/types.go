@@ -3,7 +3,7 @@ package admin
 import (
 	"time"
 
-	"github.com/gridmesh/gridmesh/telemetry"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 // Status is everything the admin endpoint knows, as GET /status returns it.
@@ -17,7 +17,7 @@ type Status struct {
 	Config      []ConfigUpdate    `json:"config"`
 	Unsupported []Unsupported     `json:"unsupported"`
 	Denials     []Denial          `json:"denials"`
-	Events      []telemetry.Event `json:"events"`
+	Events      []meshtel.Event `json:"events"`
 }
 
 // Process describes the process the endpoint belongs to.

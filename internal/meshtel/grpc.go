@@ -1,0 +1,372 @@
+package meshtel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Pipeline is the telemetry of one mesh server or client: golden metrics
+// into Hub, spans through Tracing, call events to Recorder's sinks (the
+// admin endpoint). Any of the three may be nil. Self is this side's SPIFFE
+// ID. Safe for concurrent use once built.
+type Pipeline struct {
+	Hub      *Hub
+	Tracing  *Tracing
+	Recorder *Recorder
+	Self     string
+}
+
+// On reports whether the pipeline has anything to do: when false the
+// mesh installs none of its interceptors or handlers.
+func (p *Pipeline) On() bool {
+	return p != nil && (p.Hub != nil || p.Tracing != nil || p.Recorder != nil)
+}
+
+func (p *Pipeline) events() bool { return p.Recorder.callEvents() }
+
+var rpcSystem = attribute.String("rpc.system.name", "grpc")
+
+// rpcName is a full gRPC method as rpc.method and span names spell it.
+func rpcName(fullMethod string) string {
+	if len(fullMethod) > 0 && fullMethod[0] == '/' {
+		return fullMethod[1:]
+	}
+	return fullMethod
+}
+
+// ServerInterceptors record every call a server handles: put them first
+// in the chain so refused calls count too. Only calls to registered
+// methods reach interceptors (grpc-go answers others Unimplemented), so
+// rpc.method stays bounded.
+func (p *Pipeline) ServerInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		ctx, span := p.serverStart(ctx, info.FullMethod)
+		resp, err := handler(ctx, req)
+		p.serverEnd(ctx, span, info.FullMethod, start, err)
+		return resp, err
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		ctx, span := p.serverStart(ss.Context(), info.FullMethod)
+		if ctx != ss.Context() {
+			ss = &ctxStream{ServerStream: ss, ctx: ctx}
+		}
+		err := handler(srv, ss)
+		p.serverEnd(ctx, span, info.FullMethod, start, err)
+		return err
+	}
+	return unary, stream
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }
+
+func first(md metadata.MD, key string) string {
+	if v := md[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Context, trace.Span) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	in := Incoming{Traceparent: first(md, "traceparent"), Tracestate: first(md, "tracestate"), Baggage: first(md, "baggage")}
+	if in == (Incoming{}) && p.Tracing == nil {
+		return ctx, nil
+	}
+	var attrs []attribute.KeyValue
+	if p.Tracing != nil {
+		src := ""
+		if p.Hub != nil {
+			pr, _ := peer.FromContext(ctx)
+			src = p.Hub.PeerID(pr)
+		} else {
+			pr, _ := peer.FromContext(ctx)
+			src = PeerSPIFFEID(pr)
+		}
+		attrs = []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", rpcName(method)),
+			KeySource.String(src), KeyDestination.String(p.Self)}
+	}
+	return p.Tracing.ServerStart(ctx, in, rpcName(method), trace.SpanKindServer, attrs...)
+}
+
+func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method string, start time.Time, err error) {
+	d := time.Since(start)
+	code := status.Code(err)
+	var sc trace.SpanContext
+	if span != nil {
+		sc = span.SpanContext()
+		endSpan(span, code, err)
+	}
+	if p.Hub == nil && !p.events() {
+		return
+	}
+	pr, _ := peer.FromContext(ctx)
+	var src string
+	if p.Hub != nil {
+		src = p.Hub.PeerID(pr)
+		p.Hub.RPCServer.Series(Key{Method: rpcName(method), Status: CodeName(code), Source: src, Destination: p.Self}).Observe(d, sc)
+	} else {
+		src = PeerSPIFFEID(pr)
+	}
+	if p.events() {
+		p.Recorder.RecordCall(Event{Time: start, Side: "server", Source: src, Peer: p.Self, Method: method,
+			Code: code.String(), Duration: d, Detail: errDetail(err)})
+	}
+}
+
+func endSpan(span trace.Span, code grpccodes.Code, err error) {
+	span.SetAttributes(attribute.String("rpc.response.status_code", CodeName(code)))
+	if err != nil {
+		span.SetStatus(codes.Error, errDetail(err))
+	}
+	span.End()
+}
+
+// callState follows the attempts of a traced call.
+type callState struct {
+	attempts atomic.Int32
+	inflight atomic.Int32
+}
+
+type callStateKey struct{}
+
+// ClientInterceptors record every call made on a connection to target,
+// the whole call (retries included) as one: put them first in the chain.
+// AttemptInterceptors, put after the resilience interceptors, count each
+// attempt and give a traced call's attempts their spans.
+func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
+	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		start := time.Now()
+		var pr *peer.Peer
+		if p.Hub != nil || p.events() {
+			pr = new(peer.Peer)
+			opts = append(opts, grpc.Peer(pr))
+		}
+		ctx, span := p.clientStart(ctx, method, target, opts, false)
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		p.clientEnd(span, target, method, opts, start, pr, err)
+		return err
+	}
+	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		start := time.Now()
+		pr := new(peer.Peer)
+		opts = append(opts, grpc.Peer(pr))
+		ctx, span := p.clientStart(ctx, method, target, opts, true)
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			p.clientEnd(span, target, method, opts, start, pr, err)
+			return nil, err
+		}
+		return &recordedStream{ClientStream: cs, done: func(err error) {
+			p.clientEnd(span, target, method, opts, start, pr, err)
+		}}, nil
+	}
+	return unary, stream
+}
+
+// methodLabel is rpc.method for a client call: the method when generated
+// code names it (grpc.StaticMethod), else "_OTHER", as grpc-go's own
+// metrics do, so a caller inventing method names cannot grow the series.
+func methodLabel(method string, opts []grpc.CallOption) string {
+	for _, o := range opts {
+		if _, ok := o.(grpc.StaticMethodCallOption); ok {
+			return rpcName(method)
+		}
+	}
+	return "_OTHER"
+}
+
+func (p *Pipeline) clientStart(ctx context.Context, method, target string, opts []grpc.CallOption, stream bool) (context.Context, trace.Span) {
+	var span trace.Span
+	if sampled, c := p.Tracing.ClientDecision(ctx); sampled {
+		ctx, span = p.Tracing.Start(c, methodLabel(method, opts), trace.SpanKindClient, rpcSystem,
+			attribute.String("rpc.method", methodLabel(method, opts)), KeySource.String(p.Self), KeyTarget.String(target))
+		if span != nil && !stream {
+			// The attempts inject their own spans' context.
+			ctx = context.WithValue(ctx, callStateKey{}, &callState{})
+		}
+	} else {
+		ctx = c
+	}
+	if span != nil && !stream {
+		return withBaggage(ctx), span
+	}
+	if tp, ts, ok := Outgoing(ctx); ok {
+		if ts != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", tp, "tracestate", ts)
+		} else {
+			ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", tp)
+		}
+	}
+	return withBaggage(ctx), span
+}
+
+func withBaggage(ctx context.Context) context.Context {
+	if b := baggage.FromContext(ctx); b.Len() > 0 {
+		return metadata.AppendToOutgoingContext(ctx, "baggage", b.String())
+	}
+	return ctx
+}
+
+func (p *Pipeline) clientEnd(span trace.Span, target, method string, opts []grpc.CallOption, start time.Time, pr *peer.Peer, err error) {
+	d := time.Since(start)
+	code := status.Code(err)
+	var sc trace.SpanContext
+	var dest string
+	if p.Hub != nil {
+		dest = p.Hub.PeerID(pr)
+	} else if pr != nil {
+		dest = PeerSPIFFEID(pr)
+	}
+	if span != nil {
+		sc = span.SpanContext()
+		span.SetAttributes(KeyDestination.String(dest))
+		endSpan(span, code, err)
+	}
+	if p.Hub != nil {
+		p.Hub.RPCClient.Series(Key{Method: methodLabel(method, opts), Status: CodeName(code), Source: p.Self, Destination: dest, Target: target}).Observe(d, sc)
+	}
+	if p.events() {
+		e := Event{Time: start, Side: "client", Source: p.Self, Target: target, Method: method, Peer: dest,
+			Code: code.String(), Duration: d, Detail: errDetail(err)}
+		if pr != nil && pr.Addr != nil {
+			e.Endpoint = pr.Addr.String()
+		}
+		p.Recorder.RecordCall(e)
+	}
+}
+
+// AttemptInterceptors count each attempt of a call (mesh.rpc.client.attempts)
+// and, for a traced unary call, give the attempt a span numbered in
+// mesh.attempt whose context goes to the server.
+func (p *Pipeline) AttemptInterceptors(target string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
+	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		var span trace.Span
+		if cs, _ := ctx.Value(callStateKey{}).(*callState); cs != nil {
+			n := cs.attempts.Add(1)
+			kind := "first"
+			if n > 1 {
+				kind = "retry"
+				if cs.inflight.Load() > 0 {
+					kind = "hedge"
+				}
+			}
+			cs.inflight.Add(1)
+			defer cs.inflight.Add(-1)
+			ctx, span = p.Tracing.Start(ctx, "attempt "+methodLabel(method, opts), trace.SpanKindInternal,
+				KeyAttempt.Int(int(n)), KeyAttemptKind.String(kind))
+			sc := trace.SpanContextFromContext(ctx)
+			kv := []string{"traceparent", FormatTraceparent(sc)}
+			if ts := sc.TraceState().String(); ts != "" {
+				kv = append(kv, "tracestate", ts)
+			}
+			ctx = metadata.AppendToOutgoingContext(ctx, kv...)
+		}
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		p.attemptEnd(span, target, method, opts, err)
+		return err
+	}
+	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		p.attemptEnd(nil, target, method, opts, err)
+		return cs, err
+	}
+	return unary, stream
+}
+
+func (p *Pipeline) attemptEnd(span trace.Span, target, method string, opts []grpc.CallOption, err error) {
+	code := status.Code(err)
+	var pr *peer.Peer
+	for _, o := range opts {
+		if po, ok := o.(grpc.PeerCallOption); ok {
+			pr = po.PeerAddr
+		}
+	}
+	var dest string
+	if pr != nil && p.Hub != nil {
+		dest = p.Hub.PeerID(pr)
+	}
+	if span != nil {
+		if pr != nil && pr.Addr != nil {
+			span.SetAttributes(attribute.String("server.address", pr.Addr.String()))
+		}
+		span.SetAttributes(KeyDestination.String(dest))
+		endSpan(span, code, err)
+	}
+	if p.Hub != nil {
+		p.Hub.RPCAttempts.Series(Key{Method: methodLabel(method, opts), Status: CodeName(code), Source: p.Self, Destination: dest, Target: target}).Add()
+	}
+}
+
+// PeerSPIFFEID returns the SPIFFE ID in the verified certificate of the
+// connection p, or "".
+func PeerSPIFFEID(p *peer.Peer) string {
+	if p == nil {
+		return ""
+	}
+	if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && info.SPIFFEID != nil {
+		return info.SPIFFEID.String()
+	}
+	return ""
+}
+
+func errDetail(err error) string {
+	if err == nil {
+		return ""
+	}
+	if s, ok := status.FromError(err); ok {
+		return s.Message()
+	}
+	return err.Error()
+}
+
+// recordedStream records its call once, when the stream ends.
+type recordedStream struct {
+	grpc.ClientStream
+	once sync.Once
+	done func(error)
+}
+
+func (s *recordedStream) finish(err error) {
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	s.once.Do(func() { s.done(err) })
+}
+
+func (s *recordedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil {
+		s.finish(err)
+	}
+	return err
+}
+
+func (s *recordedStream) SendMsg(m any) error {
+	err := s.ClientStream.SendMsg(m)
+	if err != nil && !errors.Is(err, io.EOF) {
+		s.finish(err)
+	}
+	return err
+}
