@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/bench/internal/echo"
 	"github.com/gridmesh/gridmesh/bench/internal/pki"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -174,14 +175,14 @@ func meshDefaults(b *testing.B) testgrpc.TestServiceClient {
 
 // otelProviders returns SDK providers: traces through a batch span
 // processor to an exporter that drops them, metrics aggregated in memory.
-func otelProviders(b *testing.B) (*sdktrace.TracerProvider, *sdkmetric.MeterProvider) {
+func otelProviders(b *testing.B) (*sdktrace.TracerProvider, metric.MeterProvider) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	mp, _, stop := meshtel.NewManualProvider() // collects the mesh's call metrics
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		tp.Shutdown(ctx)
-		mp.Shutdown(ctx)
+		stop()
 	})
 	return tp, mp
 }

@@ -135,7 +135,7 @@ func (c discoveryServerConfig) register(ctx context.Context, lis net.Listener, i
 // the target with its own watch, so what the admin endpoint shows is what
 // discovery currently says, not only where calls went.
 func (t *meshTelemetry) attachDiscovery(reg *discovery.Registry, target string, b *discovery.Balancer) {
-	if t == nil || !t.on() {
+	if t == nil || !t.recording() {
 		return
 	}
 	policy := string(discovery.RoundRobin)

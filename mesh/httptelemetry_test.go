@@ -12,24 +12,25 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
 
 // sdkProviders returns SDK tracer and meter providers that record into rec
 // and reader, shut down when the test ends.
-func sdkProviders(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider, *sdkmetric.ManualReader, *sdkmetric.MeterProvider) {
+func sdkProviders(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider, *sdkmetric.ManualReader, metric.MeterProvider) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	return rec, tp, reader, mp
 }
 
@@ -54,18 +55,34 @@ func TestHTTPTelemetry(t *testing.T) {
 		getOnce(t, c, "http://trading.mesh"+path)
 	}
 
-	// Spans: client and server of the allowed request share a trace.
+	// Spans: each request is one trace of a client span, its attempt's
+	// span and the server's; the server span says how authorization
+	// decided, and for the refusal by which rule.
 	var spans []sdktrace.ReadOnlySpan
-	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 4 })
+	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 6 })
 	traces := map[string][]string{}
+	var decisions []string
 	for _, s := range spans {
 		traces[s.SpanContext().TraceID().String()] = append(traces[s.SpanContext().TraceID().String()], s.SpanKind().String())
+		if s.SpanKind().String() == "server" {
+			d := s.Name()
+			for _, kv := range s.Attributes() {
+				if kv.Key == "mesh.authz.decision" || kv.Key == "mesh.authz.rule" {
+					d += " " + string(kv.Key) + "=" + kv.Value.Emit()
+				}
+			}
+			decisions = append(decisions, d)
+		}
 	}
 	for id, kinds := range traces {
 		sort.Strings(kinds)
-		if diff := cmp.Diff([]string{"client", "server"}, kinds); diff != "" {
+		if diff := cmp.Diff([]string{"client", "internal", "server"}, kinds); diff != "" {
 			t.Errorf("trace %s spans (-want +got):\n%s", id, diff)
 		}
+	}
+	sort.Strings(decisions)
+	if diff := cmp.Diff([]string{"GET /v1/trades/{id} mesh.authz.decision=allow", "GET mesh.authz.decision=deny mesh.authz.rule=default deny"}, decisions); diff != "" {
+		t.Errorf("server spans (-want +got):\n%s", diff)
 	}
 
 	// Metrics.
@@ -92,9 +109,8 @@ func TestHTTPTelemetry(t *testing.T) {
 	sort.Strings(got)
 	for _, want := range []string{
 		"mesh.authz.denials mesh.authz.rule=default deny mesh.source=spiffe://example.org/gateway rpc.method=GET",
-		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=server mesh.source=spiffe://example.org/gateway mesh.target= rpc.grpc.status_code=200 rpc.method=GET /v1/trades/{id}",
-		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=server mesh.source=spiffe://example.org/gateway mesh.target= rpc.grpc.status_code=403 rpc.method=GET",
-		"mesh.rpc.requests mesh.destination=spiffe://example.org/trading mesh.side=client mesh.source=spiffe://example.org/gateway mesh.target=trading.mesh rpc.grpc.status_code=200 rpc.method=GET",
+		"mesh.http.client.attempts http.request.method=GET http.response.status_code=200 mesh.destination=spiffe://example.org/trading mesh.source=spiffe://example.org/gateway mesh.target=trading.mesh",
+		"mesh.http.client.attempts http.request.method=GET http.response.status_code=403 mesh.destination=spiffe://example.org/trading mesh.source=spiffe://example.org/gateway mesh.target=trading.mesh",
 	} {
 		found := false
 		for _, g := range got {
@@ -108,10 +124,10 @@ func TestHTTPTelemetry(t *testing.T) {
 	}
 }
 
-// TestHTTPClientCountsCallsOutsideRetries: as on gRPC, the client's mesh
-// metrics count one call per request however many attempts resilience
-// makes, while OTel has a client span per attempt; the server sees every
-// attempt.
+// TestHTTPClientCountsCallsOutsideRetries: as on gRPC, the client counts
+// one call per request however many attempts resilience makes, and the
+// attempts apart; a traced call is a client span with a span per attempt;
+// the server sees every attempt.
 func TestHTTPClientCountsCallsOutsideRetries(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	rec, tp, reader, mp := sdkProviders(t)
@@ -141,29 +157,40 @@ func TestHTTPClientCountsCallsOutsideRetries(t *testing.T) {
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]int64{} // side -> requests counted
+	got := map[string]int64{} // metric -> count
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if !ok || m.Name != "mesh.rpc.requests" {
-				continue
-			}
-			for _, dp := range sum.DataPoints {
-				side, _ := dp.Attributes.Value("mesh.side")
-				got[side.AsString()] += dp.Value
+			switch d := m.Data.(type) {
+			case metricdata.Histogram[float64]:
+				for _, dp := range d.DataPoints {
+					got[m.Name] += int64(dp.Count)
+				}
+			case metricdata.Sum[int64]:
+				if m.Name == "mesh.http.client.attempts" {
+					for _, dp := range d.DataPoints {
+						got[m.Name] += dp.Value
+					}
+				}
 			}
 		}
 	}
-	if diff := cmp.Diff(map[string]int64{"client": 1, "server": 2}, got); diff != "" {
-		t.Errorf("mesh.rpc.requests by side (-want +got):\n%s", diff)
+	want := map[string]int64{"http.client.request.duration": 1, "mesh.http.client.attempts": 2, "http.server.request.duration": 2}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("requests counted (-want +got):\n%s", diff)
 	}
-	clientSpans := 0
+	var attempts []string
 	for _, s := range rec.Ended() {
 		if s.SpanKind().String() == "client" {
-			clientSpans++
+			attempts = append(attempts, "call")
+		}
+		for _, kv := range s.Attributes() {
+			if kv.Key == "mesh.attempt.kind" {
+				attempts = append(attempts, kv.Value.Emit())
+			}
 		}
 	}
-	if clientSpans != 2 {
-		t.Errorf("%d client spans, want one per attempt (2)", clientSpans)
+	sort.Strings(attempts)
+	if diff := cmp.Diff([]string{"call", "first", "retry"}, attempts); diff != "" {
+		t.Errorf("client spans: want one for the call and one per attempt (-want +got):\n%s", diff)
 	}
 }

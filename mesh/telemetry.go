@@ -49,11 +49,12 @@ type telemetryConfig struct {
 // by the mesh before it starts a span; with a provider Setup did not
 // build, that provider's sampler decides new traces.
 //
-// Off means off: NewServer, NewHTTPServer, Dial and HTTPClient install
-// their telemetry (the same for gRPC and HTTP) only if, when they run, a
-// provider is an SDK one or WithAdmin is given. Set up telemetry before
-// building servers and clients. With telemetry off, W3C trace context
-// does not pass through the process.
+// Off means off: NewServer, NewHTTPServer, Dial and HTTPClient record
+// spans and metrics (the same for gRPC and HTTP) only if, when they run, a
+// provider is an SDK one or WithAdmin is given; set up telemetry before
+// building servers and clients. With no-op providers they still pass the
+// callers' W3C trace context and baggage on, which allocates nothing for
+// a call that carries none; WithoutTelemetry turns even that off.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.tracer = tp })
 }
@@ -130,7 +131,10 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 		}
 	}
 	if tp == nil && mp == nil && t.cfg.adminAddr == "" {
-		return t, nil // nothing would see what telemetry records
+		// Nothing would see what telemetry records: the pipeline only
+		// passes W3C trace context and baggage on.
+		t.pipe = &meshtel.Pipeline{Self: self.String()}
+		return t, nil
 	}
 	t.rec = meshtel.NewRecorder(t.cfg.meter)
 	t.pipe = &meshtel.Pipeline{Hub: hub, Tracing: meshtel.NewTracing(tp), Recorder: t.rec, Self: self.String()}
@@ -184,13 +188,19 @@ func (t *meshTelemetry) close() {
 }
 
 // on reports whether the telemetry pipeline is installed: the one rule
-// for gRPC and HTTP, servers and clients.
-func (t *meshTelemetry) on() bool { return t != nil && t.pipe.On() }
+// for gRPC and HTTP, servers and clients. It is, unless WithoutTelemetry:
+// with no-op providers and no admin endpoint it only passes W3C trace
+// context and baggage on, allocating nothing for a call that carries none.
+func (t *meshTelemetry) on() bool { return t != nil && t.pipe != nil }
+
+// recording reports whether events (retries, denials, updates...) are
+// recorded: metrics on or an admin endpoint.
+func (t *meshTelemetry) recording() bool { return t != nil && t.rec != nil }
 
 // onDeny counts denials and records them for the admin endpoint, then calls
 // next (the WithDenialHook function, may be nil).
 func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.DeniedError) {
-	if !t.on() {
+	if !t.recording() {
 		return next
 	}
 	m := t.rec
@@ -525,7 +535,7 @@ func (w *rotationWatcher) run(src security.Source, m *meshtel.Recorder) {
 // local rejections). Pass it with resilience.WithObserver when building
 // the default client; it is empty while telemetry is off.
 func (t *meshTelemetry) resilienceObserver() resilience.Observer {
-	if !t.on() {
+	if !t.recording() {
 		return resilience.Observer{}
 	}
 	m := t.rec

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -71,14 +72,15 @@ func TestTraceAcrossTwoMeshedHopsIsOneTrace(t *testing.T) {
 		t.Errorf("baggage tenant at the last hop = %q, want %q", got, "acme")
 	}
 
-	// Server spans end after the response is written: poll for all five.
+	// Server spans end after the response is written: poll for all seven.
 	var spans []sdktrace.ReadOnlySpan
-	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 5 })
+	waitFor(t, func() bool { spans = rec.Ended(); return len(spans) >= 7 })
 
 	type hop struct {
 		Name, Kind, Parent string
 		SameTrace          bool
-		Self, Peer         string // mesh.spiffe_id, mesh.peer.spiffe_id
+		Source, Dest       string // mesh.source, mesh.destination: caller and callee
+		Attempt            int64  // mesh.attempt
 	}
 	byID := map[trace.SpanID]sdktrace.ReadOnlySpan{}
 	for _, s := range spans {
@@ -90,28 +92,34 @@ func TestTraceAcrossTwoMeshedHopsIsOneTrace(t *testing.T) {
 		if p, ok := byID[s.Parent().SpanID()]; ok {
 			parent = p.Name() + "/" + p.SpanKind().String()
 		}
-		var self, peerID string
+		h := hop{Name: s.Name(), Kind: s.SpanKind().String(), Parent: parent, SameTrace: s.SpanContext().TraceID() == root.SpanContext().TraceID()}
 		for _, kv := range s.Attributes() {
 			switch kv.Key {
-			case "mesh.spiffe_id":
-				self = kv.Value.AsString()
-			case "mesh.peer.spiffe_id":
-				peerID = kv.Value.AsString()
+			case "mesh.source":
+				h.Source = kv.Value.AsString()
+			case "mesh.destination":
+				h.Dest = kv.Value.AsString()
+			case "mesh.attempt":
+				h.Attempt = kv.Value.AsInt64()
 			}
 		}
-		got = append(got, hop{s.Name(), s.SpanKind().String(), parent, s.SpanContext().TraceID() == root.SpanContext().TraceID(), self, peerID})
+		got = append(got, h)
 	}
 	sort.Slice(got, func(i, j int) bool {
-		return got[i].Kind+got[i].Parent+got[i].Self < got[j].Kind+got[j].Parent+got[j].Self
+		return got[i].Kind+got[i].Parent+got[i].Dest < got[j].Kind+got[j].Parent+got[j].Dest
 	})
 	const m = "grpc.testing.TestService/UnaryCall"
 	const clientID, frontID, backID = "spiffe://example.org/client", "spiffe://example.org/front", "spiffe://example.org/back"
+	// Each call is a client span with one attempt span beneath, whose
+	// context the server continues.
 	want := []hop{
-		{m, "client", "grpc.testing.TestService/UnaryCall/server", true, frontID, backID}, // front -> back
-		{m, "client", "root/internal", true, clientID, frontID},                           // client -> front
-		{"root", "internal", "-", true, "", ""},
-		{m, "server", "grpc.testing.TestService/UnaryCall/client", true, backID, frontID},
-		{m, "server", "grpc.testing.TestService/UnaryCall/client", true, frontID, clientID},
+		{m, "client", m + "/server", true, frontID, backID, 0},     // front -> back
+		{m, "client", "root/internal", true, clientID, frontID, 0}, // client -> front
+		{"root", "internal", "-", true, "", "", 0},
+		{"attempt " + m, "internal", m + "/client", true, "", backID, 1},
+		{"attempt " + m, "internal", m + "/client", true, "", frontID, 1},
+		{m, "server", "attempt " + m + "/internal", true, frontID, backID, 0},
+		{m, "server", "attempt " + m + "/internal", true, clientID, frontID, 0},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("spans (-want +got):\n%s", diff)
@@ -137,16 +145,15 @@ func startRelay(t *testing.T, svc testgrpc.TestServiceServer, opts ...mesh.Serve
 	return lis.Addr().String()
 }
 
-// point is one mesh.rpc.requests data point, by the attributes that matter.
+// point is one rpc.{client,server}.call.duration data point, by the attributes that matter.
 type point struct {
 	Side, Source, Destination, Method, Code string
 	Count                                   int64
 }
 
 func TestMetricsLabelledWithIdentities(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	ca := newDevCA(t, time.Hour)
 
 	const unary = "/grpc.testing.TestService/UnaryCall"
@@ -176,13 +183,14 @@ func TestMetricsLabelledWithIdentities(t *testing.T) {
 	// Server-side records happen after the response is sent: poll.
 	var got []point
 	var denials map[string]int64
+	const unaryName, empty = "grpc.testing.TestService/UnaryCall", "grpc.testing.TestService/EmptyCall"
 	want := []point{
-		{"client", "spiffe://example.org/client", "spiffe://example.org/server", "/grpc.testing.TestService/EmptyCall", "Unimplemented", 1},
-		{"client", "spiffe://example.org/client", "spiffe://example.org/server", unary, "OK", 3},
-		{"client", "spiffe://example.org/intruder", "spiffe://example.org/server", unary, "PermissionDenied", 2},
-		{"server", "spiffe://example.org/client", "spiffe://example.org/server", "/grpc.testing.TestService/EmptyCall", "Unimplemented", 1},
-		{"server", "spiffe://example.org/client", "spiffe://example.org/server", unary, "OK", 3},
-		{"server", "spiffe://example.org/intruder", "spiffe://example.org/server", unary, "PermissionDenied", 2},
+		{"client", "spiffe://example.org/client", "spiffe://example.org/server", empty, "UNIMPLEMENTED", 1},
+		{"client", "spiffe://example.org/client", "spiffe://example.org/server", unaryName, "OK", 3},
+		{"client", "spiffe://example.org/intruder", "spiffe://example.org/server", unaryName, "PERMISSION_DENIED", 2},
+		{"server", "spiffe://example.org/client", "spiffe://example.org/server", empty, "UNIMPLEMENTED", 1},
+		{"server", "spiffe://example.org/client", "spiffe://example.org/server", unaryName, "OK", 3},
+		{"server", "spiffe://example.org/intruder", "spiffe://example.org/server", unaryName, "PERMISSION_DENIED", 2},
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -193,7 +201,7 @@ func TestMetricsLabelledWithIdentities(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("mesh.rpc.requests (-want +got):\n%s", diff)
+		t.Errorf("rpc.*.call.duration counts (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(map[string]int64{"rule no-intruders spiffe://example.org/intruder " + unary: 2}, denials); diff != "" {
 		t.Errorf("mesh.authz.denials (-want +got):\n%s", diff)
@@ -210,6 +218,14 @@ func collect(t *testing.T, reader *sdkmetric.ManualReader) ([]point, map[string]
 	denials := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
+			if h, ok := m.Data.(metricdata.Histogram[float64]); ok && strings.HasSuffix(m.Name, ".call.duration") {
+				side := strings.Split(m.Name, ".")[1]
+				for _, dp := range h.DataPoints {
+					get := func(k string) string { v, _ := dp.Attributes.Value(attribute.Key(k)); return v.AsString() }
+					points = append(points, point{side, get("mesh.source"), get("mesh.destination"),
+						get("rpc.method"), get("rpc.response.status_code"), int64(dp.Count)})
+				}
+			}
 			sum, ok := m.Data.(metricdata.Sum[int64])
 			if !ok {
 				continue
@@ -217,9 +233,6 @@ func collect(t *testing.T, reader *sdkmetric.ManualReader) ([]point, map[string]
 			for _, dp := range sum.DataPoints {
 				get := func(k string) string { v, _ := dp.Attributes.Value(attribute.Key(k)); return v.AsString() }
 				switch m.Name {
-				case "mesh.rpc.requests":
-					points = append(points, point{get("mesh.side"), get("mesh.source"), get("mesh.destination"),
-						get("rpc.method"), get("rpc.grpc.status_code"), dp.Value})
 				case "mesh.authz.denials":
 					denials[get("mesh.authz.rule")+" "+get("mesh.source")+" "+get("rpc.method")] += dp.Value
 				}
@@ -234,9 +247,8 @@ func collect(t *testing.T, reader *sdkmetric.ManualReader) ([]point, map[string]
 }
 
 func TestWithoutTelemetryRecordsNothing(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	ca := newDevCA(t, time.Hour)
 	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/server")),
 		mesh.WithMeterProvider(mp), mesh.WithoutTelemetry())
@@ -387,9 +399,8 @@ func getJSON[T any](t *testing.T, url string) T {
 }
 
 func TestSVIDRotationsCountedOncePerSource(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	ca := newDevCA(t, 2*time.Second) // rotates about every second
 	src := devSource(t, ca, "/server")
 	// A server and a client sharing one source: each rotation counts once.
@@ -427,9 +438,8 @@ func TestXDSClientUpdatesCounted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithMeterProvider(mp))
 	if err != nil {

@@ -229,7 +229,7 @@ func (t *meshTelemetry) xdsUpdate(scope string, u xdsstatus.Update) {
 		t.log().Warn("refused config from the control plane (NACK); the last accepted version stays in force",
 			"scope", scope, "type", u.TypeURL, "version", u.Version, "resources", u.Rejected, "reason", u.Detail)
 	}
-	if !t.on() {
+	if !t.recording() {
 		return
 	}
 	t.rec.XDSUpdate(scope, u.TypeURL, u.Version, u.NACK, u.Detail)

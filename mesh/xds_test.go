@@ -14,7 +14,6 @@ import (
 	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -259,9 +258,8 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 
 	var logs lockedBuffer
 	adminAddr := freeAddr(t)
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	mp, reader, stop := meshtel.NewManualProvider()
+	t.Cleanup(stop)
 	cc, err := mesh.Dial(callTimeout(t), "xds:///svc", mesh.WithIdentity(devSource(t, ca, "/caller")),
 		mesh.WithControlPlane(cp.Addr), mesh.WithAdmin(adminAddr), mesh.WithMeterProvider(mp),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))

@@ -314,7 +314,7 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 	}
 	if reader != nil {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res))
-		p.MeterProvider = &meterProvider{MeterProvider: mp, hub: hub}
+		p.MeterProvider = meshtel.WithHub(mp, hub)
 		p.shutdown = append(p.shutdown, mp.Shutdown)
 		p.flush = append(p.flush, mp.ForceFlush)
 	}
@@ -372,15 +372,6 @@ func stdout(cfg Config) io.Writer {
 	}
 	return os.Stdout
 }
-
-// meterProvider is the SDK provider Setup builds, with the Hub its
-// readers collect, which the mesh records its calls into.
-type meterProvider struct {
-	metric.MeterProvider
-	hub *meshtel.Hub
-}
-
-func (m *meterProvider) MeshHub() *meshtel.Hub { return m.hub }
 
 // tracerProvider is the SDK provider Setup builds, with the ratio of new
 // traces it samples, which the mesh applies itself.

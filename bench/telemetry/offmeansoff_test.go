@@ -1,6 +1,6 @@
 // Package telemetrybench shows what the mesh's telemetry costs per call:
-// off (the default: otelgrpc stats handlers and metrics interceptors on the
-// no-op global providers) and on (SDK providers), each against the mesh
+// off (the default: the mesh's telemetry interceptors on the no-op global
+// providers, passing W3C context on only) and on (SDK providers), each against the mesh
 // without any telemetry (mesh.WithoutTelemetry) measured in the same run.
 //
 //	go test -run '^$' -bench . -benchmem ./bench/telemetry
@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/gridmesh/gridmesh/bench/internal/echo"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -34,20 +34,20 @@ type variant struct {
 }
 
 var variants = []variant{
-	// baseline: no stats handler, no interceptor.
+	// baseline: no telemetry interceptor.
 	{"plain", func(testing.TB) []mesh.Option { return []mesh.Option{mesh.WithoutTelemetry()} }},
-	// the default: handlers installed, global providers are no-ops.
+	// the default: interceptors installed, global providers are no-ops.
 	{"off", func(testing.TB) []mesh.Option { return nil }},
 	// SDK providers: every span through a batch processor to a discarding
 	// exporter, metrics aggregated in memory.
 	{"on", func(tb testing.TB) []mesh.Option {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		mp, _, stop := meshtel.NewManualProvider() // collects the mesh's call metrics
 		tb.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			tp.Shutdown(ctx)
-			mp.Shutdown(ctx)
+			stop()
 		})
 		return []mesh.Option{mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp)}
 	}},

@@ -22,19 +22,14 @@ import (
 
 // Pipeline is the telemetry of one mesh server or client: golden metrics
 // into Hub, spans through Tracing, call events to Recorder's sinks (the
-// admin endpoint). Any of the three may be nil. Self is this side's SPIFFE
-// ID. Safe for concurrent use once built.
+// admin endpoint). Any of the three may be nil; with all three nil it only
+// passes W3C trace context and baggage on. Self is this side's SPIFFE ID.
+// Safe for concurrent use once built.
 type Pipeline struct {
 	Hub      *Hub
 	Tracing  *Tracing
 	Recorder *Recorder
 	Self     string
-}
-
-// On reports whether the pipeline has anything to do: when false the
-// mesh installs none of its interceptors or handlers.
-func (p *Pipeline) On() bool {
-	return p != nil && (p.Hub != nil || p.Tracing != nil || p.Recorder != nil)
 }
 
 func (p *Pipeline) events() bool { return p.Recorder.callEvents() }
@@ -81,29 +76,25 @@ type ctxStream struct {
 
 func (s *ctxStream) Context() context.Context { return s.ctx }
 
-func first(md metadata.MD, key string) string {
-	if v := md[key]; len(v) > 0 {
+// first is the first value of key in the incoming metadata.
+// metadata.FromIncomingContext would copy the whole map on every call;
+// this copies only a value that is there.
+func first(ctx context.Context, key string) string {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
 
 func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Context, trace.Span) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	in := Incoming{Traceparent: first(md, "traceparent"), Tracestate: first(md, "tracestate"), Baggage: first(md, "baggage")}
+	in := Incoming{Traceparent: first(ctx, "traceparent"), Tracestate: first(ctx, "tracestate"), Baggage: first(ctx, "baggage")}
 	if in == (Incoming{}) && p.Tracing == nil {
 		return ctx, nil
 	}
 	var attrs []attribute.KeyValue
 	if p.Tracing != nil {
-		src := ""
-		if p.Hub != nil {
-			pr, _ := peer.FromContext(ctx)
-			src = p.Hub.PeerID(pr)
-		} else {
-			pr, _ := peer.FromContext(ctx)
-			src = PeerSPIFFEID(pr)
-		}
+		pr, _ := peer.FromContext(ctx)
+		src := p.peerID(pr)
 		attrs = []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", rpcName(method)),
 			KeySource.String(src), KeyDestination.String(p.Self)}
 	}
@@ -122,12 +113,9 @@ func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method string
 		return
 	}
 	pr, _ := peer.FromContext(ctx)
-	var src string
+	src := p.peerID(pr)
 	if p.Hub != nil {
-		src = p.Hub.PeerID(pr)
 		p.Hub.RPCServer.Series(Key{Method: rpcName(method), Status: CodeName(code), Source: src, Destination: p.Self}).Observe(d, sc)
-	} else {
-		src = PeerSPIFFEID(pr)
 	}
 	if p.events() {
 		p.Recorder.RecordCall(Event{Time: start, Side: "server", Source: src, Peer: p.Self, Method: method,
@@ -159,7 +147,7 @@ func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientIntercepto
 	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		start := time.Now()
 		var pr *peer.Peer
-		if p.Hub != nil || p.events() {
+		if p.Hub != nil || p.Tracing != nil || p.events() {
 			pr = new(peer.Peer)
 			opts = append(opts, grpc.Peer(pr))
 		}
@@ -233,12 +221,7 @@ func (p *Pipeline) clientEnd(span trace.Span, target, method string, opts []grpc
 	d := time.Since(start)
 	code := status.Code(err)
 	var sc trace.SpanContext
-	var dest string
-	if p.Hub != nil {
-		dest = p.Hub.PeerID(pr)
-	} else if pr != nil {
-		dest = PeerSPIFFEID(pr)
-	}
+	dest := p.peerID(pr)
 	if span != nil {
 		sc = span.SpanContext()
 		span.SetAttributes(KeyDestination.String(dest))
@@ -303,10 +286,7 @@ func (p *Pipeline) attemptEnd(span trace.Span, target, method string, opts []grp
 			pr = po.PeerAddr
 		}
 	}
-	var dest string
-	if pr != nil && p.Hub != nil {
-		dest = p.Hub.PeerID(pr)
-	}
+	dest := p.peerID(pr)
 	if span != nil {
 		if pr != nil && pr.Addr != nil {
 			span.SetAttributes(attribute.String("server.address", pr.Addr.String()))
@@ -317,6 +297,14 @@ func (p *Pipeline) attemptEnd(span trace.Span, target, method string, opts []grp
 	if p.Hub != nil {
 		p.Hub.RPCAttempts.Series(Key{Method: methodLabel(method, opts), Status: CodeName(code), Source: p.Self, Destination: dest, Target: target}).Add()
 	}
+}
+
+// peerID is the SPIFFE ID of pr's connection, interned when there is a Hub.
+func (p *Pipeline) peerID(pr *peer.Peer) string {
+	if p.Hub != nil {
+		return p.Hub.PeerID(pr)
+	}
+	return PeerSPIFFEID(pr)
 }
 
 // PeerSPIFFEID returns the SPIFFE ID in the verified certificate of the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -41,7 +42,7 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(sw, r)
 		d := time.Since(start)
-		route := r.Pattern
+		route := httpRoute(r.Pattern)
 		var sc trace.SpanContext
 		if span != nil {
 			sc = span.SpanContext()
@@ -67,6 +68,15 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 				Code: strconv.Itoa(sw.code), Duration: d})
 		}
 	})
+}
+
+// httpRoute is http.route for a ServeMux pattern: the path part
+// ("GET /v1/trades/{id}" -> "/v1/trades/{id}").
+func httpRoute(pattern string) string {
+	if i := strings.IndexByte(pattern, ' '); i >= 0 {
+		return strings.TrimLeft(pattern[i+1:], " \t")
+	}
+	return pattern
 }
 
 func (p *Pipeline) peer(r *http.Request) string {

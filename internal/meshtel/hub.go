@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -282,3 +283,26 @@ func (h *Hub) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 // HubOwner is implemented by the meter providers telemetry.Setup builds:
 // their readers collect the Hub.
 type HubOwner interface{ MeshHub() *Hub }
+
+// WithHub returns mp carrying hub, for the mesh to record its calls into
+// (mp's readers must collect hub as a Producer).
+func WithHub(mp metric.MeterProvider, hub *Hub) metric.MeterProvider {
+	return &hubProvider{MeterProvider: mp, hub: hub}
+}
+
+type hubProvider struct {
+	metric.MeterProvider
+	hub *Hub
+}
+
+func (m *hubProvider) MeshHub() *Hub { return m.hub }
+
+// NewManualProvider returns an SDK MeterProvider whose ManualReader also
+// collects a new Hub: for tests and benchmarks that read the mesh's
+// metrics in process. Shut it down with the returned func.
+func NewManualProvider() (metric.MeterProvider, *sdkmetric.ManualReader, func()) {
+	hub := NewHub()
+	reader := sdkmetric.NewManualReader(sdkmetric.WithProducer(hub))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	return WithHub(mp, hub), reader, func() { _ = mp.Shutdown(context.Background()) }
+}
