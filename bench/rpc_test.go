@@ -161,7 +161,7 @@ func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 }
 
 // meshNoopOTel is the mesh's telemetry as shipped to a service that never
-// sets OTel up: the default stats handlers and metrics interceptors, on
+// sets OTel up: the mesh's default telemetry interceptors, on
 // the no-op global providers (resilience off, to isolate them).
 func meshNoopOTel(b *testing.B) testgrpc.TestServiceClient {
 	return startMesh(b, nil, []mesh.DialOption{mesh.WithoutResilience()})

@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkHTTPRoundTrip measures one GET through the mesh client and
-// server (mTLS, HTTP/2, normalization, authorization, otelhttp with no-op
+// server (mTLS, HTTP/2, normalization, authorization, the mesh's telemetry with no-op
 // providers) on loopback, against a keep-alive connection.
 func BenchmarkHTTPRoundTrip(b *testing.B) {
 	ca := newDevCABench(b)

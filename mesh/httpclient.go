@@ -115,11 +115,12 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //     answer, if it is idempotent or carries Idempotency-Key or
 //     X-Idempotency-Key; the mesh cannot turn that off. Servers of
 //     NewHTTPServer deduplicate Idempotency-Key only.);
-//   - OpenTelemetry: otelhttp, a client span per attempt with W3C trace
-//     context in its headers, to the providers of WithTracerProvider and
-//     WithMeterProvider, installed when one of them is an SDK one when the
-//     transport is built (the rule NewServer and Dial follow); with no-op
-//     providers the caller's W3C trace context is still passed on;
+//   - attempt telemetry: each attempt counted (mesh.http.client.attempts)
+//     and, for a sampled call, a span per attempt whose W3C trace context
+//     goes in its headers; the call itself is recorded once, outside
+//     resilience (http.client.request.duration and the call's span), by
+//     the rule NewServer and Dial follow (see WithTracerProvider); with
+//     no-op providers the caller's W3C trace context is still passed on;
 //   - balancing over the cluster's endpoints, then mTLS.
 //
 // WithoutTelemetry removes both telemetry stages. It is safe for

@@ -1,12 +1,12 @@
-// Package telemetry is the mesh's OpenTelemetry side: setting up exporters
-// from the standard OTEL_* environment or from code, the otelgrpc stats
-// handlers with W3C trace-context and baggage propagation, the mesh's own
-// metrics labelled by caller and callee SPIFFE identity, and a slog handler
-// that stamps records with trace_id and span_id.
+// Package telemetry sets up OpenTelemetry for a meshed service: exporters
+// and providers from the standard OTEL_* environment or from code, and a
+// slog handler that stamps records with trace_id and span_id. The mesh
+// does the rest itself once the providers exist.
 //
 // Off means off: until Setup (or anyone) installs SDK providers, the
-// OpenTelemetry globals are no-ops, and so is everything this package
-// records. Setup returns the providers and a Shutdown to flush them.
+// OpenTelemetry globals are no-ops and the mesh records nothing (it still
+// passes its callers' W3C trace context on). Setup returns the providers
+// and a Shutdown to flush them.
 //
 //	p, err := telemetry.Setup(ctx, telemetry.FromEnv()) // OTEL_TRACES_EXPORTER=otlp ...
 //	if err != nil {
@@ -16,9 +16,33 @@
 //	logger := slog.New(telemetry.NewLogHandler(slog.NewJSONHandler(os.Stderr, nil)))
 //	srv, err := mesh.NewServer(mesh.WithIdentity(src), mesh.WithLogger(logger))
 //
-// The leaf packages (discovery, resilience, security, controlplane) report
-// events through callbacks; the mesh connects them to a *Metrics, whose
-// methods (RecordRetry, BreakerStateChanged, OutlierEjected, AuthzDenied,
-// SVIDRotated, DiscoveryUpdate, XDSUpdate, UnsupportedField) both count
-// and feed the admin endpoint (package telemetry/admin).
+// What the mesh records with them, on gRPC and HTTP alike:
+//
+//   - Golden metrics for every call, on both sides, under the current
+//     semantic conventions: rpc.server.call.duration and
+//     rpc.client.call.duration (seconds, by rpc.method, where a method
+//     the caller's generated code does not name is "_OTHER", and
+//     rpc.response.status_code), http.server.request.duration and
+//     http.client.request.duration (by http.request.method, http.route,
+//     never the raw path, and http.response.status_code), each also by
+//     mesh.source and mesh.destination (the caller's and callee's SPIFFE
+//     IDs) and, on the client, mesh.target; the client counts attempts
+//     apart (mesh.rpc.client.attempts, mesh.http.client.attempts), so a
+//     retried call shows as one call and several attempts. The mesh
+//     counts them in its own lock-free aggregates, which the readers
+//     Setup builds collect at collection time (a metric Producer): no SDK
+//     instrument is touched on a call. A sampled call's duration is its
+//     bucket's exemplar. Event metrics (mesh.retries, mesh.authz.denials,
+//     mesh.breaker.transitions, mesh.svid.rotations, mesh.xds.updates, ...)
+//     go through the SDK as usual.
+//   - Traces, parent-based: a call whose caller sampled is traced, one whose
+//     caller did not is not, and new traces are sampled at
+//     Config.SampleRatio (OTEL_TRACES_SAMPLER=parentbased_traceidratio,
+//     OTEL_TRACES_SAMPLER_ARG). The mesh takes that decision before it
+//     allocates anything for a span; an unsampled call gets no span and
+//     passes W3C traceparent, tracestate and baggage on unchanged. A
+//     client call is a span with one span per attempt beneath (mesh.attempt,
+//     mesh.attempt.kind first, retry or hedge); server spans carry both
+//     identities and the authorization decision (mesh.authz.decision,
+//     mesh.authz.rule for a refusal).
 package telemetry

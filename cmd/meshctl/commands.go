@@ -11,8 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 func writeJSON(w io.Writer, v any) error {

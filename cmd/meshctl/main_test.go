@@ -20,9 +20,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")

@@ -14,10 +14,10 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
-	"github.com/gridmesh/gridmesh/internal/meshtel"
-	"github.com/gridmesh/gridmesh/internal/admin"
 )
 
 // TestCommandsInXDSMode: for a server and a client configured by meshd,

@@ -268,7 +268,7 @@ func (s *Server) Register(p Provider) (unregister func()) {
 }
 
 // Record stores an event: the recent-events ring, plus the denials and
-// observed endpoints derived from it. Use it as a telemetry.Metrics sink:
+// observed endpoints derived from it. Use it as a meshtel.Recorder sink:
 // m.OnEvent(s.Record). (Config received is read from the providers' xDS
 // clients, not from events.)
 func (s *Server) Record(e meshtel.Event) {

@@ -24,8 +24,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -9,14 +9,14 @@ import (
 // Status is everything the admin endpoint knows, as GET /status returns it.
 // Sections with nothing wired are empty, never made up.
 type Status struct {
-	Process     Process           `json:"process"`
-	Components  []Component       `json:"components"`
-	Identities  []Identity        `json:"identities"`
-	Targets     []Target          `json:"targets"`
-	Policies    []Policy          `json:"policies"`
-	Config      []ConfigUpdate    `json:"config"`
-	Unsupported []Unsupported     `json:"unsupported"`
-	Denials     []Denial          `json:"denials"`
+	Process     Process         `json:"process"`
+	Components  []Component     `json:"components"`
+	Identities  []Identity      `json:"identities"`
+	Targets     []Target        `json:"targets"`
+	Policies    []Policy        `json:"policies"`
+	Config      []ConfigUpdate  `json:"config"`
+	Unsupported []Unsupported   `json:"unsupported"`
+	Denials     []Denial        `json:"denials"`
 	Events      []meshtel.Event `json:"events"`
 }
 

@@ -13,7 +13,7 @@ import (
 // Setup applies mode and reports whether the mesh must be built with
 // mesh.WithoutTelemetry, with a shutdown that flushes what Setup built:
 //
-//	off    mesh.WithoutTelemetry(): no stats handlers, no metrics interceptors
+//	off    mesh.WithoutTelemetry(): no telemetry interceptors at all
 //	noop   the mesh's default handlers with OTel not set up (no-op globals),
 //	       what a service gets that never calls telemetry.Setup
 //	otlp   telemetry.Setup exporting traces (batch span processor) and

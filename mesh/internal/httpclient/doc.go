@@ -15,10 +15,11 @@
 //  1. Wrappers (Config.Wrappers, mesh.WithHTTPRoundTripper): see the
 //     request as the application made it. gRPC has no equivalent stage
 //     outside telemetry.
-//  2. Call telemetry (Config.Calls): the mesh metrics, one call per
-//     request, whatever the retries beneath: its result, duration, the
-//     identities of both sides and the endpoint that answered. On gRPC:
-//     the telemetry interceptors, chained first.
+//  2. Call telemetry (Config.Calls): http.client.request.duration, one
+//     call per request whatever the retries beneath, by result and the
+//     identities of both sides; the call's span when sampled (decided
+//     here, before anything is allocated for one). On gRPC: the mesh's
+//     call interceptors, chained first.
 //  3. Routing: the request's service and meshd route are looked up once,
 //     and the cluster chosen once (by the route's weights); the decision
 //     rides in the request's context to the stages beneath, so a retry
@@ -41,10 +42,10 @@
 //     ServiceResilience: a consul:/// service following its Consul meta),
 //     else the transport's. On gRPC: the resilience interceptors, or
 //     grpc-go's retries for an xds:/// target without a policy in code.
-//  5. Attempt telemetry (Config.Attempts): an OpenTelemetry client span
-//     per attempt and W3C trace context in its headers. On gRPC: the
-//     otelgrpc stats handler, which sees each attempt the interceptors
-//     make.
+//  5. Attempt telemetry (Config.Attempts): mesh.http.client.attempts,
+//     and for a sampled call a span per attempt (numbered, first, retry
+//     or hedge) whose W3C context goes in the attempt's headers. On gRPC:
+//     the mesh's attempt interceptors, chained right after resilience's.
 //  6. Balancing: an endpoint of the chosen cluster by the cluster's
 //     policy, preferring endpoints this request has not tried yet. An
 //     endpoint that cannot be reached is ejected for a while and the
