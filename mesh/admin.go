@@ -6,74 +6,56 @@ import (
 	"sync"
 
 	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
-// WithAdmin turns on the process's admin endpoint at addr, a loopback
-// host:port such as "127.0.0.1:15000" (any other host is refused with an
-// error from NewServer or Dial). Off by default.
-//
-// The endpoint is per process: every server and client given the same addr
-// shows on one endpoint, started by the first and stopped when the last is
-// closed (Server.Close; ClientConn.Close). It serves JSON (GET /status,
+// Admin is a local admin endpoint: it shows the servers and clients built
+// with WithAdmin(a) while they are open, and serves JSON (GET /status,
 // /identity, /targets, /config, /denials, /events) and, over gRPC on the
 // same port, grpc-go's channelz and CSDS covering the xDS client of every
-// channel and server in xDS mode; `meshctl` and grpcdebug read it.
-// WithoutTelemetry turns it off.
-func WithAdmin(addr string) Option {
-	return bothOption(func(c *commonConfig) { c.telemetry.adminAddr = addr })
+// channel and server in xDS mode; `meshctl` and grpcdebug read it. The
+// Admin is its owner: nothing is shared with other Admins in the process.
+// Safe for concurrent use.
+type Admin struct {
+	srv *admin.Server
+	// rotations watches the SVID rotations of components shown here that
+	// have no metrics provider of their own to count them.
+	rotations meshtel.Rotations
+	closeOnce sync.Once
 }
 
-// AdminAddr returns the address the server's admin endpoint listens on, or
-// "" without WithAdmin. Useful with port 0.
-func (s *Server) AdminAddr() string {
-	if s.tel == nil || s.tel.admin == nil {
-		return ""
+// NewAdmin starts an admin endpoint listening on addr, a loopback
+// host:port such as "127.0.0.1:15000" (port 0 picks one: see Addr); any
+// other host is refused. logger, when not nil, gets the endpoint's errors.
+// It does not block. Close it when the servers and clients given it are
+// closed.
+func NewAdmin(addr string, logger *slog.Logger) (*Admin, error) {
+	if logger != nil {
+		logger = logger.With("component", "mesh.admin")
 	}
-	return s.tel.admin.Addr()
+	srv, err := admin.Listen(admin.Config{Addr: addr, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("mesh: NewAdmin: %w", err)
+	}
+	return &Admin{srv: srv}, nil
 }
 
-// admins are the process's admin endpoints by requested address.
-var admins = struct {
-	sync.Mutex
-	m map[string]*adminRef
-}{m: map[string]*adminRef{}}
+// Addr returns the address the endpoint listens on.
+func (a *Admin) Addr() string { return a.srv.Addr() }
 
-type adminRef struct {
-	srv  *admin.Server
-	refs int
+// Close stops the endpoint and waits for its goroutines. Servers and
+// clients given it keep working and stop showing anywhere. Safe to call
+// more than once.
+func (a *Admin) Close() error {
+	a.closeOnce.Do(func() { a.srv.Close() })
+	return nil
 }
 
-// acquireAdmin returns the endpoint for addr, starting it if needed, and a
-// func that drops the reference, stopping the endpoint with the last one.
-func acquireAdmin(addr string, logger *slog.Logger) (*admin.Server, func(), error) {
-	admins.Lock()
-	defer admins.Unlock()
-	ref := admins.m[addr]
-	if ref == nil {
-		if logger != nil {
-			logger = logger.With("component", "mesh.admin")
-		}
-		srv, err := admin.Listen(admin.Config{Addr: addr, Logger: logger})
-		if err != nil {
-			return nil, nil, fmt.Errorf("mesh: WithAdmin: %w", err)
-		}
-		ref = &adminRef{srv: srv}
-		admins.m[addr] = ref
-	}
-	ref.refs++
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			admins.Lock()
-			defer admins.Unlock()
-			ref.refs--
-			if ref.refs == 0 {
-				// Closed under the lock, so a new endpoint for addr
-				// cannot race the old one for the port.
-				delete(admins.m, addr)
-				ref.srv.Close()
-			}
-		})
-	}
-	return ref.srv, release, nil
+// WithAdmin shows the server or client on a, an endpoint from NewAdmin,
+// until it is closed (Server.Close, HTTPServer.Close, ClientConn.Close,
+// HTTPTransport.Close). Several servers and clients can share one Admin.
+// Off by default; WithoutTelemetry turns it off. A nil a makes the
+// constructor fail.
+func WithAdmin(a *Admin) Option {
+	return bothOption(func(c *commonConfig) { c.telemetry.admin, c.telemetry.adminSet = a, true })
 }

@@ -129,16 +129,16 @@ func TestAdminShowsDiscoveredEndpoints(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
 	addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	target := "static:///" + addr + "?spiffe_id=spiffe://example.org/trading"
-	adminAddr := freeAddr(t)
+	adm := newAdmin(t)
 	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")),
-		mesh.WithAdmin(adminAddr), mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest}))
+		mesh.WithAdmin(adm), mesh.WithBalancer(discovery.Balancer{Policy: discovery.LeastRequest}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
 	var st admin.Status
 	waitFor(t, func() bool {
-		st = getJSON[admin.Status](t, "http://"+adminAddr+"/status")
+		st = getJSON[admin.Status](t, "http://"+adm.Addr()+"/status")
 		return len(st.Targets) == 1 && len(st.Targets[0].Endpoints) == 1
 	})
 	tg := st.Targets[0]
@@ -194,17 +194,17 @@ func TestConsulMetaSetsResiliencePolicy(t *testing.T) {
 	setMeta(map[string]string{"resilience-retry-max-attempts": "5"})
 
 	var logs lockedBuffer
-	adminAddr := freeAddr(t)
+	adm := newAdmin(t)
 	const target = "consul:///trading"
 	cc, err := mesh.Dial(callTimeout(t), target, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithRegistry(reg),
-		mesh.WithAdmin(adminAddr), mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		mesh.WithAdmin(adm), mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
 	client := testgrpc.NewTestServiceClient(cc)
 	policy := func() admin.Policy {
-		for _, p := range getJSON[admin.ConfigView](t, "http://"+adminAddr+"/config").Policies {
+		for _, p := range getJSON[admin.ConfigView](t, "http://"+adm.Addr()+"/config").Policies {
 			if p.Kind == "resilience" && p.Scope == target {
 				return p
 			}

@@ -174,6 +174,18 @@ func freeAddr(t *testing.T) string {
 	return lis.Addr().String()
 }
 
+// newAdmin starts an admin endpoint of the test's own on a free loopback
+// port, closed when the test ends.
+func newAdmin(t *testing.T) *mesh.Admin {
+	t.Helper()
+	a, err := mesh.NewAdmin("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
 // waitFor polls cond until it holds or 10 seconds pass.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()

@@ -289,15 +289,6 @@ func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.dp.RoundTrip(req)
 }
 
-// AdminAddr returns the address of the admin endpoint the transport shows
-// on, or "" without WithAdmin. Useful with port 0.
-func (t *HTTPTransport) AdminAddr() string {
-	if t.tel == nil || t.tel.admin == nil {
-		return ""
-	}
-	return t.tel.admin.Addr()
-}
-
 // CloseIdleConnections closes the idle connections to every endpoint.
 func (t *HTTPTransport) CloseIdleConnections() { t.dp.CloseIdleConnections() }
 

@@ -152,8 +152,9 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 	bs := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, SPIFFEID: "spiffe://example.org/trading"})
 	var logs lockedBuffer
+	adm := newAdmin(t)
 	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr),
-		mesh.WithAdmin(freeAddr(t)), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr),
+		mesh.WithAdmin(adm), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +166,7 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 			t.Fatalf("%s: %d of 3 requests failed", url, failed)
 		}
 	}
-	adminURL := "http://" + tr.AdminAddr()
+	adminURL := "http://" + adm.Addr()
 	want := []admin.Target{
 		{Target: "xds:///trading", Balancer: "least_request", Source: "xds", Endpoints: []admin.Endpoint{
 			{Cluster: "trading", Address: bs[0].addr, Identity: "spiffe://example.org/trading", State: "healthy", Weight: 1}}},

@@ -205,12 +205,13 @@ func TestHTTPClientAppliesMeshdRouteTimeout(t *testing.T) {
 // endpoints of every cluster the routes name, with the cluster, and the
 // parts of routes the client does not apply.
 func TestHTTPClientShowsMeshdClustersOnAdmin(t *testing.T) {
-	c := startVersions(t, []controlplane.Route{
+	adm := newAdmin(t)
+	startVersions(t, []controlplane.Route{
 		{Name: "quote", Version: "v2", Match: controlplane.Match{Prefix: "/v1/quote"}, Timeout: time.Second,
 			Retry: &controlplane.RetryPolicy{Attempts: 3}, Fault: &controlplane.Fault{Abort: &controlplane.AbortFault{Code: "UNAVAILABLE", Percent: 5}}},
 		{Name: "stable", Version: "v1"},
-	}, mesh.WithAdmin(freeAddr(t)))
-	adminURL := "http://" + c.Transport.(*mesh.HTTPTransport).AdminAddr()
+	}, mesh.WithAdmin(adm))
+	adminURL := "http://" + adm.Addr()
 	var clusters map[string]int
 	waitFor(t, func() bool {
 		clusters = map[string]int{}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,7 +34,8 @@ type telemetryConfig struct {
 	meter     metric.MeterProvider
 	meterSet  bool // WithMeterProvider was given
 	off       bool
-	adminAddr string
+	admin     *Admin // WithAdmin
+	adminSet  bool
 }
 
 // WithTracerProvider sets where the mesh's spans go. Default: the global
@@ -120,6 +120,9 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 	if t.cfg.off {
 		return t, nil
 	}
+	if t.cfg.adminSet && t.cfg.admin == nil {
+		return nil, errors.New("mesh: WithAdmin(nil): pass the *Admin of mesh.NewAdmin, or leave WithAdmin out")
+	}
 	tp := meshtel.TracerProvider(t.cfg.tracer)
 	mp := meshtel.MeterProvider(t.cfg.meter)
 	var hub *meshtel.Hub
@@ -130,7 +133,7 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 			return nil, errors.New("mesh: WithMeterProvider: this provider's readers cannot collect the mesh's call metrics; pass the MeterProvider of telemetry.Setup (Config.NoGlobal keeps it out of the OpenTelemetry globals), or leave WithMeterProvider out")
 		}
 	}
-	if tp == nil && mp == nil && t.cfg.adminAddr == "" {
+	if tp == nil && mp == nil && t.cfg.admin == nil {
 		// Nothing would see what telemetry records: the pipeline only
 		// passes W3C trace context and baggage on.
 		t.pipe = &meshtel.Pipeline{Self: self.String()}
@@ -138,19 +141,21 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 	}
 	t.rec = meshtel.NewRecorder(t.cfg.meter)
 	t.pipe = &meshtel.Pipeline{Hub: hub, Tracing: meshtel.NewTracing(tp), Recorder: t.rec, Self: self.String()}
-	if t.cfg.adminAddr != "" {
-		a, release, err := acquireAdmin(t.cfg.adminAddr, c.logger)
-		if err != nil {
-			return nil, err
-		}
-		t.admin = a
-		t.closers = append(t.closers, release, t.rec.OnEvent(a.Record))
+	if a := t.cfg.admin; a != nil {
+		t.admin = a.srv
+		t.closers = append(t.closers, t.rec.OnEvent(a.srv.Record))
 	}
 	if mp != nil {
 		t.closers = append(t.closers, t.rec.ObserveSVID(svidObserver(c.identity)))
 	}
-	if mp != nil || t.admin != nil { // count rotations
-		t.closers = append(t.closers, watchRotations(c.identity, t.rec))
+	// SVID rotations are counted once per source by the owner of the
+	// metrics they go to (the Hub, owned by telemetry.Setup's Providers),
+	// else by the admin endpoint that shows them.
+	switch {
+	case hub != nil:
+		t.closers = append(t.closers, hub.Rotations.Watch(c.identity, t.rec))
+	case t.cfg.admin != nil:
+		t.closers = append(t.closers, t.cfg.admin.rotations.Watch(c.identity, t.rec))
 	}
 	return t, nil
 }
@@ -441,93 +446,6 @@ func newDialTelemetry(c *commonConfig) (*meshTelemetry, error) {
 		return nil, err
 	}
 	return newTelemetry(c, self)
-}
-
-// rotationWatchers watch each identity source of the process once, however
-// many servers and clients share it, so a rotation counts once.
-var rotationWatchers = struct {
-	sync.Mutex
-	m map[security.Source]*rotationWatcher
-}{m: map[security.Source]*rotationWatcher{}}
-
-type rotationWatcher struct {
-	refs int
-	stop chan struct{}
-	done chan struct{}
-}
-
-// rotationPoll is how often a source without a Changed channel is polled.
-const rotationPoll = 10 * time.Second
-
-// watchRotations calls m.SVIDRotated whenever src's SVID changes, until the
-// returned func is called by every user of src. Sources with a
-// Changed() <-chan struct{} (closed at the next update: DevSource,
-// FileSource) are followed exactly; others are polled every 10s.
-func watchRotations(src security.Source, m *meshtel.Recorder) (release func()) {
-	if src == nil || !reflect.TypeOf(src).Comparable() {
-		return func() {}
-	}
-	rotationWatchers.Lock()
-	defer rotationWatchers.Unlock()
-	w := rotationWatchers.m[src]
-	if w == nil {
-		w = &rotationWatcher{stop: make(chan struct{}), done: make(chan struct{})}
-		rotationWatchers.m[src] = w
-		go w.run(src, m)
-	}
-	w.refs++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			rotationWatchers.Lock()
-			defer rotationWatchers.Unlock()
-			if w.refs--; w.refs == 0 {
-				delete(rotationWatchers.m, src)
-				close(w.stop)
-				<-w.done
-			}
-		})
-	}
-}
-
-func (w *rotationWatcher) run(src security.Source, m *meshtel.Recorder) {
-	defer close(w.done)
-	changer, _ := src.(interface{ Changed() <-chan struct{} })
-	serial := func() string {
-		svid, err := src.GetX509SVID()
-		if err != nil || len(svid.Certificates) == 0 {
-			return ""
-		}
-		return svid.Certificates[0].SerialNumber.String()
-	}
-	last := serial()
-	for {
-		// Subscribe before comparing, so an update in between is not lost.
-		var changed <-chan struct{}
-		var timer *time.Timer
-		var tick <-chan time.Time
-		if changer != nil {
-			changed = changer.Changed()
-		} else {
-			timer = time.NewTimer(rotationPoll)
-			tick = timer.C
-		}
-		if now := serial(); now != "" && now != last {
-			last = now
-			if svid, err := src.GetX509SVID(); err == nil && len(svid.Certificates) > 0 {
-				m.SVIDRotated(svid.ID.String(), svid.Certificates[0].NotAfter)
-			}
-		}
-		select {
-		case <-w.stop:
-			if timer != nil {
-				timer.Stop()
-			}
-			return
-		case <-changed:
-		case <-tick:
-		}
-	}
 }
 
 // resilienceObserver turns the resilience client's events into metrics and

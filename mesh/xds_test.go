@@ -105,13 +105,13 @@ services:
 // meshd, with versions (in /config and through CSDS), the endpoints meshd
 // sent, and the config updates as events.
 func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
-	adminAddr := freeAddr(t)
-	meshd, ca := startXDSTrading(t, mesh.WithAdmin(adminAddr))
-	srv, lis := meshd.srv, meshd.lis
+	adm := newAdmin(t)
+	meshd, ca := startXDSTrading(t, mesh.WithAdmin(adm))
+	lis := meshd.lis
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adminAddr))
+		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adm))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	adminURL := "http://" + srv.AdminAddr()
+	adminURL := "http://" + adm.Addr()
 	serverListener := "grpc/server?xds.resource.listening_address=" + lis.Addr().String()
 	type row struct{ Scope, Type, Name, Status string }
 	want := []row{
@@ -153,7 +153,7 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 	}
 
 	// The same through CSDS, as grpcdebug would read it.
-	acc, err := grpc.NewClient(srv.AdminAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	acc, err := grpc.NewClient(adm.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,11 +257,11 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 	cp.Set(t, "1", "svc", addr, cluster)
 
 	var logs lockedBuffer
-	adminAddr := freeAddr(t)
+	adm := newAdmin(t)
 	mp, reader, stop := meshtel.NewManualProvider()
 	t.Cleanup(stop)
 	cc, err := mesh.Dial(callTimeout(t), "xds:///svc", mesh.WithIdentity(devSource(t, ca, "/caller")),
-		mesh.WithControlPlane(cp.Addr), mesh.WithAdmin(adminAddr), mesh.WithMeterProvider(mp),
+		mesh.WithControlPlane(cp.Addr), mesh.WithAdmin(adm), mesh.WithMeterProvider(mp),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +271,7 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 	if _, err := client.UnaryCall(callTimeout(t), &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
 		t.Fatal(err)
 	}
-	adminURL := "http://" + adminAddr
+	adminURL := "http://" + adm.Addr()
 	cv := getJSON[admin.ConfigView](t, adminURL+"/config")
 	wantUnsupported := []admin.Unsupported{{Source: "xds", Scope: "xds:///svc", Resource: xdsstatus.ClusterType, Name: "svc", Field: "connect_timeout"}}
 	if diff := cmp.Diff(wantUnsupported, cv.Unsupported, cmpopts.IgnoreFields(admin.Unsupported{}, "Seen")); diff != "" {

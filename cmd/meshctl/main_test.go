@@ -44,7 +44,11 @@ func meshed(t *testing.T) (adminAddr, addr string) {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	source := devSources(t)
-	admin := freeAddr(t)
+	admin, err := mesh.NewAdmin(freeAddr(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
 	authz, err := security.Rules(
 		security.Refuse("no-guests", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/guest"))),
 		security.Allow("gateway", spiffeid.MatchID(spiffeid.RequireFromPath(td, "/gateway"))),
@@ -94,7 +98,7 @@ func meshed(t *testing.T) (adminAddr, addr string) {
 	for {
 		var evs []json.RawMessage
 		var out bytes.Buffer
-		if err := run(context.Background(), []string{"-admin", srv.AdminAddr(), "-o", "json", "explain", "spiffe://example.org/trading"}, &out, &out); err == nil {
+		if err := run(context.Background(), []string{"-admin", admin.Addr(), "-o", "json", "explain", "spiffe://example.org/trading"}, &out, &out); err == nil {
 			var ex struct{ Events []json.RawMessage }
 			_ = json.Unmarshal(out.Bytes(), &ex)
 			evs = ex.Events
@@ -107,7 +111,7 @@ func meshed(t *testing.T) (adminAddr, addr string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return srv.AdminAddr(), addr
+	return admin.Addr(), addr
 }
 
 var masks = []struct {

@@ -48,8 +48,12 @@ services:
 	}
 	meshd := xdstest.StartMeshd(t, "", cfg)
 	source := devSources(t)
-	adminAddr := freeAddr(t)
-	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adminAddr),
+	adm, err := mesh.NewAdmin(freeAddr(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.Close() })
+	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adm),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +69,7 @@ services:
 	go func() { done <- srv.Serve(ctx, lis) }()
 	t.Cleanup(func() { cancel(); srv.Close(); <-done })
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source("/gateway")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adminAddr))
+		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adm))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +85,7 @@ services:
 	var versions []string
 	for {
 		var out bytes.Buffer
-		if err := run(ctx, []string{"-admin", srv.AdminAddr(), "-o", "json", "config"}, &out, &out); err != nil {
+		if err := run(ctx, []string{"-admin", adm.Addr(), "-o", "json", "config"}, &out, &out); err != nil {
 			t.Fatal(err)
 		}
 		var cv admin.ConfigView
@@ -113,7 +117,7 @@ services:
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			if err := run(ctx, append([]string{"-admin", srv.AdminAddr()}, tc.args...), &out, &errOut); err != nil {
+			if err := run(ctx, append([]string{"-admin", adm.Addr()}, tc.args...), &out, &errOut); err != nil {
 				t.Fatalf("meshctl %v: %v\n%s", tc.args, err, errOut.String())
 			}
 			got := out.String()
@@ -127,7 +131,7 @@ services:
 	// explain shows the xDS updates the target's calls were routed by,
 	// however many calls came after.
 	var out bytes.Buffer
-	if err := run(ctx, []string{"-admin", srv.AdminAddr(), "-o", "json", "explain", "xds:///trading"}, &out, &out); err != nil {
+	if err := run(ctx, []string{"-admin", adm.Addr(), "-o", "json", "explain", "xds:///trading"}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
 	var ex Explanation

@@ -1,5 +1,4 @@
-// Package admin is the per-process, loopback-only admin endpoint of the
-// mesh: JSON over HTTP for identity, trust bundles, targets and endpoints,
+// Package admin is the loopback-only admin endpoint of the mesh: JSON over HTTP for identity, trust bundles, targets and endpoints,
 // effective policies, every xDS resource the process's xDS clients hold
 // (version, ACKed or NACKed and why), unsupported config fields, recent
 // authorization denials and recent events, with grpc-go's channelz and a
@@ -7,14 +6,14 @@
 // and each provider's) over gRPC (h2c) on the same port. `meshctl` reads
 // it.
 //
-// Services turn it on with mesh.WithAdmin("127.0.0.1:15000"); use this
-// package directly only to embed the endpoint elsewhere.
+// Services turn it on with mesh.NewAdmin and mesh.WithAdmin, which own an
+// endpoint each; the mesh uses this package directly.
 //
 //	s, err := admin.Listen(admin.Config{Addr: "127.0.0.1:15000"})
 //	if err != nil {
 //		return err
 //	}
 //	defer s.Close()
-//	metrics.OnEvent(s.Record)
+//	recorder.OnEvent(s.Record)
 //	s.Register(admin.Provider{Component: admin.Component{Kind: "server", Name: id}})
 package admin

@@ -212,6 +212,10 @@ type Hub struct {
 	HTTPAttempts *Metric // mesh.http.client.attempts
 	metrics      []*Metric
 	ids          idCache
+
+	// Rotations are the SVID rotation watches of the servers and clients
+	// recording here.
+	Rotations Rotations
 }
 
 var _ sdkmetric.Producer = (*Hub)(nil)

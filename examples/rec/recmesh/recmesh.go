@@ -98,7 +98,7 @@ type Node struct {
 	Resilience *resilience.Client
 	// Stats counts retries, breaker changes and refusals of Resilience.
 	Stats      *Stats
-	admin      string
+	admin      *mesh.Admin
 	cp         string
 	discovery  *discovery.Registry
 	tel        *telemetry.Providers
@@ -112,12 +112,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{Name: cfg.Name, Log: log, admin: cfg.Admin, cp: cfg.ControlPlane}
+	n := &Node{Name: cfg.Name, Log: log, cp: cfg.ControlPlane}
 	defer func() {
 		if err != nil {
 			n.Close()
 		}
 	}()
+	if cfg.Admin != "" {
+		if n.admin, err = mesh.NewAdmin(cfg.Admin, log); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.Name, err)
+		}
+	}
 	if cfg.Telemetry {
 		if n.tel, err = telemetry.Setup(ctx, telemetry.FromEnv()); err != nil {
 			return nil, fmt.Errorf("%s: telemetry: %w", cfg.Name, err)
@@ -251,6 +256,10 @@ func (n *Node) Close() error {
 	if n.intentions != nil {
 		errs = append(errs, n.intentions.Close())
 	}
+	if n.admin != nil {
+		errs = append(errs, n.admin.Close())
+		n.admin = nil
+	}
 	if n.Src != nil {
 		errs = append(errs, n.Src.Close())
 	}
@@ -266,7 +275,7 @@ func (n *Node) Close() error {
 // Options are the mesh options every server and client of the node shares.
 func (n *Node) Options() []mesh.Option {
 	opts := []mesh.Option{mesh.WithIdentity(n.Src), mesh.WithLogger(n.Log)}
-	if n.admin != "" {
+	if n.admin != nil {
 		opts = append(opts, mesh.WithAdmin(n.admin))
 	}
 	return opts
