@@ -30,12 +30,12 @@ import (
 
 // telemetryConfig is the telemetry part of commonConfig.
 type telemetryConfig struct {
-	tracer    trace.TracerProvider
-	meter     metric.MeterProvider
-	meterSet  bool // WithMeterProvider was given
-	off       bool
-	admin     *Admin // WithAdmin
-	adminSet  bool
+	tracer   trace.TracerProvider
+	meter    metric.MeterProvider
+	meterSet bool // WithMeterProvider was given
+	off      bool
+	admin    *Admin // WithAdmin
+	adminSet bool
 }
 
 // WithTracerProvider sets where the mesh's spans go. Default: the global
