@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -177,5 +178,54 @@ func TestLogHandlerAddsTraceAndSpanIDs(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("log lines (-want +got):\n%s", diff)
+	}
+}
+
+// TestSetupPushExportersCarryMeshMetrics: the push exporters (console here,
+// OTLP through the same periodic reader) export the mesh's call metrics
+// with the SDK's, the histogram with its buckets.
+func TestSetupPushExportersCarryMeshMetrics(t *testing.T) {
+	var out bytes.Buffer
+	p, err := telemetry.Setup(timeout(t), telemetry.Config{ServiceName: "svc", Metrics: "console", Stdout: &out, NoGlobal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := p.MeterProvider.(meshtel.HubOwner).MeshHub()
+	s := hub.HTTPClient.Series(meshtel.Key{Method: "GET", Code: 200, Target: "trading.mesh"})
+	for range 3 {
+		s.Observe(2*time.Millisecond, trace.SpanContext{})
+	}
+	if err := p.Shutdown(timeout(t)); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		ScopeMetrics []struct {
+			Scope   struct{ Name string }
+			Metrics []struct {
+				Name string
+				Unit string
+				Data struct {
+					DataPoints []struct {
+						Count        uint64
+						BucketCounts []uint64
+					}
+				}
+			}
+		}
+	}
+	if err := json.NewDecoder(&out).Decode(&got); err != nil {
+		t.Fatalf("console output %q: %v", out.String(), err)
+	}
+	var found []string
+	for _, sm := range got.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			for _, dp := range m.Data.DataPoints {
+				found = append(found, fmt.Sprint(sm.Scope.Name, " ", m.Name, " ", m.Unit, " ", dp.Count, " ", dp.BucketCounts))
+			}
+		}
+	}
+	want := []string{"github.com/gridmesh/gridmesh/mesh http.client.request.duration s 3 [0 0 0 0 3 0 0 0 0 0 0 0 0 0 0 0 0]"}
+	if diff := cmp.Diff(want, found); diff != "" {
+		t.Errorf("exported (-want +got):\n%s", diff)
 	}
 }
