@@ -139,6 +139,23 @@ type callState struct {
 
 type callStateKey struct{}
 
+// next numbers an attempt of the call and says whether it is the first, a
+// retry (no other attempt in flight) or a hedge. Call done when it ends.
+func (cs *callState) next() (n int, kind string) {
+	a := cs.attempts.Add(1)
+	kind = "first"
+	if a > 1 {
+		kind = "retry"
+		if cs.inflight.Load() > 0 {
+			kind = "hedge"
+		}
+	}
+	cs.inflight.Add(1)
+	return int(a), kind
+}
+
+func (cs *callState) done() { cs.inflight.Add(-1) }
+
 // ClientInterceptors record every call made on a connection to target,
 // the whole call (retries included) as one: put them first in the chain.
 // AttemptInterceptors, put after the resilience interceptors, count each
@@ -247,18 +264,10 @@ func (p *Pipeline) AttemptInterceptors(target string) (grpc.UnaryClientIntercept
 	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		var span trace.Span
 		if cs, _ := ctx.Value(callStateKey{}).(*callState); cs != nil {
-			n := cs.attempts.Add(1)
-			kind := "first"
-			if n > 1 {
-				kind = "retry"
-				if cs.inflight.Load() > 0 {
-					kind = "hedge"
-				}
-			}
-			cs.inflight.Add(1)
-			defer cs.inflight.Add(-1)
+			n, kind := cs.next()
+			defer cs.done()
 			ctx, span = p.Tracing.Start(ctx, "attempt "+methodLabel(method, opts), trace.SpanKindInternal,
-				KeyAttempt.Int(int(n)), KeyAttemptKind.String(kind))
+				KeyAttempt.Int(n), KeyAttemptKind.String(kind))
 			sc := trace.SpanContextFromContext(ctx)
 			kv := []string{"traceparent", FormatTraceparent(sc)}
 			if ts := sc.TraceState().String(); ts != "" {

@@ -166,19 +166,11 @@ func (p *Pipeline) HTTPAttempts(target string, next http.RoundTripper) http.Roun
 		var span trace.Span
 		method := httpMethod(r.Method)
 		if cs, _ := r.Context().Value(callStateKey{}).(*callState); cs != nil {
-			n := cs.attempts.Add(1)
-			kind := "first"
-			if n > 1 {
-				kind = "retry"
-				if cs.inflight.Load() > 0 {
-					kind = "hedge"
-				}
-			}
-			cs.inflight.Add(1)
-			defer cs.inflight.Add(-1)
+			n, kind := cs.next()
+			defer cs.done()
 			var ctx context.Context
 			ctx, span = p.Tracing.Start(r.Context(), "attempt "+method, trace.SpanKindInternal,
-				KeyAttempt.Int(int(n)), KeyAttemptKind.String(kind), attribute.String("server.address", r.URL.Host))
+				KeyAttempt.Int(n), KeyAttemptKind.String(kind), attribute.String("server.address", r.URL.Host))
 			r = withHeaders(r.WithContext(ctx), trace.SpanContextFromContext(ctx))
 		}
 		if span == nil && p.Hub == nil {
