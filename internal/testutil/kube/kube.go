@@ -52,6 +52,17 @@ const (
 // machines that run these tests have two shared cores.
 const startTimeout = 90 * time.Second
 
+// stopTimeout is how long kube-apiserver gets after SIGTERM before
+// SIGKILL. On SIGTERM it waits for open watches to end, up to a minute: a
+// client still watching holds it that long.
+const stopTimeout = 5 * time.Second
+
+// killedAfterTimeout says whether err is envtest's report that a process
+// did not stop within stopTimeout and was killed.
+func killedAfterTimeout(err error) bool {
+	return strings.Contains(err.Error(), "timeout waiting for process kube-apiserver to stop")
+}
+
 func init() {
 	// envtest logs through controller-runtime's logger, which otherwise
 	// prints a warning with a stack trace that it was never set.
@@ -156,12 +167,12 @@ func Start(t testing.TB) *APIServer {
 			Etcd:      &envtest.Etcd{Path: etcdBin, DataDir: filepath.Join(dir, "etcd"), Out: logf, Err: logf},
 		},
 		ControlPlaneStartTimeout: startTimeout,
-		ControlPlaneStopTimeout:  30 * time.Second,
+		ControlPlaneStopTimeout:  stopTimeout,
 	}
 	a := &APIServer{env: env, logPath: logPath}
 	t.Cleanup(func() {
 		a.closeClients()
-		if err := env.Stop(); err != nil {
+		if err := env.Stop(); err != nil && !killedAfterTimeout(err) {
 			t.Errorf("kube: stop the control plane: %v", err)
 		}
 		logf.Close()
@@ -244,23 +255,33 @@ func Kubeconfig(t testing.TB, cfg *rest.Config) string {
 	return path
 }
 
-// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL after 30s);
-// etcd keeps running, with everything stored.
+// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL after 5s: with
+// clients watching it would take up to a minute); etcd keeps running, with
+// everything stored.
 func (a *APIServer) StopAPIServer(t testing.TB) {
 	t.Helper()
-	if err := a.env.ControlPlane.APIServer.Stop(); err != nil {
+	if err := a.env.ControlPlane.APIServer.Stop(); err != nil && !killedAfterTimeout(err) {
 		t.Fatalf("kube: stop kube-apiserver: %v", err)
 	}
 }
 
 // StartAPIServer starts kube-apiserver again after StopAPIServer, on the
-// same address with the same certificates, and blocks until it serves.
+// same address with the same certificates, and blocks until it serves. A
+// killed server's port may be held for a moment: it retries for up to a
+// minute.
 func (a *APIServer) StartAPIServer(t testing.TB) {
 	t.Helper()
-	if err := a.env.ControlPlane.APIServer.Start(); err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			a.logTail(t)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := a.env.ControlPlane.APIServer.Start()
+		if err == nil {
+			return
 		}
-		t.Fatalf("kube: start kube-apiserver again: %v", err)
+		if errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			a.logTail(t)
+			t.Fatalf("kube: start kube-apiserver again: %v", err)
+		}
+		_ = a.env.ControlPlane.APIServer.Stop()
+		time.Sleep(200 * time.Millisecond) // the old process's port, bounded by the deadline
 	}
 }
