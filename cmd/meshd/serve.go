@@ -56,6 +56,7 @@ type serveFlags struct {
 	grace        time.Duration
 	watch        time.Duration
 	logLevel     string
+	kube         kubeFlags
 }
 
 func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
@@ -69,6 +70,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	fs.DurationVar(&f.grace, "startup-grace", 10*time.Second, "hold the first snapshot this long after start, so that after a restart servers re-register before clients are sent endpoint lists (keep it above the servers' heartbeat interval, 5s by default); clients keep their cached config meanwhile. 0 to serve at once")
 	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.kube.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(out, serveUsage)
 		fs.PrintDefaults()
@@ -81,6 +83,9 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	}
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
 		return nil, fmt.Errorf("-listen %q is not host:port: %w", f.listen, err)
+	}
+	if err := f.kube.check(fs); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -135,6 +140,11 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 	} else if err := s.SetConfig("(no config file)", &controlplane.Config{}); err != nil {
 		return err
 	}
+	stopKube, err := startKubernetes(ctx, f.kube, s, logger)
+	if err != nil {
+		return err
+	}
+	defer stopKube()
 
 	xlis, err := net.Listen("tcp", f.listen)
 	if err != nil {

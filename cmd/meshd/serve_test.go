@@ -16,6 +16,9 @@ import (
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 )
 
+// kubeDefaults are the Kubernetes flags' defaults.
+var kubeDefaults = kubeFlags{versionLabel: "version", syncTimeout: time.Minute}
+
 func TestParseServeFlags(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -23,9 +26,14 @@ func TestParseServeFlags(t *testing.T) {
 		want    *serveFlags
 		wantErr string
 	}{
-		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", grace: 10 * time.Second, watch: time.Second, logLevel: "info"}, ""},
+		{"defaults", nil, &serveFlags{listen: "127.0.0.1:15010", grace: 10 * time.Second, watch: time.Second, logLevel: "info", kube: kubeDefaults}, ""},
 		{"all", []string{"-config", "m.yaml", "-listen", ":1", "-registration", ":2", "-consul", "127.0.0.1:8500", "-startup-grace", "5s"},
-			&serveFlags{config: "m.yaml", listen: ":1", registration: ":2", consul: "127.0.0.1:8500", grace: 5 * time.Second, watch: time.Second, logLevel: "info"}, ""},
+			&serveFlags{config: "m.yaml", listen: ":1", registration: ":2", consul: "127.0.0.1:8500", grace: 5 * time.Second, watch: time.Second, logLevel: "info", kube: kubeDefaults}, ""},
+		{"kubernetes", []string{"-kubernetes", "-kubeconfig", "kc", "-trust-domain", "example.org", "-kubernetes-namespaces", "shop,bank", "-kubernetes-version-label", "app.kubernetes.io/version"},
+			&serveFlags{listen: "127.0.0.1:15010", grace: 10 * time.Second, watch: time.Second, logLevel: "info",
+				kube: kubeFlags{enabled: true, kubeconfig: "kc", trustDomain: "example.org", namespaces: "shop,bank", versionLabel: "app.kubernetes.io/version", syncTimeout: time.Minute}}, ""},
+		{"kubernetes without trust domain", []string{"-kubernetes"}, nil, "-kubernetes needs -trust-domain"},
+		{"kubernetes flags without -kubernetes", []string{"-kubeconfig", "kc", "-trust-domain", "example.org"}, nil, "-kubeconfig, -trust-domain only apply with -kubernetes"},
 		{"bad listen", []string{"-listen", "15010"}, nil, `-listen "15010" is not host:port`},
 		{"stray argument", []string{"extra"}, nil, "meshd serve takes no arguments"},
 	}
@@ -41,7 +49,7 @@ func TestParseServeFlags(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(serveFlags{})); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(serveFlags{}, kubeFlags{})); diff != "" {
 				t.Errorf("flags (-want +got):\n%s", diff)
 			}
 		})
