@@ -92,6 +92,80 @@ func BenchmarkRoundTripper(b *testing.B) {
 	}
 }
 
+// BenchmarkDefaultPolicyAdds measures what the default policy adds to a
+// call whose first attempt succeeds, against the same call with no policy
+// in the same run: ns/op and allocs/op are the call with the policy;
+// added-allocs/op and added-ns/op the difference to the call without it
+// (testing.AllocsPerRun, and as many calls without the policy timed right
+// after the loop).
+// The target is at most 8 added allocations.
+func BenchmarkDefaultPolicyAdds(b *testing.B) {
+	conn, err := grpc.NewClient("passthrough:///bench", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	req, reply := wrapperspb.String("x"), new(wrapperspb.StringValue)
+	grpcCall := func(method string, icpt grpc.UnaryClientInterceptor) func() {
+		ctx := context.Background()
+		return func() {
+			if icpt == nil {
+				_ = invoker(ctx, method, req, reply, conn)
+				return
+			}
+			if err := icpt(ctx, method, req, reply, conn, invoker); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	next := rtFunc(func(*http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader(""))}, nil
+	})
+	httpCall := func(method string, rt http.RoundTripper) func() {
+		req, _ := http.NewRequest(method, "http://trading:8443/trades", nil)
+		return func() {
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = resp.Body.Close()
+		}
+	}
+	icpt := mustClient(b).UnaryClientInterceptor()
+	for _, c := range []struct {
+		name       string
+		bare, with func()
+	}{
+		{"grpc write", grpcCall(ledgertest.Apply, nil), grpcCall(ledgertest.Apply, icpt)},
+		{"grpc read", grpcCall(ledgertest.Get, nil), grpcCall(ledgertest.Get, icpt)},
+		{"http GET", httpCall("GET", next), httpCall("GET", mustClient(b).RoundTripper(next))},
+		{"http POST", httpCall("POST", next), httpCall("POST", mustClient(b).RoundTripper(next))},
+	} {
+		b.Run(c.name, func(b *testing.B) { reportAdded(b, c.bare, c.with) })
+	}
+}
+
+// reportAdded runs with in the benchmark loop and reports what it adds
+// over bare, measured in the same run: bare runs as many times right
+// after. (A nested testing.Benchmark would deadlock on the benchmark lock.)
+func reportAdded(b *testing.B, bare, with func()) {
+	b.Helper()
+	b.ReportAllocs()
+	for b.Loop() {
+		with()
+	}
+	n := b.N
+	withNs := float64(b.Elapsed().Nanoseconds()) / float64(n)
+	start := time.Now()
+	for range n {
+		bare()
+	}
+	bareNs := float64(time.Since(start).Nanoseconds()) / float64(n)
+	b.ReportMetric(testing.AllocsPerRun(1000, with)-testing.AllocsPerRun(1000, bare), "added-allocs/op")
+	b.ReportMetric(withNs-bareNs, "added-ns/op")
+}
+
 type rtFunc func(*http.Request) (*http.Response, error)
 
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

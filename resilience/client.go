@@ -151,6 +151,11 @@ type Client struct {
 	levels *protoLevels
 	now    func() time.Time
 
+	// noFastPath sends every attempt through the retry executor, as before
+	// the fast path existed; set only by tests (export_test.go), which
+	// compare the two paths.
+	noFastPath bool
+
 	cfg   atomic.Pointer[Config]
 	mu    sync.Mutex // serializes creation of destinations
 	dests atomic.Pointer[map[string]*destination]
@@ -371,51 +376,61 @@ func (ms *methodState) executor(hedge bool) failsafe.Executor[any] {
 }
 
 // admit runs the local limits for one attempt: rate limit, bulkhead,
-// breaker. On success the returned func must be called with the attempt's
-// outcome for the breaker (failure or not) to release what admit took.
-func (d *destination) admit(ctx context.Context, c *Client, method string) (func(failure, neutral bool), error) {
+// breaker. On success the returned permit must be released with the
+// attempt's outcome for the breaker (failure or not) to release what admit
+// took. A permit is a value, so admitting allocates nothing.
+func (d *destination) admit(ctx context.Context, c *Client, method string) (permit, error) {
 	if d.limiter != nil && !d.limiter.TryAcquirePermit() {
-		return nil, c.reject(d, method, ratelimiter.ErrExceeded)
+		return permit{}, c.reject(d, method, ratelimiter.ErrExceeded)
 	}
 	if d.bulkhead != nil {
 		if d.bhWait > 0 {
 			if err := d.bulkhead.AcquirePermitWithMaxWait(ctx, d.bhWait); err != nil {
-				return nil, c.reject(d, method, bulkhead.ErrFull)
+				return permit{}, c.reject(d, method, bulkhead.ErrFull)
 			}
 		} else if !d.bulkhead.TryAcquirePermit() {
-			return nil, c.reject(d, method, bulkhead.ErrFull)
+			return permit{}, c.reject(d, method, bulkhead.ErrFull)
 		}
 	}
 	if d.breaker != nil && !d.breaker.TryAcquirePermit() {
 		if d.bulkhead != nil {
 			d.bulkhead.ReleasePermit()
 		}
-		return nil, c.reject(d, method, circuitbreaker.ErrOpen)
+		return permit{}, c.reject(d, method, circuitbreaker.ErrOpen)
 	}
-	return func(failure, neutral bool) {
-		if d.bulkhead != nil {
-			d.bulkhead.ReleasePermit()
+	return permit{d}, nil
+}
+
+// permit is what admit took for one attempt.
+type permit struct{ d *destination }
+
+// release gives back what admit took and records the attempt's outcome in
+// the breaker: failure counts against the destination; neutral (a canceled
+// attempt) counts neither way.
+func (p permit) release(failure, neutral bool) {
+	d := p.d
+	if d.bulkhead != nil {
+		d.bulkhead.ReleasePermit()
+	}
+	if d.breaker == nil {
+		return
+	}
+	switch {
+	case failure:
+		d.breaker.RecordFailure()
+		if n := d.consec.Add(1); d.consecMax > 0 && n >= d.consecMax && d.breaker.IsClosed() {
+			d.breaker.Open()
 		}
-		if d.breaker == nil {
-			return
-		}
-		switch {
-		case failure:
-			d.breaker.RecordFailure()
-			if n := d.consec.Add(1); d.consecMax > 0 && n >= d.consecMax && d.breaker.IsClosed() {
-				d.breaker.Open()
-			}
-		case neutral:
-			// A canceled attempt says nothing about the destination, but
-			// a half-open breaker needs its permit back; failsafe-go
-			// releases permits only by recording, so record a success
-			// without resetting the consecutive count.
-			d.breaker.RecordSuccess()
-		default:
-			d.consec.Store(0)
-			d.breaker.RecordSuccess()
-		}
-	}, nil
+	case neutral:
+		// A canceled attempt says nothing about the destination, but
+		// a half-open breaker needs its permit back; failsafe-go
+		// releases permits only by recording, so record a success
+		// without resetting the consecutive count.
+		d.breaker.RecordSuccess()
+	default:
+		d.consec.Store(0)
+		d.breaker.RecordSuccess()
+	}
 }
 
 func (c *Client) reject(d *destination, method string, err error) error {
@@ -442,6 +457,39 @@ func isRetryable(err error) bool {
 		err = errors.Unwrap(err)
 	}
 	return false
+}
+
+// firstAttemptFinal reports whether the outcome err of a call's first
+// attempt, made outside the retry policy's executor, ends the call, and with
+// which error. It decides as that executor does after an attempt: if the
+// call's context ended meanwhile, the call ends with the context's error
+// (even after a success); otherwise a success or an error the rules do not
+// retry ends it as it is. A retryable error does not end it: the executor
+// takes over through replayFirst.
+func firstAttemptFinal(ctx context.Context, err error) (bool, error) {
+	if cerr := ctx.Err(); cerr != nil {
+		return true, cerr
+	}
+	if isRetryable(err) {
+		return false, nil
+	}
+	return true, err
+}
+
+// replayFirst lets the retry policy's executor take over a call whose
+// first attempt already ran (and failed with *first, retryable): on the
+// execution's first attempt it returns that error, clears *first and
+// reports true, so the executor counts the attempt, backs off and retries
+// as if it had made it. Later attempts report false and run for real. Only
+// calls without hedging take this path, so attempts are sequential and
+// *first needs no lock.
+func replayFirst(e failsafe.Execution[any], first *error) (error, bool) {
+	if *first == nil || e.IsRetry() || e.IsHedge() {
+		return nil, false
+	}
+	err := *first
+	*first = nil
+	return err, true
 }
 
 // errHedgeDenied is what a hedge the budget denied returns; it is never the

@@ -54,8 +54,28 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 		return unwrapResult(err)
 	}
 
+	// Fast path: without hedging, the first attempt needs nothing from the
+	// retry policy, so it runs here and most calls end with it. Only a
+	// retryable failure starts the executor, which is handed the first
+	// attempt's outcome (see replayFirst) and carries on from there exactly
+	// as if it had run that attempt itself.
+	var firstErr error
+	if !hedge && !c.noFastPath {
+		firstErr = c.unaryAttempt(ctx, ctx, d, ms, method, lvl, keyed, req, reply, cc, invoker, opts)
+		if done, err := firstAttemptFinal(ctx, firstErr); done {
+			return grpcError(unwrapResult(err))
+		}
+	}
+
+	// Declared here, not above, so that the fast path does not allocate
+	// what the closure captures.
+	first := firstErr
 	st := &unaryCall{}
 	_, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
+		if err, ok := replayFirst(e, &first); ok {
+			st.log.set(err)
+			return nil, err
+		}
 		if !st.group.enter() {
 			return nil, errCallDone
 		}
@@ -102,7 +122,7 @@ type unaryCall struct {
 // unaryAttempt sends one attempt. It returns the attempt's error, marked
 // retryable when the rules allow a retry.
 func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *methodState, method string, lvl Idempotency, keyed bool, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	done, err := d.admit(ctx, c, method)
+	pm, err := d.admit(ctx, c, method)
 	if err != nil {
 		return err
 	}
@@ -117,12 +137,12 @@ func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *
 	// must not append into the caller's backing array.
 	err = invoker(actx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
 	if err == nil {
-		done(false, false)
+		pm.release(false, false)
 		return nil
 	}
 	code := status.Code(err)
 	canceled := ctx.Err() != nil && code != codes.DeadlineExceeded || code == codes.Canceled
-	done(breakerFailure(code) && !canceled, canceled)
+	pm.release(breakerFailure(code) && !canceled, canceled)
 	if callCtx.Err() != nil || ctx.Err() != nil {
 		return err // the caller's deadline, a cancel, or a hedge loser
 	}
@@ -230,7 +250,7 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 				return nil, err
 			}
 		}
-		done, err := d.admit(ctx, c, method)
+		pm, err := d.admit(ctx, c, method)
 		if err != nil {
 			return nil, err
 		}
@@ -239,7 +259,7 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		if err != nil {
 			code := status.Code(err)
 			canceled := ctx.Err() != nil
-			done(breakerFailure(code) && !canceled, canceled)
+			pm.release(breakerFailure(code) && !canceled, canceled)
 			log.set(err)
 			// Same proof as for unary calls: no transport stream, never sent.
 			if code == codes.Unavailable && !canceled && p.Addr == nil {
@@ -247,15 +267,35 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 			}
 			return nil, err
 		}
-		cs = newTrackedStream(ctx, desc, s, done)
+		cs = newTrackedStream(ctx, desc, s, pm)
 		return nil, nil
 	}
-	var err error
-	if ms.retryPolicy == nil {
-		_, err = attempt(nil)
-	} else {
-		_, err = failsafe.With[any](ms.retryPolicy).WithContext(ctx).GetWithExecution(attempt)
+	if ms.retryExec == nil {
+		if _, err := attempt(nil); err != nil {
+			return nil, grpcError(unwrapResult(err))
+		}
+		return cs, nil
 	}
+	// The first attempt runs without the retry policy (see unary); the
+	// policy's executor, shared by all calls of the method, takes over only
+	// after a retryable failure.
+	var firstErr error
+	if !c.noFastPath {
+		_, firstErr = attempt(nil)
+		if done, err := firstAttemptFinal(ctx, firstErr); done {
+			if err != nil {
+				return nil, grpcError(unwrapResult(err))
+			}
+			return cs, nil
+		}
+	}
+	first := firstErr
+	_, err := ms.retryExec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
+		if err, ok := replayFirst(e, &first); ok {
+			return nil, err
+		}
+		return attempt(e)
+	})
 	if err != nil {
 		return nil, grpcError(unwrapResult(err))
 	}
@@ -268,12 +308,12 @@ type trackedStream struct {
 	grpc.ClientStream
 	once          sync.Once
 	serverStreams bool
-	done          func(failure, neutral bool)
+	pm            permit
 	stop          func() bool
 }
 
-func newTrackedStream(ctx context.Context, desc *grpc.StreamDesc, s grpc.ClientStream, done func(failure, neutral bool)) *trackedStream {
-	t := &trackedStream{ClientStream: s, done: done, serverStreams: desc.ServerStreams}
+func newTrackedStream(ctx context.Context, desc *grpc.StreamDesc, s grpc.ClientStream, pm permit) *trackedStream {
+	t := &trackedStream{ClientStream: s, pm: pm, serverStreams: desc.ServerStreams}
 	t.stop = context.AfterFunc(ctx, func() { t.finish(nil, true) })
 	return t
 }
@@ -284,7 +324,7 @@ func (t *trackedStream) finish(err error, ctxDone bool) {
 			t.stop()
 		}
 		code := status.Code(err)
-		t.done(err != nil && breakerFailure(code), ctxDone || code == codes.Canceled)
+		t.pm.release(err != nil && breakerFailure(code), ctxDone || code == codes.Canceled)
 	})
 }
 

@@ -72,14 +72,20 @@ func (h *httpCall) closeAllBut(keep *http.Response) {
 	defer h.mu.Unlock()
 	for _, r := range h.resps {
 		if r != keep {
-			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10))
-			_ = r.Body.Close()
+			drainClose(r)
 		}
 	}
 	h.resps = h.resps[:0]
 	if h.last != keep {
 		h.last = nil
 	}
+}
+
+// drainClose reads what is left of r's body, up to 64 KiB so that the
+// connection can be reused, and closes it.
+func drainClose(r *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10))
+	_ = r.Body.Close()
 }
 
 func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -114,13 +120,44 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		return finishHTTP(resp, unwrapResult(err), cancel)
 	}
 
+	// Fast path: without hedging the first attempt runs outside the
+	// executor (see Client.unary); only a retryable failure starts it.
 	var (
+		firstErr  error
+		firstResp *http.Response
+	)
+	if !hedge && !t.c.noFastPath {
+		resp, err := t.attempt(ctx, req, req.Body, d, ms, method, lvl, keyed)
+		if done, ferr := firstAttemptFinal(ctx, err); done {
+			if ferr != nil && resp != nil {
+				// The call's context ended after a response: the executor
+				// would have dropped it too.
+				drainClose(resp)
+				resp = nil
+			}
+			return finishHTTP(resp, unwrapResult(ferr), cancel)
+		}
+		firstErr, firstResp = err, resp
+	}
+
+	// Declared here, not above, so that the fast path does not allocate
+	// what the closure captures.
+	var (
+		first = firstErr
 		log   attemptLog
 		group attemptGroup
 		call  httpCall
 		used  atomic.Bool // the original body went to an attempt
 	)
+	used.Store(first != nil)
 	res, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
+		if err, ok := replayFirst(e, &first); ok {
+			if firstResp != nil {
+				call.add(firstResp)
+			}
+			log.set(err)
+			return firstResp, err
+		}
 		if !group.enter() {
 			return nil, errCallDone
 		}
@@ -168,17 +205,21 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 // attempt sends one attempt with body. It returns the response, and an
 // error marked retryable when the rules allow a retry.
 func (t *roundTripper) attempt(ctx context.Context, req *http.Request, body io.ReadCloser, d *destination, ms *methodState, method string, lvl Idempotency, keyed bool) (*http.Response, error) {
-	done, err := d.admit(ctx, t.c, method)
+	pm, err := d.admit(ctx, t.c, method)
 	if err != nil {
 		if body != nil {
 			_ = body.Close()
 		}
 		return nil, err
 	}
-	actx, acancel := context.WithCancel(ctx)
-	var expired atomic.Bool
+	// Only a per-try timeout needs a context of the attempt's own: without
+	// one the attempt ends with ctx, or when its response body is closed.
+	actx, acancel := ctx, context.CancelFunc(nil)
+	var expired *atomic.Bool
 	var timer *time.Timer
 	if pt := ms.retry.PerTryTimeout; pt > 0 {
+		actx, acancel = context.WithCancel(ctx)
+		expired = new(atomic.Bool)
 		timer = time.AfterFunc(pt, func() { expired.Store(true); acancel() })
 	}
 	r := req.WithContext(actx)
@@ -188,19 +229,21 @@ func (t *roundTripper) attempt(ctx context.Context, req *http.Request, body io.R
 		timer.Stop()
 	}
 	if err != nil {
-		acancel()
+		if acancel != nil {
+			acancel()
+		}
 		canceled := ctx.Err() != nil
-		done(!canceled, canceled)
+		pm.release(!canceled, canceled)
 		if ctx.Err() != nil {
 			return nil, err
 		}
-		if retryableHTTPError(err, expired.Load(), lvl, keyed) {
+		if retryableHTTPError(err, expired != nil && expired.Load(), lvl, keyed) {
 			return nil, &retryableError{err}
 		}
 		return nil, err
 	}
 	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: acancel}
-	done(resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented, false)
+	pm.release(resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented, false)
 	if (lvl != IdempotencyUnknown || keyed) && retryableHTTPStatus(resp.StatusCode, keyed) {
 		return resp, &retryableError{&statusError{resp.StatusCode}}
 	}

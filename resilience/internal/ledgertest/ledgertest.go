@@ -115,6 +115,7 @@ type Server struct {
 	mu      sync.Mutex
 	byKey   map[string]int
 	seenGet map[string]bool
+	script  []codes.Code
 }
 
 // Start starts a server on 127.0.0.1 with opts (interceptors) and stops it
@@ -160,6 +161,26 @@ func (s *Server) Stop() { s.srv.Stop() }
 
 // SetMode changes how the server behaves from the next call on.
 func (s *Server) SetMode(m Mode) { s.mode.Store(int32(m)) }
+
+// SetScript makes the next len(cs) attempts of Get answer cs in order,
+// one code each (codes.OK serves the read), before Mode applies again.
+func (s *Server) SetScript(cs ...codes.Code) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.script = append(s.script[:0], cs...)
+}
+
+// scripted pops the next scripted code, if any.
+func (s *Server) scripted() (codes.Code, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.script) == 0 {
+		return codes.OK, false
+	}
+	c := s.script[0]
+	s.script = s.script[1:]
+	return c, true
+}
 
 // Unblock releases the calls held by Block, and every later one.
 func (s *Server) Unblock() {
@@ -244,6 +265,12 @@ func (s *Server) apply(ctx context.Context, req *wrapperspb.StringValue) (*wrapp
 
 func (s *Server) get(ctx context.Context, req *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
 	s.count(Get)
+	if c, ok := s.scripted(); ok {
+		if c != codes.OK {
+			return nil, status.Errorf(c, "ledgertest: %v on script", c)
+		}
+		return wrapperspb.String("got " + req.GetValue()), nil
+	}
 	if Mode(s.mode.Load()) == Unavailable {
 		return nil, status.Error(codes.Unavailable, "ledgertest: unavailable on command")
 	}
