@@ -1,6 +1,10 @@
 // Package bench measures what gridmesh costs per call against plain gRPC,
-// static TLS 1.3 and a haproxy sidecar pair, and holds the per-RPC
-// allocation benchmarks of the mesh's call path and interceptors.
+// static TLS 1.3 and a haproxy sidecar pair, for gRPC and for HTTP (the h-*
+// scenarios: mesh.NewHTTPServer and mesh.HTTPClient against net/http with
+// static TLS 1.3 and the sidecar pair, a POST echoing its payload over
+// HTTP/2), and holds the per-RPC allocation benchmarks of the mesh's call
+// path and interceptors (BenchmarkDefaultPolicyAdds: what the default
+// resilience policy adds to a successful mesh call).
 //
 // `make bench` runs the end-to-end harness (bench/cmd/harness): servers,
 // proxies and load generators as separate processes, the scenarios

@@ -132,10 +132,9 @@ func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *
 		actx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	var p peer.Peer
-	// The full slice expression copies opts: hedges run concurrently and
-	// must not append into the caller's backing array.
-	err = invoker(actx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
+	ao := newAttemptOpts(opts)
+	err = invoker(actx, method, req, reply, cc, ao.opts...)
+	p := &ao.peer
 	if err == nil {
 		pm.release(false, false)
 		return nil
@@ -154,6 +153,27 @@ func (c *Client) unaryAttempt(callCtx, ctx context.Context, d *destination, ms *
 		return &retryableError{err}
 	}
 	return err
+}
+
+// attemptOpts holds, in one allocation, an attempt's call options: the
+// caller's, then grpc.Peer recording where the attempt went (no peer means
+// it never got a transport stream: see retryableGRPC).
+type attemptOpts struct {
+	peer peer.Peer
+	opts []grpc.CallOption
+	buf  [4]grpc.CallOption
+}
+
+// newAttemptOpts copies opts and adds the peer option. Each attempt gets
+// its own copy: hedges run concurrently and must not append into the
+// caller's backing array.
+func newAttemptOpts(opts []grpc.CallOption) *attemptOpts {
+	a := &attemptOpts{}
+	if len(opts) < len(a.buf) {
+		a.opts = a.buf[:0]
+	}
+	a.opts = append(append(a.opts, opts...), grpc.Peer(&a.peer))
+	return a
 }
 
 // retryableGRPC is the retry rule for gRPC.
@@ -254,8 +274,9 @@ func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		if err != nil {
 			return nil, err
 		}
-		var p peer.Peer
-		s, err := streamer(ctx, desc, cc, method, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
+		ao := newAttemptOpts(opts)
+		s, err := streamer(ctx, desc, cc, method, ao.opts...)
+		p := &ao.peer
 		if err != nil {
 			code := status.Code(err)
 			canceled := ctx.Err() != nil

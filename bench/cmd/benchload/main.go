@@ -9,7 +9,7 @@
 // the window (from /proc/self/stat), so the harness can sum CPU over every
 // process on the path.
 //
-//	benchload -mode plain|tls|mesh -target host:port [-ca ca.pem -server-name n]
+//	benchload -mode plain|tls|mesh -target host:port [-proto grpc|http] [-ca ca.pem -server-name n]
 //	     [-balance] [-resilience] [-telemetry off|noop|otlp]
 //
 // In mesh mode the identity comes from the SPIFFE Workload API named by
@@ -17,6 +17,11 @@
 // calls are spread round robin (mesh.WithBalancer); -resilience=false turns
 // off the resilience policy mesh.Dial applies by default (resilience.Default());
 // -telemetry picks the mesh's OTel setup as in benchserver.
+//
+// With -proto http every call is a POST of the payload to echo.HTTPPath,
+// read to the end: over h2c with prior knowledge (plain), over net/http with
+// TLS 1.3 and HTTP/2 (tls), or through mesh.HTTPClient (mesh; -balance is
+// not offered there).
 package main
 
 import (
@@ -72,26 +77,49 @@ func run(ctx context.Context, args []string) error {
 	res := fs.Bool("resilience", true, "mesh mode: keep the resilience policy mesh.Dial applies by default (false: mesh.WithoutResilience)")
 	sample := fs.Float64("sample", 1, "with -telemetry otlp: fraction of traces sampled")
 	tel := fs.String("telemetry", "off", "mesh mode: off (mesh.WithoutTelemetry), noop (mesh defaults, OTel not set up) or otlp")
+	proto := fs.String("proto", "grpc", "grpc or http")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *target == "" {
 		return errors.New("-target is required")
 	}
-	conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel, *sample)
-	if err != nil {
-		return err
-	}
-	defer cleanup()
-	defer conn.Close()
-	client := testgrpc.NewTestServiceClient(conn)
-
-	// Check the path once before taking commands.
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = client.UnaryCall(cctx, echo.Request(1), grpc.WaitForReady(true))
-	cancel()
-	if err != nil {
-		return fmt.Errorf("first call to %s: %w", *target, err)
+	var caller func(payload int) loadgen.Call
+	switch *proto {
+	case "grpc":
+		conn, cleanup, err := dial(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel, *sample)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		defer conn.Close()
+		client := testgrpc.NewTestServiceClient(conn)
+		// Check the path once before taking commands.
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = client.UnaryCall(cctx, echo.Request(1), grpc.WaitForReady(true))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("first call to %s: %w", *target, err)
+		}
+		caller = func(payload int) loadgen.Call {
+			req := echo.Request(payload)
+			return func(ctx context.Context) error {
+				_, err := client.UnaryCall(ctx, req)
+				return err
+			}
+		}
+	case "http":
+		hc, url, cleanup, err := httpClient(ctx, *mode, *target, *caFile, *serverName, *balance, *res, *tel, *sample)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		caller = func(payload int) loadgen.Call { return httpCall(hc, url, payload) }
+		if err := firstHTTPCall(ctx, caller(1)); err != nil {
+			return fmt.Errorf("first call to %s: %w", url, err)
+		}
+	default:
+		return errors.New("-proto must be grpc or http, not " + *proto)
 	}
 	fmt.Println("ready")
 
@@ -102,11 +130,7 @@ func run(ctx context.Context, args []string) error {
 		if err := json.Unmarshal([]byte(arg), &spec); err != nil {
 			return fmt.Errorf("bad command %q: %w", in.Text(), err)
 		}
-		req := echo.Request(spec.Payload)
-		call := func(ctx context.Context) error {
-			_, err := client.UnaryCall(ctx, req)
-			return err
-		}
+		call := caller(spec.Payload)
 		switch verb {
 		case "warm":
 			loadgen.Warm(ctx, call, max(min(spec.Concurrency, 64), 8), spec.Warmup)

@@ -68,3 +68,38 @@ func TestFinishMediansAndTargets(t *testing.T) {
 		t.Errorf("targets (-want +got):\n%s", diff)
 	}
 }
+
+// Issue 17's targets, for gRPC and HTTP, each met or missed by the
+// figures given (CPU per request at the maximum throughput point).
+func TestIssue17Targets(t *testing.T) {
+	s := func(p99, rps, cpuMax float64) *summary {
+		return &summary{P99: p99, MaxRPS: rps, CPUPerReqMax: cpuMax}
+	}
+	by := map[string]*summary{
+		"b-tls":       s(100, 10000, 40),
+		"b-tls-3":     s(100, 9000, 45),
+		"c-nootel":    s(110, 8200, 50), // 0.91x of b-tls-3: met
+		"c-full":      s(300, 5000, 90), // 0.50x: missed; more rps than d (4000), more CPU (80)
+		"c-full-1pct": s(120, 8100, 52), // 0.81x, 1.20x, 1.30x: all met
+		"d-sidecar":   s(200, 4000, 80),
+		"h-b-tls":     s(100, 8000, 50),
+		"h-c-nootel":  s(100, 7000, 55), // 0.875x: missed
+	}
+	got := map[string]bool{}
+	for _, tg := range issue17Targets(by) {
+		got[tg.Goal] = tg.Met
+	}
+	want := map[string]bool{
+		"gRPC c-full-1pct vs b-tls: max throughput >= 0.80x":                 true,
+		"gRPC c-full-1pct vs b-tls: p99 at 1,000/s <= 1.25x":                 true,
+		"gRPC c-full-1pct vs b-tls: CPU per request at the maximum <= 1.30x": true,
+		"gRPC c-full vs b-tls: max throughput >= 0.55x":                      false,
+		"gRPC c-full vs d-sidecar: more max throughput":                      true,
+		"gRPC c-full vs d-sidecar: less CPU per request at the maximum":      false,
+		"gRPC c-nootel vs b-tls-3: max throughput >= 0.90x":                  true,
+		"HTTP h-c-nootel vs h-b-tls: max throughput >= 0.90x":                false,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("issue 17 targets (-want +got):\n%s", diff)
+	}
+}

@@ -16,9 +16,21 @@ type scenario struct {
 	// Missing says why the scenario was not run (a part has not landed).
 	Missing string `json:"missing,omitempty"`
 
+	// http makes the scenario's servers and load generator speak HTTP
+	// (benchserver and benchload -proto http) instead of gRPC.
+	http bool
+
 	load  *process
 	path  []*process // every process a call passes through, load included
 	setup func(ctx context.Context, h *harness) error
+}
+
+// protoArgs is the -proto flag for the scenario's benchserver and benchload.
+func (sc *scenario) protoArgs() []string {
+	if sc.http {
+		return []string{"-proto", "http"}
+	}
+	return nil
 }
 
 // scenarios lists every scenario in the order of the table. Setup starts
@@ -95,6 +107,50 @@ func scenarios() []*scenario {
 				return h.sidecar(ctx, "d-l4", "tcp")
 			},
 		},
+		// The HTTP side: the same call as a POST of the payload to
+		// echo.HTTPPath answered with as many bytes, over HTTP/2, one
+		// backend each (mesh.HTTPClient has no static:/// list of a plain
+		// host, and net/http no balancer, so one backend is like for like).
+		{
+			Name:        "h-b-tls",
+			Description: "(b, HTTP) net/http server and client, static TLS 1.3, P-256 ECDSA certificate, HTTP/2, one server",
+			http:        true,
+			setup: func(ctx context.Context, h *harness) error {
+				return h.direct(ctx, "h-b-tls", "tls", 1)
+			},
+		},
+		{
+			Name:        "h-c-nootel",
+			Description: "(c, HTTP) gridmesh defaults with OTel not set up: mesh.NewHTTPServer and mesh.HTTPClient (mTLS, HTTP/2, authorization, default resilience policy, the mesh's HTTP telemetry on no-op providers), one server",
+			http:        true,
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "h-c-nootel", 1, true, "noop", 1)
+			},
+		},
+		{
+			Name:        "h-c-full",
+			Description: "(c, HTTP) as h-c-nootel with OTel on (telemetry.Setup, OTLP/gRPC traces and metrics to a sink process), every request traced",
+			http:        true,
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "h-c-full", 1, true, "otlp", 1)
+			},
+		},
+		{
+			Name:        "h-c-full-1pct",
+			Description: "(c, HTTP) as h-c-full with 1% of traces sampled (parent-based); metrics for every request",
+			http:        true,
+			setup: func(ctx context.Context, h *harness) error {
+				return h.meshScenario(ctx, "h-c-full-1pct", 1, true, "otlp", 0.01)
+			},
+		},
+		{
+			Name:        "h-d-sidecar",
+			Description: "(d, HTTP) the haproxy pair in http mode (h2 both sides, mTLS 1.3 between them) in front of an h2c net/http server",
+			http:        true,
+			setup: func(ctx context.Context, h *harness) error {
+				return h.sidecar(ctx, "h-d-sidecar", "http")
+			},
+		},
 	}
 }
 
@@ -102,7 +158,7 @@ func scenarios() []*scenario {
 // with more than one the target is static:/// and calls are balanced.
 func (h *harness) direct(ctx context.Context, name, mode string, n int) error {
 	sc := h.byName[name]
-	args := []string{h.bin("benchserver"), "-mode", mode}
+	args := append([]string{h.bin("benchserver"), "-mode", mode}, sc.protoArgs()...)
 	if mode == "tls" {
 		args = append(args, "-cert", h.pki.ServerCert, "-key", h.pki.ServerKey)
 	}
@@ -123,6 +179,7 @@ func (h *harness) direct(ctx context.Context, name, mode string, n int) error {
 	if n > 1 {
 		largs = []string{h.bin("benchload"), "-mode", mode, "-balance", "-target", "static:///" + strings.Join(addrs, ",")}
 	}
+	largs = append(largs, sc.protoArgs()...)
 	if mode == "tls" {
 		largs = append(largs, "-ca", h.pki.CA, "-server-name", "localhost")
 	}
@@ -144,8 +201,8 @@ func (h *harness) direct(ctx context.Context, name, mode string, n int) error {
 func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool, tel string, sample float64) error {
 	sc := h.byName[name]
 	env := []string{}
-	sargs := []string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}
-	largs := []string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}
+	sargs := append([]string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}, sc.protoArgs()...)
+	largs := append([]string{"-telemetry", tel, "-sample", fmt.Sprint(sample)}, sc.protoArgs()...)
 	if tel == "otlp" {
 		sink, addr, err := h.l.startServer(name+"-otlp-sink", nil, h.bin("benchserver"), "-mode", "otlp-sink")
 		if err != nil {
@@ -186,7 +243,7 @@ func (h *harness) meshScenario(ctx context.Context, name string, n int, res bool
 // the server-side one terminates it and forwards h2c to the server.
 func (h *harness) sidecar(ctx context.Context, name, mode string) error {
 	sc := h.byName[name]
-	srv, addr, err := h.l.startServer(name+"-server", nil, h.bin("benchserver"), "-mode", "plain")
+	srv, addr, err := h.l.startServer(name+"-server", nil, append([]string{h.bin("benchserver"), "-mode", "plain"}, sc.protoArgs()...)...)
 	if err != nil {
 		return err
 	}
@@ -256,7 +313,7 @@ backend mesh_out
 	if err != nil {
 		return err
 	}
-	load, err := h.l.startLoad(name+"-load", nil, h.bin("benchload"), "-mode", "plain", "-target", fmt.Sprintf("127.0.0.1:%d", inPort))
+	load, err := h.l.startLoad(name+"-load", nil, append([]string{h.bin("benchload"), "-mode", "plain", "-target", fmt.Sprintf("127.0.0.1:%d", inPort)}, sc.protoArgs()...)...)
 	if err != nil {
 		return err
 	}
