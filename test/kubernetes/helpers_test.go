@@ -78,6 +78,12 @@ func startEnv(t *testing.T) *env {
 	return e
 }
 
+// startAPIOnly starts the API server alone.
+func startAPIOnly(t *testing.T) *kube.APIServer {
+	t.Helper()
+	return kube.Start(t)
+}
+
 // startAPI is startEnv without meshd.
 func startAPI(t *testing.T) *env {
 	t.Helper()
