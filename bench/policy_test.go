@@ -13,6 +13,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/gridmesh/gridmesh/bench/internal/echo"
+	"github.com/gridmesh/gridmesh/internal/testutil/overhead"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -23,7 +24,7 @@ import (
 // mesh.WithoutResilience in the same run, telemetry off on both so that
 // only the policy differs. ns/op and allocs/op are the call with the
 // policy, client and server in one process; added-allocs/op and
-// added-ns/op the difference to the call without it (see reportAdded).
+// added-ns/op the difference to the call without it (see overhead.Report).
 // Issue 17's target: at most 8 added allocations.
 func BenchmarkDefaultPolicyAdds(b *testing.B) {
 	b.Run("grpc/100B", func(b *testing.B) {
@@ -40,7 +41,7 @@ func BenchmarkDefaultPolicyAdds(b *testing.B) {
 				}
 			}
 		}
-		reportAdded(b, call(bare), call(with))
+		overhead.Report(b, call(bare), call(with))
 	})
 	b.Run("http/100B", func(b *testing.B) {
 		url := startMeshHTTP(b)
@@ -60,41 +61,8 @@ func BenchmarkDefaultPolicyAdds(b *testing.B) {
 				}
 			}
 		}
-		reportAdded(b, call(bare), call(with))
+		overhead.Report(b, call(bare), call(with))
 	})
-}
-
-// reportAdded runs with in the benchmark loop and reports what it adds
-// over bare, measured in the same run: added-allocs/op from
-// testing.AllocsPerRun on each, added-ns/op from timing both in
-// alternating blocks of as many calls as the loop made, so that drift on
-// a busy machine hits them alike.
-func reportAdded(b *testing.B, bare, with func()) {
-	b.Helper()
-	bare()
-	with()
-	b.ReportAllocs()
-	for b.Loop() {
-		with()
-	}
-	const blocks = 4
-	per := max(b.N/blocks, 1)
-	var tBare, tWith time.Duration
-	for range blocks {
-		for _, x := range []struct {
-			fn  func()
-			sum *time.Duration
-		}{{bare, &tBare}, {with, &tWith}} {
-			start := time.Now()
-			for range per {
-				x.fn()
-			}
-			*x.sum += time.Since(start)
-		}
-	}
-	calls := float64(blocks * per)
-	b.ReportMetric(testing.AllocsPerRun(500, with)-testing.AllocsPerRun(500, bare), "added-allocs/op")
-	b.ReportMetric(float64((tWith-tBare).Nanoseconds())/calls, "added-ns/op")
 }
 
 // startMeshHTTP serves echo.HTTPHandler with mesh.NewHTTPServer, telemetry

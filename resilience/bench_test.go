@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/gridmesh/gridmesh/internal/testutil/overhead"
 	"github.com/gridmesh/gridmesh/resilience"
 	"github.com/gridmesh/gridmesh/resilience/internal/ledgertest"
 )
@@ -96,7 +97,7 @@ func BenchmarkRoundTripper(b *testing.B) {
 // call whose first attempt succeeds, against the same call with no policy
 // in the same run: ns/op and allocs/op are the call with the policy;
 // added-allocs/op and added-ns/op the difference to the call without it
-// (see reportAdded). Issue 17's target: at most 8 added allocations.
+// (see overhead.Report). Issue 17's target: at most 8 added allocations.
 func BenchmarkDefaultPolicyAdds(b *testing.B) {
 	conn, err := grpc.NewClient("passthrough:///bench", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -140,41 +141,8 @@ func BenchmarkDefaultPolicyAdds(b *testing.B) {
 		{"http GET", httpCall("GET", next), httpCall("GET", mustClient(b).RoundTripper(next))},
 		{"http POST", httpCall("POST", next), httpCall("POST", mustClient(b).RoundTripper(next))},
 	} {
-		b.Run(c.name, func(b *testing.B) { reportAdded(b, c.bare, c.with) })
+		b.Run(c.name, func(b *testing.B) { overhead.Report(b, c.bare, c.with) })
 	}
-}
-
-// reportAdded runs with in the benchmark loop and reports what it adds
-// over bare, measured in the same run: added-allocs/op from
-// testing.AllocsPerRun on each, added-ns/op from timing both in
-// alternating blocks of as many calls as the loop made, so that drift on
-// a busy machine hits them alike.
-func reportAdded(b *testing.B, bare, with func()) {
-	b.Helper()
-	bare()
-	with()
-	b.ReportAllocs()
-	for b.Loop() {
-		with()
-	}
-	const blocks = 4
-	per := max(b.N/blocks, 1)
-	var tBare, tWith time.Duration
-	for range blocks {
-		for _, x := range []struct {
-			fn  func()
-			sum *time.Duration
-		}{{bare, &tBare}, {with, &tWith}} {
-			start := time.Now()
-			for range per {
-				x.fn()
-			}
-			*x.sum += time.Since(start)
-		}
-	}
-	calls := float64(blocks * per)
-	b.ReportMetric(testing.AllocsPerRun(1000, with)-testing.AllocsPerRun(1000, bare), "added-allocs/op")
-	b.ReportMetric(float64((tWith-tBare).Nanoseconds())/calls, "added-ns/op")
 }
 
 type rtFunc func(*http.Request) (*http.Response, error)

@@ -335,23 +335,9 @@ func (r *result) table() string {
 	for _, x := range r.Ratios {
 		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", x.Name, x.P50, x.P99, x.MaxRPS, x.CPUFixed, x.CPUMax, x.RSS)
 	}
-	b.WriteString("\n| target (issue 9) | value | met |\n|---|---|---|\n")
-	for _, t := range r.Targets {
-		met := "no"
-		if t.Met {
-			met = "yes"
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Goal, t.Value, met)
-	}
+	writeTargets(&b, "issue 9", r.Targets)
 	if len(r.Issue17) > 0 {
-		b.WriteString("\n| target (issue 17) | value | met |\n|---|---|---|\n")
-		for _, t := range r.Issue17 {
-			met := "no"
-			if t.Met {
-				met = "yes"
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Goal, t.Value, met)
-		}
+		writeTargets(&b, "issue 17", r.Issue17)
 	}
 	b.WriteString("\nAll points (medians over rounds):\n\n| scenario | point | rps | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | CPU µs/req | errors | late |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scenarios {
@@ -372,6 +358,18 @@ func (r *result) table() string {
 		}
 	}
 	return b.String()
+}
+
+// writeTargets writes a table of targets, each met or not.
+func writeTargets(b *strings.Builder, issue string, ts []target) {
+	fmt.Fprintf(b, "\n| target (%s) | value | met |\n|---|---|---|\n", issue)
+	for _, t := range ts {
+		met := "no"
+		if t.Met {
+			met = "yes"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s |\n", t.Goal, t.Value, met)
+	}
 }
 
 func cpuOf(ps []*process) ([]time.Duration, error) {
