@@ -210,6 +210,7 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 	// The telemetry stages follow NewServer's and Dial's rule
 	// (meshTelemetry.on).
 	if tel.on() {
+		tel.pipe.Routed = httpclient.Routed
 		hc.Calls = func(next http.RoundTripper) http.RoundTripper { return tel.pipe.HTTPCalls("", next) }
 		hc.Attempts = func(next http.RoundTripper) http.RoundTripper { return tel.pipe.HTTPAttempts("", next) }
 	}

@@ -18,6 +18,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
@@ -192,5 +193,40 @@ func TestHTTPClientCountsCallsOutsideRetries(t *testing.T) {
 	sort.Strings(attempts)
 	if diff := cmp.Diff([]string{"call", "first", "retry"}, attempts); diff != "" {
 		t.Errorf("client spans: want one for the call and one per attempt (-want +got):\n%s", diff)
+	}
+}
+
+// TestHTTPAttemptSpanNamesRouteAndCluster: a traced request's attempt span
+// says which meshd route it took and which cluster it went to.
+func TestHTTPAttemptSpanNamesRouteAndCluster(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	c := startVersions(t, []controlplane.Route{{Name: "stable", Version: "v1"}}, mesh.WithTracerProvider(tp))
+
+	ctx, root := tp.Tracer("test").Start(callTimeout(t), "root")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://trading.mesh/v1/lots", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	root.End()
+	var got []string
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != root.SpanContext().TraceID() {
+			continue
+		}
+		for _, kv := range s.Attributes() {
+			if kv.Key == "mesh.route" || kv.Key == "mesh.cluster" {
+				got = append(got, s.Name()+" "+string(kv.Key)+"="+kv.Value.Emit())
+			}
+		}
+	}
+	sort.Strings(got)
+	want := []string{"attempt GET mesh.cluster=trading/v1", "attempt GET mesh.route=stable"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("route and cluster on the request's spans (-want +got):\n%s", diff)
 	}
 }

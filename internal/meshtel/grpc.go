@@ -30,9 +30,24 @@ type Pipeline struct {
 	Tracing  *Tracing
 	Recorder *Recorder
 	Self     string
+	// Routed, when set, names the route and cluster an HTTP attempt was
+	// routed to (from its request's context), for its span.
+	Routed func(context.Context) (route, cluster string)
 }
 
 func (p *Pipeline) events() bool { return p.Recorder.callEvents() }
+
+// records reports whether calls are measured (metrics, spans or events):
+// a pipeline that only passes W3C context on reads no clock.
+func (p *Pipeline) records() bool { return p.Hub != nil || p.Tracing != nil || p.events() }
+
+// now is the start of a call, zero when nothing is measured.
+func (p *Pipeline) now() time.Time {
+	if p.records() {
+		return time.Now()
+	}
+	return time.Time{}
+}
 
 var rpcSystem = attribute.String("rpc.system.name", "grpc")
 
@@ -50,14 +65,14 @@ func rpcName(fullMethod string) string {
 // rpc.method stays bounded.
 func (p *Pipeline) ServerInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
+		start := p.now()
 		ctx, span := p.serverStart(ctx, info.FullMethod)
 		resp, err := handler(ctx, req)
 		p.serverEnd(ctx, span, info.FullMethod, start, err)
 		return resp, err
 	}
 	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		start := time.Now()
+		start := p.now()
 		ctx, span := p.serverStart(ss.Context(), info.FullMethod)
 		if ctx != ss.Context() {
 			ss = &ctxStream{ServerStream: ss, ctx: ctx}
@@ -102,6 +117,9 @@ func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Cont
 }
 
 func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method string, start time.Time, err error) {
+	if start.IsZero() {
+		return
+	}
 	d := time.Since(start)
 	code := status.Code(err)
 	var sc trace.SpanContext
@@ -162,7 +180,7 @@ func (cs *callState) done() { cs.inflight.Add(-1) }
 // attempt and give a traced call's attempts their spans.
 func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
 	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		start := time.Now()
+		start := p.now()
 		var pr *peer.Peer
 		if p.Hub != nil || p.Tracing != nil || p.events() {
 			pr = new(peer.Peer)
@@ -170,10 +188,15 @@ func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientIntercepto
 		}
 		ctx, span := p.clientStart(ctx, method, target, opts, false)
 		err := invoker(ctx, method, req, reply, cc, opts...)
-		p.clientEnd(span, target, method, opts, start, pr, err)
+		if !start.IsZero() {
+			p.clientEnd(span, target, method, opts, start, pr, err)
+		}
 		return err
 	}
 	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if !p.records() {
+			return streamer(p.outgoing(ctx), desc, cc, method, opts...)
+		}
 		start := time.Now()
 		pr := new(peer.Peer)
 		opts = append(opts, grpc.Peer(pr))
@@ -217,6 +240,12 @@ func (p *Pipeline) clientStart(ctx context.Context, method, target string, opts 
 	if span != nil && !stream {
 		return withBaggage(ctx), span
 	}
+	return p.outgoing(ctx), span
+}
+
+// outgoing adds to ctx's outgoing metadata the W3C context and baggage it
+// carries.
+func (p *Pipeline) outgoing(ctx context.Context) context.Context {
 	if tp, ts, ok := Outgoing(ctx); ok {
 		if ts != "" {
 			ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", tp, "tracestate", ts)
@@ -224,7 +253,7 @@ func (p *Pipeline) clientStart(ctx context.Context, method, target string, opts 
 			ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", tp)
 		}
 	}
-	return withBaggage(ctx), span
+	return withBaggage(ctx)
 }
 
 func withBaggage(ctx context.Context) context.Context {
@@ -276,12 +305,16 @@ func (p *Pipeline) AttemptInterceptors(target string) (grpc.UnaryClientIntercept
 			ctx = metadata.AppendToOutgoingContext(ctx, kv...)
 		}
 		err := invoker(ctx, method, req, reply, cc, opts...)
-		p.attemptEnd(span, target, method, opts, err)
+		if span != nil || p.Hub != nil {
+			p.attemptEnd(span, target, method, opts, err)
+		}
 		return err
 	}
 	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		cs, err := streamer(ctx, desc, cc, method, opts...)
-		p.attemptEnd(nil, target, method, opts, err)
+		if p.Hub != nil {
+			p.attemptEnd(nil, target, method, opts, err)
+		}
 		return cs, err
 	}
 	return unary, stream

@@ -23,6 +23,16 @@ import (
 // outside the authorization so refusals count.
 func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.records() { // pass W3C context on only
+			in := Incoming{Traceparent: r.Header.Get("Traceparent"), Tracestate: r.Header.Get("Tracestate"), Baggage: r.Header.Get("Baggage")}
+			if in != (Incoming{}) {
+				if ctx, _ := p.Tracing.ServerStart(r.Context(), in, "", trace.SpanKindServer); ctx != r.Context() {
+					r = r.WithContext(ctx)
+				}
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
 		start := time.Now()
 		method := httpMethod(r.Method)
 		var span trace.Span
@@ -105,6 +115,9 @@ func eventMethod(r *http.Request) string {
 // goes on either way.
 func (p *Pipeline) HTTPCalls(target string, next http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		if !p.records() { // pass W3C context on only
+			return next.RoundTrip(withHeaders(r, trace.SpanContext{}))
+		}
 		start := time.Now()
 		method := httpMethod(r.Method)
 		tgt := target
@@ -188,6 +201,11 @@ func (p *Pipeline) HTTPAttempts(target string, next http.RoundTripper) http.Roun
 			k.Code, k.Destination = resp.StatusCode, p.peerResp(resp)
 		}
 		if span != nil {
+			if p.Routed != nil {
+				if route, cluster := p.Routed(r.Context()); route != "" || cluster != "" {
+					span.SetAttributes(KeyRoute.String(route), KeyCluster.String(cluster))
+				}
+			}
 			endHTTPSpan(span, k, err)
 		}
 		if p.Hub != nil {

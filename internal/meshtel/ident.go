@@ -11,37 +11,36 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-// idCache interns SPIFFE IDs by trust domain and path, so reading a
-// caller's ID off a connection on every call allocates nothing once seen.
-// Bounded: past maxIDs entries, new IDs are built but not kept.
+// idCache remembers the SPIFFE ID of each verified peer it was asked
+// about, keyed by the pointer the connection keeps (its TLSInfo's URL, its
+// leaf certificate), so reading a caller's ID off a connection on every
+// call allocates nothing and hashes one pointer. Bounded: when it holds
+// maxIDs entries it starts over.
 type idCache struct {
-	m  atomic.Pointer[map[[2]string]string]
+	m  atomic.Pointer[map[any]string]
 	mu sync.Mutex
 }
 
 const maxIDs = 4096
 
-func (c *idCache) get(host, path string) string {
+func (c *idCache) get(key any, build func() string) string {
 	if m := c.m.Load(); m != nil {
-		if s, ok := (*m)[[2]string{host, path}]; ok {
+		if s, ok := (*m)[key]; ok {
 			return s
 		}
 	}
-	id := "spiffe://" + host + path
+	id := build()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var cur map[[2]string]string
-	if m := c.m.Load(); m != nil {
+	var cur map[any]string
+	if m := c.m.Load(); m != nil && len(*m) < maxIDs {
 		cur = *m
 	}
-	if len(cur) >= maxIDs {
-		return id
-	}
-	next := make(map[[2]string]string, len(cur)+1)
+	next := make(map[any]string, len(cur)+1)
 	for k, v := range cur {
 		next[k] = v
 	}
-	next[[2]string{host, path}] = id
+	next[key] = id
 	c.m.Store(&next)
 	return id
 }
@@ -50,7 +49,7 @@ func (c *idCache) fromURL(u *url.URL) string {
 	if u == nil || u.Scheme != "spiffe" {
 		return ""
 	}
-	return c.get(u.Host, u.Path)
+	return c.get(u, func() string { return "spiffe://" + u.Host + u.Path })
 }
 
 // PeerID returns the SPIFFE ID of the verified certificate of p's
@@ -70,12 +69,15 @@ func (h *Hub) TLSPeerID(st *tls.ConnectionState) string {
 	if st == nil || len(st.PeerCertificates) == 0 {
 		return ""
 	}
-	for _, u := range st.PeerCertificates[0].URIs {
-		if u.Scheme == "spiffe" {
-			return h.ids.fromURL(u)
+	leaf := st.PeerCertificates[0]
+	return h.ids.get(leaf, func() string {
+		for _, u := range leaf.URIs {
+			if u.Scheme == "spiffe" {
+				return "spiffe://" + u.Host + u.Path
+			}
 		}
-	}
-	return ""
+		return ""
+	})
 }
 
 // codeNames are the gRPC status codes as the semantic conventions spell

@@ -17,6 +17,8 @@ const (
 	KeyAttemptKind = attribute.Key("mesh.attempt.kind") // "first", "retry" or "hedge"
 	KeyRule        = attribute.Key("mesh.authz.rule")   // rule that refused the call
 	KeyDecision    = attribute.Key("mesh.authz.decision")
+	KeyRoute       = attribute.Key("mesh.route")   // meshd route an HTTP attempt took
+	KeyCluster     = attribute.Key("mesh.cluster") // cluster an HTTP attempt went to
 )
 
 // RootSampler is implemented by the tracer providers telemetry.Setup

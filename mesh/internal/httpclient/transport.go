@@ -404,3 +404,20 @@ func closeBody(req *http.Request) {
 		req.Body.Close()
 	}
 }
+
+// Routed returns the meshd route and the cluster a request was routed to,
+// from the context of a request beneath the routing stage (attempt
+// telemetry); "" for what is not decided or not named.
+func Routed(ctx context.Context) (route, cluster string) {
+	d, ok := ctx.Value(decisionKey{}).(*decision)
+	if !ok {
+		return "", ""
+	}
+	if d.route != nil {
+		route = d.route.Name
+	}
+	if c := d.cl.Load(); c != nil {
+		cluster = c.name
+	}
+	return route, cluster
+}
