@@ -40,6 +40,16 @@ func BenchmarkAuthorize(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Twenty callers of one method in one rule, the caller last: a
+	// matcher is asked once per rule whose patterns match.
+	var callers []spiffeid.ID
+	for i := range 19 {
+		callers = append(callers, spiffeid.RequireFromPath(td, fmt.Sprintf("/service/other-%d", i)))
+	}
+	oneOf, err := security.Rules(security.Allow("callers", spiffeid.MatchOneOf(append(callers, caller)...), echo.Method))
+	if err != nil {
+		b.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		authz  security.Authorizer
@@ -50,6 +60,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		{"rules-allow", allowRules, echo.Method, false},
 		{"rules-deny", allowRules, "/grpc.testing.TestService/EmptyCall", true},
 		{"member-of", memberOf, echo.Method, false},
+		{"one-of-20", oneOf, echo.Method, false},
 	}
 	handler := func(context.Context, any) (any, error) { return nil, nil }
 	for _, c := range cases {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -65,23 +66,31 @@ func Deny(call Call, rule string) error {
 // boundary: spiffe://td/ns/prod matches spiffe://td/ns/prod/trading but not
 // spiffe://td/ns/production. go-spiffe's spiffeid package has the other
 // matchers a Rule takes (MatchID, MatchOneOf, MatchMemberOf, MatchAny).
+//
+// A refusal's error names the prefix, not the refused ID, so that asking
+// costs no allocation.
 func PathPrefix(prefix spiffeid.ID) spiffeid.Matcher {
 	td := prefix.TrustDomain()
 	p := strings.TrimSuffix(prefix.Path(), "/")
+	notMember := fmt.Errorf("not a member of trust domain %q", td)
+	notUnder := fmt.Errorf("neither %s nor under it", prefix)
 	return func(id spiffeid.ID) error {
 		if !id.MemberOf(td) {
-			return fmt.Errorf("%s is not a member of trust domain %q", id, td)
+			return notMember
 		}
 		if id.Path() != p && !strings.HasPrefix(id.Path(), p+"/") {
-			return fmt.Errorf("%s is not %s or under it", id, prefix)
+			return notUnder
 		}
 		return nil
 	}
 }
 
-// Rule is one authorization rule: callers that Callers matches, making a
-// call that matches one of its patterns, are allowed (Allow) or refused
-// (Refuse). Rules reads the patterns as gRPC methods, HTTPRules as HTTP
+// Rule is one authorization rule: callers that its matcher accepts, making
+// a call that matches one of its patterns, are allowed (Allow) or refused
+// (Refuse). The matcher is asked only about calls the patterns match; for
+// many callers of the same methods, one rule with spiffeid.MatchOneOf is
+// cheaper than a rule per caller (go-spiffe's matchers build an error for
+// every ID they refuse). Rules reads the patterns as gRPC methods, HTTPRules as HTTP
 // method, host and path patterns; both check them when they build the
 // Authorizer. The zero Rule is invalid.
 type Rule struct {
@@ -132,19 +141,14 @@ type compiledRule struct {
 	matchers []matchFunc
 }
 
+// matches asks the callers matcher last, only about calls the patterns
+// match: go-spiffe's matchers build an error for every ID they refuse,
+// which a rule set of many rules would otherwise pay on every call.
 func (r *compiledRule) matches(call Call) bool {
-	if r.callers(call.Caller) != nil {
+	if len(r.matchers) > 0 && !slices.ContainsFunc(r.matchers, func(m matchFunc) bool { return m(call) }) {
 		return false
 	}
-	if len(r.matchers) == 0 {
-		return true
-	}
-	for _, m := range r.matchers {
-		if m(call) {
-			return true
-		}
-	}
-	return false
+	return r.callers(call.Caller) == nil
 }
 
 // compile validates rules for the constructor named ctor, parsing each

@@ -156,15 +156,25 @@ func Allowed(caller, method string) bool {
 }
 
 // Authorizer returns the default-deny authorizer for the service desc in
-// trust domain td: one allow rule per (method, caller) pair of the matrix.
+// trust domain td: one allow rule per method of the matrix, for its
+// callers.
 func Authorizer(td spiffeid.TrustDomain, desc *grpc.ServiceDesc) (security.Authorizer, error) {
 	var rules []security.Rule
 	for _, m := range Methods(desc) {
-		for _, caller := range Matrix[m] {
-			rules = append(rules, security.Allow(caller+" calls "+m, spiffeid.MatchID(ID(td, caller)), m))
+		if len(Matrix[m]) > 0 {
+			rules = append(rules, security.Allow("callers of "+m, spiffeid.MatchOneOf(ids(td, Matrix[m])...), m))
 		}
 	}
 	return security.Rules(rules...)
+}
+
+// ids returns the SPIFFE IDs of workloads in td.
+func ids(td spiffeid.TrustDomain, workloads []string) []spiffeid.ID {
+	out := make([]spiffeid.ID, len(workloads))
+	for i, w := range workloads {
+		out[i] = ID(td, w)
+	}
+	return out
 }
 
 // HTTPRoute is one route of the gateway's API and who may call it.
@@ -208,9 +218,7 @@ func GatewayAuthorizer(td spiffeid.TrustDomain) (security.Authorizer, error) {
 			rules = append(rules, security.Allow("anyone calls "+r.Pattern, spiffeid.MatchMemberOf(td), r.Pattern))
 			continue
 		}
-		for _, c := range r.Callers {
-			rules = append(rules, security.Allow(c+" calls "+r.Pattern, spiffeid.MatchID(ID(td, c)), r.Pattern))
-		}
+		rules = append(rules, security.Allow("callers of "+r.Pattern, spiffeid.MatchOneOf(ids(td, r.Callers)...), r.Pattern))
 	}
 	return security.HTTPRules(rules...)
 }
