@@ -111,6 +111,48 @@ authorization:
 	annotate(ctx, t, e, policy(1, 0))
 	waitServedBy(ctx, t, c, "v1")
 	waitNotServedBy(ctx, t, c, time.Now(), "v2")
+
+	// A Service whose policy was never good is left out of the mesh, not
+	// served without its authorization; fixed, it is served.
+	rejections = e.meshd.Stats().Rejections
+	e.createService(ctx, t, "accounts", port, map[string]string{controlplane.PolicyAnnotation: "authorization: [{sources: [\"spiffe://cluster.test/ns/shop/sa/*\"]}]\nlb: fastest\n"})
+	xdstest.WaitFor(ctx, t, "accounts' bad policy refused", func() error {
+		if e.meshd.Stats().Rejections == rejections {
+			return errors.New("not refused yet")
+		}
+		return nil
+	})
+	if hasListener(e, "accounts.shop") {
+		t.Error("accounts.shop is served though its policy was never good")
+	}
+	svc, err := e.admin.CoreV1().Services(ns).Get(ctx, "accounts", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Annotations[controlplane.PolicyAnnotation] = "authorization: [{sources: [\"spiffe://cluster.test/ns/shop/sa/*\"]}]\n"
+	if _, err := e.admin.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	xdstest.WaitFor(ctx, t, "accounts.shop served once its policy is fixed", func() error {
+		if !hasListener(e, "accounts.shop") {
+			return errors.New("not served yet")
+		}
+		return nil
+	})
+}
+
+// hasListener says whether meshd serves the client listener of service.
+func hasListener(e *env, service string) bool {
+	sn := e.meshd.Snapshot()
+	if sn == nil {
+		return false
+	}
+	for _, l := range sn.Listeners {
+		if l.GetName() == service {
+			return true
+		}
+	}
+	return false
 }
 
 func annotate(ctx context.Context, t *testing.T, e *env, annotations map[string]string) {
