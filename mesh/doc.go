@@ -38,12 +38,15 @@
 //
 // Every call passes the same stages in the same order, on gRPC and HTTP:
 //
-//   - Client: telemetry (one count and one latency per call, outside the
-//     retries), resilience (timeout, retries with a budget, circuit breaker;
-//     a call is resent only when it is safe: never sent, idempotent, or
-//     carrying an idempotency key), balancing over the endpoints discovery
-//     or xDS gives, then mTLS that presents the caller's SVID and accepts
-//     only the server identity expected for that endpoint.
+//   - Client: call telemetry (one count and one latency per call, outside
+//     the retries; the call's span, if sampled), resilience (timeout,
+//     retries with a budget, circuit breaker; a call is resent only when it
+//     is safe: never sent, idempotent, or carrying an idempotency key),
+//     attempt telemetry (each attempt counted; a span per attempt of a
+//     sampled call, whose W3C context the server receives), balancing over
+//     the endpoints discovery or xDS gives, then mTLS that presents the
+//     caller's SVID and accepts only the server identity expected for that
+//     endpoint.
 //   - Server: mTLS that accepts only SVIDs of a trusted trust domain (a bad
 //     certificate is refused before any handler runs), telemetry,
 //     authorization on the caller's SPIFFE ID and the method (gRPC) or the

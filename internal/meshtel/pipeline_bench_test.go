@@ -17,6 +17,16 @@ import (
 	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
+// pipelines returns a server's and a client's pipeline for a variant:
+// "metrics" records into a Hub, "passthrough" only passes W3C context on.
+func pipelines(variant string) (server, client *meshtel.Pipeline) {
+	var hub *meshtel.Hub
+	if variant == "metrics" {
+		hub = meshtel.NewHub()
+	}
+	return &meshtel.Pipeline{Hub: hub, Self: "spiffe://example.org/server"}, &meshtel.Pipeline{Hub: hub, Self: "spiffe://example.org/client"}
+}
+
 // BenchmarkPipelineGRPC is the CPU the golden metrics add to one unary
 // call, both sides: the server, client-call and client-attempt
 // interceptors around a handler and an invoker that do nothing (the
@@ -32,13 +42,9 @@ func BenchmarkPipelineGRPC(b *testing.B) {
 		SPIFFEID: &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/client"}}}
 	client := &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}, AuthInfo: credentials.TLSInfo{
 		SPIFFEID: &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/server"}}}
-	for _, v := range []struct {
-		name string
-		hub  *meshtel.Hub
-	}{{"passthrough", nil}, {"metrics", meshtel.NewHub()}} {
-		b.Run(v.name, func(b *testing.B) {
-			sp := &meshtel.Pipeline{Hub: v.hub, Self: "spiffe://example.org/server"}
-			cp := &meshtel.Pipeline{Hub: v.hub, Self: "spiffe://example.org/client"}
+	for _, name := range []string{"passthrough", "metrics"} {
+		b.Run(name, func(b *testing.B) {
+			sp, cp := pipelines(name)
 			srvUnary, _ := sp.ServerInterceptors()
 			callUnary, _ := cp.ClientInterceptors("static:///trading")
 			attemptUnary, _ := cp.AttemptInterceptors("static:///trading")
@@ -76,13 +82,9 @@ func BenchmarkPipelineGRPC(b *testing.B) {
 // handler, client-call and client-attempt stages around a handler that
 // writes 200 and a transport that serves the request in process.
 func BenchmarkPipelineHTTP(b *testing.B) {
-	for _, v := range []struct {
-		name string
-		hub  *meshtel.Hub
-	}{{"passthrough", nil}, {"metrics", meshtel.NewHub()}} {
-		b.Run(v.name, func(b *testing.B) {
-			sp := &meshtel.Pipeline{Hub: v.hub, Self: "spiffe://example.org/server"}
-			cp := &meshtel.Pipeline{Hub: v.hub, Self: "spiffe://example.org/client"}
+	for _, name := range []string{"passthrough", "metrics"} {
+		b.Run(name, func(b *testing.B) {
+			sp, cp := pipelines(name)
 			mux := http.NewServeMux()
 			mux.HandleFunc("GET /v1/trades/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 			server := sp.HTTPHandler(mux)
