@@ -103,7 +103,8 @@ func WithConsulRegistrations(client *api.Client) Option {
 type Server struct {
 	log   *slog.Logger
 	cache cachev3.SnapshotCache
-	xds   serverv3.Server
+	xds   serverv3.Server // the per-type services (LDS, RDS, CDS, EDS)
+	ads   *adsServer      // ADS, which grpc-go uses
 	reg   registrations
 
 	mu        sync.Mutex
@@ -188,6 +189,7 @@ func NewServer(opts ...Option) *Server {
 	}
 	s.cache = cachev3.NewSnapshotCache(false, sharedHash{}, nil)
 	s.xds = serverv3.NewServer(context.Background(), s.cache, s.callbacks())
+	s.ads = newADSServer(s)
 	var mem *memRegistry
 	if o.consul != nil {
 		s.reg = &consulRegistry{s: s, client: o.consul}
@@ -358,6 +360,9 @@ func (s *Server) rebuildLocked() error {
 	if s.holding {
 		return nil
 	}
+	if err := s.ads.publish(snap); err != nil {
+		return err
+	}
 	if err := s.cache.SetSnapshot(context.Background(), snapshotKey, snap.cacheSnapshot()); err != nil {
 		return fmt.Errorf("controlplane: publish snapshot: %w", err)
 	}
@@ -386,7 +391,7 @@ func (s *Server) Serve(lis net.Listener) error {
 		// Ping idle clients every 30s and drop dead ones after 10s more, so their streams and watches are freed.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, s.ads)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, s.xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(gs, s.xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, s.xds)

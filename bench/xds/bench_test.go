@@ -71,7 +71,7 @@ func TestMain(m *testing.M) {
 }
 
 func BenchmarkEndpointPush(b *testing.B) {
-	for _, n := range []int{100, 1000} {
+	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) { benchPush(b, n) })
 	}
 }

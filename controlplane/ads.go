@@ -1,0 +1,361 @@
+package controlplane
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// adsServer serves ADS (state of the world, as grpc-go's xDS client
+// speaks it) from the snapshot in force, with a stream loop of meshd's
+// own instead of go-control-plane's: what meshd keeps per client is what
+// bench/xds measures, and go-control-plane's loop costs a second goroutine
+// (its request receiver), a watch and a channel per type and a
+// reflect.Select per response on every stream.
+//
+// Per stream, the gRPC handler goroutine reads requests and updates the
+// stream's subscriptions; responses are sent by a goroutine that exists
+// only while the stream has something to send (push). A stream whose
+// client stops reading blocks only its own push goroutine: no lock is held
+// and no shared channel is used while sending, so the others go on.
+//
+// Resources are marshalled once per snapshot and shared by every response.
+type adsServer struct {
+	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
+	s *Server
+
+	cur atomic.Pointer[adsSnapshot] // nil until the first snapshot is published
+
+	mu      sync.Mutex
+	streams map[*adsStream]struct{}
+	nextID  int64
+}
+
+// adsTypes are the types meshd serves, in the order a push sends them:
+// clusters and their endpoints before the listeners and routes that refer
+// to them.
+var adsTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// adsFirstID numbers ADS streams apart from the per-type (LDS, RDS, CDS,
+// EDS) streams go-control-plane serves and numbers from 1, as both share
+// Server.clients.
+const adsFirstID = 1 << 62
+
+// adsSnapshot is a snapshot's resources, marshalled, by type.
+type adsSnapshot struct {
+	types [4]adsType // as adsTypes
+}
+
+type adsType struct {
+	version string
+	byName  map[string]*anypb.Any
+	all     []*anypb.Any // sorted by name, for wildcard subscriptions
+}
+
+func (a *adsSnapshot) typ(url string) *adsType {
+	if i := slices.Index(adsTypes, url); i >= 0 {
+		return &a.types[i]
+	}
+	return nil
+}
+
+func newADSServer(s *Server) *adsServer {
+	return &adsServer{s: s, streams: map[*adsStream]struct{}{}, nextID: adsFirstID}
+}
+
+// publish makes sn the snapshot served and wakes every stream. It does not
+// block on any stream.
+func (a *adsServer) publish(sn *Snapshot) error {
+	next := &adsSnapshot{}
+	add := func(i int, msgs []proto.Message) error {
+		t := &next.types[i]
+		t.version = sn.TypeVersions[adsTypes[i]]
+		t.byName = make(map[string]*anypb.Any, len(msgs))
+		for _, m := range msgs {
+			anyMsg, err := anypb.New(m)
+			if err != nil {
+				return fmt.Errorf("controlplane: marshal %s: %w", adsTypes[i], err)
+			}
+			name := resourceName(m)
+			t.byName[name] = anyMsg
+			t.all = append(t.all, anyMsg)
+		}
+		return nil
+	}
+	for i, msgs := range [][]proto.Message{toMsgs(sn.Clusters), toMsgs(sn.Endpoints), toMsgs(sn.Listeners), toMsgs(sn.Routes)} {
+		if err := add(i, msgs); err != nil {
+			return err
+		}
+	}
+	a.cur.Store(next)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for st := range a.streams {
+		st.kick()
+	}
+	return nil
+}
+
+// resourceName is the xDS name of a resource meshd builds.
+func resourceName(m proto.Message) string {
+	type named interface{ GetName() string }
+	type cla interface{ GetClusterName() string }
+	switch r := m.(type) {
+	case cla:
+		return r.GetClusterName()
+	case named:
+		return r.GetName()
+	}
+	return ""
+}
+
+// adsStream is one ADS stream.
+type adsStream struct {
+	a      *adsServer
+	id     int64
+	stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer
+
+	mu      sync.Mutex
+	subs    [4]adsSub // as adsTypes
+	nonce   uint64
+	sending bool          // a push goroutine is running
+	closed  bool          // the handler is returning: start no push
+	idle    chan struct{} // closed by the push goroutine when it ends, if not nil
+}
+
+// adsSub is a stream's subscription to one type.
+type adsSub struct {
+	subscribed bool
+	names      []string // nil with subscribed: wildcard (LDS and CDS only)
+	sent       string   // version last sent, or the client said it has
+	nonce      string   // of the last response sent
+	want       bool     // names changed: send even if the version is the same
+}
+
+// StreamAggregatedResources serves one ADS stream until the client ends it
+// or the server stops.
+func (a *adsServer) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	a.mu.Lock()
+	a.nextID++
+	st := &adsStream{a: a, id: a.nextID, stream: stream}
+	a.streams[st] = struct{}{}
+	a.mu.Unlock()
+	s := a.s
+	s.stats.streams.Add(1)
+	s.clientsMu.Lock()
+	s.clients[st.id] = &clientState{since: time.Now()}
+	s.clientsMu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.streams, st)
+		a.mu.Unlock()
+		st.stop()
+		s.clientsMu.Lock()
+		delete(s.clients, st.id)
+		s.clientsMu.Unlock()
+	}()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil // the client went away or the server stops
+		}
+		if err := st.request(req); err != nil {
+			return err
+		}
+	}
+}
+
+// request applies one request to the stream's subscriptions and starts a
+// push if it asks for something not sent yet.
+func (st *adsStream) request(req *discoverypb.DiscoveryRequest) error {
+	s := st.a.s
+	i := slices.Index(adsTypes, req.GetTypeUrl())
+	if req.GetTypeUrl() == "" {
+		return status.Error(codes.InvalidArgument, "controlplane: an ADS request without type_url; name the resource type, like "+resourcev3.ListenerType)
+	}
+	d := req.GetErrorDetail()
+	node := req.GetNode().GetId() // sent on a stream's first request only
+	s.clientsMu.Lock()
+	if c := s.clients[st.id]; c != nil {
+		if c.node == "" {
+			c.node = node
+		}
+		node = c.node
+		if d != nil {
+			c.nacks++
+			c.lastNACK = d.GetMessage()
+		}
+	}
+	s.clientsMu.Unlock()
+	if d != nil {
+		s.stats.nacks.Add(1)
+		s.log.Warn("client refused config (NACK)", "node", node,
+			"type", req.GetTypeUrl(), "resources", req.GetResourceNames(),
+			"version", req.GetVersionInfo(), "reason", d.GetMessage())
+	}
+	if i < 0 {
+		return nil // a type meshd does not serve: never answered
+	}
+	st.mu.Lock()
+	sub := &st.subs[i]
+	names := req.GetResourceNames()
+	if !sub.subscribed || !slices.Equal(sub.names, names) {
+		sub.subscribed = true
+		sub.names = slices.Clone(names)
+		sub.want = true
+	}
+	// A client new to this stream that already has a version (it was
+	// served by another replica, or by this one before a reconnect) is
+	// sent the type only when the version moves on. A NACK, which carries
+	// the version before the refused one, changes nothing here: the
+	// refused version is not sent again, the next one will be (the NACK
+	// guard).
+	if sub.sent == "" && req.GetResponseNonce() == "" && req.GetVersionInfo() != "" {
+		if cur := st.a.cur.Load(); cur != nil && cur.types[i].version == req.GetVersionInfo() && sub.want {
+			sub.sent = req.GetVersionInfo()
+			sub.want = false
+		}
+	}
+	push := sub.want
+	if cur := st.a.cur.Load(); cur != nil && cur.types[i].version != sub.sent {
+		push = true
+	}
+	if push {
+		st.kickLocked()
+	}
+	st.mu.Unlock()
+	return nil
+}
+
+func (st *adsStream) kick() {
+	st.mu.Lock()
+	st.kickLocked()
+	st.mu.Unlock()
+}
+
+// kickLocked starts the push goroutine unless it runs; a running one looks
+// for work again before it ends. st.mu must be held.
+func (st *adsStream) kickLocked() {
+	if st.sending || st.closed {
+		return
+	}
+	st.sending = true
+	go st.push()
+}
+
+// push sends what the stream's subscriptions lack in the snapshot in force,
+// until nothing is missing.
+func (st *adsStream) push() {
+	s := st.a.s
+	for {
+		cur := st.a.cur.Load()
+		st.mu.Lock()
+		var out []*discoverypb.DiscoveryResponse
+		var outNames [][]string
+		if cur != nil && !st.closed {
+			for i := range st.subs {
+				sub := &st.subs[i]
+				t := &cur.types[i]
+				if !sub.subscribed || (!sub.want && sub.sent == t.version) {
+					continue
+				}
+				st.nonce++
+				resp := &discoverypb.DiscoveryResponse{
+					VersionInfo: t.version, TypeUrl: adsTypes[i],
+					Nonce: strconv.FormatUint(st.nonce, 10), Resources: t.pick(sub.names, adsTypes[i]),
+				}
+				sub.sent, sub.nonce, sub.want = t.version, resp.Nonce, false
+				out = append(out, resp)
+				outNames = append(outNames, sub.names)
+			}
+		}
+		if len(out) == 0 {
+			st.sending = false
+			if st.idle != nil {
+				close(st.idle)
+				st.idle = nil
+			}
+			st.mu.Unlock()
+			return
+		}
+		st.mu.Unlock()
+		for k, resp := range out {
+			if err := st.stream.Send(resp); err != nil {
+				// The stream is over; the handler sees it in Recv.
+				st.mu.Lock()
+				st.closed = true
+				st.mu.Unlock()
+				break
+			}
+			s.stats.pushes.Add(1)
+			s.recordSent(st.id, resp.TypeUrl, resp.VersionInfo, outNames[k])
+		}
+	}
+}
+
+// stop makes the stream start no more pushes and waits for a running one
+// to end (it ends once its Send returns, which the stream's end makes it
+// do).
+func (st *adsStream) stop() {
+	st.mu.Lock()
+	st.closed = true
+	var idle chan struct{}
+	if st.sending {
+		idle = make(chan struct{})
+		st.idle = idle
+	}
+	st.mu.Unlock()
+	if idle != nil {
+		<-idle
+	}
+}
+
+// select_ returns the resources of names (all of them for a wildcard, nil
+// names, on listeners and clusters).
+func (t *adsType) pick(names []string, typeURL string) []*anypb.Any {
+	if len(names) == 0 {
+		if typeURL == resourcev3.ListenerType || typeURL == resourcev3.ClusterType {
+			return t.all
+		}
+		return nil
+	}
+	out := make([]*anypb.Any, 0, len(names))
+	for _, n := range names {
+		if r, ok := t.byName[n]; ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// recordSent records in the stream's clientState what it was sent.
+func (s *Server) recordSent(id int64, typeURL, version string, names []string) {
+	s.clientsMu.Lock()
+	defer s.clientsMu.Unlock()
+	c := s.clients[id]
+	if c == nil {
+		return
+	}
+	t := c.sentFor(typeURL)
+	if t == nil {
+		if c.sent == nil {
+			c.sent = make([]sentType, 0, 4) // grpc-go subscribes to LDS, RDS, CDS, EDS
+		}
+		c.sent = append(c.sent, sentType{typeURL: typeURL})
+		t = &c.sent[len(c.sent)-1]
+	}
+	t.version = version
+	t.names = names
+}
+
+var _ discoverypb.AggregatedDiscoveryServiceServer = (*adsServer)(nil)
