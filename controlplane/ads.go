@@ -38,18 +38,12 @@ type adsServer struct {
 
 	mu      sync.Mutex
 	streams map[*adsStream]struct{}
-	nextID  int64
 }
 
 // adsTypes are the types meshd serves, in the order a push sends them:
 // clusters and their endpoints before the listeners and routes that refer
 // to them.
 var adsTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
-
-// adsFirstID numbers ADS streams apart from the per-type (LDS, RDS, CDS,
-// EDS) streams go-control-plane serves and numbers from 1, as both share
-// Server.clients.
-const adsFirstID = 1 << 62
 
 // adsSnapshot is a snapshot's resources, marshalled, by type.
 type adsSnapshot struct {
@@ -70,7 +64,7 @@ func (a *adsSnapshot) typ(url string) *adsType {
 }
 
 func newADSServer(s *Server) *adsServer {
-	return &adsServer{s: s, streams: map[*adsStream]struct{}{}, nextID: adsFirstID}
+	return &adsServer{s: s, streams: map[*adsStream]struct{}{}}
 }
 
 // publish makes sn the snapshot served and wakes every stream. It does not
@@ -122,15 +116,18 @@ func resourceName(m proto.Message) string {
 // adsStream is one ADS stream.
 type adsStream struct {
 	a      *adsServer
-	id     int64
 	stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer
 
-	mu      sync.Mutex
-	subs    [4]adsSub // as adsTypes
-	nonce   uint64
-	sending bool          // a push goroutine is running
-	closed  bool          // the handler is returning: start no push
-	idle    chan struct{} // closed by the push goroutine when it ends, if not nil
+	mu       sync.Mutex
+	subs     [4]adsSub // as adsTypes
+	nonce    uint64
+	node     string // from the first request
+	since    time.Time
+	nacks    int
+	lastNACK string
+	sending  bool          // a push goroutine is running
+	closed   bool          // the handler is returning: start no push
+	idle     chan struct{} // closed by the push goroutine when it ends, if not nil
 }
 
 // adsSub is a stream's subscription to one type.
@@ -146,23 +143,15 @@ type adsSub struct {
 // or the server stops.
 func (a *adsServer) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	a.mu.Lock()
-	a.nextID++
-	st := &adsStream{a: a, id: a.nextID, stream: stream}
+	st := &adsStream{a: a, stream: stream, since: time.Now()}
 	a.streams[st] = struct{}{}
 	a.mu.Unlock()
-	s := a.s
-	s.stats.streams.Add(1)
-	s.clientsMu.Lock()
-	s.clients[st.id] = &clientState{since: time.Now()}
-	s.clientsMu.Unlock()
+	a.s.stats.streams.Add(1)
 	defer func() {
 		a.mu.Lock()
 		delete(a.streams, st)
 		a.mu.Unlock()
 		st.stop()
-		s.clientsMu.Lock()
-		delete(s.clients, st.id)
-		s.clientsMu.Unlock()
 	}()
 	for {
 		req, err := stream.Recv()
@@ -184,19 +173,16 @@ func (st *adsStream) request(req *discoverypb.DiscoveryRequest) error {
 		return status.Error(codes.InvalidArgument, "controlplane: an ADS request without type_url; name the resource type, like "+resourcev3.ListenerType)
 	}
 	d := req.GetErrorDetail()
-	node := req.GetNode().GetId() // sent on a stream's first request only
-	s.clientsMu.Lock()
-	if c := s.clients[st.id]; c != nil {
-		if c.node == "" {
-			c.node = node
-		}
-		node = c.node
-		if d != nil {
-			c.nacks++
-			c.lastNACK = d.GetMessage()
-		}
+	st.mu.Lock()
+	if st.node == "" {
+		st.node = req.GetNode().GetId() // sent on a stream's first request only
 	}
-	s.clientsMu.Unlock()
+	node := st.node
+	if d != nil {
+		st.nacks++
+		st.lastNACK = d.GetMessage()
+	}
+	st.mu.Unlock()
 	if d != nil {
 		s.stats.nacks.Add(1)
 		s.log.Warn("client refused config (NACK)", "node", node,
@@ -261,7 +247,6 @@ func (st *adsStream) push() {
 		cur := st.a.cur.Load()
 		st.mu.Lock()
 		var out []*discoverypb.DiscoveryResponse
-		var outNames [][]string
 		if cur != nil && !st.closed {
 			for i := range st.subs {
 				sub := &st.subs[i]
@@ -276,7 +261,6 @@ func (st *adsStream) push() {
 				}
 				sub.sent, sub.nonce, sub.want = t.version, resp.Nonce, false
 				out = append(out, resp)
-				outNames = append(outNames, sub.names)
 			}
 		}
 		if len(out) == 0 {
@@ -289,7 +273,7 @@ func (st *adsStream) push() {
 			return
 		}
 		st.mu.Unlock()
-		for k, resp := range out {
+		for _, resp := range out {
 			if err := st.stream.Send(resp); err != nil {
 				// The stream is over; the handler sees it in Recv.
 				st.mu.Lock()
@@ -298,7 +282,6 @@ func (st *adsStream) push() {
 				break
 			}
 			s.stats.pushes.Add(1)
-			s.recordSent(st.id, resp.TypeUrl, resp.VersionInfo, outNames[k])
 		}
 	}
 }
@@ -338,24 +321,38 @@ func (t *adsType) pick(names []string, typeURL string) []*anypb.Any {
 	return out
 }
 
-// recordSent records in the stream's clientState what it was sent.
-func (s *Server) recordSent(id int64, typeURL, version string, names []string) {
-	s.clientsMu.Lock()
-	defer s.clientsMu.Unlock()
-	c := s.clients[id]
-	if c == nil {
-		return
+// clients returns what each ADS stream subscribed to and was sent (or
+// said it had).
+func (a *adsServer) clients() []ClientStatus {
+	a.mu.Lock()
+	streams := make([]*adsStream, 0, len(a.streams))
+	for st := range a.streams {
+		streams = append(streams, st)
 	}
-	t := c.sentFor(typeURL)
-	if t == nil {
-		if c.sent == nil {
-			c.sent = make([]sentType, 0, 4) // grpc-go subscribes to LDS, RDS, CDS, EDS
+	a.mu.Unlock()
+	out := make([]ClientStatus, 0, len(streams))
+	for _, st := range streams {
+		st.mu.Lock()
+		cs := ClientStatus{
+			Node: st.node, Since: st.since, NACKs: st.nacks, LastNACK: st.lastNACK,
+			Versions: map[string]string{}, Names: map[string][]string{},
 		}
-		c.sent = append(c.sent, sentType{typeURL: typeURL})
-		t = &c.sent[len(c.sent)-1]
+		for i, sub := range st.subs {
+			if sub.subscribed {
+				cs.Versions[adsTypes[i]] = sub.sent
+				cs.Names[adsTypes[i]] = slices.Clone(sub.names)
+			}
+		}
+		st.mu.Unlock()
+		out = append(out, cs)
 	}
-	t.version = version
-	t.names = names
+	return out
+}
+
+func (a *adsServer) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.streams)
 }
 
 var _ discoverypb.AggregatedDiscoveryServiceServer = (*adsServer)(nil)

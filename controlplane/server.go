@@ -134,8 +134,9 @@ type Server struct {
 	wg   sync.WaitGroup
 }
 
-// clientState is what meshd keeps about one connected xDS stream, for
-// Clients and the NACK guard. meshd holds one per client, so it is a slice
+// clientState is what meshd keeps about one connected per-type xDS stream
+// (LDS, RDS, CDS, EDS, served by go-control-plane; ADS streams keep theirs
+// in adsStream), for Clients and the NACK guard. meshd holds one per client, so it is a slice
 // rather than maps (about 300 B instead of 1.2 KB per client).
 type clientState struct {
 	node     string
@@ -472,6 +473,7 @@ func (s *Server) Stats() Stats {
 	s.clientsMu.Lock()
 	n := len(s.clients)
 	s.clientsMu.Unlock()
+	n += s.ads.count()
 	s.mu.Lock()
 	holding := s.holding
 	s.mu.Unlock()
@@ -489,12 +491,13 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Clients returns, per connected stream, what it was sent. The result is a
-// copy.
+// Clients returns, per connected stream, what it subscribed to and was
+// sent (on ADS, also the version it said it had when it came from another
+// replica). The result is a copy.
 func (s *Server) Clients() []ClientStatus {
+	out := s.ads.clients()
 	s.clientsMu.Lock()
 	defer s.clientsMu.Unlock()
-	out := make([]ClientStatus, 0, len(s.clients))
 	for _, c := range s.clients {
 		cs := ClientStatus{
 			Node: c.node, Since: c.since, NACKs: c.nacks, LastNACK: c.lastNACK,
