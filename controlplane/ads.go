@@ -196,9 +196,15 @@ func (st *adsStream) request(req *discoverypb.DiscoveryRequest) error {
 	sub := &st.subs[i]
 	names := req.GetResourceNames()
 	if !sub.subscribed || !slices.Equal(sub.names, names) {
+		// A new subscription is answered; a changed one only when it adds
+		// a resource the snapshot has (as go-control-plane does): grpc-go
+		// subscribes to clusters and endpoints one name at a time, and
+		// re-sending what it has would only be noise.
+		if cur := st.a.cur.Load(); !sub.subscribed || cur == nil || len(names) == 0 || cur.types[i].hasAny(names, sub.names) {
+			sub.want = true
+		}
 		sub.subscribed = true
 		sub.names = slices.Clone(names)
-		sub.want = true
 	}
 	// A client new to this stream that already has a version (it was
 	// served by another replica, or by this one before a reconnect) is
@@ -303,7 +309,18 @@ func (st *adsStream) stop() {
 	}
 }
 
-// select_ returns the resources of names (all of them for a wildcard, nil
+// hasAny reports whether a name in names but not in old names a resource
+// of t.
+func (t *adsType) hasAny(names, old []string) bool {
+	for _, n := range names {
+		if _, ok := t.byName[n]; ok && !slices.Contains(old, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// pick returns the resources of names (all of them for a wildcard, nil
 // names, on listeners and clusters).
 func (t *adsType) pick(names []string, typeURL string) []*anypb.Any {
 	if len(names) == 0 {
