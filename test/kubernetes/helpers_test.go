@@ -35,8 +35,8 @@ import (
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/internal/testutil/kube"
-	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
+	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -354,7 +354,7 @@ func (e *env) createService(ctx context.Context, t *testing.T, name string, port
 
 // ep is one endpoint of a slice: a pod at an address, in a state.
 type ep struct {
-	pod, ip                       string
+	pod, ip                     string
 	ready, serving, terminating bool
 }
 
