@@ -11,7 +11,11 @@
 //   - the registration API (Server.Handler; client in package
 //     registration), through which mesh servers add their endpoints with
 //     their SPIFFE IDs;
-//   - the Consul catalog (ConsulSource).
+//   - the Consul catalog (ConsulSource);
+//   - the Kubernetes API (KubernetesSource): Services, their EndpointSlices,
+//     and their pods' service accounts as the endpoints' expected SPIFFE
+//     IDs, with per-service policy from the gridmesh.io/policy annotation
+//     (ParsePolicyAnnotation).
 //
 // Registrations live in this process's memory by default, for a single
 // meshd. With WithConsulRegistrations they live in the Consul catalog and
