@@ -161,8 +161,8 @@ func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 }
 
 // meshNoopOTel is the mesh's telemetry as shipped to a service that never
-// sets OTel up: the mesh's default telemetry interceptors, on
-// the no-op global providers (resilience off, to isolate them).
+// sets OTel up: on the no-op global providers the mesh installs no
+// telemetry (resilience off, to isolate it).
 func meshNoopOTel(b *testing.B) testgrpc.TestServiceClient {
 	return startMesh(b, nil, []mesh.DialOption{mesh.WithoutResilience()})
 }

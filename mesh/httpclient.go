@@ -119,8 +119,7 @@ func HTTPClient(opts ...DialOption) (*http.Client, error) {
 //     and, for a sampled call, a span per attempt whose W3C trace context
 //     goes in its headers; the call itself is recorded once, outside
 //     resilience (http.client.request.duration and the call's span), by
-//     the rule NewServer and Dial follow (see WithTracerProvider); with
-//     no-op providers the caller's W3C trace context is still passed on;
+//     the rule NewServer and Dial follow (see WithTracerProvider);
 //   - balancing over the cluster's endpoints, then mTLS.
 //
 // WithoutTelemetry removes both telemetry stages. It is safe for

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gridmesh/gridmesh/controlplane"
@@ -249,9 +250,11 @@ func TestHTTPClientAppliesResilienceAndCarriesTraceContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tp := sdktrace.NewTracerProvider() // telemetry on: the context goes on
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
 	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")),
 		mesh.WithHTTPTarget("trading.mesh", "static:///"+addr),
-		mesh.WithResilience(rc))
+		mesh.WithResilience(rc), mesh.WithTracerProvider(tp))
 
 	traceID := trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36}
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: trace.SpanID{1, 2, 3, 4, 5, 6, 7, 8}, TraceFlags: trace.FlagsSampled, Remote: true})

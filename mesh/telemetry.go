@@ -49,12 +49,14 @@ type telemetryConfig struct {
 // by the mesh before it starts a span; with a provider Setup did not
 // build, that provider's sampler decides new traces.
 //
-// Off means off: NewServer, NewHTTPServer, Dial and HTTPClient record
-// spans and metrics (the same for gRPC and HTTP) only if, when they run, a
+// Off means off: NewServer, NewHTTPServer, Dial and HTTPClient install
+// their telemetry (the same for gRPC and HTTP) only if, when they run, a
 // provider is an SDK one or WithAdmin is given; set up telemetry before
-// building servers and clients. With no-op providers they still pass the
-// callers' W3C trace context and baggage on, which allocates nothing for
-// a call that carries none; WithoutTelemetry turns even that off.
+// building servers and clients. Installed, it passes W3C trace context and
+// baggage on for every call, sampled or not; with telemetry off (no-op
+// providers and no admin endpoint, or WithoutTelemetry) nothing is
+// installed, so a call costs nothing more and its W3C context does not
+// pass through the process.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return bothOption(func(c *commonConfig) { c.telemetry.tracer = tp })
 }
@@ -134,10 +136,7 @@ func newTelemetry(c *commonConfig, self spiffeid.ID) (*meshTelemetry, error) {
 		}
 	}
 	if tp == nil && mp == nil && t.cfg.admin == nil {
-		// Nothing would see what telemetry records: the pipeline only
-		// passes W3C trace context and baggage on.
-		t.pipe = &meshtel.Pipeline{Self: self.String()}
-		return t, nil
+		return t, nil // nothing would see what telemetry records: off
 	}
 	t.rec = meshtel.NewRecorder(t.cfg.meter)
 	t.pipe = &meshtel.Pipeline{Hub: hub, Tracing: meshtel.NewTracing(tp), Recorder: t.rec, Self: self.String()}
@@ -193,9 +192,9 @@ func (t *meshTelemetry) close() {
 }
 
 // on reports whether the telemetry pipeline is installed: the one rule
-// for gRPC and HTTP, servers and clients. It is, unless WithoutTelemetry:
-// with no-op providers and no admin endpoint it only passes W3C trace
-// context and baggage on, allocating nothing for a call that carries none.
+// for gRPC and HTTP, servers and clients. It is when a tracer or meter
+// provider is an SDK one or an admin endpoint is given, and not with
+// WithoutTelemetry: off means nothing installed, nothing allocated.
 func (t *meshTelemetry) on() bool { return t != nil && t.pipe != nil }
 
 // recording reports whether events (retries, denials, updates...) are

@@ -4,9 +4,8 @@
 // does the rest itself once the providers exist.
 //
 // Off means off: until Setup (or anyone) installs SDK providers, the
-// OpenTelemetry globals are no-ops and the mesh records nothing (it still
-// passes its callers' W3C trace context on). Setup returns the providers
-// and a Shutdown to flush them.
+// OpenTelemetry globals are no-ops and the mesh installs no telemetry at
+// all. Setup returns the providers and a Shutdown to flush them.
 //
 //	p, err := telemetry.Setup(ctx, telemetry.FromEnv()) // OTEL_TRACES_EXPORTER=otlp ...
 //	if err != nil {

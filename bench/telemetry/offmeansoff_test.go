@@ -1,6 +1,6 @@
 // Package telemetrybench shows what the mesh's telemetry costs per call:
-// off (the default: the mesh's telemetry interceptors on the no-op global
-// providers, passing W3C context on only) and on (SDK providers), each against the mesh
+// off (the default: no-op global providers, so the mesh installs no
+// telemetry) and on (SDK providers), each against the mesh
 // without any telemetry (mesh.WithoutTelemetry) measured in the same run.
 //
 //	go test -run '^$' -bench . -benchmem ./bench/telemetry
@@ -36,7 +36,7 @@ type variant struct {
 var variants = []variant{
 	// baseline: no telemetry interceptor.
 	{"plain", func(testing.TB) []mesh.Option { return []mesh.Option{mesh.WithoutTelemetry()} }},
-	// the default: interceptors installed, global providers are no-ops.
+	// the default: global providers are no-ops, nothing installed.
 	{"off", func(testing.TB) []mesh.Option { return nil }},
 	// SDK providers: every span through a batch processor to a discarding
 	// exporter, metrics aggregated in memory.

@@ -74,7 +74,7 @@ func scenarios() []*scenario {
 		},
 		{
 			Name:        "c-nootel",
-			Description: "(c) gridmesh defaults with OTel not set up: three backends, round robin, mesh.Dial's default resilience policy, the mesh's telemetry interceptors on no-op providers (W3C context passed on, nothing recorded)",
+			Description: "(c) gridmesh defaults with OTel not set up: three backends, round robin, mesh.Dial's default resilience policy, OTel not set up, so the mesh installs no telemetry",
 			setup: func(ctx context.Context, h *harness) error {
 				return h.meshScenario(ctx, "c-nootel", 3, true, "noop", 1)
 			},

@@ -59,14 +59,14 @@ func newWorld(t *testing.T, j *jaeger.Jaeger, ctx context.Context) *world {
 }
 
 // service sets up name's telemetry from the environment (traces to Jaeger
-// when traced, none otherwise) and returns its mesh options.
+// when traced, else metrics only) and returns its mesh options.
 func (w *world) service(name string, traced bool) ([]mesh.Option, *telemetry.Providers) {
 	t := w.t
 	cfg := telemetry.FromEnv()
 	cfg.ServiceName, cfg.NoGlobal = name, true
-	cfg.Traces = "none"
-	if traced {
-		cfg.Traces = "otlp"
+	cfg.Traces = "otlp"
+	if !traced { // metrics only: telemetry on, no spans
+		cfg.Traces, cfg.Metrics, cfg.PrometheusAddr = "none", "prometheus", "-"
 	}
 	p, err := telemetry.Setup(w.ctx, cfg)
 	if err != nil {
@@ -79,7 +79,7 @@ func (w *world) service(name string, traced bool) ([]mesh.Option, *telemetry.Pro
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	return []mesh.Option{mesh.WithIdentity(src), mesh.WithTracerProvider(p.TracerProvider)}, p
+	return []mesh.Option{mesh.WithIdentity(src), mesh.WithTracerProvider(p.TracerProvider), mesh.WithMeterProvider(p.MeterProvider)}, p
 }
 
 func (w *world) serve(opts []mesh.Option, svc testgrpc.TestServiceServer) string {
@@ -216,9 +216,10 @@ func TestCallAcrossThreeServicesIsOneTraceInJaeger(t *testing.T) {
 }
 
 // TestUnsampledHopKeepsOneTraceInJaeger runs web -> gateway -> trading
-// with gateway not tracing (its telemetry set up without traces): gateway
-// records nothing and passes web's W3C context on unchanged, so trading's
-// spans join web's trace, trading's server span a child of web's attempt.
+// with gateway not tracing (its telemetry set up with metrics and no
+// traces): gateway records no span and passes web's W3C context on
+// unchanged, so trading's spans join web's trace, trading's server span a
+// child of web's attempt.
 func TestUnsampledHopKeepsOneTraceInJaeger(t *testing.T) {
 	j := jaeger.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
