@@ -2,7 +2,7 @@ package kubernetes_test
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -68,15 +68,20 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatal(ctx.Err())
 	}
 	e.api.StartAPIServer(t)
+	back := time.Now()
 	t.Logf("API server down %v; %d calls so far, %d failed", time.Since(stopped).Round(time.Second), calls.Load(), failed.Load())
 
-	// The informers list again: every object comes back unchanged.
+	// The informers list again: every object (three pods, the Service,
+	// its EndpointSlice) comes back unchanged. Each informer watches again
+	// from its list, so once all five are back every informer is.
+	const objects = 5
 	xdstest.WaitFor(ctx, t, "informers relist", func() error {
-		if e.src.Stats().Unchanged <= before.Unchanged {
-			return errors.New("no object re-delivered yet")
+		if n := e.src.Stats().Unchanged - before.Unchanged; n < objects {
+			return fmt.Errorf("%d of %d objects re-delivered", n, objects)
 		}
 		return nil
 	})
+	t.Logf("informers listed again %v after the API server was back", time.Since(back).Round(100*time.Millisecond))
 	after := e.src.Stats()
 	if after.Updates != before.Updates {
 		t.Errorf("the relist handed meshd %d updates, want none (nothing changed)", after.Updates-before.Updates)
