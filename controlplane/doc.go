@@ -43,6 +43,16 @@
 // Snapshots are built deterministically (versions are content hashes), so
 // replicas over the same inputs serve identical config.
 //
+// ADS, which grpc-go's xDS client uses, is served by a stream loop of the
+// package's own rather than go-control-plane's (which still serves the
+// per-type LDS, RDS, CDS and EDS services): per stream only the gRPC
+// handler goroutine, reading requests, and a push goroutine while a
+// response is being sent; resources are marshalled once per snapshot. A
+// client that stops reading blocks only its own push goroutine: it holds
+// no lock and no shared channel, so the other clients are not delayed.
+// A client arriving from another replica with the version in force is not
+// sent it again. bench/RESULTS.md has the figures at 10,000 clients.
+//
 // For a service "trading" clients dial xds:///trading and get: Listener
 // "trading" (an API listener whose HttpConnectionManager points at RDS),
 // RouteConfiguration "trading", Cluster "trading" and one Cluster per

@@ -2,11 +2,15 @@ package mesh_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 )
 
@@ -54,5 +58,38 @@ func TestWithControlPlaneRefusesBadLists(t *testing.T) {
 				t.Errorf("HTTPClient (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// TestServerWarnsWhenReplicasKeepRegistrationsInMemory: a server naming
+// two meshd replicas that keep registrations in memory (no Consul) says
+// loudly that the other replicas do not know it, once.
+func TestServerWarnsWhenReplicasKeepRegistrationsInMemory(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := xdstest.StartMeshd(t, "", nil)
+	b := xdstest.StartMeshd(t, "", nil)
+	var logs lockedBuffer
+	ca := newDevCA(t, time.Hour)
+	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
+		mesh.WithControlPlane(a.Addr, b.Addr), mesh.WithXDSService("trading", ""),
+		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := listen(t)
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, lis) }()
+	defer func() { stop(); srv.Close(); <-served }()
+	const warning = "meshd keeps registrations in its memory, but this server names several control-plane replicas"
+	xdstest.WaitFor(ctx, t, "the server warns", func() error {
+		if n := strings.Count(logs.String(), warning); n != 1 {
+			return fmt.Errorf("warning logged %d times; log:\n%s", n, logs.String())
+		}
+		return nil
+	})
+	if a.Stats().Registered+b.Stats().Registered != 1 {
+		t.Errorf("registered on a %d, b %d; want on one replica only", a.Stats().Registered, b.Stats().Registered)
 	}
 }

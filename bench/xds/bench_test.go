@@ -20,6 +20,10 @@
 // Run:
 //
 //	go test -run '^$' -bench EndpointPush -benchtime 20x ./bench/xds/
+//	go test -run '^$' -bench 'EndpointPush/clients=10000$' -benchtime 10x ./bench/xds/
+//
+// 10,000 clients need about 10,100 open files in each of the two
+// processes (ulimit -n) and 2-3 GB of memory, most of it the clients'.
 //
 // With GRIDMESH_BENCH_XDS_PROFILE=<dir> it also writes meshd's heap
 // profile and goroutine dump, taken with every client connected, to
