@@ -20,6 +20,7 @@ import (
 
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
+	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -147,7 +148,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 	}
 
 	one := startBackend(t, ca, "one", addrs...)
-	waitFor(ctx, t, "both replicas list the registration and serve one version", func() error {
+	xdstest.WaitFor(ctx, t, "both replicas list the registration and serve one version", func() error {
 		var versions []string
 		for _, m := range replicas {
 			list, err := registration.NewClient(m.addr).List(ctx)
@@ -183,7 +184,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 
 	// Find the replica the client's xDS stream is on, and kill it.
 	var on, other *meshdProc
-	waitFor(ctx, t, "the client's xDS stream is on one replica", func() error {
+	xdstest.WaitFor(ctx, t, "the client's xDS stream is on one replica", func() error {
 		var counts []int
 		for _, m := range replicas {
 			n, err := m.subscribers(ctx, "trading")
@@ -202,7 +203,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 		}
 		return nil
 	})
-	waitFor(ctx, t, "calls before the kill", func() error {
+	xdstest.WaitFor(ctx, t, "calls before the kill", func() error {
 		if l.ok.Load() < 100 {
 			return errors.New("fewer than 100 calls done")
 		}
@@ -211,7 +212,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 	t.Logf("killing meshd %s, the client's; %d calls so far", on.name, l.ok.Load())
 	on.kill(syscall.SIGKILL)
 
-	waitFor(ctx, t, "the client's xDS stream moves to meshd "+other.name, func() error {
+	xdstest.WaitFor(ctx, t, "the client's xDS stream moves to meshd "+other.name, func() error {
 		n, err := other.subscribers(ctx, "trading")
 		if err != nil {
 			return err
@@ -224,7 +225,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 
 	// An endpoint change after the kill reaches the client.
 	startBackend(t, ca, "two", addrs...)
-	waitFor(ctx, t, "calls reach the server started after the kill", func() error {
+	xdstest.WaitFor(ctx, t, "calls reach the server started after the kill", func() error {
 		if l.served("two") < 20 {
 			return fmt.Errorf("%d calls served by two", l.served("two"))
 		}

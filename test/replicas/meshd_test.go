@@ -167,20 +167,3 @@ func (m *meshdProc) version(ctx context.Context) (string, error) {
 	err := m.getJSON(ctx, "/debug/config", &v)
 	return v.Version, err
 }
-
-// waitFor polls cond every 50ms until it returns nil or ctx ends, and
-// fails the test with cond's last error.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() error) {
-	t.Helper()
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: %v (gave up: %v)", what, err, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
