@@ -121,7 +121,8 @@ type adsStream struct {
 	mu       sync.Mutex
 	subs     [4]adsSub // as adsTypes
 	nonce    uint64
-	node     string // from the first request
+	node     string // from the first request: what the client says, not trusted
+	peer     string // the verified SPIFFE ID of the stream's connection ("" in plaintext)
 	since    time.Time
 	nacks    int
 	lastNACK string
@@ -141,9 +142,16 @@ type adsSub struct {
 
 // StreamAggregatedResources serves one ADS stream until the client ends it
 // or the server stops.
+//
+// Under mTLS the stream is served as the SPIFFE ID its connection was
+// verified as (see Server.restrict), whatever node ID it sends.
 func (a *adsServer) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	peer, err := a.s.streamIdentity(stream.Context())
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
-	st := &adsStream{a: a, stream: stream, since: time.Now()}
+	st := &adsStream{a: a, stream: stream, since: time.Now(), peer: peer}
 	a.streams[st] = struct{}{}
 	a.mu.Unlock()
 	a.s.stats.streams.Add(1)
@@ -172,6 +180,9 @@ func (st *adsStream) request(req *discoverypb.DiscoveryRequest) error {
 	if req.GetTypeUrl() == "" {
 		return status.Error(codes.InvalidArgument, "controlplane: an ADS request without type_url; name the resource type, like "+resourcev3.ListenerType)
 	}
+	// What this identity may not see is taken out of the request before
+	// it becomes a subscription.
+	s.restrict(st.peer, req)
 	d := req.GetErrorDetail()
 	st.mu.Lock()
 	if st.node == "" {
@@ -185,7 +196,7 @@ func (st *adsStream) request(req *discoverypb.DiscoveryRequest) error {
 	st.mu.Unlock()
 	if d != nil {
 		s.stats.nacks.Add(1)
-		s.log.Warn("client refused config (NACK)", "node", node,
+		s.log.Warn("client refused config (NACK)", "identity", st.peer, "node", node,
 			"type", req.GetTypeUrl(), "resources", req.GetResourceNames(),
 			"version", req.GetVersionInfo(), "reason", d.GetMessage())
 	}
@@ -351,7 +362,7 @@ func (a *adsServer) clients() []ClientStatus {
 	for _, st := range streams {
 		st.mu.Lock()
 		cs := ClientStatus{
-			Node: st.node, Since: st.since, NACKs: st.nacks, LastNACK: st.lastNACK,
+			Node: st.node, Identity: st.peer, Since: st.since, NACKs: st.nacks, LastNACK: st.lastNACK,
 			Versions: map[string]string{}, Names: map[string][]string{},
 		}
 		for i, sub := range st.subs {

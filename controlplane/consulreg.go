@@ -71,6 +71,20 @@ func (r *consulRegistry) list() []registration.Registration {
 	return append([]registration.Registration(nil), r.seen...)
 }
 
+// seenEndpoint returns the registration of service at address as the
+// catalog was last read, or nil.
+func (r *consulRegistry) seenEndpoint(service, address string) *Endpoint {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, reg := range r.seen {
+		if reg.Service == service && reg.Address == address {
+			ep := endpointOf(reg)
+			return &ep
+		}
+	}
+	return nil
+}
+
 // observe records the registrations the ConsulSource found in the catalog.
 func (r *consulRegistry) observe(regs []registration.Registration) {
 	sortRegistrations(regs)
@@ -82,10 +96,15 @@ func (r *consulRegistry) observe(regs []registration.Registration) {
 // add writes reg to Consul as a service instance, with a TTL check when reg
 // has a TTL. A renewal writes the same instance again, which passes the
 // check and restarts its TTL.
-func (r *consulRegistry) add(ctx context.Context, reg registration.Registration) (int, error) {
+func (r *consulRegistry) add(ctx context.Context, reg registration.Registration, authorize func(prev *Endpoint) *forbidden) (int, error) {
 	ep := endpointOf(reg)
 	if err := checkEndpoint(ep); err != nil {
 		return http.StatusBadRequest, err
+	}
+	// The owner is who registered it as the catalog was last read: a
+	// registration written in the moment since is not seen.
+	if f := authorize(r.seenEndpoint(ep.Service, ep.Address)); f != nil {
+		return f.code, f
 	}
 	ttl := time.Duration(reg.TTL)
 	meta := map[string]string{metaRegisteredBy: registeredBy}
@@ -135,7 +154,16 @@ func (r *consulRegistry) add(ctx context.Context, reg registration.Registration)
 	return http.StatusOK, nil
 }
 
-func (r *consulRegistry) remove(ctx context.Context, service, address string) (int, error) {
+func (r *consulRegistry) remove(ctx context.Context, service, address string, authorize func(prev *Endpoint) *forbidden) (int, error) {
+	if prev := r.seenEndpoint(service, address); prev != nil {
+		if f := authorize(prev); f != nil {
+			return f.code, f
+		}
+	} else if f := authorize(&Endpoint{Service: service, Address: address}); f != nil {
+		// Not seen yet: only an operator removes what nobody is known
+		// to own.
+		return f.code, f
+	}
 	err := r.client.Agent().ServiceDeregisterOpts(consulServiceID(service, address), (&api.QueryOptions{}).WithContext(ctx))
 	var se api.StatusError
 	switch {

@@ -58,8 +58,9 @@
 // RouteConfiguration "trading", Cluster "trading" and one Cluster per
 // version ("trading/v2"), each with its ClusterLoadAssignment. Each endpoint
 // gets a server-side Listener
-// "grpc/server?xds.resource.listening_address=<host:port>" for
-// xds.NewGRPCServer, with mTLS through the "gridmesh" certificate provider
+// "grpc/server/<trust-domain>/<path>?xds.resource.listening_address=<host:port>"
+// named after its SPIFFE ID ("grpc/server?xds.resource.listening_address=<host:port>"
+// without one) for xds.NewGRPCServer, with mTLS through the "gridmesh" certificate provider
 // instance when Config.MTLS is set and an RBAC filter when the service has
 // authorization policies (default deny).
 //

@@ -31,6 +31,6 @@ func ExampleBuildSnapshot() {
 		fmt.Println(l.GetName())
 	}
 	// Output:
-	// grpc/server?xds.resource.listening_address=10.0.0.7:8443
+	// grpc/server/rec.example/trading?xds.resource.listening_address=10.0.0.7:8443
 	// trading
 }

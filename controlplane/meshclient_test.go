@@ -57,7 +57,7 @@ func meshDial(t *testing.T, addr, service string, src security.Source) testgrpc.
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cc, err := mesh.Dial(ctx, "xds:///"+service, mesh.WithIdentity(src), mesh.WithControlPlane(addr))
+	cc, err := mesh.Dial(ctx, "xds:///"+service, mesh.WithIdentity(src), mesh.WithControlPlane(addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging())
 	if err != nil {
 		t.Fatal(err)
 	}

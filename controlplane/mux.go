@@ -13,6 +13,7 @@ import (
 // one address: mesh servers register at the address they get xDS from.
 type splitter struct {
 	lis        net.Listener
+	tr         *transport // with tr.tls set, every connection is TLS
 	grpc, http *chanListener
 
 	mu      sync.Mutex
@@ -21,8 +22,8 @@ type splitter struct {
 	wg      sync.WaitGroup
 }
 
-func newSplitter(lis net.Listener) *splitter {
-	sp := &splitter{lis: lis, pending: map[net.Conn]struct{}{}}
+func newSplitter(lis net.Listener, tr *transport) *splitter {
+	sp := &splitter{lis: lis, tr: tr, pending: map[net.Conn]struct{}{}}
 	sp.grpc = newChanListener(lis.Addr())
 	sp.http = newChanListener(lis.Addr())
 	return sp
@@ -55,13 +56,31 @@ func (sp *splitter) run() {
 func (sp *splitter) sniff(c net.Conn) {
 	defer sp.wg.Done()
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	conn, h2, err := sniffH2(c)
+	var (
+		conn net.Conn
+		h2   bool
+		err  error
+	)
+	if sp.tr.tls != nil {
+		// Under mTLS the client's ALPN choice tells gRPC (h2) from the
+		// HTTP/1.1 API; the deadline bounds the handshake too.
+		var ac *authedConn
+		if ac, h2, err = sp.tr.handshake(c); err == nil {
+			conn = ac
+		}
+	} else {
+		conn, h2, err = sniffH2(c)
+	}
 	sp.mu.Lock()
 	delete(sp.pending, c)
 	closed := sp.closed
 	sp.mu.Unlock()
-	if closed || err != nil {
+	if err != nil {
 		c.Close()
+		return
+	}
+	if closed {
+		conn.Close()
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
@@ -70,7 +89,7 @@ func (sp *splitter) sniff(c net.Conn) {
 		to = sp.grpc
 	}
 	if !to.deliver(conn) {
-		c.Close()
+		conn.Close()
 	}
 }
 

@@ -39,9 +39,13 @@ const (
 // registrations is where the registration API keeps what it is told: this
 // process's memory (memRegistry) or the Consul catalog (consulRegistry).
 // Methods return the HTTP status for their error.
+//
+// add and remove call authorize with the registration they would replace
+// or remove (nil: none) before changing anything, and refuse with its
+// *forbidden; the memory store calls it under its lock.
 type registrations interface {
-	add(ctx context.Context, reg registration.Registration) (int, error)
-	remove(ctx context.Context, service, address string) (int, error)
+	add(ctx context.Context, reg registration.Registration, authorize func(prev *Endpoint) *forbidden) (int, error)
+	remove(ctx context.Context, service, address string, authorize func(prev *Endpoint) *forbidden) (int, error)
 	list() []registration.Registration
 	len() int
 	store() string
@@ -111,7 +115,7 @@ func (r *memRegistry) publishLocked() error {
 }
 
 // add validates and stores a registration.
-func (r *memRegistry) add(_ context.Context, reg registration.Registration) (int, error) {
+func (r *memRegistry) add(_ context.Context, reg registration.Registration, authorize func(prev *Endpoint) *forbidden) (int, error) {
 	ep := endpointOf(reg)
 	if err := checkEndpoint(ep); err != nil {
 		return http.StatusBadRequest, err
@@ -125,6 +129,13 @@ func (r *memRegistry) add(_ context.Context, reg registration.Registration) (int
 	}
 	key := regKey(ep.Service, ep.Address)
 	prev, had := r.entries[key]
+	var prevEP *Endpoint
+	if had {
+		prevEP = &prev.ep
+	}
+	if f := authorize(prevEP); f != nil {
+		return f.code, f
+	}
 	e := regEntry{ep: ep, ttl: time.Duration(reg.TTL)}
 	if e.ttl > 0 {
 		e.expires = time.Now().Add(e.ttl)
@@ -144,12 +155,16 @@ func (r *memRegistry) add(_ context.Context, reg registration.Registration) (int
 	return http.StatusOK, nil
 }
 
-func (r *memRegistry) remove(_ context.Context, service, address string) (int, error) {
+func (r *memRegistry) remove(_ context.Context, service, address string, authorize func(prev *Endpoint) *forbidden) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := regKey(service, address)
-	if _, ok := r.entries[key]; !ok {
+	e, ok := r.entries[key]
+	if !ok {
 		return http.StatusNotFound, errNotRegistered(service, address)
+	}
+	if f := authorize(&e.ep); f != nil {
+		return f.code, f
 	}
 	delete(r.entries, key)
 	_ = r.publishLocked() // removing cannot create a conflict
@@ -231,8 +246,18 @@ func checkEndpoint(ep Endpoint) error {
 // Handler serves meshd's HTTP API: the registration API (/v1/endpoints, see
 // package registration), /healthz, /metrics (Prometheus text), and
 // /debug/config (the snapshot in force, JSON) and /debug/clients (what each
-// connected client was sent). Bind it to a trusted address: registration
-// is not authenticated. Answers of the registration API carry the header
+// connected client was sent).
+//
+// Under WithMTLS (served by Serve or ServeHTTP) every request needs a
+// verified client SVID (401 otherwise), /debug is for operators
+// (MTLSConfig.Operators) only, and a registration or deregistration by a
+// workload that is not an operator must be of an endpoint whose spiffe_id
+// is the caller's own, of a service the config does not give another
+// identity, and must not replace another identity's registration. A
+// refusal is 403 with {"error": "forbidden by rule R: ...", "rule": R},
+// R one of the Rule constants. Under
+// WithInsecurePlaintextForLocalDebugging anyone may do anything; with
+// neither, every request gets 503. Answers of the registration API carry the header
 // registration.StoreHeader: where registrations are kept (StoreMemory, in
 // this process only, or StoreConsul, shared by replicas).
 //
@@ -247,6 +272,11 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/endpoints", func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set(registration.StoreHeader, s.reg.store())
+		c, f := s.callerOf(req)
+		if f != nil {
+			writeForbidden(w, f) // before reading a body from nobody
+			return
+		}
 		if err := checkJSONContentType(req.Header.Get("Content-Type")); err != nil {
 			writeErr(w, http.StatusUnsupportedMediaType, err)
 			return
@@ -269,7 +299,19 @@ func (s *Server) Handler() http.Handler {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("body is not a registration: %w", err))
 			return
 		}
-		if code, err := s.reg.add(req.Context(), reg); err != nil {
+		// The rules that need only the caller and the registration come
+		// first, so a refused caller learns nothing of what is registered
+		// (the stores' conflict checks would tell it).
+		if f := s.mayRegister(c, endpointOf(reg), nil); f != nil {
+			writeForbidden(w, f)
+			return
+		}
+		authorize := func(prev *Endpoint) *forbidden { return s.mayRegister(c, endpointOf(reg), prev) }
+		if code, err := s.reg.add(req.Context(), reg, authorize); err != nil {
+			if f, ok := err.(*forbidden); ok {
+				writeForbidden(w, f)
+				return
+			}
 			writeErr(w, code, err)
 			return
 		}
@@ -283,7 +325,16 @@ func (s *Server) Handler() http.Handler {
 			writeErr(w, http.StatusBadRequest, errors.New("query parameters service and address are required: DELETE /v1/endpoints?service=S&address=A"))
 			return
 		}
-		if code, err := s.reg.remove(req.Context(), service, address); err != nil {
+		c, f := s.callerOf(req)
+		if f != nil {
+			writeForbidden(w, f)
+			return
+		}
+		if code, err := s.reg.remove(req.Context(), service, address, c.mayDeregister); err != nil {
+			if f, ok := err.(*forbidden); ok {
+				writeForbidden(w, f)
+				return
+			}
 			writeErr(w, code, err)
 			return
 		}
@@ -308,6 +359,8 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		fmt.Fprintf(w, "# HELP meshd_clients Connected xDS streams.\n# TYPE meshd_clients gauge\nmeshd_clients %d\n", st.Clients)
 		fmt.Fprintf(w, "# HELP meshd_pushes_total xDS responses sent.\n# TYPE meshd_pushes_total counter\nmeshd_pushes_total %d\n", st.Pushes)
+		fmt.Fprintf(w, "# HELP meshd_streams_total xDS streams opened.\n# TYPE meshd_streams_total counter\nmeshd_streams_total %d\n", st.Streams)
+		fmt.Fprintf(w, "# HELP meshd_denied_listeners_total Listener names refused to a stream of another identity.\n# TYPE meshd_denied_listeners_total counter\nmeshd_denied_listeners_total %d\n", st.DeniedListeners)
 		fmt.Fprintf(w, "# HELP meshd_nacks_total xDS responses refused by clients.\n# TYPE meshd_nacks_total counter\nmeshd_nacks_total %d\n", st.NACKs)
 		fmt.Fprintf(w, "# HELP meshd_rejections_total Inputs refused by validation.\n# TYPE meshd_rejections_total counter\nmeshd_rejections_total %d\n", st.Rejections)
 		fmt.Fprintf(w, "# HELP meshd_config_loads_total Configs accepted.\n# TYPE meshd_config_loads_total counter\nmeshd_config_loads_total %d\n", st.ConfigLoads)
@@ -327,7 +380,25 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/clients", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.Clients())
 	})
-	return mux
+	return s.guard(mux)
+}
+
+// guard refuses, before the mux's handlers run, requests from no verified
+// caller, and requests for /debug from callers who are not operators.
+// (The registration handlers decide again: they also decide by the body.)
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, f := s.callerOf(r)
+		if f == nil && !c.operator && strings.HasPrefix(r.URL.Path, "/debug/") {
+			f = &forbidden{code: http.StatusForbidden, rule: RuleOperatorOnly, msg: fmt.Sprintf(
+				"%s shows the config of every identity; the caller %s is not an operator (meshd serve -operator-id)", cutText(r.URL.Path), c.id)}
+		}
+		if f != nil {
+			writeForbidden(w, f)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // checkJSONContentType accepts application/json, with charset utf-8 if a

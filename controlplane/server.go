@@ -23,7 +23,9 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 )
@@ -41,9 +43,11 @@ func (sharedHash) ID(*corepb.Node) string { return snapshotKey }
 type Option interface{ apply(*options) }
 
 type options struct {
-	logger *slog.Logger
-	grace  time.Duration
-	consul *api.Client
+	logger    *slog.Logger
+	grace     time.Duration
+	consul    *api.Client
+	mtls      *MTLSConfig
+	plaintext bool
 }
 
 type optionFunc func(*options)
@@ -106,6 +110,8 @@ type Server struct {
 	xds   serverv3.Server // the per-type services (LDS, RDS, CDS, EDS)
 	ads   *adsServer      // ADS, which grpc-go uses
 	reg   registrations
+	tr    *transport // nil when trErr says why
+	trErr error
 
 	mu        sync.Mutex
 	cfg       *Config
@@ -116,6 +122,7 @@ type Server struct {
 	holding   bool
 	grace     *time.Timer
 	grpcs     []*grpc.Server
+	https     []*http.Server
 	closed    bool
 
 	// sourceServices are services (with their policies) from dynamic
@@ -127,7 +134,7 @@ type Server struct {
 	clients   map[int64]*clientState
 
 	stats struct {
-		pushes, nacks, rejections, configLoads, streams atomic.Int64
+		pushes, nacks, rejections, configLoads, streams, denied atomic.Int64
 	}
 
 	stop chan struct{}
@@ -139,7 +146,8 @@ type Server struct {
 // in adsStream), for Clients and the NACK guard. meshd holds one per client, so it is a slice
 // rather than maps (about 300 B instead of 1.2 KB per client).
 type clientState struct {
-	node     string
+	node     string // node.id as the client sent it: not trusted, for display
+	peer     string // the stream's verified SPIFFE ID ("" in plaintext)
 	since    time.Time
 	nacks    int
 	lastNACK string
@@ -163,7 +171,13 @@ func (c *clientState) sentFor(typeURL string) *sentType {
 
 // ClientStatus is what one connected xDS stream was sent.
 type ClientStatus struct {
-	Node     string              `json:"node"`
+	// Node is the node ID the client sent, as it sent it: anyone may send
+	// any ID, so nothing is decided by it.
+	Node string `json:"node"`
+	// Identity is the SPIFFE ID the stream's client certificate was
+	// verified as; meshd serves the stream what this identity may see.
+	// Empty in plaintext mode.
+	Identity string              `json:"identity,omitempty"`
 	Since    time.Time           `json:"since"`
 	Versions map[string]string   `json:"versions"`  // type URL → version sent
 	Names    map[string][]string `json:"resources"` // type URL → resource names subscribed
@@ -173,7 +187,10 @@ type ClientStatus struct {
 
 // NewServer returns a Server with no config. With registrations in memory
 // (no WithConsulRegistrations) it starts the goroutine that expires them;
-// Close stops it.
+// Close stops it. Without WithMTLS or
+// WithInsecurePlaintextForLocalDebugging, or with a source that has no
+// SVID, the server builds snapshots but Serve and ServeHTTP refuse to
+// start (the error says why).
 func NewServer(opts ...Option) *Server {
 	o := options{}
 	for _, opt := range opts {
@@ -191,6 +208,7 @@ func NewServer(opts ...Option) *Server {
 	s.cache = cachev3.NewSnapshotCache(false, sharedHash{}, nil)
 	s.xds = serverv3.NewServer(context.Background(), s.cache, s.callbacks())
 	s.ads = newADSServer(s)
+	s.tr, s.trErr = newTransport(&o)
 	var mem *memRegistry
 	if o.consul != nil {
 		s.reg = &consulRegistry{s: s, client: o.consul}
@@ -375,23 +393,42 @@ func (s *Server) rebuildLocked() error {
 // and on HTTP/1.1 connections to the same listener the HTTP API of
 // Handler, so mesh servers register at the address they get xDS from. It
 // blocks and returns nil after Close.
+//
+// Under WithMTLS every connection is TLS 1.3 with a client SVID of meshd's
+// trust domain; the client's ALPN choice tells gRPC (h2) from the HTTP/1.1
+// API. Each xDS stream is served as its verified SPIFFE ID, whatever node
+// ID it sends: a server-side listener (and the RBAC in it) only to the
+// identity in its name (ServerListenerName), no wildcard listener
+// subscriptions, and no incremental (delta) xDS, which meshd does not
+// filter. Connections end gracefully after MTLSConfig.MaxConnectionAge and
+// are cut Grace after their certificates expire.
 func (s *Server) Serve(lis net.Listener) error {
+	if s.trErr != nil {
+		lis.Close()
+		return s.trErr
+	}
 	// meshd holds thousands of mostly idle ADS connections, so what it
 	// keeps per connection is what counts (bench/xds measures it).
-	gs := grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		// Advertise a per-connection stream limit no client reaches (grpc-go's default, unlimited, is not advertised).
-		grpc.MaxConcurrentStreams(1<<20),
+		grpc.MaxConcurrentStreams(1 << 20),
 		// Take the write buffer from a pool for each write instead of pinning one per connection.
 		grpc.SharedWriteBuffer(true),
 		// xDS requests are a few hundred bytes; reads use pooled buffers of this size (the splitter passes on bare TCP conns).
-		grpc.ReadBufferSize(4<<10),
+		grpc.ReadBufferSize(4 << 10),
 		// Batch writes in a pooled 8 KB buffer, not the 32 KB default: responses are mostly a few KB, bigger ones still go out whole.
-		grpc.WriteBufferSize(8<<10),
+		grpc.WriteBufferSize(8 << 10),
 		// Let clients ping as often as every 5s, even with no stream open (the default closes a connection pinging more than every 5 min).
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		// Ping idle clients every 30s and drop dead ones after 10s more, so their streams and watches are freed.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}
+	// Ping idle clients every 30s and drop dead ones after 10s more, so their streams and watches are freed.
+	ka := keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
+	if s.tr.tls != nil {
+		// The splitter has done the handshake; these creds hand grpc-go its state.
+		gopts = append(gopts, grpc.Creds(handshakenCreds{}))
+		ka.MaxConnectionAge, ka.MaxConnectionAgeGrace = s.tr.maxConnectionAge(), s.tr.mtls.Grace
+	}
+	gs := grpc.NewServer(append(gopts, grpc.KeepaliveParams(ka))...)
 	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, s.ads)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, s.xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(gs, s.xds)
@@ -405,8 +442,8 @@ func (s *Server) Serve(lis net.Listener) error {
 	s.grpcs = append(s.grpcs, gs)
 	s.mu.Unlock()
 
-	sp := newSplitter(lis)
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	sp := newSplitter(lis, s.tr)
+	hs := s.newHTTPServer()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); sp.run() }()
@@ -434,9 +471,13 @@ func (s *Server) Close() error {
 	if s.grace != nil {
 		s.grace.Stop()
 	}
+	hss := s.https
 	s.mu.Unlock()
 	for _, gs := range gss {
 		gs.Stop()
+	}
+	for _, hs := range hss {
+		_ = hs.Close()
 	}
 	close(s.stop)
 	s.wg.Wait()
@@ -447,6 +488,12 @@ func (s *Server) Close() error {
 type Stats struct {
 	// Clients is the number of connected xDS streams.
 	Clients int
+	// Streams counts xDS streams opened since start (clients reconnect
+	// after MTLSConfig.MaxConnectionAge, with their current SVIDs).
+	Streams int64
+	// DeniedListeners counts listener names meshd refused to a stream
+	// because they belong to another identity (see Serve).
+	DeniedListeners int64
 	// Pushes counts responses sent to clients.
 	Pushes int64
 	// NACKs counts responses clients refused.
@@ -478,14 +525,16 @@ func (s *Server) Stats() Stats {
 	holding := s.holding
 	s.mu.Unlock()
 	return Stats{
-		Holding:     holding,
-		Clients:     n,
-		Pushes:      s.stats.pushes.Load(),
-		NACKs:       s.stats.nacks.Load(),
-		Rejections:  s.stats.rejections.Load(),
-		ConfigLoads: s.stats.configLoads.Load(),
-		Version:     s.Version(),
-		Registered:  s.reg.len(),
+		Holding:         holding,
+		Clients:         n,
+		Pushes:          s.stats.pushes.Load(),
+		Streams:         s.stats.streams.Load(),
+		DeniedListeners: s.stats.denied.Load(),
+		NACKs:           s.stats.nacks.Load(),
+		Rejections:      s.stats.rejections.Load(),
+		ConfigLoads:     s.stats.configLoads.Load(),
+		Version:         s.Version(),
+		Registered:      s.reg.len(),
 
 		RegistrationStore: s.reg.store(),
 	}
@@ -500,7 +549,7 @@ func (s *Server) Clients() []ClientStatus {
 	defer s.clientsMu.Unlock()
 	for _, c := range s.clients {
 		cs := ClientStatus{
-			Node: c.node, Since: c.since, NACKs: c.nacks, LastNACK: c.lastNACK,
+			Node: c.node, Identity: c.peer, Since: c.since, NACKs: c.nacks, LastNACK: c.lastNACK,
 			Versions: make(map[string]string, len(c.sent)),
 			Names:    make(map[string][]string, len(c.sent)),
 		}
@@ -516,11 +565,29 @@ func (s *Server) Clients() []ClientStatus {
 
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			who, err := s.streamIdentity(ctx)
+			if err != nil {
+				return err
+			}
 			s.stats.streams.Add(1)
 			s.clientsMu.Lock()
-			s.clients[id] = &clientState{since: time.Now()}
+			s.clients[id] = &clientState{since: time.Now(), peer: who}
 			s.clientsMu.Unlock()
+			return nil
+		},
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			if s.tr != nil && s.tr.mtls != nil {
+				return status.Error(codes.Unimplemented, "meshd serves state-of-the-world xDS only (grpc-go's xDS client uses it); incremental xDS is refused under mTLS")
+			}
+			return nil
+		},
+		FetchRequestFunc: func(ctx context.Context, req *discoverypb.DiscoveryRequest) error {
+			who, err := s.streamIdentity(ctx)
+			if err != nil {
+				return err
+			}
+			s.restrict(who, req)
 			return nil
 		},
 		StreamClosedFunc: func(id int64, _ *corepb.Node) {
@@ -530,9 +597,10 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		},
 		StreamRequestFunc: func(id int64, req *discoverypb.DiscoveryRequest) error {
 			d := req.GetErrorDetail()
-			var sent string
+			var sent, who string
 			s.clientsMu.Lock()
 			if c := s.clients[id]; c != nil {
+				who = c.peer
 				if c.node == "" {
 					c.node = req.GetNode().GetId()
 				}
@@ -545,11 +613,12 @@ func (s *Server) callbacks() serverv3.Callbacks {
 				}
 			}
 			s.clientsMu.Unlock()
+			s.restrict(who, req)
 			if d == nil {
 				return nil
 			}
 			s.stats.nacks.Add(1)
-			s.log.Warn("client refused config (NACK)", "node", req.GetNode().GetId(),
+			s.log.Warn("client refused config (NACK)", "identity", who, "node", req.GetNode().GetId(),
 				"type", req.GetTypeUrl(), "resources", req.GetResourceNames(),
 				"version", req.GetVersionInfo(), "reason", d.GetMessage())
 			// The NACK guard. go-control-plane answers any request whose

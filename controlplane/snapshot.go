@@ -36,10 +36,14 @@ import (
 )
 
 // ServerListenerName is the name of the server-side Listener resource for a
-// server listening on addr (host:port). It matches grpc-go's default
-// server_listener_resource_name_template, which the bootstrap sets.
-func ServerListenerName(addr string) string {
-	return fmt.Sprintf(xdsname.ServerListenerTemplate, addr)
+// server with SPIFFE ID spiffeID listening on addr (host:port):
+// "grpc/server/<trust-domain>/<path>?xds.resource.listening_address=<addr>", the
+// template the mesh's bootstrap sets for a server of that identity. Under
+// mTLS meshd sends it only on a stream authenticated as spiffeID. Without
+// an ID it is grpc-go's default name, which meshd sends to no one under
+// mTLS.
+func ServerListenerName(spiffeID, addr string) string {
+	return fmt.Sprintf(xdsname.ServerListenerTemplateFor(spiffeID), addr)
 }
 
 // VersionCluster names the cluster of one version of a service:
@@ -117,6 +121,7 @@ func BuildSnapshot(cfg *Config, endpoints []Endpoint) (*Snapshot, error) {
 
 	b := &builder{mtls: cfg.MTLS}
 	listenerOwner := map[string]string{}
+	made := map[string]bool{} // server listener names
 	for _, name := range names {
 		s := services[name]
 		var list []Endpoint
@@ -135,14 +140,16 @@ func BuildSnapshot(cfg *Config, endpoints []Endpoint) (*Snapshot, error) {
 			if la == "" {
 				la = e.Address
 			}
-			if owner, ok := listenerOwner[la]; ok {
-				if owner != name {
-					return nil, fmt.Errorf("controlplane: %s is a listener of both %q and %q; an address serves one service", la, owner, name)
-				}
-				continue
+			if owner, ok := listenerOwner[la]; ok && owner != name {
+				return nil, fmt.Errorf("controlplane: %s is a listener of both %q and %q; an address serves one service", la, owner, name)
 			}
 			listenerOwner[la] = name
-			l, err := b.serverListener(s, la)
+			ln := ServerListenerName(e.SPIFFEID, la)
+			if made[ln] {
+				continue
+			}
+			made[ln] = true
+			l, err := b.serverListener(s, ln, la)
 			if err != nil {
 				return nil, err
 			}
@@ -488,7 +495,7 @@ func outlierDetection(od *OutlierDetection) *clusterpb.OutlierDetection {
 	return o
 }
 
-func (b *builder) serverListener(s *Service, addr string) (*listenerpb.Listener, error) {
+func (b *builder) serverListener(s *Service, name, addr string) (*listenerpb.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: listen address %q: %w", addr, err)
@@ -528,7 +535,7 @@ func (b *builder) serverListener(s *Service, addr string) (*listenerpb.Listener,
 		})
 	}
 	return &listenerpb.Listener{
-		Name:         ServerListenerName(addr),
+		Name:         name,
 		Address:      socketAddress(host, uint32(p)),
 		FilterChains: []*listenerpb.FilterChain{chain},
 	}, nil

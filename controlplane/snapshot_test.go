@@ -39,10 +39,10 @@ func TestBuildSnapshotResources(t *testing.T) {
 	}
 	want := map[string][]string{
 		"listeners": {
-			"grpc/server?xds.resource.listening_address=0.0.0.0:7000",
-			"grpc/server?xds.resource.listening_address=10.0.0.1:8443",
-			"grpc/server?xds.resource.listening_address=10.0.0.2:9000",
-			"grpc/server?xds.resource.listening_address=10.0.1.1:8443",
+			"grpc/server/rec.test/ledger?xds.resource.listening_address=0.0.0.0:7000",
+			"grpc/server/rec.test/trading?xds.resource.listening_address=10.0.0.1:8443",
+			"grpc/server/rec.test/trading?xds.resource.listening_address=10.0.0.2:9000",
+			"grpc/server/rec.test/trading?xds.resource.listening_address=10.0.1.1:8443",
 			"ledger",
 			"trading",
 		},

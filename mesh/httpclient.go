@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/admin"
@@ -192,19 +193,27 @@ func NewHTTPTransport(opts ...DialOption) (*HTTPTransport, error) {
 			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
 		}
 	}
+	var cpCreds credentials.TransportCredentials
+	if cfg.xds.controlPlane != "" {
+		if cpCreds, err = cfg.xds.credentials(cfg.identity); err != nil {
+			tel.close()
+			return nil, fmt.Errorf("mesh: HTTPClient: %w", err)
+		}
+	}
 	protocols := httpProtocols(cfg.http.protocols)
 	hc := httpclient.Config{
-		Identity:     cfg.identity,
-		Expect:       expect,
-		Protocols:    protocols,
-		NextProtos:   nextProtos(protocols),
-		Targets:      cfg.http.targets,
-		ControlPlane: cfg.xds.controlPlane,
-		Registry:     reg,
-		Balance:      policy,
-		Wrappers:     cfg.http.wrappers,
-		Logger:       tel.log(),
-		OnXDS:        tel.xdsUpdate,
+		ControlPlaneCreds: cpCreds,
+		Identity:          cfg.identity,
+		Expect:            expect,
+		Protocols:         protocols,
+		NextProtos:        nextProtos(protocols),
+		Targets:           cfg.http.targets,
+		ControlPlane:      cfg.xds.controlPlane,
+		Registry:          reg,
+		Balance:           policy,
+		Wrappers:          cfg.http.wrappers,
+		Logger:            tel.log(),
+		OnXDS:             tel.xdsUpdate,
 	}
 	// The telemetry stages follow NewServer's and Dial's rule
 	// (meshTelemetry.on).

@@ -12,11 +12,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/admin"
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
@@ -73,7 +75,9 @@ func TestHTTPClientFollowsConsul(t *testing.T) {
 // SPIFFE IDs from meshd.
 func TestHTTPClientFollowsXDS(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
-	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request"}}})
+	m := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading", LB: "least_request"}}},
+		controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd"), Operators: []spiffeid.ID{id("/operator")}}))
+	m.ClientTLS = meshtls.ClientTLSConfig(devSource(t, ca, "/operator"), spiffeid.MatchID(id("/meshd")))
 	bs := startBackends(t, 3, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	impostor := startBackends(t, 1, mesh.WithIdentity(devSource(t, ca, "/impostor")))
 	for _, b := range append(bs, impostor...) {
@@ -90,7 +94,7 @@ func TestHTTPClientFollowsXDS(t *testing.T) {
 	// Deregistered at meshd: no more requests.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := registration.NewClient(m.HTTPAddr).Deregister(ctx, "trading", bs[0].addr); err != nil {
+	if err := m.Client(t).Deregister(ctx, "trading", bs[0].addr); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -116,7 +120,7 @@ func TestHTTPClientHonoursXDSWeights(t *testing.T) {
 	bs := startBackends(t, 2, mesh.WithIdentity(devSource(t, ca, "/trading")))
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, Weight: 1})
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[1].addr, Weight: 3})
-	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithoutResilience())
+	c := httpClient(t, mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithoutResilience())
 	// meshd pushes each registration as it comes: wait until the client has
 	// reached both endpoints before measuring.
 	deadline := time.Now().Add(10 * time.Second)
@@ -153,7 +157,7 @@ func TestHTTPClientTargetsOnAdminEndpoint(t *testing.T) {
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: bs[0].addr, SPIFFEID: "spiffe://example.org/trading"})
 	var logs lockedBuffer
 	adm := newAdmin(t)
-	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr),
+	tr, err := mesh.NewHTTPTransport(mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(),
 		mesh.WithAdmin(adm), mesh.WithHTTPTarget("ledger", "static:///"+bs[0].addr),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {

@@ -74,7 +74,7 @@ func startVersionsMeshd(t *testing.T, versions []string, routes []controlplane.R
 		addr, _ := startHTTPServer(t, versionEcho{v}, mesh.WithIdentity(devSource(t, ca, "/trading")))
 		xdstest.Register(t, m, registration.Registration{Service: "trading", Address: addr, Version: v, SPIFFEID: "spiffe://example.org/trading"})
 	}
-	c := httpClient(t, append([]mesh.DialOption{mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr)}, opts...)...)
+	c := httpClient(t, append([]mesh.DialOption{mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging()}, opts...)...)
 	deadline := time.Now().Add(10 * time.Second)
 	for run := 0; run < 10; {
 		if time.Now().After(deadline) {

@@ -34,6 +34,7 @@ type Server struct {
 	tel          *meshTelemetry        // mesh/telemetry.go
 	// xds and releaseXDS are set by WithControlPlane (mesh/xds.go).
 	xds        xdsConfig
+	identity   security.Source // for the registration client's mTLS
 	releaseXDS func()
 
 	closeOnce sync.Once
@@ -90,6 +91,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 		grpc:         srv,
 		releaseXDS:   releaseXDS,
 		xds:          cfg.xds,
+		identity:     cfg.identity,
 		health:       health.NewServer(),
 		id:           id,
 		drain:        cfg.drain,

@@ -25,10 +25,12 @@ import (
 
 // xdsConfig is the control-plane part of the server and dial configs.
 type xdsConfig struct {
-	controlPlane    string   // gRPC target for the addresses below (xdsbootstrap.ReplicasTarget)
-	controlPlanes   []string // as given to WithControlPlane
-	controlPlaneErr error    // why they are not a target
-	service         string   // servers: the service name clients dial as xds:///<service>
+	controlPlane    string      // gRPC target for the addresses below (xdsbootstrap.ReplicasTarget)
+	controlPlanes   []string    // as given to WithControlPlane
+	controlPlaneErr error       // why they are not a target
+	cpID            spiffeid.ID // WithControlPlaneID; zero: spiffe://<own trust domain>/meshd
+	cpPlaintext     bool        // WithInsecurePlaintextControlPlaneForLocalDebugging
+	service         string      // servers: the service name clients dial as xds:///<service>
 	version         string
 	advertise       string
 }
@@ -108,8 +110,15 @@ func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCr
 	}
 	cp, releaseCert := xdscert.Register(c.identity)
 	rec := tel.recordXDS(target, false)
-	release := func() { releaseCert(); rec.Close() }
-	opts, err := xdsbootstrap.DialOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Recorder: rec, WrapCredentials: meshtls.CheckPeerSANs}, creds)
+	bc, releaseCreds, err := c.xds.bootstrap(c.identity)
+	if err != nil {
+		releaseCert()
+		rec.Close()
+		return nil, nil, err
+	}
+	release := func() { releaseCert(); releaseCreds(); rec.Close() }
+	bc.CertProvider, bc.Recorder, bc.WrapCredentials = cp, rec, meshtls.CheckPeerSANs
+	opts, err := xdsbootstrap.DialOptions(bc, creds)
 	if err != nil {
 		release()
 		return nil, nil, err
@@ -274,8 +283,18 @@ func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts
 	}
 	cp, releaseCert := xdscert.Register(c.identity)
 	rec := tel.recordXDS(id.String(), true)
-	release := func() { releaseCert(); rec.Close() }
-	sopts, err := xdsbootstrap.ServerOptions(xdsbootstrap.Config{ServerURI: c.xds.controlPlane, CertProvider: cp, Cluster: c.xds.service, Recorder: rec, WrapCredentials: meshtls.CheckPeerSANs}, creds)
+	bc, releaseCreds, err := c.xds.bootstrap(c.identity)
+	if err != nil {
+		releaseCert()
+		rec.Close()
+		return nil, nil, err
+	}
+	release := func() { releaseCert(); releaseCreds(); rec.Close() }
+	bc.CertProvider, bc.Cluster, bc.Recorder, bc.WrapCredentials = cp, c.xds.service, rec, meshtls.CheckPeerSANs
+	// meshd sends this server's listener, and its RBAC, only to a stream
+	// authenticated as id: the listener's name carries it.
+	bc.ServerIdentity = id.String()
+	sopts, err := xdsbootstrap.ServerOptions(bc, creds)
 	if err != nil {
 		release()
 		return nil, nil, fmt.Errorf("mesh: %w", err)
@@ -305,7 +324,12 @@ func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		rc := registration.NewClient(s.xds.controlPlanes[0], s.xds.controlPlanes[1:]...)
+		rc, err := s.xds.registrationClient(s.identity)
+		if err != nil {
+			s.logger.Warn("registering with meshd", "error", err)
+			return
+		}
+		defer rc.Close()
 		if len(s.xds.controlPlanes) > 1 {
 			var once sync.Once
 			rc.OnAnswer(func(addr, store string) {
@@ -316,7 +340,7 @@ func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func())
 				}
 			})
 		}
-		err := rc.Heartbeat(ctx, reg, func(err error) {
+		err = rc.Heartbeat(ctx, reg, func(err error) {
 			s.logger.Warn("renewing the registration with meshd", "error", err)
 		})
 		if err != nil {

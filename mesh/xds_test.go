@@ -50,8 +50,8 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	meshd := xdstest.StartMeshd(t, "", cfg)
 	ca := newDevCA(t, time.Hour)
+	meshd := xdstest.StartMeshd(t, "", cfg, controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd")}))
 	svc := &echoService{}
 	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
@@ -121,7 +121,7 @@ func TestAdminShowsXDSConfigAndCSDS(t *testing.T) {
 	}
 
 	adminURL := "http://" + adm.Addr()
-	serverListener := "grpc/server?xds.resource.listening_address=" + lis.Addr().String()
+	serverListener := "grpc/server/example.org/trading?xds.resource.listening_address=" + lis.Addr().String()
 	type row struct{ Scope, Type, Name, Status string }
 	want := []row{
 		{"spiffe://example.org/trading", "Listener", serverListener, "ACKED"},
@@ -210,8 +210,8 @@ func startXDSTrading(t *testing.T, opts ...mesh.ServerOption) (*xdsTrading, *sec
 	if err != nil {
 		t.Fatal(err)
 	}
-	meshd := xdstest.StartMeshd(t, "", cfg)
 	ca := newDevCA(t, time.Hour)
+	meshd := xdstest.StartMeshd(t, "", cfg, controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd")}))
 	srv, err := mesh.NewServer(append([]mesh.ServerOption{mesh.WithIdentity(devSource(t, ca, "/trading")),
 		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", "")}, opts...)...)
 	if err != nil {
@@ -261,7 +261,7 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 	mp, reader, stop := meshtel.NewManualProvider()
 	t.Cleanup(stop)
 	cc, err := mesh.Dial(callTimeout(t), "xds:///svc", mesh.WithIdentity(devSource(t, ca, "/caller")),
-		mesh.WithControlPlane(cp.Addr), mesh.WithAdmin(adm), mesh.WithMeterProvider(mp),
+		mesh.WithControlPlane(cp.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithAdmin(adm), mesh.WithMeterProvider(mp),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)

@@ -51,11 +51,11 @@ services:
 			meshd := xdstest.StartMeshd(t, "", cfg)
 			svc := &echoService{}
 			startServer(t, svc, mesh.WithIdentity(ca.SourceSANs(t, server, tc.server)),
-				mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
+				mesh.WithControlPlane(meshd.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithXDSService("trading", ""))
 
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(ca.SourceSANs(t, client, tc.client)), mesh.WithControlPlane(meshd.Addr))
+			cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(ca.SourceSANs(t, client, tc.client)), mesh.WithControlPlane(meshd.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging())
 			if err != nil {
 				t.Fatal(err)
 			}

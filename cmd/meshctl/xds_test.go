@@ -54,7 +54,7 @@ services:
 	}
 	t.Cleanup(func() { adm.Close() })
 	srv, err := mesh.NewServer(mesh.WithIdentity(source("/trading")), mesh.WithAdmin(adm),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService("trading", ""))
+		mesh.WithControlPlane(meshd.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithXDSService("trading", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ services:
 	go func() { done <- srv.Serve(ctx, lis) }()
 	t.Cleanup(func() { cancel(); srv.Close(); <-done })
 	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source("/gateway")),
-		mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adm))
+		mesh.WithControlPlane(meshd.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithAdmin(adm))
 	if err != nil {
 		t.Fatal(err)
 	}

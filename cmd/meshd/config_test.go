@@ -39,12 +39,12 @@ func TestServeRefusesHalfWrittenConfigAtStart(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0"}, io.Discard)
+			f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0", "-insecure-plaintext-xds-for-local-debugging"}, io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
 			logs := &syncBuffer{}
-			err = serve(ctx, f, slog.New(slog.NewTextHandler(logs, nil)), nil)
+			err = serve(ctx, f, slog.New(slog.NewTextHandler(logs, nil)), nil, nil)
 			var ce *controlplane.ConfigError
 			if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "controlplane: "+path+" refused: "+tt.want) {
 				t.Errorf("serve: %v\nwant: controlplane: %s refused: %s...", err, path, tt.want)
@@ -87,7 +87,7 @@ func TestServeKeepsLastGoodConfigWhenFileIsEmptied(t *testing.T) {
 	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0", "-startup-grace", "0", "-watch-interval", "10ms"}, io.Discard)
+	f, err := parseServeFlags([]string{"-config", path, "-listen", "127.0.0.1:0", "-startup-grace", "0", "-watch-interval", "10ms", "-insecure-plaintext-xds-for-local-debugging"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestServeKeepsLastGoodConfigWhenFileIsEmptied(t *testing.T) {
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(sctx, f, slog.New(slog.NewTextHandler(logs, nil)), func(_, h string) { ready <- h })
+		done <- serve(sctx, f, slog.New(slog.NewTextHandler(logs, nil)), nil, func(_, h string) { ready <- h })
 	}()
 	defer func() {
 		stop()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/gridmesh/gridmesh/controlplane"
 	"github.com/gridmesh/gridmesh/internal/devworkloadapi"
 	"github.com/gridmesh/gridmesh/security"
 )
@@ -21,6 +22,11 @@ import (
 // socket per identity: a workload started with
 // SPIFFE_ENDPOINT_SOCKET=unix://<socket-dir>/<name>.sock gets the SVID
 // spiffe://<trust-domain>/<name>. No attestation is done: development only.
+//
+// Its xDS server and registration API (-xds) speak mTLS like meshd serve,
+// as spiffe://<trust-domain>/meshd with an SVID from the same CA (or from
+// -spiffe-socket), so workloads with the CA's SVIDs connect with the
+// mesh's defaults.
 func runDev(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("meshd dev", flag.ContinueOnError)
 	trustDomain := fs.String("trust-domain", "gridmesh.dev", "trust domain of the development CA")
@@ -30,7 +36,12 @@ func runDev(ctx context.Context, args []string) error {
 	ready := fs.String("ready-file", "", "write the socket list to this file once every socket listens (for scripts)")
 	xdsListen := fs.String("xds", "127.0.0.1:15010", "also serve xDS and the registration API here, as `meshd serve` does; empty: Workload API only")
 	xdsConfig := fs.String("config", "", "meshd YAML config for the xDS server (see meshd serve -h); optional")
+	var idf identityFlags
+	idf.register(fs, true)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := idf.check(true); err != nil {
 		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(*trustDomain)
@@ -60,19 +71,43 @@ func runDev(ctx context.Context, args []string) error {
 	}
 	xdsErr := make(chan error, 1)
 	if *xdsListen != "" {
+		// meshd's own SVID: from the dev CA, or the Workload API given.
+		var src security.Source
+		if !idf.plaintext {
+			opened, closer, err := idf.open(ctx, true)
+			if err != nil {
+				return err
+			}
+			if closer != nil {
+				defer closer.Close()
+				src = opened
+			} else {
+				dev, err := ca.Source(spiffeid.RequireFromPath(td, controlplane.DefaultID))
+				if err != nil {
+					return fmt.Errorf("meshd's SVID from the development CA: %w", err)
+				}
+				defer dev.Close()
+				src = dev
+			}
+		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		xdsReady := make(chan string, 1)
 		go func() {
 			// No startup grace: in development nothing needs to re-register
 			// before the first push.
-			xdsErr <- serve(ctx, &serveFlags{config: *xdsConfig, listen: *xdsListen, watch: time.Second},
+			xdsErr <- serve(ctx, &serveFlags{config: *xdsConfig, listen: *xdsListen, watch: time.Second, id: idf},
 				slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-				func(xdsAddr, _ string) { xdsReady <- xdsAddr })
+				src, func(xdsAddr, _ string) { xdsReady <- xdsAddr })
 		}()
 		select {
 		case addr := <-xdsReady:
-			lines = append(lines, "xDS and registration API: "+addr+" (mesh.WithControlPlane)")
+			if idf.plaintext {
+				lines = append(lines, "xDS and registration API: "+addr+" in PLAINTEXT (mesh.WithControlPlane and mesh.WithInsecurePlaintextControlPlaneForLocalDebugging)")
+			} else {
+				id, _ := security.ID(src)
+				lines = append(lines, "xDS and registration API: "+addr+" over mTLS as "+id.String()+" (mesh.WithControlPlane)")
+			}
 		case err := <-xdsErr:
 			return fmt.Errorf("xDS server: %w", err)
 		}

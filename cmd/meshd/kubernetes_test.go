@@ -48,7 +48,7 @@ func TestServeKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 		f, err := parseServeFlags([]string{"-kubernetes", "-kubeconfig", kc, "-trust-domain", "cluster.test", "-config", cfg,
-			"-listen", "127.0.0.1:0", "-registration", "127.0.0.1:0", "-startup-grace", "0s"}, io.Discard)
+			"-listen", "127.0.0.1:0", "-registration", "127.0.0.1:0", "-startup-grace", "0s", "-insecure-plaintext-xds-for-local-debugging"}, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func TestServeKubernetes(t *testing.T) {
 		addrs := make(chan string, 1)
 		done := make(chan error, 1)
 		go func() {
-			done <- serve(sctx, f, slog.New(slog.NewTextHandler(io.Discard, nil)), func(_, httpAddr string) { addrs <- httpAddr })
+			done <- serve(sctx, f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, func(_, httpAddr string) { addrs <- httpAddr })
 		}()
 		var httpAddr string
 		select {

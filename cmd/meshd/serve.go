@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/security"
 )
 
 const serveUsage = `usage: meshd serve [flags]
@@ -45,6 +45,17 @@ memory", which mesh servers given several control planes warn about).
 The Consul token is read from CONSUL_HTTP_TOKEN; it needs service:write
 for the services that register, and read access to the catalog.
 
+Both speak mTLS only: meshd presents its own SVID (from -spiffe-socket or
+SPIFFE_ENDPOINT_SOCKET, a SPIRE agent, or from -svid-cert, -svid-key and
+-svid-bundle) and requires a client SVID of its trust domain. Clients
+expect meshd's ID to be spiffe://<trust-domain>/meshd unless told
+otherwise (mesh.WithControlPlaneID). Every xDS stream is served as its
+verified SPIFFE ID: a server's listener, with its RBAC, goes only to that
+server's identity. A workload may register and deregister only endpoints
+with its own SPIFFE ID; -operator-id identities may do anything and read
+/debug; other requests get 403 naming the rule. The HTTP API is HTTP/1.1
+over TLS. -insecure-plaintext-xds-for-local-debugging turns all of this off.
+
 flags:`
 
 // serveFlags are the flags of meshd serve.
@@ -57,6 +68,7 @@ type serveFlags struct {
 	watch        time.Duration
 	logLevel     string
 	kube         kubeFlags
+	id           identityFlags
 }
 
 func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
@@ -71,6 +83,7 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 	fs.DurationVar(&f.watch, "watch-interval", time.Second, "how often to check the config file for changes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.kube.register(fs)
+	f.id.register(fs, false)
 	fs.Usage = func() {
 		fmt.Fprintln(out, serveUsage)
 		fs.PrintDefaults()
@@ -85,6 +98,9 @@ func parseServeFlags(args []string, out io.Writer) (*serveFlags, error) {
 		return nil, fmt.Errorf("-listen %q is not host:port: %w", f.listen, err)
 	}
 	if err := f.kube.check(fs); err != nil {
+		return nil, err
+	}
+	if err := f.id.check(false); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -104,13 +120,38 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("-log-level %q: use debug, info, warn or error", f.logLevel)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	return serve(ctx, f, logger, nil)
+	src, closer, err := f.id.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	if closer != nil {
+		defer closer.Close()
+	}
+	return serve(ctx, f, logger, src, nil)
 }
 
-// serve runs meshd with parsed flags. ready, if not nil, receives the bound
-// xDS and HTTP addresses once both listen (tests use port 0).
-func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(xdsAddr, httpAddr string)) error {
+// serve runs meshd with parsed flags and its SVID source src (nil only
+// with -insecure-plaintext-xds-for-local-debugging). ready, if not nil,
+// receives the bound xDS and HTTP addresses once both listen (tests use
+// port 0).
+func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, src security.Source, ready func(xdsAddr, httpAddr string)) error {
 	opts := []controlplane.Option{controlplane.WithLogger(logger), controlplane.WithStartupGrace(f.grace)}
+	switch {
+	case f.id.plaintext:
+		logger.Warn("serving xDS and the registration API in PLAINTEXT without authentication (-" + plaintextFlag + "): anyone who can reach meshd can read every policy and register anything; local debugging only")
+		opts = append(opts, controlplane.WithInsecurePlaintextForLocalDebugging())
+	case src == nil:
+		return fmt.Errorf("no SVID source for meshd: pass -spiffe-socket, or -svid-cert, -svid-key and -svid-bundle; for local debugging only, -%s", plaintextFlag)
+	default:
+		o, err := f.id.mtls(src)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, o)
+		if id, err := security.ID(src); err == nil && id.Path() != controlplane.DefaultID {
+			logger.Warn("meshd's SPIFFE ID is not spiffe://<trust-domain>/meshd, which clients expect by default: give them mesh.WithControlPlaneID", "id", id)
+		}
+	}
 	var consul *api.Client
 	if f.consul != "" {
 		cc := api.DefaultConfig()
@@ -169,15 +210,13 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 			errc <- err
 		}
 	}()
-	var hsrv *http.Server
 	httpAddr := xlis.Addr().String() // the HTTP API shares the xDS port
 	if hlis != nil {
 		httpAddr = hlis.Addr().String()
-		hsrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := hsrv.Serve(hlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := s.ServeHTTP(hlis); err != nil {
 				errc <- fmt.Errorf("registration API: %w", err)
 			}
 		}()
@@ -201,11 +240,6 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, ready func(x
 	case runErr = <-errc:
 	}
 	cancel()
-	if hsrv != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = hsrv.Shutdown(sctx)
-		scancel()
-	}
 	s.Close()
 	wg.Wait()
 	return runErr

@@ -21,6 +21,7 @@ package registration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -101,11 +102,14 @@ type Client struct {
 	hc    *http.Client
 	next  atomic.Int32 // index in bases of the replica that answered last
 	onAns atomic.Pointer[func(addr, store string)]
+	tr    *http.Transport // NewTLSClient's, closed by Close
 }
 
 // NewClient returns a client for the registration API at addr (host:port
-// or a URL) and, optionally, at more replicas of meshd. It uses
-// http.DefaultClient.
+// or a URL) and, optionally, at more replicas of meshd, in plaintext, which
+// meshd accepts only when it was started with
+// -insecure-plaintext-xds-for-local-debugging. It uses http.DefaultClient.
+// Use NewTLSClient otherwise.
 //
 // With several replicas, a request goes to the replica that answered
 // last (the first at the start); when a replica cannot be reached or
@@ -133,6 +137,38 @@ func (c *Client) OnAnswer(f func(addr, store string)) {
 		return
 	}
 	c.onAns.Store(&f)
+}
+
+// NewTLSClient returns a client for the registration API at addr
+// (host:port) and, optionally, more replicas of meshd (failing over as
+// NewClient's does), over TLS with cfg, which must present the workload's
+// SVID and accept only meshd's (the mesh builds it from its identity and
+// mesh.WithControlPlaneID). cfg's certificate callbacks are called on
+// every new connection, so a rotated SVID applies to the next one; idle
+// connections are closed after 30s. Close releases them.
+func NewTLSClient(cfg *tls.Config, addr string, more ...string) *Client {
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"http/1.1"} // meshd sends h2 to its gRPC server
+	tr := &http.Transport{
+		TLSClientConfig:     cfg,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     30 * time.Second,
+		MaxIdleConnsPerHost: 2,
+	}
+	c := &Client{hc: &http.Client{Transport: tr}, tr: tr}
+	for _, a := range append([]string{addr}, more...) {
+		c.bases = append(c.bases, "https://"+strings.TrimSuffix(strings.TrimPrefix(a, "https://"), "/"))
+	}
+	return c
+}
+
+// Close closes the idle connections of a client from NewTLSClient. Safe
+// to call twice and on a NewClient client (it does nothing there).
+func (c *Client) Close() error {
+	if c.tr != nil {
+		c.tr.CloseIdleConnections()
+	}
+	return nil
 }
 
 // Register adds or renews r. It blocks until meshd answers or ctx ends. A

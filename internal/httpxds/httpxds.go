@@ -20,7 +20,7 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/gridmesh/gridmesh/internal/xdsresource"
 )
@@ -34,9 +34,13 @@ const (
 
 // Config says what to follow and where.
 type Config struct {
-	// ServerURI is meshd's xDS address (host:port or a gRPC target); the
-	// connection is plaintext, as in internal/xdsbootstrap.
+	// ServerURI is meshd's xDS address (host:port or a gRPC target).
 	ServerURI string
+	// Credentials secure the connection to meshd: mTLS with the
+	// workload's SVID that accepts only meshd's SPIFFE ID (or
+	// insecure.NewCredentials() where meshd runs with
+	// -insecure-plaintext-xds-for-local-debugging). Required.
+	Credentials credentials.TransportCredentials
 	// NodeID identifies this client to meshd.
 	NodeID string
 	// Cluster is the cluster always followed, where requests go when no
@@ -107,13 +111,16 @@ func Start(cfg Config, update func(Update)) (*Watch, error) {
 	if cfg.ServerURI == "" || cfg.Cluster == "" {
 		return nil, errors.New("httpxds: Config.ServerURI and Config.Cluster are required")
 	}
+	if cfg.Credentials == nil {
+		return nil, errors.New("httpxds: Config.Credentials is nil: pass the workload's mTLS credentials for meshd (or, for local debugging only, insecure.NewCredentials())")
+	}
 	if cfg.RetryMin <= 0 {
 		cfg.RetryMin = 100 * time.Millisecond
 	}
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(5*time.Second, cfg.RetryMin)
 	}
-	cc, err := grpc.NewClient(cfg.ServerURI, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)...)
+	cc, err := grpc.NewClient(cfg.ServerURI, append([]grpc.DialOption{grpc.WithTransportCredentials(cfg.Credentials)}, cfg.DialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("httpxds: control plane %q: %w", cfg.ServerURI, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gridmesh/gridmesh/controlplane"
@@ -38,7 +39,7 @@ func TestWatchFollowsClusterAndEndpoints(t *testing.T) {
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: "127.0.0.1:1002", SPIFFEID: "spiffe://example.org/trading", Weight: 3})
 
 	updates := make(chan httpxds.Update, 16)
-	w, err := httpxds.Start(httpxds.Config{ServerURI: m.Addr, NodeID: "test", Cluster: "trading"}, func(u httpxds.Update) { updates <- u })
+	w, err := httpxds.Start(httpxds.Config{ServerURI: m.Addr, Credentials: insecure.NewCredentials(), NodeID: "test", Cluster: "trading"}, func(u httpxds.Update) { updates <- u })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestWatchFollowsClusterAndEndpoints(t *testing.T) {
 }
 
 func TestWaitNamesTheControlPlaneWhenUnreachable(t *testing.T) {
-	w, err := httpxds.Start(httpxds.Config{ServerURI: "127.0.0.1:1", Cluster: "trading"}, nil)
+	w, err := httpxds.Start(httpxds.Config{ServerURI: "127.0.0.1:1", Credentials: insecure.NewCredentials(), Cluster: "trading"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestWatchAppliesRoutes(t *testing.T) {
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: "127.0.0.1:1001", Version: "v1"})
 	xdstest.Register(t, m, registration.Registration{Service: "trading", Address: "127.0.0.1:1002", Version: "v2"})
 
-	w, err := httpxds.Start(httpxds.Config{ServerURI: m.Addr, NodeID: "test", Cluster: "trading", Listener: "trading"}, nil)
+	w, err := httpxds.Start(httpxds.Config{ServerURI: m.Addr, Credentials: insecure.NewCredentials(), NodeID: "test", Cluster: "trading", Listener: "trading"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestWatchAppliesRoutesOnceTheirClustersAreKnown(t *testing.T) {
 	defer rec.Close()
 	var mu sync.Mutex
 	var bad []string
-	w, err := httpxds.Start(httpxds.Config{ServerURI: ads.Addr, NodeID: "test", Cluster: "svc", Listener: "svc",
+	w, err := httpxds.Start(httpxds.Config{ServerURI: ads.Addr, Credentials: insecure.NewCredentials(), NodeID: "test", Cluster: "svc", Listener: "svc",
 		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
 		for _, r := range u.Routes {
 			for _, c := range r.Clusters {

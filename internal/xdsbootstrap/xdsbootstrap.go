@@ -62,9 +62,22 @@ type CertProvider struct {
 type Config struct {
 	// ServerURI is the control plane's address, host:port (meshd defaults
 	// to 127.0.0.1:15010) or a gRPC target such as dns:///meshd:15010 or
-	// ReplicasTarget's for several replicas. The connection to it is
-	// plaintext.
+	// ReplicasTarget's for several replicas. The connection to it uses
+	// ChannelCreds.
 	ServerURI string
+	// ChannelCreds secures the connection to the control plane: mTLS with
+	// the workload's SVID, accepting only the control plane's SPIFFE ID
+	// (RegisterChannelCreds). Required unless InsecurePlaintext.
+	ChannelCreds *ChannelCreds
+	// InsecurePlaintext connects to the control plane in plaintext, with
+	// no authentication either way: for local debugging only. JSON refuses
+	// a config with neither it nor ChannelCreds.
+	InsecurePlaintext bool
+	// ServerIdentity, for a server, is its SPIFFE ID: it goes into the
+	// server listener name template (xdsname.ServerListenerTemplateFor),
+	// which meshd serves only to a stream authenticated as that ID.
+	// Empty: grpc-go's default template.
+	ServerIdentity string
 	// NodeID identifies this client to the control plane in logs and config
 	// dumps. Default: "gridmesh~<hostname>~<pid>~<random>".
 	NodeID string
@@ -129,9 +142,24 @@ func (c Config) JSON() ([]byte, error) {
 	if id == "" {
 		id = DefaultNodeID()
 	}
-	creds := channelCreds{Type: "insecure"}
-	if c.Recorder != nil {
-		creds.Type, creds.Config = c.Recorder.ChannelCreds()
+	var creds channelCreds
+	switch {
+	case c.ChannelCreds != nil && c.InsecurePlaintext:
+		return nil, errors.New("xdsbootstrap: both ChannelCreds and InsecurePlaintext are set; choose one")
+	case c.ChannelCreds != nil:
+		creds.Type = ChannelCredsType
+		cfg := mtlsCredsConfig{Creds: c.ChannelCreds.key}
+		if c.Recorder != nil {
+			cfg.Recorder = c.Recorder.ID()
+		}
+		creds.Config, _ = json.Marshal(cfg)
+	case c.InsecurePlaintext:
+		creds.Type = "insecure"
+		if c.Recorder != nil {
+			creds.Type, creds.Config = c.Recorder.ChannelCreds()
+		}
+	default:
+		return nil, errors.New("xdsbootstrap: no credentials for the control plane connection: set Config.ChannelCreds (mTLS with the workload's SVID, RegisterChannelCreds) or, for local debugging only, Config.InsecurePlaintext")
 	}
 	b := bootstrapJSON{
 		XDSServers: []xdsServer{{
@@ -143,7 +171,7 @@ func (c Config) JSON() ([]byte, error) {
 			ServerFeatures: []string{"xds_v3", "ignore_resource_deletion"},
 		}},
 		Node:                   node{ID: id, Cluster: c.Cluster},
-		ServerListenerTemplate: ServerListenerTemplate,
+		ServerListenerTemplate: xdsname.ServerListenerTemplateFor(c.ServerIdentity),
 		ClientListenerTemplate: "%s",
 	}
 	if p := c.CertProvider; p != nil {

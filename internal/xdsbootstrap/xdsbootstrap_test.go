@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/gridmesh/gridmesh/internal/xdsbootstrap"
 )
@@ -21,7 +22,7 @@ func TestJSON(t *testing.T) {
 	}{
 		{
 			name: "plaintext",
-			cfg:  xdsbootstrap.Config{ServerURI: "127.0.0.1:15010", NodeID: "n1", Cluster: "trading"},
+			cfg:  xdsbootstrap.Config{ServerURI: "127.0.0.1:15010", NodeID: "n1", Cluster: "trading", InsecurePlaintext: true},
 			want: `{"xds_servers":[{"server_uri":"127.0.0.1:15010","channel_creds":[{"type":"insecure"}],"server_features":["xds_v3","ignore_resource_deletion"]}],
 				"node":{"id":"n1","cluster":"trading"},
 				"server_listener_resource_name_template":"grpc/server?xds.resource.listening_address=%s",
@@ -29,7 +30,7 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "with certificate provider",
-			cfg: xdsbootstrap.Config{ServerURI: "meshd:15010", NodeID: "n1",
+			cfg: xdsbootstrap.Config{ServerURI: "meshd:15010", NodeID: "n1", InsecurePlaintext: true,
 				CertProvider: &xdsbootstrap.CertProvider{PluginName: "gridmesh-spiffe", Config: json.RawMessage(`{"source":"s1"}`)}},
 			want: `{"xds_servers":[{"server_uri":"meshd:15010","channel_creds":[{"type":"insecure"}],"server_features":["xds_v3","ignore_resource_deletion"]}],
 				"node":{"id":"n1"},
@@ -59,6 +60,60 @@ func TestJSON(t *testing.T) {
 				t.Errorf("NewResolverBuilder: %v", err)
 			}
 		})
+	}
+}
+
+// TestJSONMTLS: with ChannelCreds the control-plane connection uses the
+// registered credentials, and a server's listener name template carries
+// its SPIFFE ID.
+func TestJSONMTLS(t *testing.T) {
+	cc, release := xdsbootstrap.RegisterChannelCreds(insecure.NewCredentials())
+	defer release()
+	cfg := xdsbootstrap.Config{ServerURI: "127.0.0.1:15010", NodeID: "n1", ChannelCreds: cc, ServerIdentity: "spiffe://rec.example/trading"}
+	b, err := cfg.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		XDSServers []struct {
+			ChannelCreds []struct {
+				Type   string         `json:"type"`
+				Config map[string]any `json:"config"`
+			} `json:"channel_creds"`
+		} `json:"xds_servers"`
+		Template string `json:"server_listener_resource_name_template"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.XDSServers) != 1 || len(got.XDSServers[0].ChannelCreds) != 1 {
+		t.Fatalf("bootstrap %s: want one server with one channel_creds", b)
+	}
+	creds := got.XDSServers[0].ChannelCreds[0]
+	if creds.Type != xdsbootstrap.ChannelCredsType || creds.Config["creds"] == "" {
+		t.Errorf("channel_creds %+v, want type %s naming the registered credentials", creds, xdsbootstrap.ChannelCredsType)
+	}
+	if want := "grpc/server/rec.example/trading?xds.resource.listening_address=%s"; got.Template != want {
+		t.Errorf("server listener template %q, want %q", got.Template, want)
+	}
+	if _, err := xdsbootstrap.NewResolverBuilder(cfg); err != nil {
+		t.Errorf("NewResolverBuilder: %v", err)
+	}
+}
+
+// TestJSONRefusesPlaintextByDefault: without credentials for the control
+// plane, or with both kinds, there is no bootstrap.
+func TestJSONRefusesPlaintextByDefault(t *testing.T) {
+	cc, release := xdsbootstrap.RegisterChannelCreds(insecure.NewCredentials())
+	defer release()
+	for name, cfg := range map[string]xdsbootstrap.Config{
+		"neither": {ServerURI: "127.0.0.1:15010"},
+		"both":    {ServerURI: "127.0.0.1:15010", ChannelCreds: cc, InsecurePlaintext: true},
+	} {
+		_, err := cfg.JSON()
+		if err == nil || !strings.Contains(err.Error(), "InsecurePlaintext") {
+			t.Errorf("%s: %v, want an error naming ChannelCreds and InsecurePlaintext", name, err)
+		}
 	}
 }
 

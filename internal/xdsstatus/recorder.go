@@ -139,6 +139,12 @@ func (r *Recorder) Close() error {
 	return nil
 }
 
+// ID is the recorder's key in this process, for Lookup.
+func (r *Recorder) ID() string { return r.id }
+
+// Lookup returns the open recorder with id, or nil ("" or closed).
+func Lookup(id string) *Recorder { return lookup(id) }
+
 func lookup(id string) *Recorder {
 	registryMu.Lock()
 	defer registryMu.Unlock()

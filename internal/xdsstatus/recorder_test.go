@@ -48,7 +48,7 @@ func (u *updates) list() []xdsstatus.Update {
 // bootstrap naming rec.
 func dial(t *testing.T, cp *xdstest.SnapshotServer, target string, rec *xdsstatus.Recorder) *grpc.ClientConn {
 	t.Helper()
-	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: cp.Addr, NodeID: nodeID, Recorder: rec})
+	rb, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: cp.Addr, NodeID: nodeID, Recorder: rec, InsecurePlaintext: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestClosedRecorderIsNotFound(t *testing.T) {
 	}
 	// A bootstrap naming a closed recorder still parses and connects in
 	// plaintext.
-	if _, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: "127.0.0.1:1", Recorder: rec}); err != nil {
+	if _, err := xdsbootstrap.NewResolverBuilder(xdsbootstrap.Config{ServerURI: "127.0.0.1:1", Recorder: rec, InsecurePlaintext: true}); err != nil {
 		t.Fatal(err)
 	}
 }

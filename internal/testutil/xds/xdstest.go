@@ -6,9 +6,9 @@ package xdstest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,16 +30,21 @@ type Meshd struct {
 	*controlplane.Server
 	// Addr is the xDS address; HTTPAddr the registration API's.
 	Addr, HTTPAddr string
+	// ClientTLS, when set, is the TLS config Register and Client use (an
+	// mTLS meshd); nil: plaintext.
+	ClientTLS *tls.Config
 
-	lis     net.Listener
-	httpSrv *http.Server
-	done    chan struct{}
-	once    sync.Once
+	lis  net.Listener
+	done chan struct{}
+	once sync.Once
 }
 
 // StartMeshd starts a meshd with cfg (nil: empty config) on 127.0.0.1
 // ports, or on addr when addr is not "" (to restart on the same port).
-// It is stopped at cleanup.
+// It is stopped at cleanup. It serves plaintext
+// (controlplane.WithInsecurePlaintextForLocalDebugging) unless opts hold
+// controlplane.WithMTLS; clients then need Bootstrap's InsecurePlaintext
+// or mesh.WithInsecurePlaintextControlPlaneForLocalDebugging.
 func StartMeshd(t testing.TB, addr string, cfg *controlplane.Config, opts ...controlplane.Option) *Meshd {
 	t.Helper()
 	return StartMeshdOn(t, addr, "", cfg, opts...)
@@ -51,18 +56,17 @@ func StartMeshdOn(t testing.TB, addr, httpAddr string, cfg *controlplane.Config,
 	t.Helper()
 	lis := listen(t, addr)
 	hlis := listen(t, httpAddr)
-	s := controlplane.NewServer(opts...)
+	s := controlplane.NewServer(append([]controlplane.Option{controlplane.WithInsecurePlaintextForLocalDebugging()}, opts...)...)
 	if cfg != nil {
 		if err := s.SetConfig("test", cfg); err != nil {
 			t.Fatalf("meshd config: %v", err)
 		}
 	}
-	m := &Meshd{Server: s, Addr: lis.Addr().String(), HTTPAddr: hlis.Addr().String(), lis: lis,
-		httpSrv: &http.Server{Handler: s.Handler()}, done: make(chan struct{})}
+	m := &Meshd{Server: s, Addr: lis.Addr().String(), HTTPAddr: hlis.Addr().String(), lis: lis, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = s.Serve(lis) }()
-	go func() { defer wg.Done(); _ = m.httpSrv.Serve(hlis) }()
+	go func() { defer wg.Done(); _ = s.ServeHTTP(hlis) }()
 	go func() { wg.Wait(); close(m.done) }()
 	t.Cleanup(m.Stop)
 	return m
@@ -92,7 +96,6 @@ func listen(t testing.TB, addr string) net.Listener {
 func (m *Meshd) Stop() {
 	m.once.Do(func() {
 		_ = m.Server.Close()
-		_ = m.httpSrv.Close()
 		<-m.done
 	})
 }
@@ -103,10 +106,11 @@ func (m *Meshd) Bootstrap(t testing.TB, src xdscert.Source) xdsbootstrap.Config 
 	return Bootstrap(t, m.Addr, src)
 }
 
-// Bootstrap returns a bootstrap config for the control plane at addr, with
-// src (may be nil) registered as the mTLS identity until cleanup.
+// Bootstrap returns a bootstrap config for the plaintext control plane at
+// addr, with src (may be nil) registered as the mTLS identity of the data
+// plane until cleanup.
 func Bootstrap(t testing.TB, addr string, src xdscert.Source) xdsbootstrap.Config {
-	c := xdsbootstrap.Config{ServerURI: addr}
+	c := xdsbootstrap.Config{ServerURI: addr, InsecurePlaintext: true}
 	if src != nil {
 		cp, release := xdscert.Register(src)
 		t.Cleanup(release)
@@ -189,6 +193,7 @@ func StartBackend(t testing.TB, m *Meshd, o BackendOptions) *Backend {
 		Register(t, m, registration.Registration{Service: o.Service, Version: o.Version, Address: b.Addr, SPIFFEID: o.SPIFFEID})
 	}
 	bc := m.Bootstrap(t, o.Identity)
+	bc.ServerIdentity = o.SPIFFEID // meshd names the backend's listener with it
 	if o.CertProvider != nil {
 		bc.CertProvider = o.CertProvider
 	}
@@ -229,9 +234,20 @@ func Register(t testing.TB, m *Meshd, r registration.Registration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := registration.NewClient(m.HTTPAddr).Register(ctx, r); err != nil {
+	if err := m.Client(t).Register(ctx, r); err != nil {
 		t.Fatalf("register %+v: %v", r, err)
 	}
+}
+
+// Client returns a registration client for m, over TLS with m.ClientTLS
+// when set; closed at cleanup.
+func (m *Meshd) Client(t testing.TB) *registration.Client {
+	if m.ClientTLS == nil {
+		return registration.NewClient(m.HTTPAddr)
+	}
+	c := registration.NewTLSClient(m.ClientTLS, m.HTTPAddr)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // Dial returns a TestService client for xds:///service through meshd at

@@ -220,7 +220,7 @@ func (t *Transport) watchXDS(s *Service, name string) error {
 	s.main.name = name
 	s.clusters = map[string]*cluster{name: s.main}
 	var lastWarned string
-	w, err := httpxds.Start(httpxds.Config{ServerURI: t.cfg.ControlPlane, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: name, Listener: listener,
+	w, err := httpxds.Start(httpxds.Config{ServerURI: t.cfg.ControlPlane, Credentials: t.cfg.ControlPlaneCreds, NodeID: xdsbootstrap.DefaultNodeID(), Cluster: name, Listener: listener,
 		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(rec.StreamInterceptor())}}, func(u httpxds.Update) {
 		s.mu.Lock()
 		for cname, xc := range u.Clusters {

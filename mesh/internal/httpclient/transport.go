@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/credentials"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,6 +42,10 @@ type Config struct {
 	// ControlPlane is meshd's xDS address, for xds:/// targets and
 	// "<name>.mesh" hosts; "" means none.
 	ControlPlane string
+	// ControlPlaneCreds secure the connection to meshd (mTLS with the
+	// workload's SVID, accepting only meshd's ID). Required with
+	// ControlPlane.
+	ControlPlaneCreds credentials.TransportCredentials
 	// Registry resolves consul:/// and static:/// targets.
 	Registry *discovery.Registry
 	// Balance is the balancing policy of consul:/// and static:///
