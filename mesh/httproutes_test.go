@@ -325,7 +325,7 @@ func TestHTTPClientAppliesMeshdRouteRetries(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := httpClient(t, append([]mesh.DialOption{mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr)}, tc.opts...)...)
+			c := httpClient(t, append([]mesh.DialOption{mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(m.Addr), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging()}, tc.opts...)...)
 			// The first request waits for meshd's routes; measure after it.
 			warm, _ := http.NewRequestWithContext(callTimeout(t), http.MethodPost, "http://trading.mesh/warm-up", nil)
 			if resp, err := c.Do(warm); err == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/gridmesh/gridmesh/discovery"
 	"github.com/gridmesh/gridmesh/internal/httpbalance"
@@ -201,8 +202,9 @@ func TestFirstRequestWaitsInsideResilience(t *testing.T) {
 		Identity:     ca.NewSource(t, "spiffe://example.org/client"),
 		Expect:       spiffeid.MatchMemberOf(spiffeid.RequireTrustDomainFromString("example.org")),
 		Registry:     reg,
-		ControlPlane: deadAddrBefore(t, "9"), // any closed port
-		Resilience:   rc.RoundTripper,
+		ControlPlane:      deadAddrBefore(t, "9"), // any closed port
+		ControlPlaneCreds: insecure.NewCredentials(),
+		Resilience:        rc.RoundTripper,
 	})
 	if err != nil {
 		t.Fatal(err)
