@@ -24,6 +24,29 @@
 // takes registrations (see WithConsulRegistrations for the instances and
 // TTL checks it writes).
 //
+// Security. meshd decides routes, the identities clients expect of
+// servers, and RBAC, so it serves only over mTLS (WithMTLS): it presents
+// its own SVID and requires a client SVID of its trust domain, on xDS and
+// the registration API alike (one port; ALPN tells them apart). Plaintext
+// needs WithInsecurePlaintextForLocalDebugging; with neither option Serve
+// refuses to start. The registration API is authorized by identity (see
+// Handler and the Rule constants): a workload registers and deregisters
+// only endpoints with its own SPIFFE ID, of services the config gives no
+// other identity, and never replaces another identity's registration;
+// operators (MTLSConfig.Operators) may do anything and read /debug.
+//
+// What a client may learn: every xDS stream is served as the SPIFFE ID its
+// certificate was verified as, never the node ID it sends. A server-side
+// listener carries its server's SPIFFE ID in its name (ServerListenerName)
+// and is sent only to a stream of that identity, so no workload can read
+// another's inbound RBAC or stand in for its listener; wildcard listener
+// requests and incremental xDS, which would bypass the check, are refused.
+// Client listeners, routes, clusters and endpoints go to any identity of
+// the trust domain: which services a workload may call is decided by the
+// servers' RBAC at call time, where a denied caller gets a readable
+// PERMISSION_DENIED, and hiding a service's routes from it would only turn
+// that answer into "not found" while the RBAC still holds.
+//
 // Every input is validated; a bad one is refused with an error naming the
 // file, line and field, and the last good snapshot stays in force. Errors
 // quote values cut to a few dozen bytes, however long the value.

@@ -14,7 +14,15 @@
 // 400 (415 for another content type, 413 for a larger body) and an error
 // naming the field.
 //
-//	c := registration.NewClient("127.0.0.1:15011")
+// The API is served over mTLS (HTTP/1.1): the caller presents its SVID and
+// may register and deregister only endpoints whose spiffe_id is its own
+// (meshd's operators may do anything); meshd answers other requests with
+// 403 and {"error": "forbidden by rule R: ...", "rule": R}. NewTLSClient
+// speaks it; NewClient is for a meshd run with
+// -insecure-plaintext-xds-for-local-debugging.
+//
+//	c := registration.NewTLSClient("127.0.0.1:15010", tlsConfig) // the workload's SVID, meshd's ID
+//	defer c.Close()
 //	go c.Heartbeat(ctx, registration.Registration{Service: "trading", Address: lis.Addr().String(), SPIFFEID: id, TTL: 10 * time.Second})
 package registration
 

@@ -199,9 +199,9 @@ func TestFirstRequestWaitsInsideResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr, err := httpclient.New(httpclient.Config{
-		Identity:     ca.NewSource(t, "spiffe://example.org/client"),
-		Expect:       spiffeid.MatchMemberOf(spiffeid.RequireTrustDomainFromString("example.org")),
-		Registry:     reg,
+		Identity:          ca.NewSource(t, "spiffe://example.org/client"),
+		Expect:            spiffeid.MatchMemberOf(spiffeid.RequireTrustDomainFromString("example.org")),
+		Registry:          reg,
 		ControlPlane:      deadAddrBefore(t, "9"), // any closed port
 		ControlPlaneCreds: insecure.NewCredentials(),
 		Resilience:        rc.RoundTripper,
