@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 
+	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/security"
 )
 
@@ -41,8 +42,17 @@ func TestDevServesOneIdentityPerSocket(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	if b, _ := os.ReadFile(ready); !strings.Contains(string(b), "xDS and registration API: 127.0.0.1:") {
-		t.Errorf("ready file does not name the xDS address:\n%s", b)
+	b, _ := os.ReadFile(ready)
+	if !strings.Contains(string(b), "xDS and registration API: 127.0.0.1:") || !strings.Contains(string(b), " over mTLS as spiffe://gridmesh.dev/meshd ") {
+		t.Errorf("ready file does not name the xDS address served over mTLS as meshd:\n%s", b)
+	}
+	// meshd dev's xDS port takes no plaintext registration.
+	if _, rest, ok := strings.Cut(string(b), "xDS and registration API: "); ok {
+		addr, _, _ := strings.Cut(rest, " ")
+		err := registration.NewClient(addr).Register(ctx, registration.Registration{Service: "trading", Address: "127.0.0.1:9"})
+		if err == nil {
+			t.Error("meshd dev took a plaintext registration")
+		}
 	}
 	for sock, want := range map[string]string{
 		"trading.sock":        "spiffe://gridmesh.dev/trading",
