@@ -58,7 +58,7 @@ func (m *mtlsMeshd) tlsFor(t *testing.T, workload string) *tls.Config {
 
 // as returns a registration client for workload.
 func (m *mtlsMeshd) as(t *testing.T, workload string) *registration.Client {
-	c := registration.NewTLSClient(m.HTTPAddr, m.tlsFor(t, workload))
+	c := registration.NewTLSClient(m.tlsFor(t, workload), m.HTTPAddr)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -220,10 +220,10 @@ func TestMeshdRefusesUnauthenticatedConnections(t *testing.T) {
 		client *registration.Client
 	}{
 		{"plaintext", registration.NewClient(m.HTTPAddr)},
-		{"TLS without a client certificate", registration.NewTLSClient(m.HTTPAddr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})},
-		{"SVID of another trust domain", registration.NewTLSClient(m.HTTPAddr, meshtls.ClientTLSConfig(foreign, spiffeid.MatchAny()))},
-		{"SVID from another CA of the trust domain", registration.NewTLSClient(m.HTTPAddr, meshtls.ClientTLSConfig(impostor, spiffeid.MatchAny()))},
-		{"client expecting another meshd ID", registration.NewTLSClient(m.HTTPAddr, meshtls.ClientTLSConfig(devSource(t, m.ca, serviceID("trading")), spiffeid.MatchID(spiffeid.RequireFromString(serviceID("other-meshd")))))},
+		{"TLS without a client certificate", registration.NewTLSClient(&tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}, m.HTTPAddr)},
+		{"SVID of another trust domain", registration.NewTLSClient(meshtls.ClientTLSConfig(foreign, spiffeid.MatchAny()), m.HTTPAddr)},
+		{"SVID from another CA of the trust domain", registration.NewTLSClient(meshtls.ClientTLSConfig(impostor, spiffeid.MatchAny()), m.HTTPAddr)},
+		{"client expecting another meshd ID", registration.NewTLSClient(meshtls.ClientTLSConfig(devSource(t, m.ca, serviceID("trading")), spiffeid.MatchID(spiffeid.RequireFromString(serviceID("other-meshd")))), m.HTTPAddr)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -163,7 +163,7 @@ func TestServeOverMTLSWithSVIDFiles(t *testing.T) {
 	if err := plain.Register(ctx, registration.Registration{Service: "trading", Address: "127.0.0.1:9", SPIFFEID: "spiffe://rec.example/trading"}); err == nil {
 		t.Error("meshd serve took a plaintext registration")
 	}
-	ops := registration.NewTLSClient(addr, meshtls.ClientTLSConfig(source("/ops"), spiffeid.MatchID(spiffeid.RequireFromPath(td, "/meshd"))))
+	ops := registration.NewTLSClient(meshtls.ClientTLSConfig(source("/ops"), spiffeid.MatchID(spiffeid.RequireFromPath(td, "/meshd"))), addr)
 	defer ops.Close()
 	list, err := ops.List(ctx)
 	if err != nil || len(list) != 1 || list[0].SPIFFEID != "spiffe://rec.example/trading" {

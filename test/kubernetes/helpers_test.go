@@ -294,7 +294,9 @@ func (e *env) startWorkloads(t *testing.T, names, ips, ids []string) []*workload
 		port = lis.Addr().(*net.TCPAddr).Port
 		w := &workload{name: names[i], ip: ip, port: int32(port), started: make(chan struct{}, 1)}
 		plis := podListener{Listener: lis, addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: port}}
-		sopts, err := xdsbootstrap.ServerOptions(e.meshd.Bootstrap(t, devSource(t, e.ca, ids[i])), nil)
+		bc := e.meshd.Bootstrap(t, devSource(t, e.ca, ids[i]))
+		bc.ServerIdentity = ids[i] // meshd names the pod's listener after its SPIFFE ID
+		sopts, err := xdsbootstrap.ServerOptions(bc, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,7 +406,7 @@ func (e *env) dial(t *testing.T, target, caller string) testgrpc.TestServiceClie
 	t.Helper()
 	ctx := testCtx(t, 10*time.Second)
 	cc, err := mesh.Dial(ctx, "xds:///"+target, mesh.WithIdentity(devSource(t, e.ca, caller)), mesh.WithControlPlane(e.meshd.Addr),
-		mesh.WithGRPCDialOptions(grpc.WithContextDialer(podDialer)))
+		mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithGRPCDialOptions(grpc.WithContextDialer(podDialer)))
 	if err != nil {
 		t.Fatal(err)
 	}

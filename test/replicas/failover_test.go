@@ -52,7 +52,7 @@ func source(t *testing.T, ca *security.DevCA, path string) *security.DevSource {
 func startBackend(t *testing.T, ca *security.DevCA, name string, replicas ...string) string {
 	t.Helper()
 	srv, err := mesh.NewServer(mesh.WithIdentity(source(t, ca, "/trading")),
-		mesh.WithControlPlane(replicas...), mesh.WithXDSService("trading", ""),
+		mesh.WithControlPlane(replicas...), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithXDSService("trading", ""),
 		mesh.WithDrainTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 		return nil
 	})
 
-	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source(t, ca, "/gateway")), mesh.WithControlPlane(addrs...))
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source(t, ca, "/gateway")), mesh.WithControlPlane(addrs...), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging())
 	if err != nil {
 		t.Fatal(err)
 	}

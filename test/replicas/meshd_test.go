@@ -61,7 +61,7 @@ func startMeshd(t *testing.T, bin, name string, args ...string) *meshdProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.cmd = exec.Command(bin, append([]string{"serve", "-listen", "127.0.0.1:0", "-startup-grace", "0"}, args...)...)
+	m.cmd = exec.Command(bin, append([]string{"serve", "-listen", "127.0.0.1:0", "-startup-grace", "0", "-insecure-plaintext-xds-for-local-debugging"}, args...)...)
 	stderr, err := m.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
