@@ -14,11 +14,11 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/internal/admin"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
-	"github.com/gridmesh/gridmesh/telemetry/admin"
 )
 
 // TestControlPlaneRotationUnderLoad: meshd's and the workloads' SVIDs
@@ -46,9 +46,9 @@ func TestControlPlaneRotationUnderLoad(t *testing.T) {
 	go func() { served <- srv.Serve(sctx, lis) }()
 	t.Cleanup(func() { stop(); srv.Close(); <-served })
 
-	adminAddr := freeAddr(t)
+	adm := newAdmin(t)
 	clientSrc := devSource(t, ca, "/gateway")
-	cc, err := mesh.Dial(callTimeout(t), "xds:///trading", mesh.WithIdentity(clientSrc), mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adminAddr))
+	cc, err := mesh.Dial(callTimeout(t), "xds:///trading", mesh.WithIdentity(clientSrc), mesh.WithControlPlane(meshd.Addr), mesh.WithAdmin(adm))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestControlPlaneRotationUnderLoad(t *testing.T) {
 
 	// The route version the client holds, as its admin endpoint shows it.
 	routeVersion := func() string {
-		for _, u := range getJSON[admin.ConfigView](t, "http://"+adminAddr+"/config").Updates {
+		for _, u := range getJSON[admin.ConfigView](t, "http://"+adm.Addr()+"/config").Updates {
 			if u.Resource == xdsstatus.RouteType && u.Name == "trading" && u.Status == "ACKED" {
 				return u.Version
 			}
