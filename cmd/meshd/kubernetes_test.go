@@ -96,7 +96,7 @@ func TestServeKubernetes(t *testing.T) {
 		})
 		bindRole(ctx, t, admin, "meshd-partial", partial.Name)
 		kc := kube.Kubeconfig(t, api.AddUser(t, "meshd-partial"))
-		err := runServe(ctx, []string{"-kubernetes", "-kubeconfig", kc, "-trust-domain", "cluster.test", "-listen", "127.0.0.1:0", "-log-level", "error"})
+		err := runServe(ctx, []string{"-kubernetes", "-kubeconfig", kc, "-trust-domain", "cluster.test", "-listen", "127.0.0.1:0", "-log-level", "error", "-insecure-plaintext-xds-for-local-debugging"})
 		want := `controlplane: kubernetes: user "meshd-partial" may not watch pods in all namespaces; meshd needs list and watch on services, endpointslices.discovery.k8s.io and pods: bind it to the ClusterRole in deploy/kubernetes/meshd.yaml`
 		if err == nil || err.Error() != want {
 			t.Errorf("meshd serve as meshd-partial: %v\nwant: %s", err, want)
