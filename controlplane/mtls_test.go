@@ -370,10 +370,24 @@ func TestServerListenerOnlyForItsIdentity(t *testing.T) {
 	}
 
 	// meshd shows each stream with its verified identity beside the node
-	// ID it claimed.
+	// ID it claimed, and counts what it refused.
+	stream, done, err := adsStream(t, m.Addr, creds("intruder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if err := stream.Send(&discoverypb.DiscoveryRequest{Node: &corepb.Node{Id: "trading-1"}, TypeUrl: resourcev3.ListenerType, ResourceNames: []string{own, "trading"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Stats().DeniedListeners; n == 0 {
+		t.Error("Stats().DeniedListeners is 0 after refusals")
+	}
 	xdstest.WaitFor(ctx, t, "the intruder's stream in Clients", func() error {
 		for _, c := range m.Clients() {
-			if c.Identity == serviceID("intruder") && c.Node == "x" {
+			if c.Identity == serviceID("intruder") && c.Node == "trading-1" {
 				return nil
 			}
 		}
