@@ -55,7 +55,7 @@ func TestSetSource(t *testing.T) {
 		names[l.Name] = true
 	}
 	for _, a := range []string{"10.244.0.1:8443", "10.244.0.2:8443", "10.244.0.3:8443"} {
-		if !names[controlplane.ServerListenerName(a)] {
+		if !names[controlplane.ServerListenerName("", a)] {
 			t.Errorf("no server-side listener for %s", a)
 		}
 	}
