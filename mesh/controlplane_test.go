@@ -34,17 +34,8 @@ func TestControlPlaneRotationUnderLoad(t *testing.T) {
 	}
 	meshd := xdstest.StartMeshd(t, "", cfg(0), controlplane.WithMTLS(controlplane.MTLSConfig{Source: meshdSrc, Grace: 500 * time.Millisecond}))
 
-	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithControlPlane(meshd.Addr),
+	startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithControlPlane(meshd.Addr),
 		mesh.WithXDSService("trading", ""), mesh.WithConnectionGrace(500*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, &echoService{})
-	lis := listen(t)
-	sctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx, lis) }()
-	t.Cleanup(func() { stop(); srv.Close(); <-served })
 
 	adm := newAdmin(t)
 	clientSrc := devSource(t, ca, "/gateway")
@@ -161,15 +152,7 @@ func TestControlPlanePlaintextRefusedByDefault(t *testing.T) {
 				dopts = append(dopts, o)
 				sopts = append(sopts, o)
 			}
-			srv, err := mesh.NewServer(sopts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			testgrpc.RegisterTestServiceServer(srv, &echoService{})
-			sctx, stop := context.WithCancel(context.Background())
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(sctx, listen(t)) }()
-			defer func() { stop(); srv.Close(); <-served }()
+			startServer(t, &echoService{}, sopts...)
 
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
@@ -196,15 +179,7 @@ func TestWithControlPlaneIDAcceptsAnotherMeshdID(t *testing.T) {
 	meshd := xdstest.StartMeshd(t, "", &controlplane.Config{MTLS: true, Services: []controlplane.Service{{Name: "trading"}}},
 		controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/cp/meshd-eu")}))
 	cpID := mesh.WithControlPlaneID(id("/cp/meshd-eu"))
-	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithControlPlane(meshd.Addr), cpID, mesh.WithXDSService("trading", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, &echoService{})
-	sctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx, listen(t)) }()
-	defer func() { stop(); srv.Close(); <-served }()
+	startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/trading")), mesh.WithControlPlane(meshd.Addr), cpID, mesh.WithXDSService("trading", ""))
 	cc, err := mesh.Dial(callTimeout(t), "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(meshd.Addr), cpID)
 	if err != nil {
 		t.Fatal(err)

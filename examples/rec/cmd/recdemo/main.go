@@ -99,7 +99,7 @@ func run(ctx context.Context) error {
 	} else if *socket != "" {
 		fmt.Fprintf(out, "   %-11s every workload's SVID from %s; meshd dev serves xDS and registration on %s\n", "SPIRE", *socket, p.Proc("meshd").Addr)
 	} else {
-		fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s\n", "meshd dev", *dir, p.Proc("meshd").Addr)
+		fmt.Fprintf(out, "   %-11s Workload API sockets in %s, one per workload; xDS and registration API on %s over mTLS (meshd presents spiffe://<trust-domain>/meshd and takes only workload SVIDs)\n", "meshd dev", *dir, p.Proc("meshd").Addr)
 	}
 	fmt.Fprintf(out, "   %-11s %-22s %-22s %s\n", "", "serves", "admin", "metrics")
 	names := []string{"registry", "accounts"}
