@@ -28,7 +28,7 @@ demo: build
 else
 demo: build
 	bash tools/spire/up.sh -d $(SPIRE_DIR) -l 60 /registry=$(BIN)/registry /accounts=$(BIN)/accounts \
-		/trading=$(BIN)/trading /settlement=$(BIN)/settlement /gateway=$(BIN)/gateway /operator /portal
+		/trading=$(BIN)/trading /settlement=$(BIN)/settlement /gateway=$(BIN)/gateway /meshd=$(BIN)/meshd /operator /portal
 	trap 'bash tools/spire/down.sh -d $(SPIRE_DIR)' EXIT; \
 		$(BIN)/recdemo -bin $(BIN) -spiffe-socket unix://$(SPIRE_DIR)/agent.sock $(RECDEMOFLAGS)
 endif

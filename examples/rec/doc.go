@@ -27,7 +27,7 @@
 // operator and portal identities for the demo runner itself):
 //
 //	bash tools/spire/up.sh -l 60 /registry=$PWD/bin/registry /accounts=$PWD/bin/accounts \
-//	    /trading=$PWD/bin/trading /settlement=$PWD/bin/settlement /gateway=$PWD/bin/gateway /operator /portal
+//	    /trading=$PWD/bin/trading /settlement=$PWD/bin/settlement /gateway=$PWD/bin/gateway /meshd=$PWD/bin/meshd /operator /portal
 //	bin/recdemo -bin bin -spiffe-socket unix:///tmp/gridmesh-spire/agent.sock [-xds]
 //	bash tools/spire/down.sh
 //

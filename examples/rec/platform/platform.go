@@ -187,6 +187,12 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 			return nil, err
 		}
 		meshd = append(meshd, "-config", conf)
+		if cfg.Socket != "" {
+			// The workloads' SVIDs come from that Workload API, so meshd's
+			// must too (an entry for /meshd, see the Makefile's SPIRE demo):
+			// the mesh accepts only spiffe://<td>/meshd as its control plane.
+			meshd = append(meshd, "-spiffe-socket", cfg.Socket, "-spiffe-id", spiffeid.RequireFromPath(td, "/meshd").String())
+		}
 	}
 	if err := p.start(ctx, &Proc{Name: "meshd", Addr: xds, args: meshd}, func() bool {
 		_, err := os.Stat(ready)
