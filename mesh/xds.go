@@ -51,6 +51,14 @@ type xdsConfig struct {
 // constructor runs, an empty list, an address given twice, or, among
 // several, one that is not host:port.
 //
+// The connection to meshd, xDS and registration alike, is mTLS: the mesh
+// presents this process's SVID (WithIdentity; rotations apply to the next
+// connection, and meshd recycles connections before certificates expire)
+// and accepts only meshd's SPIFFE ID, spiffe://<own trust domain>/meshd
+// unless WithControlPlaneID names another. A server's listener is named
+// after its SPIFFE ID, and meshd sends it only to that identity.
+// WithInsecurePlaintextControlPlaneForLocalDebugging turns this off.
+//
 // For Dial, xds:///<service> targets get routes, weighted splits, retries,
 // timeouts, fault injection, circuit breaking, balancing and the endpoints'
 // SPIFFE IDs from meshd, and mTLS from this process's identity. In this mode
