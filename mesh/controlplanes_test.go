@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/gridmesh/gridmesh/controlplane"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
 )
@@ -67,10 +68,10 @@ func TestWithControlPlaneRefusesBadLists(t *testing.T) {
 func TestServerWarnsWhenReplicasKeepRegistrationsInMemory(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a := xdstest.StartMeshd(t, "", nil)
-	b := xdstest.StartMeshd(t, "", nil)
-	var logs lockedBuffer
 	ca := newDevCA(t, time.Hour)
+	a := xdstest.StartMeshd(t, "", nil, controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd")}))
+	b := xdstest.StartMeshd(t, "", nil, controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd")}))
+	var logs lockedBuffer
 	srv, err := mesh.NewServer(mesh.WithIdentity(devSource(t, ca, "/trading")),
 		mesh.WithControlPlane(a.Addr, b.Addr), mesh.WithXDSService("trading", ""),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))

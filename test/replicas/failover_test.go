@@ -18,7 +18,6 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
-	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/testutil/consul"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/mesh"
@@ -52,7 +51,7 @@ func source(t *testing.T, ca *security.DevCA, path string) *security.DevSource {
 func startBackend(t *testing.T, ca *security.DevCA, name string, replicas ...string) string {
 	t.Helper()
 	srv, err := mesh.NewServer(mesh.WithIdentity(source(t, ca, "/trading")),
-		mesh.WithControlPlane(replicas...), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging(), mesh.WithXDSService("trading", ""),
+		mesh.WithControlPlane(replicas...), mesh.WithXDSService("trading", ""),
 		mesh.WithDrainTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -122,9 +121,10 @@ func (l *load) served(name string) int {
 }
 
 // TestReplicaFailoverZeroFailedCalls runs two meshd processes over one
-// Consul agent. A mesh server and a client name both. The server's
-// registration, taken by one replica, is listed by both, which serve the
-// same snapshot version. With calls running, the replica the client's xDS
+// Consul agent, serving xDS and the registration API over mTLS with the
+// SVID spiffe://example.org/meshd (no plaintext). A mesh server and a
+// client name both. The server's registration, taken by one replica, is
+// listed by both, which serve the same snapshot version. With calls running, the replica the client's xDS
 // stream is on is killed (SIGKILL): no call fails, the client's stream
 // moves to the other replica, and a second server started after the kill
 // (registering through the survivor) gets calls.
@@ -137,21 +137,22 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("mtls: true\nservices:\n  - name: trading\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	replicas := []*meshdProc{
-		startMeshd(t, bin, "a", "-consul", agent.Addr(), "-config", cfg),
-		startMeshd(t, bin, "b", "-consul", agent.Addr(), "-config", cfg),
-	}
-	addrs := []string{replicas[0].addr, replicas[1].addr}
 	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
+	cp := newControlPlaneIdentity(t, ca, td)
+	replicas := []*meshdProc{
+		startMeshd(t, bin, "a", cp, "-consul", agent.Addr(), "-config", cfg),
+		startMeshd(t, bin, "b", cp, "-consul", agent.Addr(), "-config", cfg),
+	}
+	addrs := []string{replicas[0].addr, replicas[1].addr}
 
 	one := startBackend(t, ca, "one", addrs...)
 	xdstest.WaitFor(ctx, t, "both replicas list the registration and serve one version", func() error {
 		var versions []string
 		for _, m := range replicas {
-			list, err := registration.NewClient(m.addr).List(ctx)
+			list, err := m.list(ctx)
 			if err != nil {
 				return err
 			}
@@ -170,7 +171,7 @@ func TestReplicaFailoverZeroFailedCalls(t *testing.T) {
 		return nil
 	})
 
-	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source(t, ca, "/gateway")), mesh.WithControlPlane(addrs...), mesh.WithInsecurePlaintextControlPlaneForLocalDebugging())
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(source(t, ca, "/gateway")), mesh.WithControlPlane(addrs...))
 	if err != nil {
 		t.Fatal(err)
 	}
