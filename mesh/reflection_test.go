@@ -50,6 +50,9 @@ func TestReflection(t *testing.T) {
 		if err := stream.Send(&reflectionpb.ServerReflectionRequest{
 			MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
 		}); err != nil {
+			// A stream the server already ended fails Send with io.EOF;
+			// Recv gives its status.
+			_, err = stream.Recv()
 			return nil, status.Code(err)
 		}
 		resp, err := stream.Recv()
