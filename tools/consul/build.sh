@@ -29,48 +29,20 @@ fi
 dir="${GRIDMESH_CONSUL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gridmesh/consul-${version}}"
 mkdir -p "${dir}"
 
-# The stamp names the version and the exact module graph the binary came from.
-want="consul ${version} $(cat "${here}/go.mod" "${here}/go.sum" | sha256sum | cut -d' ' -f1)"
+# shellcheck source=tools/cachedbuild.sh
+. "${here}/../cachedbuild.sh"
 
-up_to_date() {
-	[[ -x "${dir}/consul" && -f "${dir}/stamp" ]] &&
-		[[ "$(cat "${dir}/stamp")" == "${want}" ]]
-}
-
-if up_to_date; then
-	echo "${dir}"
-	exit 0
-fi
-
-# Serialize concurrent builds: the second waits, then finds the stamp.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"${dir}/.lock"
-	flock 9
-	if up_to_date; then
-		echo "${dir}"
-		exit 0
-	fi
-fi
-
-tmp="$(mktemp -d "${dir}/.build.XXXXXX")"
-trap 'rm -rf "${tmp}"' EXIT
-
-# Build from a copy of the module, so -mod=mod can never rewrite the
-# repository's go.mod or go.sum (they are complete; the copy stays as is too).
-mkdir "${tmp}/mod"
-cp "${here}/go.mod" "${here}/go.sum" "${tmp}/mod/"
-
-echo "tools/consul/build.sh: building consul ${version} into ${dir} (about 7 minutes the first time)" >&2
-start=$(date +%s)
-(
+build() {
+	local tmp="$1"
+	# Build from a copy of the module, so -mod=mod can never rewrite the
+	# repository's go.mod or go.sum (they are complete; the copy stays as is too).
+	mkdir "${tmp}/mod"
+	cp "${here}/go.mod" "${here}/go.sum" "${tmp}/mod/"
+	echo "tools/consul/build.sh: building consul ${version} into ${dir} (about 7 minutes the first time)" >&2
 	cd "${tmp}/mod"
 	# -s -w drop the symbol table and DWARF: 113 MB instead of 160 MB.
 	GOFLAGS='-mod=mod -buildvcs=false' GOWORK=off go build -trimpath -ldflags='-s -w' -o "${tmp}/consul" github.com/hashicorp/consul
-)
+	cd - >/dev/null
+}
 
-# Rename within one filesystem is atomic; the stamp goes last.
-mv -f "${tmp}/consul" "${dir}/consul"
-printf '%s\n' "${want}" >"${tmp}/stamp"
-mv -f "${tmp}/stamp" "${dir}/stamp"
-echo "tools/consul/build.sh: built in $(($(date +%s) - start))s" >&2
-echo "${dir}"
+cached_build tools/consul/build.sh consul "${version}" "${dir}" build consul

@@ -27,43 +27,16 @@ fi
 dir="${GRIDMESH_ETCD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gridmesh/etcd-${version}}"
 mkdir -p "${dir}"
 
-# The stamp names the version and the exact module graph the binary came from.
-want="etcd ${version} $(cat "${here}/go.mod" "${here}/go.sum" | sha256sum | cut -d' ' -f1)"
+# shellcheck source=tools/cachedbuild.sh
+. "${here}/../cachedbuild.sh"
 
-up_to_date() {
-	[[ -x "${dir}/etcd" && -f "${dir}/stamp" ]] &&
-		[[ "$(cat "${dir}/stamp")" == "${want}" ]]
-}
-
-if up_to_date; then
-	echo "${dir}"
-	exit 0
-fi
-
-# Serialize concurrent builds: the second waits, then finds the stamp.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"${dir}/.lock"
-	flock 9
-	if up_to_date; then
-		echo "${dir}"
-		exit 0
-	fi
-fi
-
-tmp="$(mktemp -d "${dir}/.build.XXXXXX")"
-trap 'rm -rf "${tmp}"' EXIT
-
-echo "tools/etcd/build.sh: building etcd ${version} into ${dir} (about a minute the first time)" >&2
-start=$(date +%s)
-(
+build() {
+	local tmp="$1"
+	echo "tools/etcd/build.sh: building etcd ${version} into ${dir} (about a minute the first time)" >&2
 	cd "${here}"
 	# -s -w drop the symbol table and DWARF: 25 MB.
 	GOWORK=off go build -trimpath -ldflags='-s -w' -o "${tmp}/etcd" go.etcd.io/etcd/server/v3
-)
+	cd - >/dev/null
+}
 
-# Rename within one filesystem is atomic; the stamp goes last.
-mv -f "${tmp}/etcd" "${dir}/etcd"
-printf '%s\n' "${want}" >"${tmp}/stamp"
-mv -f "${tmp}/stamp" "${dir}/stamp"
-echo "tools/etcd/build.sh: built in $(($(date +%s) - start))s" >&2
-echo "${dir}"
+cached_build tools/etcd/build.sh etcd "${version}" "${dir}" build etcd

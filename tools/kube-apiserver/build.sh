@@ -32,35 +32,12 @@ minor="${minor%%.*}"
 dir="${GRIDMESH_KUBE_APISERVER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gridmesh/kube-apiserver-${version}}"
 mkdir -p "${dir}"
 
-# The stamp names the version and the exact module graph the binary came from.
-want="kube-apiserver ${version} $(cat "${here}/go.mod" "${here}/go.sum" | sha256sum | cut -d' ' -f1)"
+# shellcheck source=tools/cachedbuild.sh
+. "${here}/../cachedbuild.sh"
 
-up_to_date() {
-	[[ -x "${dir}/kube-apiserver" && -f "${dir}/stamp" ]] &&
-		[[ "$(cat "${dir}/stamp")" == "${want}" ]]
-}
-
-if up_to_date; then
-	echo "${dir}"
-	exit 0
-fi
-
-# Serialize concurrent builds: the second waits, then finds the stamp.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"${dir}/.lock"
-	flock 9
-	if up_to_date; then
-		echo "${dir}"
-		exit 0
-	fi
-fi
-
-tmp="$(mktemp -d "${dir}/.build.XXXXXX")"
-trap 'rm -rf "${tmp}"' EXIT
-
-echo "tools/kube-apiserver/build.sh: building kube-apiserver ${version} into ${dir} (about 6 minutes the first time)" >&2
-start=$(date +%s)
-(
+build() {
+	local tmp="$1"
+	echo "tools/kube-apiserver/build.sh: building kube-apiserver ${version} into ${dir} (about 6 minutes the first time)" >&2
 	cd "${here}"
 	# The version variables are what `kube-apiserver --version` and the
 	# /version endpoint report (client-go's discovery reads them); Kubernetes'
@@ -68,11 +45,7 @@ start=$(date +%s)
 	GOWORK=off go build -trimpath -o "${tmp}/kube-apiserver" \
 		-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${version} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor}" \
 		k8s.io/kubernetes/cmd/kube-apiserver
-)
+	cd - >/dev/null
+}
 
-# Rename within one filesystem is atomic; the stamp goes last.
-mv -f "${tmp}/kube-apiserver" "${dir}/kube-apiserver"
-printf '%s\n' "${want}" >"${tmp}/stamp"
-mv -f "${tmp}/stamp" "${dir}/stamp"
-echo "tools/kube-apiserver/build.sh: built in $(($(date +%s) - start))s" >&2
-echo "${dir}"
+cached_build tools/kube-apiserver/build.sh kube-apiserver "${version}" "${dir}" build kube-apiserver

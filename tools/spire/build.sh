@@ -24,52 +24,23 @@ fi
 dir="${GRIDMESH_SPIRE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gridmesh/spire-${version}}"
 mkdir -p "${dir}"
 
-# The stamp names the version and the exact module graph the binaries came from.
-want="spire ${version} $(cat "${here}/go.mod" "${here}/go.sum" | sha256sum | cut -d' ' -f1)"
+# shellcheck source=tools/cachedbuild.sh
+. "${here}/../cachedbuild.sh"
 
-up_to_date() {
-	[[ -x "${dir}/spire-server" && -x "${dir}/spire-agent" && -f "${dir}/stamp" ]] &&
-		[[ "$(cat "${dir}/stamp")" == "${want}" ]]
-}
-
-if up_to_date; then
-	echo "${dir}"
-	exit 0
-fi
-
-# Serialize concurrent builds: the second waits, then finds the stamp.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"${dir}/.lock"
-	flock 9
-	if up_to_date; then
-		echo "${dir}"
-		exit 0
+build() {
+	local tmp="$1"
+	if ! command -v "$(go env CC)" >/dev/null 2>&1; then
+		echo "tools/spire/build.sh: no C compiler ($(go env CC)): SPIRE's SQLite datastore needs cgo; apt-get install -y gcc" >&2
+		exit 1
 	fi
-fi
-
-if ! command -v "$(go env CC)" >/dev/null 2>&1; then
-	echo "tools/spire/build.sh: no C compiler ($(go env CC)): SPIRE's SQLite datastore needs cgo; apt-get install -y gcc" >&2
-	exit 1
-fi
-
-tmp="$(mktemp -d "${dir}/.build.XXXXXX")"
-trap 'rm -rf "${tmp}"' EXIT
-
-echo "tools/spire/build.sh: building spire-server and spire-agent ${version} into ${dir} (8 to 15 minutes the first time)" >&2
-start=$(date +%s)
-(
+	echo "tools/spire/build.sh: building spire-server and spire-agent ${version} into ${dir} (8 to 15 minutes the first time)" >&2
 	cd "${here}"
 	# One go build for both: they share most packages. cgo stays on: the
 	# SQLite datastore needs it.
 	go build -trimpath -o "${tmp}/" \
 		github.com/spiffe/spire/cmd/spire-server \
 		github.com/spiffe/spire/cmd/spire-agent
-)
+	cd - >/dev/null
+}
 
-# Rename within one filesystem is atomic; the stamp goes last.
-mv -f "${tmp}/spire-server" "${dir}/spire-server"
-mv -f "${tmp}/spire-agent" "${dir}/spire-agent"
-printf '%s\n' "${want}" >"${tmp}/stamp"
-mv -f "${tmp}/stamp" "${dir}/stamp"
-echo "tools/spire/build.sh: built in $(($(date +%s) - start))s" >&2
-echo "${dir}"
+cached_build tools/spire/build.sh spire "${version}" "${dir}" build spire-server spire-agent
