@@ -521,7 +521,7 @@ func describeResilience(e resilience.Effective) string {
 		fmt.Fprintf(&b, ", %s per try", e.Retry.PerTryTimeout)
 	}
 	fmt.Fprintf(&b, "; budget %g%% of calls + %g/s over %s", e.Budget.Ratio*100, e.Budget.MinPerSecond, e.Budget.Window)
-	fmt.Fprintf(&b, "; breaker %s, opens at %d consecutive failures or %g%% of >=%d calls in %s, for %s",
+	fmt.Fprintf(&b, "; breaker %s, opens at %d failed calls in a row or %g%% of >=%d calls in %s, for %s",
 		e.BreakerState, e.Breaker.ConsecutiveFailures, e.Breaker.FailureRate*100, e.Breaker.MinRequests, e.Breaker.Window, e.Breaker.OpenDelay)
 	if e.Bulkhead.MaxConcurrent > 0 {
 		fmt.Fprintf(&b, "; bulkhead %d in flight", e.Bulkhead.MaxConcurrent)

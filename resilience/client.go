@@ -242,6 +242,10 @@ type destination struct {
 	bhWait    time.Duration
 	consec    atomic.Int64
 	consecMax int64
+	rateRule  bool // the breaker also opens on a failure rate
+	// breakerClosed mirrors the breaker's state, so that a closed breaker
+	// costs no lock per attempt.
+	breakerClosed atomic.Bool
 	methods   sync.Map // method-policy key -> *methodState
 }
 
@@ -253,15 +257,20 @@ func (c *Client) newDestination(name string, p Policy) *destination {
 			WithJitterFactor(0.2).
 			WithSuccessThreshold(b.HalfOpenProbes)
 		if b.FailureRate > 0 {
+			d.rateRule = true
 			bb = bb.WithFailureRateThreshold(b.FailureRate, b.MinRequests, b.Window)
 		} else {
 			bb = bb.WithFailureThreshold(b.ConsecutiveFailures)
 		}
 		// failsafe-go breakers threshold on one thing; the consecutive
-		// count is kept here and opens the breaker by hand.
+		// count is kept here and opens the breaker by hand. Without a
+		// rate rule failsafe-go is told only of probes (callEnded), so
+		// its own threshold never fires.
 		d.consecMax = int64(b.ConsecutiveFailures)
+		d.breakerClosed.Store(true)
 		obs := c.obs.OnBreakerStateChange
 		bb = bb.OnStateChanged(func(e circuitbreaker.StateChangedEvent) {
+			d.breakerClosed.Store(e.NewState == circuitbreaker.ClosedState)
 			if e.NewState != circuitbreaker.OpenState {
 				d.consec.Store(0)
 			}
@@ -392,45 +401,82 @@ func (d *destination) admit(ctx context.Context, c *Client, method string) (perm
 			return permit{}, c.reject(d, method, bulkhead.ErrFull)
 		}
 	}
-	if d.breaker != nil && !d.breaker.TryAcquirePermit() {
-		if d.bulkhead != nil {
-			d.bulkhead.ReleasePermit()
+	// A closed breaker admits everything and judges whole calls
+	// (callEnded); an open or half-open one hands out probe permits, and
+	// their attempts are judged one by one (release). failsafe-go moves
+	// from open to half-open inside TryAcquirePermit, so a permit taken
+	// while the breaker was not closed is a probe's.
+	probe := false
+	if d.breaker != nil && !d.breakerClosed.Load() {
+		if !d.breaker.TryAcquirePermit() {
+			if d.bulkhead != nil {
+				d.bulkhead.ReleasePermit()
+			}
+			return permit{}, c.reject(d, method, circuitbreaker.ErrOpen)
 		}
-		return permit{}, c.reject(d, method, circuitbreaker.ErrOpen)
+		probe = true
 	}
-	return permit{d}, nil
+	return permit{d: d, probe: probe}, nil
 }
 
 // permit is what admit took for one attempt.
-type permit struct{ d *destination }
+type permit struct {
+	d     *destination
+	probe bool // a half-open breaker's probe, judged by its own outcome
+}
 
-// release gives back what admit took and records the attempt's outcome in
-// the breaker: failure counts against the destination; neutral (a canceled
-// attempt) counts neither way.
+// release gives back what admit took. A probe's outcome goes to the
+// breaker: failure counts against the destination; neutral (a canceled
+// attempt) counts neither way but gives the probe permit back.
 func (p permit) release(failure, neutral bool) {
 	d := p.d
 	if d.bulkhead != nil {
 		d.bulkhead.ReleasePermit()
 	}
-	if d.breaker == nil {
+	if !p.probe {
 		return
 	}
-	switch {
-	case failure:
+	if failure && !neutral {
 		d.breaker.RecordFailure()
-		if n := d.consec.Add(1); d.consecMax > 0 && n >= d.consecMax && d.breaker.IsClosed() {
-			d.breaker.Open()
-		}
-	case neutral:
-		// A canceled attempt says nothing about the destination, but
-		// a half-open breaker needs its permit back; failsafe-go
-		// releases permits only by recording, so record a success
-		// without resetting the consecutive count.
-		d.breaker.RecordSuccess()
-	default:
-		d.consec.Store(0)
+	} else {
+		// failsafe-go releases permits only by recording.
 		d.breaker.RecordSuccess()
 	}
+}
+
+// callEnded judges a call for a closed breaker: both of its rules, failed
+// calls in a row and the failure rate, count calls, not attempts. A call
+// fails when its last attempt does. An attempt that a retry covers says
+// that one endpoint is bad, which is for outlier detection to eject;
+// counting it would let a few concurrent calls that all first reached one
+// bad endpoint (the only one connected yet, say), or one bad endpoint of
+// two, shut the whole destination. Rejected and canceled calls are not
+// judged.
+func (d *destination) callEnded(failure bool) {
+	if d.breaker == nil || !d.breakerClosed.Load() {
+		return
+	}
+	if !failure {
+		if d.rateRule {
+			d.breaker.RecordSuccess()
+		}
+		if d.consec.Load() != 0 {
+			d.consec.Store(0)
+		}
+		return
+	}
+	if d.rateRule {
+		d.breaker.RecordFailure()
+	}
+	if n := d.consec.Add(1); d.consecMax > 0 && n >= d.consecMax && d.breaker.IsClosed() {
+		d.breaker.Open()
+	}
+}
+
+// isRejected reports whether err is a local refusal (*RejectedError).
+func isRejected(err error) bool {
+	var re *RejectedError
+	return errors.As(err, &re)
 }
 
 func (c *Client) reject(d *destination, method string, err error) error {

@@ -62,7 +62,7 @@ func (r *recorder) observer() resilience.Observer {
 }
 
 // fastPathPolicy is Default with short backoffs, a breaker that opens on 5
-// consecutive failed attempts and stays open, and budget b.
+// failed calls in a row and stays open, and budget b.
 func fastPathPolicy(b resilience.Budget) resilience.Policy {
 	p := fastRetries(resilience.Default())
 	p.Budget = b
@@ -122,17 +122,27 @@ func TestFastPathMatchesExecutorPathGRPC(t *testing.T) {
 			want:   outcome{Codes: []string{"OK", "OK", "Internal"}, Attempts: 3},
 		},
 		{
-			// The fifth failed attempt in a row opens the breaker; the
-			// next attempt is refused without being sent, and so is the
-			// next call.
-			name:  "breaker opens on consecutive failed attempts",
-			calls: [][]int{{U, U, U}, {U, U}, {}},
+			// The fifth failed call in a row opens the breaker; the next
+			// call is refused without being sent.
+			name:  "breaker opens on consecutive failed calls",
+			calls: [][]int{{U, U, U}, {U, U, U}, {U, U, U}, {U, U, U}, {U, U, U}, {}},
 			want: outcome{
-				Codes:         []string{"Unavailable", "Unavailable", "Unavailable"},
-				Attempts:      5,
-				RetryAttempts: []int{2, 3, 2, 3},
-				Rejected:      2,
+				Codes:         []string{"Unavailable", "Unavailable", "Unavailable", "Unavailable", "Unavailable", "Unavailable"},
+				Attempts:      15,
+				RetryAttempts: []int{2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
+				Rejected:      1,
 				Transitions:   []string{"closed->open"},
+			},
+		},
+		{
+			// Five failed attempts in a row, but the second call's retry
+			// covers two of them: one failed call, the breaker stays closed.
+			name:  "attempts a retry covers do not open the breaker",
+			calls: [][]int{{U, U, U}, {U, U, 0}, {0}},
+			want: outcome{
+				Codes:         []string{"Unavailable", "OK", "OK"},
+				Attempts:      7,
+				RetryAttempts: []int{2, 3, 2, 3},
 			},
 		},
 		{
@@ -225,14 +235,23 @@ func TestFastPathMatchesExecutorPathHTTP(t *testing.T) {
 			want:   outcome{Codes: []string{"200", "200", "500"}, Attempts: 3},
 		},
 		{
-			name:  "breaker opens on consecutive failed attempts",
-			calls: [][]int{{503, 503, 503}, {503, 503}, {}},
+			name:  "breaker opens on consecutive failed calls",
+			calls: [][]int{{503, 503, 503}, {503, 503, 503}, {503, 503, 503}, {503, 503, 503}, {503, 503, 503}, {}},
 			want: outcome{
-				Codes:         []string{"503", "error", "error"},
-				Attempts:      5,
-				RetryAttempts: []int{2, 3, 2, 3},
-				Rejected:      2,
+				Codes:         []string{"503", "503", "503", "503", "503", "error"},
+				Attempts:      15,
+				RetryAttempts: []int{2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
+				Rejected:      1,
 				Transitions:   []string{"closed->open"},
+			},
+		},
+		{
+			name:  "attempts a retry covers do not open the breaker",
+			calls: [][]int{{503, 503, 503}, {503, 503, 200}, {200}},
+			want: outcome{
+				Codes:         []string{"503", "200", "200"},
+				Attempts:      7,
+				RetryAttempts: []int{2, 3, 2, 3},
 			},
 		},
 		{

@@ -32,6 +32,18 @@ func (c *Client) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 
 func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	d := c.destination(cc.Target())
+	err := c.unaryCall(ctx, d, method, req, reply, cc, invoker, opts)
+	d.callEnded(grpcCallFailed(err))
+	return err
+}
+
+// grpcCallFailed says whether a call's final error counts against its
+// destination's consecutive-failure rule.
+func grpcCallFailed(err error) bool {
+	return err != nil && breakerFailure(status.Code(err)) && !isRejected(err)
+}
+
+func (c *Client) unaryCall(ctx context.Context, d *destination, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	ms := d.resolve(method)
 	lvl := ms.declared
 	if lvl == IdempotencyUnknown {
@@ -70,7 +82,7 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 	// Declared here, not above, so that the fast path does not allocate
 	// what the closure captures.
 	first := firstErr
-	st := &unaryCall{}
+	st := &unaryState{}
 	_, err := exec.WithContext(ctx).GetWithExecution(func(e failsafe.Execution[any]) (any, error) {
 		if err, ok := replayFirst(e, &first); ok {
 			st.log.set(err)
@@ -110,9 +122,9 @@ func (c *Client) unary(ctx context.Context, method string, req, reply any, cc *g
 	return grpcError(unwrapResult(err))
 }
 
-// unaryCall is the state shared by the attempts of one call, in one
+// unaryState is the state shared by the attempts of one call, in one
 // allocation.
-type unaryCall struct {
+type unaryState struct {
 	log    attemptLog
 	group  attemptGroup
 	winMu  sync.Mutex
@@ -260,6 +272,16 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 
 func (c *Client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	d := c.destination(cc.Target())
+	cs, err := c.openStream(ctx, d, desc, cc, method, streamer, opts)
+	if err != nil {
+		d.callEnded(grpcCallFailed(err))
+	}
+	return cs, err
+}
+
+// openStream opens a stream under the destination's policy; the stream's
+// own end is reported by trackedStream.
+func (c *Client) openStream(ctx context.Context, d *destination, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts []grpc.CallOption) (grpc.ClientStream, error) {
 	ms := d.resolve(method)
 	d.budget.deposit()
 	var log attemptLog
@@ -345,7 +367,11 @@ func (t *trackedStream) finish(err error, ctxDone bool) {
 			t.stop()
 		}
 		code := status.Code(err)
-		t.pm.release(err != nil && breakerFailure(code), ctxDone || code == codes.Canceled)
+		canceled := ctxDone || code == codes.Canceled
+		t.pm.release(err != nil && breakerFailure(code), canceled)
+		if !canceled {
+			t.pm.d.callEnded(err != nil && breakerFailure(code))
+		}
 	})
 }
 

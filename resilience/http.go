@@ -89,8 +89,19 @@ func drainClose(r *http.Response) {
 }
 
 func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	d := t.c.destination(req.URL.Host)
+	resp, err := t.roundTrip(req, d)
+	switch {
+	case err == nil:
+		d.callEnded(resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented)
+	case req.Context().Err() == nil && !isRejected(err):
+		d.callEnded(true)
+	}
+	return resp, err
+}
+
+func (t *roundTripper) roundTrip(req *http.Request, d *destination) (*http.Response, error) {
 	c := t.c
-	d := c.destination(req.URL.Host)
 	method := req.Method + " " + req.URL.Path
 	ms := d.resolve(method)
 	lvl := ms.declared

@@ -59,3 +59,58 @@ func TestOneOfThreeFailingOutlierEjectionAndRetries(t *testing.T) {
 		t.Errorf("failing backend got %d attempts, want it ejected (<= %d)", bad, calls/10)
 	}
 }
+
+// One bad endpoint must not shut the destination: without outlier
+// detection, half of the attempts fail against one of two backends, but
+// calls whose retry reached the good one did not fail, and the breaker
+// (failed calls in a row, or 50% of calls) stays closed. Judged by
+// attempts it would open at once and refuse the good backend too.
+func TestOneBadEndpointDoesNotOpenTheBreaker(t *testing.T) {
+	for _, backends := range []int{2, 3} {
+		t.Run(fmt.Sprintf("1 of %d failing", backends), func(t *testing.T) {
+			var srvs []*ledgertest.Server
+			var addrs []resolver.Address
+			for range backends {
+				s := ledgertest.Start(t)
+				srvs = append(srvs, s)
+				addrs = append(addrs, resolver.Address{Addr: s.Addr})
+			}
+			srvs[0].SetMode(ledgertest.Unavailable)
+			r := manual.NewBuilderWithScheme("ledger")
+			r.InitialState(resolver.State{Addresses: addrs})
+
+			p := fastRetries(resilience.Default())
+			p.Budget.Ratio = 1 // let every call retry: this test is about the breaker
+			rc, ev := newClient(t, p)
+			var attempts atomic.Int64
+			target := "ledger:///two"
+			conn := dial(t, target, rc, &attempts,
+				grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"round_robin": {}}]}`))
+			ctx := testCtx(t, time.Minute)
+
+			const calls = 1000
+			failed := load(calls, 4, func(i int) error {
+				_, err := ledgertest.Call(ctx, conn, ledgertest.Get, fmt.Sprint(i))
+				return err
+			})
+			bad := srvs[0].Attempts(ledgertest.Get)
+			t.Logf("calls=%d failed=%d attempts=%d to the failing backend=%d rejected=%d transitions=%v",
+				calls, failed, attempts.Load(), bad, ev.rejected.Load(), ev.states())
+			if st := rc.Describe(target, "").BreakerState; st != resilience.BreakerClosed {
+				t.Errorf("breaker %s, want closed: one bad endpoint of %d shut the destination (transitions %v)", st, backends, ev.states())
+			}
+			if n := ev.rejected.Load(); n != 0 {
+				t.Errorf("%d attempts refused locally, want 0", n)
+			}
+			// Round robin under four workers sends a retry to the bad
+			// backend again about 1/n of the time: about (1/n)^3 of the
+			// calls fail, 12.5% at n=2.
+			if failed > calls/4 {
+				t.Errorf("%d of %d calls failed, want <= %d: retries reach the good backends", failed, calls, calls/4)
+			}
+			if bad < calls/int64(backends)/2 {
+				t.Errorf("failing backend got %d attempts; the test needs it in the rotation", bad)
+			}
+		})
+	}
+}

@@ -96,12 +96,17 @@ type Budget struct {
 }
 
 // Breaker configures the circuit breaker of a destination. It opens after
-// ConsecutiveFailures failures in a row, or when at least FailureRate of at
-// least MinRequests attempts within Window failed. After OpenDelay it lets
+// ConsecutiveFailures calls in a row failed, or when at least FailureRate of
+// at least MinRequests calls within Window failed. A call fails when its
+// last attempt does: an attempt that a retry covers does not count, since
+// one bad endpoint among several is for outlier detection to eject, not a
+// reason to stop calling the destination. After OpenDelay the breaker lets
 // HalfOpenProbes attempts through; that many successes close it and any
-// failure opens it again. Failures are attempts that end in UNAVAILABLE,
-// DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS or RESOURCE_EXHAUSTED
-// (HTTP: transport errors and 5xx but 501). The zero value turns it off.
+// failure opens it again.
+// Failures end in UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
+// DATA_LOSS or RESOURCE_EXHAUSTED (HTTP: transport errors and 5xx but 501);
+// calls refused locally or canceled by the caller count neither way. The
+// zero value turns it off.
 type Breaker struct {
 	ConsecutiveFailures uint          `json:"consecutive_failures"`
 	FailureRate         float64       `json:"failure_rate"`
@@ -136,7 +141,7 @@ type RateLimit struct {
 //     timeout. Which errors are retried depends on the call's idempotency
 //     (package documentation); there is never a retry without a delay.
 //   - Budget: 20% of calls plus 10 retries/s, over 10s.
-//   - Breaker: opens on 5 consecutive failures or 50% of ≥20 attempts in
+//   - Breaker: opens on 5 failed calls in a row or 50% of ≥20 calls in
 //     10s; half-opens after 3s with 3 probes.
 //   - Bulkhead: 1024 concurrent attempts per destination, no waiting.
 //   - No rate limit, no hedging.
