@@ -246,7 +246,7 @@ type destination struct {
 	// breakerClosed mirrors the breaker's state, so that a closed breaker
 	// costs no lock per attempt.
 	breakerClosed atomic.Bool
-	methods   sync.Map // method-policy key -> *methodState
+	methods       sync.Map // method-policy key -> *methodState
 }
 
 func (c *Client) newDestination(name string, p Policy) *destination {
