@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -12,28 +13,55 @@ import (
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/gridmesh/gridmesh/controlplane"
 )
 
 // runSwarm waits for a line on start, then runs n simulated xDS clients
 // against addr until the parent kills it, reporting every endpoint update
-// on w.
-func runSwarm(addr string, n int, start io.Reader, w io.Writer) error {
+// on w. With svidDir set the clients speak mTLS with the SVID in it and
+// accept only meshd's default ID.
+func runSwarm(addr string, n int, svidDir string, start io.Reader, w io.Writer) error {
+	creds := insecure.NewCredentials()
+	if svidDir != "" {
+		var err error
+		if creds, err = swarmCreds(svidDir); err != nil {
+			return err
+		}
+	}
 	if _, err := bufio.NewReader(start).ReadString('\n'); err != nil {
 		return fmt.Errorf("waiting for the start line: %w", err)
 	}
+	// Reports carry the time the client had the update; they are written
+	// out in batches (every few milliseconds, or when the buffer fills)
+	// so that reporting costs the shared cores little.
 	out := bufio.NewWriterSize(w, 1<<16)
 	var mu sync.Mutex
 	report := func(client, eps int) {
+		at := time.Now().UnixNano()
 		mu.Lock()
-		fmt.Fprintf(out, "eds %d %d %d\n", client, eps, time.Now().UnixNano())
-		out.Flush()
+		fmt.Fprintf(out, "eds %d %d %d\n", client, eps, at)
 		mu.Unlock()
 	}
+	go func() {
+		for range time.Tick(5 * time.Millisecond) {
+			mu.Lock()
+			if out.Buffered() > 0 {
+				_ = out.Flush()
+			}
+			mu.Unlock()
+		}
+	}()
 	errc := make(chan error, n)
 	for i := range n {
-		go func() { errc <- simClient(context.Background(), addr, i, report) }()
+		go func() { errc <- simClient(context.Background(), addr, creds, i, report) }()
 		if i%50 == 49 {
 			time.Sleep(10 * time.Millisecond) // stagger connects a little, as a fleet's would be
 		}
@@ -43,8 +71,8 @@ func runSwarm(addr string, n int, start io.Reader, w io.Writer) error {
 
 // simClient subscribes the way grpc-go does: LDS, RDS, CDS, EDS for one
 // service on one ADS stream, ACKing each response.
-func simClient(ctx context.Context, addr string, id int, report func(client, eps int)) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func simClient(ctx context.Context, addr string, creds credentials.TransportCredentials, id int, report func(client, eps int)) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
@@ -87,4 +115,24 @@ func simClient(ctx context.Context, addr string, id int, report func(client, eps
 			return err
 		}
 	}
+}
+
+// swarmCreds is the clients' mTLS: the SVID and bundle files in dir,
+// meshd's default ID required of the server.
+func swarmCreds(dir string) (credentials.TransportCredentials, error) {
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("swarm SVID: %w", err)
+	}
+	td := svid.ID.TrustDomain()
+	bundle, err := x509bundle.Load(td, filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("swarm bundle: %w", err)
+	}
+	meshd, err := spiffeid.FromPath(td, controlplane.DefaultID)
+	if err != nil {
+		return nil, err
+	}
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(meshd))
+	return credentials.NewTLS(cfg), nil
 }
