@@ -138,8 +138,9 @@ func (s *flakyService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest)
 
 // TestGoldenMetricsGRPC makes calls of each kind (OK, retried once then
 // OK, failed after every retry, denied, to methods the server does not
-// have) and checks the exact counts of calls and attempts per status and
-// identity pair on both sides, and that unknown methods collapse into one
+// have, by a caller allowed to call them and by one refused) and checks
+// the exact counts of calls and attempts per status and identity pair on
+// both sides, of denials by rule, and that unknown methods collapse into one
 // series.
 func TestGoldenMetricsGRPC(t *testing.T) {
 	ca := newDevCA(t, time.Hour)
@@ -148,6 +149,7 @@ func TestGoldenMetricsGRPC(t *testing.T) {
 		mesh.WithAuthorizer(mustRules(t,
 			security.Refuse("no-intruders", spiffeid.MatchID(id("/intruder"))),
 			security.Allow("clients", spiffeid.MatchAny(), "/grpc.testing.TestService/*"),
+			security.Allow("client", spiffeid.MatchID(id("/client"))),
 		)))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -158,8 +160,13 @@ func TestGoldenMetricsGRPC(t *testing.T) {
 	defer cc.Close()
 	client := testgrpc.NewTestServiceClient(cc)
 	intruder := dial(t, addr, mesh.WithIdentity(devSource(t, ca, "/intruder")), metered)
+	intruderCC, err := mesh.Dial(ctx, addr, mesh.WithIdentity(devSource(t, ca, "/intruder")), metered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer intruderCC.Close()
 
-	const ok, retried, failed, denied, unknown = 3, 2, 2, 2, 20
+	const ok, retried, failed, denied, unknown, unknownDenied = 3, 2, 2, 2, 20, 10
 	for i := range ok {
 		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
 			t.Fatalf("call %d: %v", i, err)
@@ -182,10 +189,20 @@ func TestGoldenMetricsGRPC(t *testing.T) {
 			t.Fatalf("intruder call %d: %v, want PermissionDenied", i, err)
 		}
 	}
-	for i := range unknown { // a caller inventing method names
-		err := cc.Invoke(ctx, fmt.Sprintf("/grpc.testing.TestService/Made%d", i), &testpb.Empty{}, &testpb.Empty{})
-		if status.Code(err) != codes.Unimplemented {
-			t.Fatalf("unknown method %d: %v, want Unimplemented", i, err)
+	for i := range unknown { // a caller inventing method names, then services
+		method, msg := fmt.Sprintf("/grpc.testing.TestService/Made%d", i), fmt.Sprintf("unknown method Made%d for service grpc.testing.TestService", i)
+		if i%2 == 1 {
+			method, msg = fmt.Sprintf("/made.Up%d/Call", i), fmt.Sprintf("unknown service made.Up%d", i)
+		}
+		err := cc.Invoke(ctx, method, &testpb.Empty{}, &testpb.Empty{})
+		if s := status.Convert(err); s.Code() != codes.Unimplemented || s.Message() != msg {
+			t.Fatalf("unknown method %s: %v, want Unimplemented %q, as grpc-go answers", method, err, msg)
+		}
+	}
+	for i := range unknownDenied { // an intruder probing for methods: refused, and counted bounded
+		err := intruderCC.Invoke(ctx, fmt.Sprintf("/made.Up%d/Call", i), &testpb.Empty{}, &testpb.Empty{})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("intruder's unknown method %d: %v, want PermissionDenied", i, err)
 		}
 	}
 
@@ -204,6 +221,13 @@ func TestGoldenMetricsGRPC(t *testing.T) {
 	server := func(caller, code string) string {
 		return "rpc.server.call.duration{" + srv + caller + ",rpc.method=" + method + ",rpc.response.status_code=" + code + ",rpc.system.name=grpc}"
 	}
+	intrOther := func(metric string) string {
+		return metric + "{mesh.destination=spiffe://example.org/server,mesh.source=spiffe://example.org/intruder,mesh.target=" + addr +
+			",rpc.method=_OTHER,rpc.response.status_code=PERMISSION_DENIED,rpc.system.name=grpc}"
+	}
+	serverOther := func(caller, code string) string {
+		return "rpc.server.call.duration{" + srv + caller + ",rpc.method=_OTHER,rpc.response.status_code=" + code + ",rpc.system.name=grpc}"
+	}
 	want := map[string]int64{
 		// Calls: one per call, whatever the attempts.
 		client1("rpc.client.call.duration", method, "OK"):              ok + retried,
@@ -216,13 +240,19 @@ func TestGoldenMetricsGRPC(t *testing.T) {
 		client1("mesh.rpc.client.attempts", method, "UNAVAILABLE"):     retried + 3*failed,
 		client1("mesh.rpc.client.attempts", "_OTHER", "UNIMPLEMENTED"): unknown,
 		intr("mesh.rpc.client.attempts", "PERMISSION_DENIED"):          denied,
-		// The server sees attempts; methods it does not have never reach
-		// its interceptors (grpc-go answers them) and make no series.
-		server("client", "OK"):                  ok + retried,
-		server("client", "UNAVAILABLE"):         retried + 3*failed,
-		server("intruder", "PERMISSION_DENIED"): denied,
+		intrOther("rpc.client.call.duration"):                          unknownDenied,
+		intrOther("mesh.rpc.client.attempts"):                          unknownDenied,
+		// The server sees attempts; methods it does not have are counted
+		// under one rpc.method, however many names callers invent.
+		server("client", "OK"):                       ok + retried,
+		server("client", "UNAVAILABLE"):              retried + 3*failed,
+		server("intruder", "PERMISSION_DENIED"):      denied,
+		serverOther("client", "UNIMPLEMENTED"):       unknown,
+		serverOther("intruder", "PERMISSION_DENIED"): unknownDenied,
+		"mesh.authz.denials{mesh.authz.rule=rule no-intruders,mesh.source=spiffe://example.org/intruder,rpc.method=" + "/" + method + "}": denied,
+		"mesh.authz.denials{mesh.authz.rule=rule no-intruders,mesh.source=spiffe://example.org/intruder,rpc.method=_OTHER}":               unknownDenied,
 	}
-	waitGolden(t, reader, []string{"rpc.client.call.duration", "mesh.rpc.client.attempts", "rpc.server.call.duration"}, want)
+	waitGolden(t, reader, []string{"rpc.client.call.duration", "mesh.rpc.client.attempts", "rpc.server.call.duration", "mesh.authz.denials"}, want)
 }
 
 // TestGoldenMetricsHTTP is TestGoldenMetricsGRPC for the HTTP pair: OK,

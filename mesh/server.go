@@ -161,6 +161,7 @@ func (s *Server) SetServingStatus(service string, serving bool) {
 // timeout to finish, and Serve returns nil. It returns early with an error
 // if lis fails. It blocks.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	s.tel.setMethods(s.grpc) // registration is over once serving starts
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.logger.Info("serving", "address", lis.Addr().String())
 	errc := make(chan error, 1)

@@ -42,12 +42,12 @@ type telemetryConfig struct {
 // TracerProvider (otel.GetTracerProvider), a no-op until telemetry.Setup
 // or otel.SetTracerProvider installs one.
 //
-// The mesh samples parent-based: a call whose caller's context is not
-// sampled gets no span (nothing is allocated for one) and passes that
-// context on unchanged. New traces are sampled at the ratio of
-// telemetry.Setup's Config.SampleRatio (OTEL_TRACES_SAMPLER_ARG), decided
-// by the mesh before it starts a span; with a provider Setup did not
-// build, that provider's sampler decides new traces.
+// With the provider telemetry.Setup builds, the mesh takes the sampling
+// decision of its sampler (Config.Sampler, OTEL_TRACES_SAMPLER; by default
+// parent-based) itself, before it starts a span: a call it does not sample
+// gets no span (nothing is allocated for one) and passes its caller's
+// context on unchanged. With a provider Setup did not build the mesh
+// samples parent-based, and that provider's sampler decides new traces.
 //
 // Off means off: NewServer, NewHTTPServer, Dial and HTTPClient install
 // their telemetry (the same for gRPC and HTTP) only if, when they run, a
@@ -209,7 +209,11 @@ func (t *meshTelemetry) onDeny(next func(*security.DeniedError)) func(*security.
 	}
 	m := t.rec
 	return func(d *security.DeniedError) {
-		m.AuthzDenied(d.Rule, d.Caller.String(), d.Target)
+		target := d.Target
+		if t.on() && strings.HasPrefix(target, "/") && t.pipe.ServerMethod(target) == meshtel.OtherMethod {
+			target = meshtel.OtherMethod // a method the server does not have: bounded label
+		}
+		m.AuthzDenied(d.Rule, d.Caller.String(), target)
 		if next != nil {
 			next(d)
 		}
@@ -247,7 +251,22 @@ func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
 		return nil
 	}
 	unary, stream := t.pipe.ServerInterceptors()
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
+	// Calls to methods the server does not register go through the
+	// interceptors too (authorized, counted under one rpc.method), where
+	// grpc-go would answer them before any interceptor ran. An
+	// UnknownServiceHandler among the caller's own options, which come
+	// later, replaces this one.
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
+		grpc.UnknownServiceHandler(t.pipe.UnknownService)}
+}
+
+// setMethods tells the pipeline which methods srv registers, so that
+// rpc.method takes only those values and one for every other method.
+// Call it before srv serves.
+func (t *meshTelemetry) setMethods(srv grpcServer) {
+	if t.on() {
+		t.pipe.SetMethods(srv.GetServiceInfo())
+	}
 }
 
 // dialOptions are the client counterpart of serverOptions: the call

@@ -34,10 +34,14 @@
 //     bucket's exemplar. Event metrics (mesh.retries, mesh.authz.denials,
 //     mesh.breaker.transitions, mesh.svid.rotations, mesh.xds.updates, ...)
 //     go through the SDK as usual.
-//   - Traces, parent-based: a call whose caller sampled is traced, one whose
+//   - Traces, sampled as Config.Sampler (OTEL_TRACES_SAMPLER) says, by
+//     default parent-based: a call whose caller sampled is traced, one whose
 //     caller did not is not, and new traces are sampled at
 //     Config.SampleRatio (OTEL_TRACES_SAMPLER=parentbased_traceidratio,
-//     OTEL_TRACES_SAMPLER_ARG). The mesh takes that decision before it
+//     OTEL_TRACES_SAMPLER_ARG). Every sampler of the spec that decides
+//     locally is honoured (always_on, always_off, traceidratio by trace
+//     ID, and their parentbased_ forms); Setup refuses the others and bad
+//     arguments with an error. The mesh takes that decision before it
 //     allocates anything for a span; an unsampled call gets no span and
 //     passes W3C traceparent, tracestate and baggage on unchanged. A
 //     client call is a span with one span per attempt beneath (mesh.attempt,

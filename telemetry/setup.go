@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,16 @@ const (
 	ExporterPrometheus = "prometheus"
 )
 
+// Samplers, as OTEL_TRACES_SAMPLER and Config.Sampler spell them.
+const (
+	SamplerAlwaysOn                = "always_on"
+	SamplerAlwaysOff               = "always_off"
+	SamplerTraceIDRatio            = "traceidratio"
+	SamplerParentBasedAlwaysOn     = "parentbased_always_on"
+	SamplerParentBasedAlwaysOff    = "parentbased_always_off"
+	SamplerParentBasedTraceIDRatio = "parentbased_traceidratio"
+)
+
 // OTLP protocols, as OTEL_EXPORTER_OTLP_PROTOCOL spells them.
 const (
 	ProtocolGRPC = "grpc"
@@ -77,9 +88,32 @@ type Config struct {
 	PrometheusAddr string
 	// Stdout is where the console exporters write. Default os.Stdout.
 	Stdout io.Writer
-	// SampleRatio, when in (0,1), samples that fraction of new traces
-	// (parent-based: a sampled parent is always followed). Default 1.
+	// Sampler is how traces are sampled, named as OTEL_TRACES_SAMPLER
+	// names the spec's samplers: "always_on", "always_off",
+	// "traceidratio", "parentbased_always_on", "parentbased_always_off" or
+	// "parentbased_traceidratio" (the Sampler* constants). The
+	// parentbased_ ones follow a call's parent's decision and apply theirs
+	// to new traces only; the others decide every call themselves,
+	// "traceidratio" by the trace ID, so that hops with the same ratio
+	// agree and a trace stays whole. Default "": "parentbased_traceidratio"
+	// when SampleRatio is in (0,1), else "parentbased_always_on" (the
+	// spec's default). Setup refuses any other value (jaeger_remote,
+	// parentbased_jaeger_remote and xray among them: the mesh decides
+	// each call itself, before it starts a span, and follows no remote
+	// sampling strategy).
+	Sampler string
+	// SampleRatio is the fraction of traces the traceidratio samplers
+	// sample, in [0,1]: 0 samples none. With Sampler "" only a ratio in
+	// (0,1) counts (the zero Config samples every trace); say "none" with
+	// Sampler "always_off", or "parentbased_always_off" to follow callers
+	// only.
 	SampleRatio float64
+	// SamplerArg is OTEL_TRACES_SAMPLER_ARG as FromEnv read it. When not
+	// "" and Sampler is a traceidratio sampler, Setup takes it as the
+	// ratio in place of SampleRatio and refuses it unless it is a number
+	// in [0,1]; the other samplers ignore it, as the spec says. Code sets
+	// SampleRatio instead.
+	SamplerArg string
 	// MetricInterval is how often OTLP and console metrics are exported.
 	// Default 60s (OTEL_METRIC_EXPORT_INTERVAL when read by FromEnv).
 	MetricInterval time.Duration
@@ -92,7 +126,7 @@ type Config struct {
 // FromEnv returns the Config the standard environment asks for:
 // OTEL_SDK_DISABLED, OTEL_SERVICE_NAME, OTEL_TRACES_EXPORTER,
 // OTEL_METRICS_EXPORTER, OTEL_EXPORTER_OTLP_PROTOCOL (and its _TRACES_ and
-// _METRICS_ forms), OTEL_TRACES_SAMPLER(_ARG) for traceidratio samplers,
+// _METRICS_ forms), OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG,
 // OTEL_METRIC_EXPORT_INTERVAL and OTEL_EXPORTER_PROMETHEUS_HOST/PORT.
 //
 // Unlike the spec, an unset OTEL_TRACES_EXPORTER or OTEL_METRICS_EXPORTER
@@ -120,12 +154,9 @@ func FromEnv() Config {
 		}
 		cfg.PrometheusAddr = net.JoinHostPort(host, port)
 	}
-	switch os.Getenv("OTEL_TRACES_SAMPLER") {
-	case "traceidratio", "parentbased_traceidratio":
-		var r float64
-		if _, err := fmt.Sscan(os.Getenv("OTEL_TRACES_SAMPLER_ARG"), &r); err == nil {
-			cfg.SampleRatio = r
-		}
+	cfg.Sampler, cfg.SamplerArg = os.Getenv("OTEL_TRACES_SAMPLER"), os.Getenv("OTEL_TRACES_SAMPLER_ARG")
+	if isRatioSampler(cfg.Sampler) && cfg.SamplerArg == "" {
+		cfg.SampleRatio = 1 // the spec's default for a ratio without its argument
 	}
 	if v := os.Getenv("OTEL_METRIC_EXPORT_INTERVAL"); v != "" {
 		var ms int64
@@ -234,6 +265,10 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		return nil, err
 	}
 
+	ratio, parentBased, err := sampling(cfg)
+	if err != nil {
+		return fail(err)
+	}
 	var spanExp sdktrace.SpanExporter
 	switch strings.ToLower(cfg.Traces) {
 	case "", ExporterNone:
@@ -255,15 +290,13 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		return fail(fmt.Errorf("telemetry: traces exporter: %w", err))
 	}
 	if spanExp != nil {
-		ratio := 1.0
-		if cfg.SampleRatio > 0 && cfg.SampleRatio < 1 {
-			ratio = cfg.SampleRatio
-		}
 		// The mesh takes the sampling decision for its calls itself,
 		// before it allocates anything for a span (meshtel.Tracing), with
-		// the same ratio; the SDK's sampler follows it.
-		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spanExp), sdktrace.WithResource(res), sdktrace.WithSampler(meshtel.SDKSampler(ratio)))
-		p.TracerProvider = &tracerProvider{TracerProvider: tp, ratio: ratio}
+		// the same sampler; the SDK's sampler follows it, and its ID
+		// generator gives a root span the trace ID the mesh decided on.
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spanExp), sdktrace.WithResource(res),
+			sdktrace.WithSampler(meshtel.SDKSampler(ratio, parentBased)), sdktrace.WithIDGenerator(meshtel.IDGenerator()))
+		p.TracerProvider = &tracerProvider{TracerProvider: tp, ratio: ratio, parentBased: parentBased}
 		p.shutdown = append(p.shutdown, tp.Shutdown)
 		p.flush = append(p.flush, tp.ForceFlush)
 	}
@@ -373,11 +406,55 @@ func stdout(cfg Config) io.Writer {
 	return os.Stdout
 }
 
-// tracerProvider is the SDK provider Setup builds, with the ratio of new
-// traces it samples, which the mesh applies itself.
+// tracerProvider is the SDK provider Setup builds, with how it samples,
+// which the mesh applies itself.
 type tracerProvider struct {
 	trace.TracerProvider
-	ratio float64
+	ratio       float64
+	parentBased bool
 }
 
-func (t *tracerProvider) MeshRootRatio() float64 { return t.ratio }
+func (t *tracerProvider) MeshSampling() (float64, bool) { return t.ratio, t.parentBased }
+
+func isRatioSampler(name string) bool {
+	return name == SamplerTraceIDRatio || name == SamplerParentBasedTraceIDRatio
+}
+
+// sampling is the sampler cfg asks for, as the fraction of traces sampled
+// and whether a call with a parent follows the parent's decision.
+func sampling(cfg Config) (ratio float64, parentBased bool, err error) {
+	allowed := strings.Join([]string{SamplerParentBasedAlwaysOn, SamplerParentBasedAlwaysOff, SamplerParentBasedTraceIDRatio,
+		SamplerAlwaysOn, SamplerAlwaysOff, SamplerTraceIDRatio}, ", ")
+	switch cfg.Sampler {
+	case "":
+		if cfg.SampleRatio > 0 && cfg.SampleRatio < 1 {
+			return cfg.SampleRatio, true, nil
+		}
+		return 1, true, nil
+	case SamplerAlwaysOn:
+		return 1, false, nil
+	case SamplerAlwaysOff:
+		return 0, false, nil
+	case SamplerParentBasedAlwaysOn:
+		return 1, true, nil
+	case SamplerParentBasedAlwaysOff:
+		return 0, true, nil
+	case SamplerTraceIDRatio, SamplerParentBasedTraceIDRatio:
+		parentBased = cfg.Sampler == SamplerParentBasedTraceIDRatio
+		if cfg.SamplerArg != "" {
+			r, err := strconv.ParseFloat(strings.TrimSpace(cfg.SamplerArg), 64)
+			if err != nil || !(r >= 0 && r <= 1) {
+				return 0, false, fmt.Errorf("telemetry: OTEL_TRACES_SAMPLER_ARG %q for sampler %s is not a ratio: set a number in [0,1], e.g. 0.01 for 1%% of traces (Config.SamplerArg)", cfg.SamplerArg, cfg.Sampler)
+			}
+			return r, parentBased, nil
+		}
+		if !(cfg.SampleRatio >= 0 && cfg.SampleRatio <= 1) {
+			return 0, false, fmt.Errorf("telemetry: Config.SampleRatio %v for sampler %s is not a ratio: set a number in [0,1]", cfg.SampleRatio, cfg.Sampler)
+		}
+		return cfg.SampleRatio, parentBased, nil
+	case "jaeger_remote", "parentbased_jaeger_remote", "xray":
+		return 0, false, fmt.Errorf("telemetry: OTEL_TRACES_SAMPLER %q is not supported: the mesh decides each call's sampling itself, before it starts a span, and follows no remote sampling strategy; use one of %s (Config.Sampler)", cfg.Sampler, allowed)
+	default:
+		return 0, false, fmt.Errorf("telemetry: OTEL_TRACES_SAMPLER %q is not a sampler: use one of %s (Config.Sampler)", cfg.Sampler, allowed)
+	}
+}

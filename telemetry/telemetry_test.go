@@ -51,7 +51,11 @@ func TestFromEnv(t *testing.T) {
 			"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT": "9999",
 			"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
 			"OTEL_METRIC_EXPORT_INTERVAL": "5000",
-		}, telemetry.Config{Metrics: "prometheus", PrometheusAddr: "localhost:9999", SampleRatio: 0.25, MetricInterval: 5 * time.Second}},
+		}, telemetry.Config{Metrics: "prometheus", PrometheusAddr: "localhost:9999", Sampler: "parentbased_traceidratio", SamplerArg: "0.25", MetricInterval: 5 * time.Second}},
+		{"ratio sampler without its argument is 1, as the spec says", map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio"},
+			telemetry.Config{Sampler: "traceidratio", SampleRatio: 1}},
+		{"other samplers passed on for Setup to check", map[string]string{"OTEL_TRACES_SAMPLER": "xray", "OTEL_TRACES_SAMPLER_ARG": "x"},
+			telemetry.Config{Sampler: "xray", SamplerArg: "x"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, k := range []string{"OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
@@ -88,6 +92,142 @@ func TestSetupRefusesUnknownValues(t *testing.T) {
 				t.Errorf("error %q, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSetupSamplers sets up tracing from each OTEL_TRACES_SAMPLER value
+// the spec defines (and bad arguments) and checks, for the ones the mesh
+// honours, the mesh's decision for a call with a sampled parent, an
+// unsampled parent and none, over traces whose IDs fall either side of
+// the ratio; for the others, Setup's error.
+func TestSetupSamplers(t *testing.T) {
+	const allowed = "use one of parentbased_always_on, parentbased_always_off, parentbased_traceidratio, always_on, always_off, traceidratio (Config.Sampler)"
+	// Trace IDs whose low 63 bits are 0x...01 (under any ratio above 0)
+	// and 0x7f... (over any ratio below 1).
+	const low, high = "4bf92f3577b34da60000000000000002", "4bf92f3577b34da6fffffffffffffffe"
+	type decisions struct{ SampledParentLow, SampledParentHigh, UnsampledParentLow, UnsampledParentHigh, RootsOf200 string }
+	all := decisions{"yes", "yes", "yes", "yes", "all"}
+	none := decisions{"no", "no", "no", "no", "none"}
+	follow := func(roots string) decisions { return decisions{"yes", "yes", "no", "no", roots} }
+	for _, tc := range []struct {
+		name, sampler, arg string
+		want               decisions
+		err                string
+	}{
+		{"always_on", "always_on", "", all, ""},
+		{"always_off", "always_off", "", none, ""},
+		{"parentbased_always_on", "parentbased_always_on", "", follow("all"), ""},
+		{"parentbased_always_off", "parentbased_always_off", "", follow("none"), ""},
+		{"traceidratio by trace ID", "traceidratio", "0.5", decisions{"yes", "no", "yes", "no", "some"}, ""},
+		{"traceidratio 0", "traceidratio", "0", none, ""},
+		{"traceidratio without argument", "traceidratio", "", all, ""},
+		{"parentbased_traceidratio", "parentbased_traceidratio", "0.5", follow("some"), ""},
+		{"parentbased_traceidratio 1", "parentbased_traceidratio", "1", follow("all"), ""},
+		{"unset: parentbased_always_on", "", "", follow("all"), ""},
+		{"jaeger_remote", "jaeger_remote", "endpoint=http://localhost:14250", none,
+			`OTEL_TRACES_SAMPLER "jaeger_remote" is not supported: the mesh decides each call's sampling itself, before it starts a span, and follows no remote sampling strategy; ` + allowed},
+		{"parentbased_jaeger_remote", "parentbased_jaeger_remote", "", none, `OTEL_TRACES_SAMPLER "parentbased_jaeger_remote" is not supported`},
+		{"xray", "xray", "", none, `OTEL_TRACES_SAMPLER "xray" is not supported`},
+		{"unknown", "sometimes", "", none, `OTEL_TRACES_SAMPLER "sometimes" is not a sampler: ` + allowed},
+		{"upper case", "ALWAYS_ON", "", none, `OTEL_TRACES_SAMPLER "ALWAYS_ON" is not a sampler`},
+		{"argument not a number", "traceidratio", "one percent", none,
+			`OTEL_TRACES_SAMPLER_ARG "one percent" for sampler traceidratio is not a ratio: set a number in [0,1], e.g. 0.01 for 1% of traces (Config.SamplerArg)`},
+		{"argument above 1", "parentbased_traceidratio", "1.5", none, `OTEL_TRACES_SAMPLER_ARG "1.5" for sampler parentbased_traceidratio is not a ratio`},
+		{"argument below 0", "traceidratio", "-0.1", none, `OTEL_TRACES_SAMPLER_ARG "-0.1" for sampler traceidratio is not a ratio`},
+		{"argument NaN", "traceidratio", "NaN", none, `OTEL_TRACES_SAMPLER_ARG "NaN" for sampler traceidratio is not a ratio`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
+			t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
+			cfg := telemetry.FromEnv()
+			cfg.Traces, cfg.Stdout, cfg.NoGlobal = "console", io.Discard, true
+			p, err := telemetry.Setup(timeout(t), cfg)
+			if tc.err != "" {
+				if err == nil {
+					p.Shutdown(timeout(t))
+					t.Fatal("Setup succeeded, want an error")
+				}
+				if !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("error %q, want it to contain %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Shutdown(timeout(t))
+			tr := meshtel.NewTracing(p.TracerProvider)
+			yes := func(parent string) string {
+				ctx, span := tr.ServerStart(context.Background(), meshtel.Incoming{Traceparent: parent}, "m", trace.SpanKindServer)
+				if span == nil {
+					return "no"
+				}
+				span.End()
+				if sampled, _ := tr.ClientDecision(ctx); !sampled {
+					return "server span, but its outgoing call not sampled"
+				}
+				return "yes"
+			}
+			roots := "none"
+			for i := range 200 {
+				sampled, _ := tr.ClientDecision(context.Background())
+				switch {
+				case sampled && (i == 0 || roots == "all"):
+					roots = "all"
+				case sampled || roots == "all":
+					roots = "some"
+				}
+			}
+			got := decisions{
+				SampledParentLow: yes("00-" + low + "-00f067aa0ba902b7-01"), SampledParentHigh: yes("00-" + high + "-00f067aa0ba902b7-01"),
+				UnsampledParentLow: yes("00-" + low + "-00f067aa0ba902b7-00"), UnsampledParentHigh: yes("00-" + high + "-00f067aa0ba902b7-00"),
+				RootsOf200: roots,
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("decisions (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestRatioRootsAgreeWithTraceIDRatio: a new trace the mesh samples at a
+// traceidratio has a trace ID the ratio samples, and one it does not
+// sample goes on with an ID the ratio does not sample, so that every
+// other hop deciding by trace ID (traceidratio) keeps the trace whole.
+func TestRatioRootsAgreeWithTraceIDRatio(t *testing.T) {
+	p, err := telemetry.Setup(timeout(t), telemetry.Config{Traces: "console", Stdout: io.Discard, NoGlobal: true, Sampler: "traceidratio", SampleRatio: 0.3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(timeout(t))
+	tr := meshtel.NewTracing(p.TracerProvider)
+	ratio := sdktrace.TraceIDRatioBased(0.3)
+	var sampled, unsampled int
+	for i := range 400 {
+		ok, ctx := tr.ClientDecision(context.Background())
+		var id trace.TraceID
+		if ok {
+			sampled++
+			_, span := tr.Start(ctx, "m", trace.SpanKindClient)
+			if span == nil {
+				t.Fatalf("root %d: sampled, but the SDK dropped its span", i)
+			}
+			id = span.SpanContext().TraceID()
+			span.End()
+		} else {
+			unsampled++
+			tp, _, _ := meshtel.Outgoing(ctx)
+			var err error
+			if id, err = trace.TraceIDFromHex(tp[3:35]); err != nil {
+				t.Fatalf("root %d: outgoing traceparent %q: %v", i, tp, err)
+			}
+		}
+		if got := ratio.ShouldSample(sdktrace.SamplingParameters{TraceID: id}).Decision == sdktrace.RecordAndSample; got != ok {
+			t.Fatalf("root %d: the mesh sampled %v, TraceIDRatioBased(0.3) samples its trace %s %v", i, ok, id, got)
+		}
+	}
+	if sampled == 0 || unsampled == 0 {
+		t.Errorf("%d sampled, %d not, of 400 at ratio 0.3", sampled, unsampled)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,65 @@ type Pipeline struct {
 	// Routed, when set, names the route and cluster an HTTP attempt was
 	// routed to (from its request's context), for its span.
 	Routed func(context.Context) (route, cluster string)
+
+	// methods is the server's registered methods (SetMethods).
+	methods atomic.Pointer[methodSet]
+}
+
+// OtherMethod is rpc.method for a call to a method the server does not
+// register, or that the caller's generated code does not name: one value
+// for all of them, so callers inventing method names cannot grow the
+// series (grpc-go's own metrics do the same, spelling it "other"; the
+// semantic conventions' spelling is "_OTHER").
+const OtherMethod = "_OTHER"
+
+// methodSet is what a server registers: full methods and service names.
+type methodSet struct {
+	methods  map[string]bool // "/pkg.Service/Method"
+	services map[string]bool // "pkg.Service"
+}
+
+// SetMethods tells a server's pipeline which methods the server registers
+// (grpc.Server.GetServiceInfo): every other method is labelled
+// OtherMethod, and UnknownService answers calls to them. Call it once the
+// services are registered and before the server serves; until then every
+// method is taken as registered. Safe for concurrent use.
+func (p *Pipeline) SetMethods(services map[string]grpc.ServiceInfo) {
+	set := &methodSet{methods: map[string]bool{}, services: map[string]bool{}}
+	for name, info := range services {
+		set.services[name] = true
+		for _, m := range info.Methods {
+			set.methods["/"+name+"/"+m.Name] = true
+		}
+	}
+	p.methods.Store(set)
+}
+
+// ServerMethod is rpc.method for a server call to fullMethod: the method
+// without its leading slash when the server registers it, else
+// OtherMethod.
+func (p *Pipeline) ServerMethod(fullMethod string) string {
+	if set := p.methods.Load(); set != nil && !set.methods[fullMethod] {
+		return OtherMethod
+	}
+	return rpcName(fullMethod)
+}
+
+// UnknownService is a grpc.UnknownServiceHandler that answers calls to
+// methods the server does not register as grpc-go does without one
+// (Unimplemented, "unknown service S" or "unknown method M for service
+// S"), but as a call the server's interceptors see, so that such calls are
+// authorized and counted (under OtherMethod) like any other.
+func (p *Pipeline) UnknownService(_ any, ss grpc.ServerStream) error {
+	full, _ := grpc.MethodFromServerStream(ss)
+	service, method := "", full
+	if i := strings.LastIndexByte(full, '/'); i > 0 {
+		service, method = full[1:i], full[i+1:]
+	}
+	if set := p.methods.Load(); set != nil && set.services[service] {
+		return status.Errorf(grpccodes.Unimplemented, "unknown method %v for service %v", method, service)
+	}
+	return status.Errorf(grpccodes.Unimplemented, "unknown service %v", service)
 }
 
 func (p *Pipeline) events() bool { return p.Recorder.callEvents() }
@@ -60,25 +120,29 @@ func rpcName(fullMethod string) string {
 }
 
 // ServerInterceptors record every call a server handles: put them first
-// in the chain so refused calls count too. Only calls to registered
-// methods reach interceptors (grpc-go answers others Unimplemented), so
-// rpc.method stays bounded.
+// in the chain so refused calls count too. Calls to methods the server
+// does not register reach interceptors only through an unknown service
+// handler (UnknownService, or one of the server's own); they are
+// labelled OtherMethod once SetMethods is called, so rpc.method stays
+// bounded.
 func (p *Pipeline) ServerInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := p.now()
-		ctx, span := p.serverStart(ctx, info.FullMethod)
+		method := p.ServerMethod(info.FullMethod)
+		ctx, span := p.serverStart(ctx, method)
 		resp, err := handler(ctx, req)
-		p.serverEnd(ctx, span, info.FullMethod, start, err)
+		p.serverEnd(ctx, span, method, info.FullMethod, start, err)
 		return resp, err
 	}
 	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		start := p.now()
-		ctx, span := p.serverStart(ss.Context(), info.FullMethod)
+		method := p.ServerMethod(info.FullMethod)
+		ctx, span := p.serverStart(ss.Context(), method)
 		if ctx != ss.Context() {
 			ss = &ctxStream{ServerStream: ss, ctx: ctx}
 		}
 		err := handler(srv, ss)
-		p.serverEnd(ctx, span, info.FullMethod, start, err)
+		p.serverEnd(ctx, span, method, info.FullMethod, start, err)
 		return err
 	}
 	return unary, stream
@@ -101,6 +165,7 @@ func first(ctx context.Context, key string) string {
 	return ""
 }
 
+// serverStart starts a server call; method is its rpc.method label.
 func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Context, trace.Span) {
 	in := Incoming{Traceparent: first(ctx, "traceparent"), Tracestate: first(ctx, "tracestate"), Baggage: first(ctx, "baggage")}
 	if in == (Incoming{}) && p.Tracing == nil {
@@ -110,13 +175,15 @@ func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Cont
 	if p.Tracing != nil {
 		pr, _ := peer.FromContext(ctx)
 		src := p.peerID(pr)
-		attrs = []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", rpcName(method)),
+		attrs = []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", method),
 			KeySource.String(src), KeyDestination.String(p.Self)}
 	}
-	return p.Tracing.ServerStart(ctx, in, rpcName(method), trace.SpanKindServer, attrs...)
+	return p.Tracing.ServerStart(ctx, in, method, trace.SpanKindServer, attrs...)
 }
 
-func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method string, start time.Time, err error) {
+// serverEnd records a server call: method is its rpc.method label,
+// fullMethod the method called (for the admin event).
+func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method, fullMethod string, start time.Time, err error) {
 	if start.IsZero() {
 		return
 	}
@@ -133,10 +200,10 @@ func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method string
 	pr, _ := peer.FromContext(ctx)
 	src := p.peerID(pr)
 	if p.Hub != nil {
-		p.Hub.RPCServer.Series(Key{Method: rpcName(method), Status: CodeName(code), Source: src, Destination: p.Self}).Observe(d, sc)
+		p.Hub.RPCServer.Series(Key{Method: method, Status: CodeName(code), Source: src, Destination: p.Self}).Observe(d, sc)
 	}
 	if p.events() {
-		p.Recorder.RecordCall(Event{Time: start, Side: "server", Source: src, Peer: p.Self, Method: method,
+		p.Recorder.RecordCall(Event{Time: start, Side: "server", Source: src, Peer: p.Self, Method: fullMethod,
 			Code: code.String(), Duration: d, Detail: errDetail(err)})
 	}
 }
@@ -222,7 +289,7 @@ func methodLabel(method string, opts []grpc.CallOption) string {
 			return rpcName(method)
 		}
 	}
-	return "_OTHER"
+	return OtherMethod
 }
 
 func (p *Pipeline) clientStart(ctx context.Context, method, target string, opts []grpc.CallOption, stream bool) (context.Context, trace.Span) {

@@ -2,6 +2,7 @@ package meshtel
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
 
@@ -22,21 +23,29 @@ const (
 )
 
 // RootSampler is implemented by the tracer providers telemetry.Setup
-// builds: MeshRootRatio is the fraction of new traces to sample, which the
-// mesh decides itself before anything is allocated for a span.
-type RootSampler interface{ MeshRootRatio() float64 }
+// builds: MeshSampling says how they sample, which the mesh decides itself
+// before anything is allocated for a span. ratio is the fraction of traces
+// sampled (0 none, 1 all), decided by the trace ID as the OpenTelemetry
+// TraceIdRatioBased sampler does, so that hops with the same ratio agree;
+// parentBased says whether a span with a parent follows the parent's
+// decision (the ParentBased samplers) or is decided by its trace ID too.
+type RootSampler interface {
+	MeshSampling() (ratio float64, parentBased bool)
+}
 
 // Tracing starts the mesh's spans on one tracer. The sampling decision is
-// parent-based and taken before a span is started: a call whose parent is
-// not sampled gets no span, and its W3C context passes on unchanged. With
-// a RootSampler provider the ratio for new traces is decided here too;
-// with another provider its sampler decides (and may allocate a span it
-// then drops). Safe for concurrent use.
+// taken before a span is started: with a RootSampler provider the mesh
+// takes it itself (see RootSampler), and a call it does not sample gets no
+// span, its W3C context passing on unchanged; with another provider a
+// call whose parent is not sampled gets no span, and that provider's
+// sampler decides the rest (and may allocate a span it then drops). Safe
+// for concurrent use.
 type Tracing struct {
-	tracer    trace.Tracer
-	rootKnown bool
-	threshold uint64 // sample a root when rand.Uint64() < threshold
-	always    bool
+	tracer      trace.Tracer
+	rootKnown   bool
+	parentBased bool
+	bound       uint64 // sample a trace ID whose low 63 bits are below bound
+	always      bool
 }
 
 // NewTracing returns the tracing for tp, or nil when tp is nil.
@@ -44,39 +53,83 @@ func NewTracing(tp trace.TracerProvider) *Tracing {
 	if tp == nil {
 		return nil
 	}
-	t := &Tracing{tracer: tp.Tracer(ScopeName)}
+	t := &Tracing{tracer: tp.Tracer(ScopeName), parentBased: true}
 	if rs, ok := tp.(RootSampler); ok {
 		t.rootKnown = true
-		r := rs.MeshRootRatio()
+		var r float64
+		r, t.parentBased = rs.MeshSampling()
 		switch {
 		case r >= 1:
 			t.always = true
-		case r <= 0:
-			t.threshold = 0
-		default:
-			t.threshold = uint64(r * (1 << 63) * 2)
+		case r > 0:
+			t.bound = uint64(r * (1 << 63)) // as sdktrace.TraceIDRatioBased
 		}
 	}
 	return t
 }
 
-func (t *Tracing) sampleRoot() bool {
-	return t.always || (t.threshold > 0 && rand.Uint64() < t.threshold)
+// sampleID is the ratio's decision for a trace, the same as
+// sdktrace.TraceIDRatioBased's for the same ratio.
+func (t *Tracing) sampleID(id trace.TraceID) bool {
+	return t.always || binary.BigEndian.Uint64(id[8:16])>>1 < t.bound
 }
 
-// meshSampled marks a context whose root span the mesh decided to sample,
-// for SDKSampler.
+// follows says whether a span whose parent is sc takes the parent's
+// decision rather than its own.
+func (t *Tracing) follows() bool { return t.parentBased || !t.rootKnown }
+
+// decide is the decision for a span whose parent is sc (a valid one).
+func (t *Tracing) decide(sc trace.SpanContext) bool {
+	if t.follows() {
+		return sc.IsSampled()
+	}
+	return t.sampleID(sc.TraceID())
+}
+
+// newRoot starts a trace the mesh decides: a random trace ID and the
+// ratio's decision for it. Sampled: ctx carries the ID for the provider's
+// IDGenerator, which gives it to the root span. Not sampled: ctx carries
+// an unsampled traceparent with it, so hops downstream follow the
+// decision rather than take their own.
+func (t *Tracing) newRoot(ctx context.Context) (bool, context.Context) {
+	id, sampled := t.rootID()
+	if sampled {
+		return true, context.WithValue(ctx, meshSampledKey{}, id)
+	}
+	return false, context.WithValue(ctx, passKey{}, &passthrough{traceparent: unsampledTraceparent(id)})
+}
+
+// rootID is a new random trace ID and the ratio's decision for it.
+func (t *Tracing) rootID() (trace.TraceID, bool) {
+	var id trace.TraceID
+	for id == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id, t.sampleID(id)
+}
+
+// meshSampledKey marks a context whose root span the mesh decided to
+// sample; its value is the trace ID the mesh decided on (a trace.TraceID).
 type meshSampledKey struct{}
 
-// SDKSampler is the sampler telemetry.Setup gives its TracerProvider:
-// parent-based, new traces at ratio, except spans the mesh already
-// decided to sample (it does not decide twice).
-func SDKSampler(ratio float64) sdktrace.Sampler {
-	var root sdktrace.Sampler = sdktrace.AlwaysSample()
-	if ratio < 1 {
+// SDKSampler is the sampler telemetry.Setup gives its TracerProvider: the
+// mesh's decision (RootSampler) for the application's own spans, except
+// spans the mesh already decided to sample (it does not decide twice).
+func SDKSampler(ratio float64, parentBased bool) sdktrace.Sampler {
+	var root sdktrace.Sampler
+	switch {
+	case ratio >= 1:
+		root = sdktrace.AlwaysSample()
+	case ratio > 0:
 		root = sdktrace.TraceIDRatioBased(ratio)
+	default:
+		root = sdktrace.NeverSample()
 	}
-	return sdktrace.ParentBased(meshRoot{root})
+	if parentBased {
+		return sdktrace.ParentBased(meshRoot{root})
+	}
+	return meshRoot{root}
 }
 
 type meshRoot struct{ sdktrace.Sampler }
@@ -89,6 +142,34 @@ func (m meshRoot) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingR
 }
 
 func (m meshRoot) Description() string { return "MeshRoot{" + m.Sampler.Description() + "}" }
+
+// IDGenerator is the span and trace ID generator telemetry.Setup gives
+// its TracerProvider: lock-free (the SDK's default takes a mutex per
+// span), and a root span the mesh decided to sample gets the trace ID the
+// decision was taken on. Safe for concurrent use.
+func IDGenerator() sdktrace.IDGenerator { return idGenerator{} }
+
+type idGenerator struct{}
+
+func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
+	tid, ok := ctx.Value(meshSampledKey{}).(trace.TraceID)
+	for !ok || tid == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], rand.Uint64())
+		ok = true
+	}
+	return tid, newSpanID()
+}
+
+func (idGenerator) NewSpanID(context.Context, trace.TraceID) trace.SpanID { return newSpanID() }
+
+func newSpanID() trace.SpanID {
+	var sid trace.SpanID
+	for sid == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return sid
+}
 
 // passthrough is the W3C context of an unsampled incoming call, kept as
 // received so outgoing calls carry it unchanged.
@@ -114,18 +195,20 @@ func (t *Tracing) ServerStart(ctx context.Context, in Incoming, name string, kin
 	parent, ok := parseTraceparent(in.Traceparent)
 	var sampled bool
 	switch {
-	case ok:
-		sampled = parent.IsSampled()
 	case t == nil:
+	case ok:
+		sampled = t.decide(parent)
 	case t.rootKnown:
-		sampled = t.sampleRoot()
-		if sampled {
-			ctx = context.WithValue(ctx, meshSampledKey{}, true)
+		// Not sampled, this call sends nothing on: each of its outgoing
+		// calls is a new trace (ClientDecision).
+		var id trace.TraceID
+		if id, sampled = t.rootID(); sampled {
+			ctx = context.WithValue(ctx, meshSampledKey{}, id)
 		}
 	default:
 		sampled = true // the provider's sampler decides
 	}
-	if t == nil || !sampled {
+	if !sampled {
 		if ok {
 			ctx = context.WithValue(ctx, passKey{}, &passthrough{in.Traceparent, in.Tracestate})
 		}
@@ -167,18 +250,17 @@ func (t *Tracing) ClientDecision(ctx context.Context) (sampled bool, marked cont
 		return false, ctx
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		return sc.IsSampled(), ctx
+		return t.decide(sc), ctx
 	}
 	if ctx.Value(passKey{}) != nil {
+		// The incoming call was not sampled: by its parent's decision, or
+		// by its trace ID, which decides the same here.
 		return false, ctx
 	}
 	if !t.rootKnown {
 		return true, ctx
 	}
-	if t.sampleRoot() {
-		return true, context.WithValue(ctx, meshSampledKey{}, true)
-	}
-	return false, context.WithValue(ctx, passKey{}, &passthrough{traceparent: newUnsampledTraceparent()})
+	return t.newRoot(ctx)
 }
 
 // Start starts a span on ctx (for a call ClientDecision sampled). span is
@@ -191,24 +273,10 @@ func (t *Tracing) Start(ctx context.Context, name string, kind trace.SpanKind, a
 	return ctx, span
 }
 
-// newUnsampledTraceparent starts a trace that is not sampled, so hops
-// downstream follow the decision rather than take their own.
-func newUnsampledTraceparent() string {
-	var sc trace.SpanContextConfig
-	for sc.TraceID == (trace.TraceID{}) {
-		putUint64(sc.TraceID[:8], rand.Uint64())
-		putUint64(sc.TraceID[8:], rand.Uint64())
-	}
-	for sc.SpanID == (trace.SpanID{}) {
-		putUint64(sc.SpanID[:], rand.Uint64())
-	}
-	return FormatTraceparent(trace.NewSpanContext(sc))
-}
-
-func putUint64(b []byte, v uint64) {
-	for i := range 8 {
-		b[i] = byte(v >> (56 - 8*i))
-	}
+// unsampledTraceparent is a traceparent for trace id, not sampled, with
+// a random parent span ID.
+func unsampledTraceparent(id trace.TraceID) string {
+	return FormatTraceparent(trace.NewSpanContext(trace.SpanContextConfig{TraceID: id, SpanID: newSpanID()}))
 }
 
 // FormatTraceparent returns sc as a W3C traceparent header value.

@@ -11,19 +11,28 @@ import (
 	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
-// rootRatio is an SDK provider that says its ratio, as telemetry.Setup's does.
+// rootRatio is an SDK provider that says how it samples, as
+// telemetry.Setup's does.
 type rootRatio struct {
 	*sdktrace.TracerProvider
-	ratio float64
+	ratio       float64
+	parentBased bool
 }
 
-func (r rootRatio) MeshRootRatio() float64 { return r.ratio }
+func (r rootRatio) MeshSampling() (float64, bool) { return r.ratio, r.parentBased }
 
 func newTracing(t *testing.T, ratio float64) (*meshtel.Tracing, *tracetest.SpanRecorder) {
+	return newSampledTracing(t, ratio, true)
+}
+
+// newSampledTracing builds the provider and Tracing telemetry.Setup would
+// for ratio and parentBased.
+func newSampledTracing(t *testing.T, ratio float64, parentBased bool) (*meshtel.Tracing, *tracetest.SpanRecorder) {
 	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(meshtel.SDKSampler(ratio)))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(meshtel.SDKSampler(ratio, parentBased)),
+		sdktrace.WithIDGenerator(meshtel.IDGenerator()))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	return meshtel.NewTracing(rootRatio{tp, ratio}), rec
+	return meshtel.NewTracing(rootRatio{tp, ratio, parentBased}), rec
 }
 
 // TestUnsampledCallPassesContextUnchanged: a server whose caller did not
