@@ -129,7 +129,7 @@ func dial(t *testing.T, addr string, opts ...mesh.DialOption) testgrpc.TestServi
 	return testgrpc.NewTestServiceClient(cc)
 }
 
-func devSource(t *testing.T, ca *security.DevCA, path string) *security.DevSource {
+func devSource(t testing.TB, ca *security.DevCA, path string) *security.DevSource {
 	t.Helper()
 	src, err := ca.Source(id(path))
 	if err != nil {
@@ -139,7 +139,7 @@ func devSource(t *testing.T, ca *security.DevCA, path string) *security.DevSourc
 	return src
 }
 
-func newDevCA(t *testing.T, ttl time.Duration) *security.DevCA {
+func newDevCA(t testing.TB, ttl time.Duration) *security.DevCA {
 	t.Helper()
 	ca, err := security.NewDevCA(td, security.DevCAConfig{SVIDTTL: ttl})
 	if err != nil {
@@ -154,7 +154,7 @@ func callTimeout(t *testing.T) context.Context {
 	return ctx
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

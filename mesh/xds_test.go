@@ -204,7 +204,7 @@ type xdsTrading struct {
 
 // startXDSTrading starts an xdsTrading, stopped at cleanup; the server
 // gets opts too.
-func startXDSTrading(t *testing.T, opts ...mesh.ServerOption) (*xdsTrading, *security.DevCA) {
+func startXDSTrading(t testing.TB, opts ...mesh.ServerOption) (*xdsTrading, *security.DevCA) {
 	t.Helper()
 	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte("mtls: true\nservices:\n  - name: trading\n"))
 	if err != nil {
