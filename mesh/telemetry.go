@@ -18,8 +18,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/experimental/stats"
-	grpcotel "google.golang.org/grpc/stats/opentelemetry"
+	estats "google.golang.org/grpc/experimental/stats"
 
 	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/meshtel"
@@ -277,18 +276,19 @@ func (t *meshTelemetry) dialOptions(target string) []grpc.DialOption {
 		unary, stream := t.pipe.ClientInterceptors(target)
 		opts = append(opts, grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	}
-	if mp := meshtel.MeterProvider(t.cfg.meter); mp != nil && !t.cfg.off && strings.HasPrefix(target, "xds:") {
-		// grpc-go's xDS client reports accepted and NACKed updates, its
-		// connection to the control plane and its resources only through
-		// a stats plugin: take those metrics, not the per-call ones
-		// (the mesh records calls).
-		opts = append(opts, grpcotel.DialOption(grpcotel.Options{MetricsOptions: grpcotel.MetricsOptions{
-			MeterProvider: mp,
-			Metrics: stats.NewMetrics("grpc.xds_client.resource_updates_valid", "grpc.xds_client.resource_updates_invalid",
-				"grpc.xds_client.server_failure", "grpc.xds_client.connected", "grpc.xds_client.resources"),
-		}}))
-	}
 	return opts
+}
+
+// xdsMetrics records the metrics of grpc-go's xDS client (accepted and
+// refused updates, its connection to the control plane, the resources it
+// holds) when metrics are on, else nil. It goes to the xds resolver, not
+// on the channel as grpc-go's OpenTelemetry plugin would (a stats
+// handler and interceptors on every call): the mesh records calls itself.
+func (t *meshTelemetry) xdsMetrics() estats.MetricsRecorder {
+	if mp := meshtel.MeterProvider(t.cfg.meter); mp != nil && !t.cfg.off {
+		return meshtel.NewGRPCMetrics(mp, meshtel.XDSClientMetrics...)
+	}
+	return nil
 }
 
 // attemptDialOptions are the attempt interceptors, to be put right after

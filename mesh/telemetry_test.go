@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -427,7 +428,10 @@ func TestSVIDRotationsCountedOncePerSource(t *testing.T) {
 }
 
 // TestXDSClientUpdatesCounted: for xds:/// targets the mesh takes grpc-go's
-// own xDS client metrics (accepted and NACKed updates per resource type).
+// own xDS client metrics (accepted and NACKed updates per resource type,
+// the resources held, the connection to the control plane), from the xds
+// resolver rather than a stats handler on every call
+// (BenchmarkXDSUnaryCall shows the cost per call).
 func TestXDSClientUpdatesCounted(t *testing.T) {
 	meshd, ca := startXDSTrading(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -451,7 +455,8 @@ func TestXDSClientUpdatesCounted(t *testing.T) {
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	valid := map[string]int64{}
+	valid, resources := map[string]int64{}, map[string]int64{}
+	var connected []int64
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "grpc.xds_client.resource_updates_valid" {
@@ -460,12 +465,29 @@ func TestXDSClientUpdatesCounted(t *testing.T) {
 					valid[v.AsString()] += dp.Value
 				}
 			}
+			if g, ok := m.Data.(metricdata.Gauge[int64]); ok {
+				for _, dp := range g.DataPoints {
+					switch m.Name {
+					case "grpc.xds_client.connected":
+						connected = append(connected, dp.Value)
+					case "grpc.xds_client.resources":
+						v, _ := dp.Attributes.Value("grpc.xds.resource_type")
+						resources[v.AsString()] += dp.Value
+					}
+				}
+			}
 		}
 	}
 	for _, typ := range []string{"ListenerResource", "RouteConfigResource", "ClusterResource", "EndpointsResource"} {
 		if valid[typ] == 0 {
 			t.Errorf("grpc.xds_client.resource_updates_valid has no %s: %v", typ, valid)
 		}
+		if resources[typ] == 0 {
+			t.Errorf("grpc.xds_client.resources has no %s: %v", typ, resources)
+		}
+	}
+	if !slices.Equal(connected, []int64{1}) {
+		t.Errorf("grpc.xds_client.connected = %v, want [1] (one xDS client, connected)", connected)
 	}
 }
 

@@ -126,6 +126,7 @@ func (c *dialConfig) xdsDialOptions(target string, creds credentials.TransportCr
 	}
 	release := func() { releaseCert(); releaseCreds(); rec.Close() }
 	bc.CertProvider, bc.Recorder, bc.WrapCredentials = cp, rec, meshtls.CheckPeerSANs
+	bc.Metrics = tel.xdsMetrics()
 	opts, err := xdsbootstrap.DialOptions(bc, creds)
 	if err != nil {
 		release()

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
+	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/xds"
 
@@ -96,6 +97,11 @@ type Config struct {
 	// adds its own checks of the peer certificate). It must keep their
 	// UsesXDS method.
 	WrapCredentials func(credentials.TransportCredentials) credentials.TransportCredentials
+	// Metrics, when set, records the metrics of the xDS client of each
+	// channel built with NewResolverBuilder (or DialOptions), besides the
+	// channel's own stats handlers, which grpc-go would otherwise be the
+	// only way in: a stats handler costs every call on the channel.
+	Metrics estats.MetricsRecorder
 }
 
 type bootstrapJSON struct {
@@ -206,7 +212,67 @@ func NewResolverBuilder(c Config) (resolver.Builder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xdsbootstrap: %w", err)
 	}
+	if c.Metrics != nil {
+		return metricsBuilder{Builder: rb, metrics: c.Metrics}, nil
+	}
 	return rb, nil
+}
+
+// metricsBuilder builds xds resolvers whose xDS client reports its
+// metrics to metrics as well as to the channel's stats handlers.
+type metricsBuilder struct {
+	resolver.Builder
+	metrics estats.MetricsRecorder
+}
+
+func (b metricsBuilder) Build(target resolver.Target, cc resolver.ClientConn, opts resolver.BuildOptions) (resolver.Resolver, error) {
+	if opts.MetricsRecorder != nil {
+		opts.MetricsRecorder = teeRecorder{a: b.metrics, b: opts.MetricsRecorder}
+	} else {
+		opts.MetricsRecorder = b.metrics
+	}
+	return b.Builder.Build(target, cc, opts)
+}
+
+// teeRecorder records every measurement on both a and b.
+type teeRecorder struct {
+	estats.UnimplementedMetricsRecorder
+	a, b estats.MetricsRecorder
+}
+
+func (t teeRecorder) RecordInt64Count(h *estats.Int64CountHandle, v int64, labels ...string) {
+	t.a.RecordInt64Count(h, v, labels...)
+	t.b.RecordInt64Count(h, v, labels...)
+}
+
+func (t teeRecorder) RecordFloat64Count(h *estats.Float64CountHandle, v float64, labels ...string) {
+	t.a.RecordFloat64Count(h, v, labels...)
+	t.b.RecordFloat64Count(h, v, labels...)
+}
+
+func (t teeRecorder) RecordInt64Histo(h *estats.Int64HistoHandle, v int64, labels ...string) {
+	t.a.RecordInt64Histo(h, v, labels...)
+	t.b.RecordInt64Histo(h, v, labels...)
+}
+
+func (t teeRecorder) RecordFloat64Histo(h *estats.Float64HistoHandle, v float64, labels ...string) {
+	t.a.RecordFloat64Histo(h, v, labels...)
+	t.b.RecordFloat64Histo(h, v, labels...)
+}
+
+func (t teeRecorder) RecordInt64Gauge(h *estats.Int64GaugeHandle, v int64, labels ...string) {
+	t.a.RecordInt64Gauge(h, v, labels...)
+	t.b.RecordInt64Gauge(h, v, labels...)
+}
+
+func (t teeRecorder) RecordInt64UpDownCount(h *estats.Int64UpDownCountHandle, v int64, labels ...string) {
+	t.a.RecordInt64UpDownCount(h, v, labels...)
+	t.b.RecordInt64UpDownCount(h, v, labels...)
+}
+
+func (t teeRecorder) RegisterAsyncReporter(r estats.AsyncMetricReporter, metrics ...estats.AsyncMetric) func() {
+	ua, ub := t.a.RegisterAsyncReporter(r, metrics...), t.b.RegisterAsyncReporter(r, metrics...)
+	return func() { ua(); ub() }
 }
 
 // ServerOption returns the option that makes an xds.GRPCServer use the
