@@ -10,22 +10,40 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/gridmesh/gridmesh/internal/meshtel"
 )
 
 // pipelines returns a server's and a client's pipeline for a variant:
-// "metrics" records into a Hub, "passthrough" only passes W3C context on.
-func pipelines(variant string) (server, client *meshtel.Pipeline) {
+// "metrics" records into a Hub, "passthrough" only passes W3C context on,
+// "metrics+1pct" and "metrics+traced" also trace, 1% of new traces or all
+// of them, through the SDK provider telemetry.Setup builds (batch span
+// processor, to an exporter that drops the spans).
+func pipelines(b *testing.B, variant string) (server, client *meshtel.Pipeline) {
 	var hub *meshtel.Hub
-	if variant == "metrics" {
+	if variant != "passthrough" {
 		hub = meshtel.NewHub()
 	}
-	return &meshtel.Pipeline{Hub: hub, Self: "spiffe://example.org/server"}, &meshtel.Pipeline{Hub: hub, Self: "spiffe://example.org/client"}
+	var tr *meshtel.Tracing
+	if ratio, ok := map[string]float64{"metrics+1pct": 0.01, "metrics+traced": 1}[variant]; ok {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}), sdktrace.WithSampler(meshtel.SDKSampler(ratio, true)),
+			sdktrace.WithIDGenerator(meshtel.IDGenerator()))
+		b.Cleanup(func() { tp.Shutdown(context.Background()) })
+		tr = meshtel.NewTracing(rootRatio{tp, ratio, true})
+	}
+	return &meshtel.Pipeline{Hub: hub, Tracing: tr, Self: "spiffe://example.org/server"},
+		&meshtel.Pipeline{Hub: hub, Tracing: tr, Self: "spiffe://example.org/client"}
 }
+
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
 
 // BenchmarkPipelineGRPC is the CPU the golden metrics add to one unary
 // call, both sides: the server, client-call and client-attempt
@@ -33,7 +51,9 @@ func pipelines(variant string) (server, client *meshtel.Pipeline) {
 // invoker reports a verified peer, as grpc-go does), with metrics on and
 // no tracing ("metrics"), against the same chain with the pipeline only
 // passing W3C context on ("passthrough", what telemetry off with no-op
-// providers installs). The mesh call itself costs the same either way;
+// providers installs), and with tracing too ("metrics+1pct",
+// "metrics+traced"; the W3C context goes from the client's outgoing
+// metadata to the server's incoming, as grpc-go sends it). The mesh call itself costs the same either way;
 // see mesh's BenchmarkMetricsOverhead for it end to end. cpu-ns/op is the
 // process's CPU time per call, which other load on the machine does not
 // inflate as it does ns/op.
@@ -42,9 +62,9 @@ func BenchmarkPipelineGRPC(b *testing.B) {
 		SPIFFEID: &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/client"}}}
 	client := &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}, AuthInfo: credentials.TLSInfo{
 		SPIFFEID: &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/server"}}}
-	for _, name := range []string{"passthrough", "metrics"} {
+	for _, name := range []string{"passthrough", "metrics", "metrics+1pct", "metrics+traced"} {
 		b.Run(name, func(b *testing.B) {
-			sp, cp := pipelines(name)
+			sp, cp := pipelines(b, name)
 			srvUnary, _ := sp.ServerInterceptors()
 			callUnary, _ := cp.ClientInterceptors("static:///trading")
 			attemptUnary, _ := cp.AttemptInterceptors("static:///trading")
@@ -57,7 +77,11 @@ func BenchmarkPipelineGRPC(b *testing.B) {
 						*po.PeerAddr = *client
 					}
 				}
-				_, err := srvUnary(sctx, req, info, handler)
+				in := sctx
+				if md, ok := metadata.FromOutgoingContext(ctx); ok {
+					in = metadata.NewIncomingContext(sctx, md)
+				}
+				_, err := srvUnary(in, req, info, handler)
 				return err
 			}
 			attempt := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
@@ -82,9 +106,9 @@ func BenchmarkPipelineGRPC(b *testing.B) {
 // handler, client-call and client-attempt stages around a handler that
 // writes 200 and a transport that serves the request in process.
 func BenchmarkPipelineHTTP(b *testing.B) {
-	for _, name := range []string{"passthrough", "metrics"} {
+	for _, name := range []string{"passthrough", "metrics", "metrics+1pct", "metrics+traced"} {
 		b.Run(name, func(b *testing.B) {
-			sp, cp := pipelines(name)
+			sp, cp := pipelines(b, name)
 			mux := http.NewServeMux()
 			mux.HandleFunc("GET /v1/trades/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 			server := sp.HTTPHandler(mux)
