@@ -4,13 +4,16 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -34,7 +37,8 @@ type adsServer struct {
 	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
 	s *Server
 
-	cur atomic.Pointer[adsSnapshot] // nil until the first snapshot is published
+	cur    atomic.Pointer[adsSnapshot] // nil until the first snapshot is published
+	nonces atomic.Uint64               // response nonces, unique across snapshots
 
 	mu      sync.Mutex
 	streams map[*adsStream]struct{}
@@ -54,6 +58,64 @@ type adsType struct {
 	version string
 	byName  map[string]*anypb.Any
 	all     []*anypb.Any // sorted by name, for wildcard subscriptions
+
+	// Responses encoded once and sent as they are to every stream that
+	// subscribed to the same names: 10,000 clients of one service cost
+	// one encoding per snapshot, not 10,000.
+	mu      sync.Mutex
+	encoded map[adsKey]*adsEncoded
+}
+
+// maxEncodedPerType bounds the encoded responses a snapshot keeps per type.
+const maxEncodedPerType = 4096
+
+// adsKey names one encoded response of a type: the subscription's names
+// and the stream's compression (an encoding is compressed for its stream).
+type adsKey struct {
+	names      string // joined by NUL
+	wildcard   bool
+	compressor string
+}
+
+// adsEncoded is one response, encoded on first use. Its nonce is shared by
+// every stream it goes to; within a stream it names this content only.
+type adsEncoded struct {
+	once  sync.Once
+	nonce string
+	msg   *grpc.PreparedMsg
+	err   error
+}
+
+// response returns the encoded response of t for names, encoding it on
+// first use with stream's codec and compressor.
+func (a *adsServer) response(t *adsType, typeIndex int, names []string, compressor string, stream grpc.ServerStream) (*adsEncoded, error) {
+	key := adsKey{names: strings.Join(names, "\x00"), wildcard: len(names) == 0, compressor: compressor}
+	t.mu.Lock()
+	e := t.encoded[key]
+	if e == nil {
+		if t.encoded == nil {
+			t.encoded = map[adsKey]*adsEncoded{}
+		}
+		e = &adsEncoded{nonce: strconv.FormatUint(a.nonces.Add(1), 10)}
+		// Clients choose their names: past maxEncodedPerType distinct
+		// subscriptions a response is encoded for its stream alone, so
+		// that odd subscriptions cannot grow the snapshot without bound.
+		if len(t.encoded) < maxEncodedPerType {
+			t.encoded[key] = e
+		}
+	}
+	t.mu.Unlock()
+	e.once.Do(func() {
+		resp := &discoverypb.DiscoveryResponse{
+			VersionInfo: t.version, TypeUrl: adsTypes[typeIndex],
+			Nonce: e.nonce, Resources: t.pick(names, adsTypes[typeIndex]),
+		}
+		e.msg = &grpc.PreparedMsg{}
+		if err := e.msg.Encode(stream, resp); err != nil {
+			e.err = fmt.Errorf("controlplane: encode %s response: %w", adsTypes[typeIndex], err)
+		}
+	})
+	return e, e.err
 }
 
 func (a *adsSnapshot) typ(url string) *adsType {
@@ -118,11 +180,15 @@ type adsStream struct {
 	a      *adsServer
 	stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer
 
+	// compressor is the stream's response compression (its request's
+	// grpc-encoding, which grpc-go answers with), part of an encoded
+	// response's key.
+	compressor string
+
 	mu       sync.Mutex
 	subs     [4]adsSub // as adsTypes
-	nonce    uint64
-	node     string // from the first request: what the client says, not trusted
-	peer     string // the verified SPIFFE ID of the stream's connection ("" in plaintext)
+	node     string    // from the first request: what the client says, not trusted
+	peer     string    // the verified SPIFFE ID of the stream's connection ("" in plaintext)
 	since    time.Time
 	nacks    int
 	lastNACK string
@@ -152,6 +218,11 @@ func (a *adsServer) StreamAggregatedResources(stream discoverypb.AggregatedDisco
 	}
 	a.mu.Lock()
 	st := &adsStream{a: a, stream: stream, since: time.Now(), peer: peer}
+	if md, ok := metadata.FromIncomingContext(stream.Context()); ok {
+		if enc := md.Get("grpc-encoding"); len(enc) > 0 {
+			st.compressor = enc[0]
+		}
+	}
 	a.streams[st] = struct{}{}
 	a.mu.Unlock()
 	a.s.stats.streams.Add(1)
@@ -260,27 +331,35 @@ func (st *adsStream) kickLocked() {
 // until nothing is missing.
 func (st *adsStream) push() {
 	s := st.a.s
+	// failed holds, per type, the version whose response could not be
+	// encoded: not tried again by this goroutine (the next snapshot is).
+	var failed [4]string
 	for {
 		cur := st.a.cur.Load()
 		st.mu.Lock()
-		var out []*discoverypb.DiscoveryResponse
+		var out [4]*grpc.PreparedMsg
+		n := 0
 		if cur != nil && !st.closed {
 			for i := range st.subs {
 				sub := &st.subs[i]
 				t := &cur.types[i]
-				if !sub.subscribed || (!sub.want && sub.sent == t.version) {
+				if !sub.subscribed || (!sub.want && sub.sent == t.version) || failed[i] == t.version {
 					continue
 				}
-				st.nonce++
-				resp := &discoverypb.DiscoveryResponse{
-					VersionInfo: t.version, TypeUrl: adsTypes[i],
-					Nonce: strconv.FormatUint(st.nonce, 10), Resources: t.pick(sub.names, adsTypes[i]),
+				e, err := st.a.response(t, i, sub.names, st.compressor, st.stream)
+				if err != nil {
+					// Encoding what meshd built does not fail; if it
+					// does, say so and leave the type not sent.
+					failed[i] = t.version
+					s.log.Error("xDS response not sent", "identity", st.peer, "type", adsTypes[i], "err", err)
+					continue
 				}
-				sub.sent, sub.nonce, sub.want = t.version, resp.Nonce, false
-				out = append(out, resp)
+				sub.sent, sub.nonce, sub.want = t.version, e.nonce, false
+				out[n] = e.msg
+				n++
 			}
 		}
-		if len(out) == 0 {
+		if n == 0 {
 			st.sending = false
 			if st.idle != nil {
 				close(st.idle)
@@ -290,8 +369,8 @@ func (st *adsStream) push() {
 			return
 		}
 		st.mu.Unlock()
-		for _, resp := range out {
-			if err := st.stream.Send(resp); err != nil {
+		for _, msg := range out[:n] {
+			if err := st.stream.SendMsg(msg); err != nil {
 				// The stream is over; the handler sees it in Recv.
 				st.mu.Lock()
 				st.closed = true
