@@ -133,6 +133,16 @@ func newTransport(o *options) (*transport, error) {
 	return t, nil
 }
 
+// ownExpiry is when meshd's current SVID expires, zero if the source has
+// none.
+func (t *transport) ownExpiry() time.Time {
+	svid, err := t.mtls.Source.GetX509SVID()
+	if err != nil || len(svid.Certificates) == 0 {
+		return time.Time{}
+	}
+	return svid.Certificates[0].NotAfter
+}
+
 // maxConnectionAge is MTLSConfig.MaxConnectionAge or its default.
 func (t *transport) maxConnectionAge() time.Duration {
 	if t.mtls.MaxConnectionAge > 0 {
@@ -154,19 +164,17 @@ func (t *transport) maxConnectionAge() time.Duration {
 // returns the connection, which closes itself Grace after the earlier
 // expiry of the two certificates, and whether the client chose HTTP/2.
 func (t *transport) handshake(c net.Conn) (*authedConn, bool, error) {
-	cfg := t.tls.Clone()
-	var own time.Time
-	get := cfg.GetCertificate
-	cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
-		cert, err := get(h)
-		if err == nil && cert != nil && cert.Leaf != nil {
-			own = cert.Leaf.NotAfter
-		}
-		return cert, err
-	}
-	tc := tls.Server(c, cfg)
+	// meshd's certificate for this connection is the source's SVID at some
+	// moment of the handshake: the earlier expiry of the SVIDs before and
+	// after it bounds it (no per-connection copy of the TLS config, which
+	// would stay with the connection).
+	own := t.ownExpiry()
+	tc := tls.Server(c, t.tls)
 	if err := tc.Handshake(); err != nil {
 		return nil, false, err
+	}
+	if after := t.ownExpiry(); own.IsZero() || (!after.IsZero() && after.Before(own)) {
+		own = after
 	}
 	cs := tc.ConnectionState()
 	id, err := x509svid.IDFromCert(cs.PeerCertificates[0]) // VerifyConnection checked it

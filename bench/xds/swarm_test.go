@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"time"
@@ -77,44 +78,68 @@ func simClient(ctx context.Context, addr string, creds credentials.TransportCred
 		return err
 	}
 	defer cc.Close()
-	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	// Until its first response a client retries, as grpc-go's xDS client
+	// does: 10,000 TLS handshakes at once can outrun meshd's 10 s
+	// handshake deadline on two shared cores, and meshd drops those
+	// connections. After that any error ends the run.
+	var (
+		stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+		resp   *discoverypb.DiscoveryResponse
+	)
+	for attempt := 0; ; attempt++ {
+		stream, resp, err = subscribe(ctx, cc, id)
+		if err == nil || attempt == 20 {
+			break
+		}
+		time.Sleep(time.Duration(100+rand.IntN(900)) * time.Millisecond)
+	}
+	for err == nil {
+		if err = handle(stream, resp, id, report); err == nil {
+			resp, err = stream.Recv()
+		}
+	}
+	return err
+}
+
+// subscribe opens an ADS stream, subscribes and returns the first
+// response.
+func subscribe(ctx context.Context, cc *grpc.ClientConn, id int) (discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *discoverypb.DiscoveryResponse, error) {
+	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	node := &corepb.Node{Id: fmt.Sprintf("bench-%d", id)}
 	for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
 		if err := stream.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: t, ResourceNames: []string{service}}); err != nil {
-			return err
+			return nil, nil, err
 		}
 		node = nil
 	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if resp.GetTypeUrl() == resourcev3.EndpointType {
-			for _, r := range resp.GetResources() {
-				cla := &endpointpb.ClusterLoadAssignment{}
-				if err := r.UnmarshalTo(cla); err != nil {
-					return err
+	resp, err := stream.Recv()
+	return stream, resp, err
+}
+
+// handle reports an endpoint update in resp and ACKs it.
+func handle(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, resp *discoverypb.DiscoveryResponse, id int, report func(client, eps int)) error {
+	if resp.GetTypeUrl() == resourcev3.EndpointType {
+		for _, r := range resp.GetResources() {
+			cla := &endpointpb.ClusterLoadAssignment{}
+			if err := r.UnmarshalTo(cla); err != nil {
+				return err
+			}
+			if cla.GetClusterName() == service {
+				eps := 0
+				for _, l := range cla.GetEndpoints() {
+					eps += len(l.GetLbEndpoints())
 				}
-				if cla.GetClusterName() == service {
-					eps := 0
-					for _, l := range cla.GetEndpoints() {
-						eps += len(l.GetLbEndpoints())
-					}
-					report(id, eps)
-				}
+				report(id, eps)
 			}
 		}
-		if err := stream.Send(&discoverypb.DiscoveryRequest{
-			TypeUrl: resp.GetTypeUrl(), ResourceNames: []string{service},
-			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(),
-		}); err != nil {
-			return err
-		}
 	}
+	return stream.Send(&discoverypb.DiscoveryRequest{
+		TypeUrl: resp.GetTypeUrl(), ResourceNames: []string{service},
+		VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(),
+	})
 }
 
 // swarmCreds is the clients' mTLS: the SVID and bundle files in dir,
