@@ -158,7 +158,7 @@ func TestSetupSamplers(t *testing.T) {
 			defer p.Shutdown(timeout(t))
 			tr := meshtel.NewTracing(p.TracerProvider)
 			yes := func(parent string) string {
-				ctx, span := tr.ServerStart(context.Background(), meshtel.Incoming{Traceparent: parent}, "m", trace.SpanKindServer)
+				ctx, span := tr.ServerStart(context.Background(), meshtel.Incoming{Traceparent: parent}, "m", trace.SpanKindServer, nil)
 				if span == nil {
 					return "no"
 				}

@@ -171,14 +171,11 @@ func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Cont
 	if in == (Incoming{}) && p.Tracing == nil {
 		return ctx, nil
 	}
-	var attrs []attribute.KeyValue
-	if p.Tracing != nil {
+	return p.Tracing.ServerStart(ctx, in, method, trace.SpanKindServer, func() []attribute.KeyValue {
 		pr, _ := peer.FromContext(ctx)
-		src := p.peerID(pr)
-		attrs = []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", method),
-			KeySource.String(src), KeyDestination.String(p.Self)}
-	}
-	return p.Tracing.ServerStart(ctx, in, method, trace.SpanKindServer, attrs...)
+		return []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", method),
+			KeySource.String(p.peerID(pr)), KeyDestination.String(p.Self)}
+	})
 }
 
 // serverEnd records a server call: method is its rpc.method label,

@@ -26,7 +26,7 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 		if !p.records() { // pass W3C context on only
 			in := Incoming{Traceparent: r.Header.Get("Traceparent"), Tracestate: r.Header.Get("Tracestate"), Baggage: r.Header.Get("Baggage")}
 			if in != (Incoming{}) {
-				if ctx, _ := p.Tracing.ServerStart(r.Context(), in, "", trace.SpanKindServer); ctx != r.Context() {
+				if ctx, _ := p.Tracing.ServerStart(r.Context(), in, "", trace.SpanKindServer, nil); ctx != r.Context() {
 					r = r.WithContext(ctx)
 				}
 			}
@@ -38,12 +38,9 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 		var span trace.Span
 		in := Incoming{Traceparent: r.Header.Get("Traceparent"), Tracestate: r.Header.Get("Tracestate"), Baggage: r.Header.Get("Baggage")}
 		if in != (Incoming{}) || p.Tracing != nil {
-			var src string
-			if p.Tracing != nil {
-				src = p.peer(r)
-			}
-			ctx, s := p.Tracing.ServerStart(r.Context(), in, method, trace.SpanKindServer,
-				attribute.String("http.request.method", method), KeySource.String(src), KeyDestination.String(p.Self))
+			ctx, s := p.Tracing.ServerStart(r.Context(), in, method, trace.SpanKindServer, func() []attribute.KeyValue {
+				return []attribute.KeyValue{attribute.String("http.request.method", method), KeySource.String(p.peer(r)), KeyDestination.String(p.Self)}
+			})
 			if ctx != r.Context() {
 				r = r.WithContext(ctx)
 			}

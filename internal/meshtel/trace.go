@@ -96,7 +96,7 @@ func (t *Tracing) newRoot(ctx context.Context) (bool, context.Context) {
 	if sampled {
 		return true, context.WithValue(ctx, meshSampledKey{}, id)
 	}
-	return false, context.WithValue(ctx, passKey{}, &passthrough{traceparent: unsampledTraceparent(id)})
+	return false, &passCtx{Context: ctx, p: passthrough{traceparent: unsampledTraceparent(id)}}
 }
 
 // rootID is a new random trace ID and the ratio's decision for it.
@@ -183,10 +183,11 @@ type Incoming struct {
 }
 
 // ServerStart decides whether a server call is traced. Sampled: ctx
-// carries a new server span (the caller's as parent) and span is it.
-// Not sampled: span is nil and ctx carries the caller's context as
-// received, for outgoing calls. Baggage, when sent, is in ctx either way.
-func (t *Tracing) ServerStart(ctx context.Context, in Incoming, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+// carries a new server span (the caller's as parent) with the attributes
+// attrs returns (nil: none), and span is it. Not sampled: span is nil,
+// attrs is not called, and ctx carries the caller's context as received,
+// for outgoing calls. Baggage, when sent, is in ctx either way.
+func (t *Tracing) ServerStart(ctx context.Context, in Incoming, name string, kind trace.SpanKind, attrs func() []attribute.KeyValue) (context.Context, trace.Span) {
 	if in.Baggage != "" {
 		if b, err := baggage.Parse(in.Baggage); err == nil {
 			ctx = baggage.ContextWithBaggage(ctx, b)
@@ -210,7 +211,7 @@ func (t *Tracing) ServerStart(ctx context.Context, in Incoming, name string, kin
 	}
 	if !sampled {
 		if ok {
-			ctx = context.WithValue(ctx, passKey{}, &passthrough{in.Traceparent, in.Tracestate})
+			ctx = &passCtx{Context: ctx, p: passthrough{in.Traceparent, in.Tracestate}}
 		}
 		return ctx, nil
 	}
@@ -222,11 +223,29 @@ func (t *Tracing) ServerStart(ctx context.Context, in Incoming, name string, kin
 		}
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	}
-	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+	var kvs []attribute.KeyValue
+	if attrs != nil {
+		kvs = attrs()
+	}
+	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(kvs...))
 	if !span.IsRecording() {
 		return ctx, nil
 	}
 	return ctx, span
+}
+
+// passCtx is a context carrying a passthrough, in one allocation where
+// context.WithValue and the value would take two.
+type passCtx struct {
+	context.Context
+	p passthrough
+}
+
+func (c *passCtx) Value(key any) any {
+	if key == (passKey{}) {
+		return &c.p
+	}
+	return c.Context.Value(key)
 }
 
 // Outgoing is the W3C context an outgoing call carries when it has no
