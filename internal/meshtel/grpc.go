@@ -171,11 +171,9 @@ func (p *Pipeline) serverStart(ctx context.Context, method string) (context.Cont
 	if in == (Incoming{}) && p.Tracing == nil {
 		return ctx, nil
 	}
-	return p.Tracing.ServerStart(ctx, in, method, trace.SpanKindServer, func() []attribute.KeyValue {
-		pr, _ := peer.FromContext(ctx)
-		return []attribute.KeyValue{rpcSystem, attribute.String("rpc.method", method),
-			KeySource.String(p.peerID(pr)), KeyDestination.String(p.Self)}
-	})
+	// The span's attributes are set when it ends, all in one call
+	// (endSpan).
+	return p.Tracing.ServerStart(ctx, in, method, trace.SpanKindServer, nil)
 }
 
 // serverEnd records a server call: method is its rpc.method label,
@@ -186,16 +184,16 @@ func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method, fullM
 	}
 	d := time.Since(start)
 	code := status.Code(err)
-	var sc trace.SpanContext
-	if span != nil {
-		sc = span.SpanContext()
-		endSpan(span, code, err)
-	}
-	if p.Hub == nil && !p.events() {
+	if span == nil && p.Hub == nil && !p.events() {
 		return
 	}
 	pr, _ := peer.FromContext(ctx)
 	src := p.peerID(pr)
+	var sc trace.SpanContext
+	if span != nil {
+		sc = span.SpanContext()
+		endSpan(span, code, err, rpcSystem, attribute.String("rpc.method", method), KeySource.String(src), KeyDestination.String(p.Self))
+	}
 	if p.Hub != nil {
 		p.Hub.RPCServer.Series(Key{Method: method, Status: CodeName(code), Source: src, Destination: p.Self}).Observe(d, sc)
 	}
@@ -205,8 +203,12 @@ func (p *Pipeline) serverEnd(ctx context.Context, span trace.Span, method, fullM
 	}
 }
 
-func endSpan(span trace.Span, code grpccodes.Code, err error) {
-	span.SetAttributes(attribute.String("rpc.response.status_code", CodeName(code)))
+// endSpan ends a gRPC span with its status and the attributes extra, set
+// in one call: the SDK grows a span's attributes at each call.
+func endSpan(span trace.Span, code grpccodes.Code, err error, extra ...attribute.KeyValue) {
+	kvs := make([]attribute.KeyValue, 0, len(extra)+1)
+	kvs = append(kvs, extra...)
+	span.SetAttributes(append(kvs, attribute.String("rpc.response.status_code", CodeName(code)))...)
 	if err != nil {
 		span.SetStatus(codes.Error, errDetail(err))
 	}
@@ -292,8 +294,8 @@ func methodLabel(method string, opts []grpc.CallOption) string {
 func (p *Pipeline) clientStart(ctx context.Context, method, target string, opts []grpc.CallOption, stream bool) (context.Context, trace.Span) {
 	var span trace.Span
 	if sampled, c := p.Tracing.ClientDecision(ctx); sampled {
-		ctx, span = p.Tracing.Start(c, methodLabel(method, opts), trace.SpanKindClient, rpcSystem,
-			attribute.String("rpc.method", methodLabel(method, opts)), KeySource.String(p.Self), KeyTarget.String(target))
+		// The span's attributes are set when it ends (clientEnd).
+		ctx, span = p.Tracing.Start(c, methodLabel(method, opts), trace.SpanKindClient)
 		if span != nil && !stream {
 			// The attempts inject their own spans' context.
 			ctx = context.WithValue(ctx, callStateKey{}, &callState{})
@@ -334,8 +336,9 @@ func (p *Pipeline) clientEnd(span trace.Span, target, method string, opts []grpc
 	dest := p.peerID(pr)
 	if span != nil {
 		sc = span.SpanContext()
-		span.SetAttributes(KeyDestination.String(dest))
-		endSpan(span, code, err)
+		label := methodLabel(method, opts)
+		endSpan(span, code, err, rpcSystem, attribute.String("rpc.method", label), KeySource.String(p.Self), KeyTarget.String(target),
+			KeyDestination.String(dest))
 	}
 	if p.Hub != nil {
 		p.Hub.RPCClient.Series(Key{Method: methodLabel(method, opts), Status: CodeName(code), Source: p.Self, Destination: dest, Target: target}).Observe(d, sc)
@@ -355,12 +358,16 @@ func (p *Pipeline) clientEnd(span trace.Span, target, method string, opts []grpc
 // mesh.attempt whose context goes to the server.
 func (p *Pipeline) AttemptInterceptors(target string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
 	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		var span trace.Span
+		var (
+			span trace.Span
+			n    int
+			kind string
+		)
 		if cs, _ := ctx.Value(callStateKey{}).(*callState); cs != nil {
-			n, kind := cs.next()
+			n, kind = cs.next()
 			defer cs.done()
-			ctx, span = p.Tracing.Start(ctx, "attempt "+methodLabel(method, opts), trace.SpanKindInternal,
-				KeyAttempt.Int(n), KeyAttemptKind.String(kind))
+			// The span's attributes are set when it ends (attemptEnd).
+			ctx, span = p.Tracing.Start(ctx, "attempt "+methodLabel(method, opts), trace.SpanKindInternal)
 			sc := trace.SpanContextFromContext(ctx)
 			kv := []string{"traceparent", FormatTraceparent(sc)}
 			if ts := sc.TraceState().String(); ts != "" {
@@ -370,21 +377,23 @@ func (p *Pipeline) AttemptInterceptors(target string) (grpc.UnaryClientIntercept
 		}
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if span != nil || p.Hub != nil {
-			p.attemptEnd(span, target, method, opts, err)
+			p.attemptEnd(span, n, kind, target, method, opts, err)
 		}
 		return err
 	}
 	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		cs, err := streamer(ctx, desc, cc, method, opts...)
 		if p.Hub != nil {
-			p.attemptEnd(nil, target, method, opts, err)
+			p.attemptEnd(nil, 0, "", target, method, opts, err)
 		}
 		return cs, err
 	}
 	return unary, stream
 }
 
-func (p *Pipeline) attemptEnd(span trace.Span, target, method string, opts []grpc.CallOption, err error) {
+// attemptEnd records an attempt; a traced one's span is attempt n of its
+// call, of kind ("first", "retry" or "hedge").
+func (p *Pipeline) attemptEnd(span trace.Span, n int, kind, target, method string, opts []grpc.CallOption, err error) {
 	code := status.Code(err)
 	var pr *peer.Peer
 	for _, o := range opts {
@@ -394,11 +403,12 @@ func (p *Pipeline) attemptEnd(span trace.Span, target, method string, opts []grp
 	}
 	dest := p.peerID(pr)
 	if span != nil {
+		attempt, attemptKind, destination := KeyAttempt.Int(n), KeyAttemptKind.String(kind), KeyDestination.String(dest)
 		if pr != nil && pr.Addr != nil {
-			span.SetAttributes(attribute.String("server.address", pr.Addr.String()))
+			endSpan(span, code, err, attempt, attemptKind, destination, attribute.String("server.address", pr.Addr.String()))
+		} else {
+			endSpan(span, code, err, attempt, attemptKind, destination)
 		}
-		span.SetAttributes(KeyDestination.String(dest))
-		endSpan(span, code, err)
 	}
 	if p.Hub != nil {
 		p.Hub.RPCAttempts.Series(Key{Method: methodLabel(method, opts), Status: CodeName(code), Source: p.Self, Destination: dest, Target: target}).Add()

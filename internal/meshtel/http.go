@@ -38,9 +38,8 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 		var span trace.Span
 		in := Incoming{Traceparent: r.Header.Get("Traceparent"), Tracestate: r.Header.Get("Tracestate"), Baggage: r.Header.Get("Baggage")}
 		if in != (Incoming{}) || p.Tracing != nil {
-			ctx, s := p.Tracing.ServerStart(r.Context(), in, method, trace.SpanKindServer, func() []attribute.KeyValue {
-				return []attribute.KeyValue{attribute.String("http.request.method", method), KeySource.String(p.peer(r)), KeyDestination.String(p.Self)}
-			})
+			// The span's attributes are set when it ends, all in one call.
+			ctx, s := p.Tracing.ServerStart(r.Context(), in, method, trace.SpanKindServer, nil)
 			if ctx != r.Context() {
 				r = r.WithContext(ctx)
 			}
@@ -53,11 +52,14 @@ func (p *Pipeline) HTTPHandler(next http.Handler) http.Handler {
 		var sc trace.SpanContext
 		if span != nil {
 			sc = span.SpanContext()
+			kvs := make([]attribute.KeyValue, 0, 5)
+			kvs = append(kvs, attribute.String("http.request.method", method), KeySource.String(p.peer(r)), KeyDestination.String(p.Self),
+				attribute.Int("http.response.status_code", sw.code))
 			if route != "" {
 				span.SetName(method + " " + route)
-				span.SetAttributes(attribute.String("http.route", route))
+				kvs = append(kvs, attribute.String("http.route", route))
 			}
-			span.SetAttributes(attribute.Int("http.response.status_code", sw.code))
+			span.SetAttributes(kvs...)
 			if sw.code >= 500 {
 				span.SetStatus(codes.Error, "")
 			}
@@ -123,8 +125,8 @@ func (p *Pipeline) HTTPCalls(target string, next http.RoundTripper) http.RoundTr
 		}
 		var span trace.Span
 		if sampled, ctx := p.Tracing.ClientDecision(r.Context()); sampled {
-			ctx, span = p.Tracing.Start(ctx, method, trace.SpanKindClient,
-				attribute.String("http.request.method", method), KeySource.String(p.Self), KeyTarget.String(tgt))
+			// The span's attributes are set when it ends, all in one call.
+			ctx, span = p.Tracing.Start(ctx, method, trace.SpanKindClient)
 			if span != nil {
 				r = r.WithContext(context.WithValue(ctx, callStateKey{}, &callState{}))
 			} else {
@@ -147,7 +149,7 @@ func (p *Pipeline) HTTPCalls(target string, next http.RoundTripper) http.RoundTr
 		var sc trace.SpanContext
 		if span != nil {
 			sc = span.SpanContext()
-			endHTTPSpan(span, k, err)
+			endHTTPSpan(span, k, err, attribute.String("http.request.method", method), KeySource.String(p.Self), KeyTarget.String(tgt))
 		}
 		if p.Hub != nil {
 			p.Hub.HTTPClient.Series(k).Observe(d, sc)
@@ -173,14 +175,18 @@ func (p *Pipeline) HTTPCalls(target string, next http.RoundTripper) http.RoundTr
 // request's attempts their spans, whose context goes to the server.
 func (p *Pipeline) HTTPAttempts(target string, next http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(r *http.Request) (*http.Response, error) {
-		var span trace.Span
+		var (
+			span trace.Span
+			n    int
+			kind string
+		)
 		method := httpMethod(r.Method)
 		if cs, _ := r.Context().Value(callStateKey{}).(*callState); cs != nil {
-			n, kind := cs.next()
+			n, kind = cs.next()
 			defer cs.done()
 			var ctx context.Context
-			ctx, span = p.Tracing.Start(r.Context(), "attempt "+method, trace.SpanKindInternal,
-				KeyAttempt.Int(n), KeyAttemptKind.String(kind), attribute.String("server.address", r.URL.Host))
+			// The span's attributes are set when it ends, all in one call.
+			ctx, span = p.Tracing.Start(r.Context(), "attempt "+method, trace.SpanKindInternal)
 			r = withHeaders(r.WithContext(ctx), trace.SpanContextFromContext(ctx))
 		}
 		if span == nil && p.Hub == nil {
@@ -198,12 +204,16 @@ func (p *Pipeline) HTTPAttempts(target string, next http.RoundTripper) http.Roun
 			k.Code, k.Destination = resp.StatusCode, p.peerResp(resp)
 		}
 		if span != nil {
+			var route, cluster string
 			if p.Routed != nil {
-				if route, cluster := p.Routed(r.Context()); route != "" || cluster != "" {
-					span.SetAttributes(KeyRoute.String(route), KeyCluster.String(cluster))
-				}
+				route, cluster = p.Routed(r.Context())
 			}
-			endHTTPSpan(span, k, err)
+			attempt, attemptKind, addr := KeyAttempt.Int(n), KeyAttemptKind.String(kind), attribute.String("server.address", r.URL.Host)
+			if route != "" || cluster != "" {
+				endHTTPSpan(span, k, err, attempt, attemptKind, addr, KeyRoute.String(route), KeyCluster.String(cluster))
+			} else {
+				endHTTPSpan(span, k, err, attempt, attemptKind, addr)
+			}
 		}
 		if p.Hub != nil {
 			p.Hub.HTTPAttempts.Series(k).Add()
@@ -212,13 +222,16 @@ func (p *Pipeline) HTTPAttempts(target string, next http.RoundTripper) http.Roun
 	})
 }
 
-func endHTTPSpan(span trace.Span, k Key, err error) {
-	span.SetAttributes(KeyDestination.String(k.Destination))
+// endHTTPSpan ends a client span with its outcome and the attributes
+// extra, set in one call: the SDK grows a span's attributes at each call.
+func endHTTPSpan(span trace.Span, k Key, err error, extra ...attribute.KeyValue) {
+	kvs := make([]attribute.KeyValue, 0, len(extra)+2)
+	kvs = append(append(kvs, extra...), KeyDestination.String(k.Destination))
 	if err != nil {
-		span.SetAttributes(attribute.String("error.type", k.Status))
+		span.SetAttributes(append(kvs, attribute.String("error.type", k.Status))...)
 		span.SetStatus(codes.Error, err.Error())
 	} else {
-		span.SetAttributes(attribute.Int("http.response.status_code", k.Code))
+		span.SetAttributes(append(kvs, attribute.Int("http.response.status_code", k.Code))...)
 		if k.Code >= 500 {
 			span.SetStatus(codes.Error, "")
 		}
