@@ -35,6 +35,7 @@ func TestMisplacedOptionsAreRefused(t *testing.T) {
 		{"NewHTTPServer/WithGRPCServerOptions", newHTTP(h), mesh.WithGRPCServerOptions(grpc.MaxRecvMsgSize(1)), []string{"WithGRPCServerOptions", "NewHTTPServer", "NewServer only"}},
 		{"NewHTTPServer/WithXDSService", newHTTP(h), mesh.WithXDSService("trading", "v1"), []string{"WithXDSService", "NewServer only"}},
 		{"NewHTTPServer/WithAdvertiseAddress", newHTTP(h), mesh.WithAdvertiseAddress("127.0.0.1:1"), []string{"WithAdvertiseAddress", "NewServer only"}},
+		{"NewHTTPServer/WithoutControlPlaneRegistration", newHTTP(h), mesh.WithoutControlPlaneRegistration(), []string{"WithoutControlPlaneRegistration", "NewServer only"}},
 		{"NewHTTPServer/WithControlPlane", newHTTP(h), mesh.WithControlPlane("127.0.0.1:1"), []string{"WithControlPlane", "NewServer and Dial and HTTPClient"}},
 		{"NewHTTPServer/WithHealthAuthorization", newHTTP(h), mesh.WithHealthAuthorization(), []string{"WithHealthAuthorization", "NewServer only"}},
 		{"NewServer/WithHTTPPathPolicy", newGRPC, mesh.WithHTTPPathPolicy(security.PathAllowParameters), []string{"WithHTTPPathPolicy", "NewHTTPServer only"}},

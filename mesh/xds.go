@@ -33,6 +33,7 @@ type xdsConfig struct {
 	service         string      // servers: the service name clients dial as xds:///<service>
 	version         string
 	advertise       string
+	noRegistration  bool // WithoutControlPlaneRegistration
 }
 
 // WithControlPlane makes the mesh take its configuration from meshd at
@@ -72,7 +73,8 @@ type xdsConfig struct {
 // For NewServer (with WithXDSService), the server is an xDS server: it
 // stays NOT_SERVING until meshd sends its listener, then enforces the mTLS
 // and RBAC meshd configures, and Serve registers its endpoint with meshd
-// and keeps it registered until draining starts.
+// and keeps it registered until draining starts (unless
+// WithoutControlPlaneRegistration).
 func WithControlPlane(addrs ...string) Option {
 	x := xdsConfig{controlPlanes: append([]string(nil), addrs...)}
 	x.controlPlane, x.controlPlaneErr = xdsbootstrap.ReplicasTarget(addrs)
@@ -105,6 +107,17 @@ func WithXDSService(service, version string) ServerOption {
 // listening on 0.0.0.0:8443). Default: the listener's address.
 func WithAdvertiseAddress(hostport string) ServerOption {
 	return serverOnly("WithAdvertiseAddress", forNewServer, func(c *serverConfig) { c.xds.advertise = hostport })
+}
+
+// WithoutControlPlaneRegistration makes Serve of a server in xDS mode leave
+// its endpoint to meshd's other sources instead of registering it: on
+// Kubernetes (meshd serve -kubernetes reads the Service's EndpointSlices,
+// which every meshd replica shares) or where Consul already lists it. The
+// server still takes its listener, mTLS and RBAC from meshd. Default:
+// Serve registers the endpoint and keeps it registered until draining
+// starts.
+func WithoutControlPlaneRegistration() ServerOption {
+	return serverOnly("WithoutControlPlaneRegistration", forNewServer, func(c *serverConfig) { c.xds.noRegistration = true })
 }
 
 // xdsDialOptions returns the options that resolve target through meshd, or
@@ -318,7 +331,7 @@ func (c *serverConfig) newXDSServer(creds credentials.TransportCredentials, opts
 
 // heartbeat registers the server's endpoint with meshd until ctx ends.
 func (s *Server) heartbeat(ctx context.Context, listenAddr string) (stop func()) {
-	if s.xds.controlPlane == "" {
+	if s.xds.controlPlane == "" || s.xds.noRegistration {
 		return func() {}
 	}
 	addr := s.xds.advertise

@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	v3statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -27,8 +29,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gridmesh/gridmesh/controlplane"
+	"github.com/gridmesh/gridmesh/controlplane/registration"
 	"github.com/gridmesh/gridmesh/internal/admin"
 	"github.com/gridmesh/gridmesh/internal/meshtel"
+	"github.com/gridmesh/gridmesh/internal/meshtls"
 	xdstest "github.com/gridmesh/gridmesh/internal/testutil/xds"
 	"github.com/gridmesh/gridmesh/internal/xdsstatus"
 	"github.com/gridmesh/gridmesh/mesh"
@@ -359,5 +363,92 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "refused config from the control plane"); n != 1 {
 		t.Errorf("the same refusal logged %d times, want once", n)
+	}
+}
+
+// TestWithoutControlPlaneRegistration: a server that leaves its endpoint
+// to meshd's other sources (here the endpoint list a Kubernetes or Consul
+// source would set) never registers, yet takes its listener and RBAC from
+// meshd and serves the calls routed to it; a server without the option
+// registers.
+func TestWithoutControlPlaneRegistration(t *testing.T) {
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(`mtls: true
+services:
+  - name: trading
+    authorization:
+      - name: gateway-only
+        sources: [spiffe://example.org/gateway]
+        methods: ["/grpc.testing.TestService/*"]
+  - name: billing
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newDevCA(t, time.Hour)
+	meshd := xdstest.StartMeshd(t, "", cfg, controlplane.WithMTLS(controlplane.MTLSConfig{Source: devSource(t, ca, "/meshd"), Operators: []spiffeid.ID{id("/operator")}}))
+	meshd.ClientTLS = meshtls.ClientTLSConfig(devSource(t, ca, "/operator"), spiffeid.MatchID(id("/meshd")))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	serve := func(service string, opts ...mesh.ServerOption) (*echoService, string) {
+		svc := &echoService{}
+		srv, err := mesh.NewServer(append([]mesh.ServerOption{mesh.WithIdentity(devSource(t, ca, "/"+service)),
+			mesh.WithControlPlane(meshd.Addr), mesh.WithXDSService(service, "")}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testgrpc.RegisterTestServiceServer(srv, svc)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		sctx, stop := context.WithCancel(ctx)
+		go func() { served <- srv.Serve(sctx, lis) }()
+		t.Cleanup(func() {
+			stop()
+			srv.Close()
+			<-served
+		})
+		return svc, lis.Addr().String()
+	}
+	svc, addr := serve("trading", mesh.WithoutControlPlaneRegistration())
+	// What meshd serve -kubernetes would set from the Service's EndpointSlice.
+	if err := meshd.Server.SetEndpoints("kubernetes", []controlplane.Endpoint{{Service: "trading", Address: addr, SPIFFEID: "spiffe://example.org/trading"}}); err != nil {
+		t.Fatal(err)
+	}
+	cc, err := mesh.Dial(ctx, "xds:///trading", mesh.WithIdentity(devSource(t, ca, "/gateway")), mesh.WithControlPlane(meshd.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("call to the unregistered server: %v", err)
+	}
+	if svc.calls.Load() != 1 {
+		t.Errorf("handler ran %d times, want 1", svc.calls.Load())
+	}
+
+	// The contrast: a server without the option registers. Servers
+	// register as soon as they listen, so once billing is listed trading
+	// would have been too.
+	_, billing := serve("billing")
+	var regs []registration.Registration
+	xdstest.WaitFor(ctx, t, "billing registers", func() error {
+		var err error
+		if regs, err = meshd.Client(t).List(ctx); err != nil {
+			return err
+		}
+		for _, r := range regs {
+			if r.Service == "billing" && r.ListenAddress == billing {
+				return nil
+			}
+		}
+		return fmt.Errorf("billing (%s) not among the registrations %+v", billing, regs)
+	})
+	for _, r := range regs {
+		if r.Service == "trading" {
+			t.Errorf("trading registered (%+v) with WithoutControlPlaneRegistration", r)
+		}
 	}
 }

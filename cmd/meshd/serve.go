@@ -161,6 +161,8 @@ func serve(ctx context.Context, f *serveFlags, logger *slog.Logger, src security
 			return fmt.Errorf("-consul %q: %w", f.consul, err)
 		}
 		opts = append(opts, controlplane.WithConsulRegistrations(consul))
+	} else if f.kube.enabled {
+		logger.Info("no -consul: endpoints come from Kubernetes, which every replica reads; registrations through the registration API stay in this meshd's memory, so run meshed servers with mesh.WithoutControlPlaneRegistration (their EndpointSlices list them) or give every replica -consul")
 	} else {
 		logger.Warn("no -consul: registrations are kept in this meshd's memory; a second meshd replica would not see them and would serve other endpoints. Run a single meshd, or give every replica -consul")
 	}

@@ -107,6 +107,11 @@ func TestDeployManifests(t *testing.T) {
 	// The workload: its policy annotation parses; its pods get the
 	// ClusterSPIFFEID's ID, the one meshd expects of them.
 	trading := find(t, deployments, "trading-v1")
+	// Both meshd replicas list it from its EndpointSlice; registering with
+	// one of them (in that replica's memory) would make them disagree.
+	if args := trading.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "-endpoints-from-platform") {
+		t.Errorf("trading runs with %v, want -endpoints-from-platform (mesh.WithoutControlPlaneRegistration)", args)
+	}
 	svc := find(t, services, "trading")
 	if _, err := controlplane.ParsePolicyAnnotation("workload.yaml", "trading.shop", svc.Annotations[controlplane.PolicyAnnotation]); err != nil {
 		t.Errorf("workload.yaml: %v", err)

@@ -68,6 +68,10 @@ type Config struct {
 	// and xds:///<service> targets get endpoints, balancing and policy
 	// from it. Empty: static targets and in-code policy only.
 	ControlPlane string
+	// EndpointsFromPlatform keeps servers from registering with meshd when
+	// meshd learns their endpoints elsewhere (meshd serve -kubernetes reads
+	// their EndpointSlices): mesh.WithoutControlPlaneRegistration.
+	EndpointsFromPlatform bool
 	// Consul, when set, joins the mesh through this Consul agent instead
 	// of the Workload API: identity from its Connect CA for the service
 	// Name, authorization by Consul intentions, servers registered in its
@@ -100,6 +104,7 @@ type Node struct {
 	Stats      *Stats
 	admin      *mesh.Admin
 	cp         string
+	cpNoReg    bool
 	discovery  *discovery.Registry
 	tel        *telemetry.Providers
 	intentions *discovery.Intentions
@@ -112,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{Name: cfg.Name, Log: log, cp: cfg.ControlPlane}
+	n := &Node{Name: cfg.Name, Log: log, cp: cfg.ControlPlane, cpNoReg: cfg.EndpointsFromPlatform}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -316,6 +321,9 @@ func (n *Node) NewServer(desc *grpc.ServiceDesc, db *sql.DB) (*mesh.Server, erro
 		// meshd enforces its RBAC (generated from the same matrix, see
 		// policy.MeshdConfig) in front of the authorizer above.
 		opts = append(opts, mesh.WithControlPlane(n.cp), mesh.WithXDSService(n.Name, ""))
+		if n.cpNoReg {
+			opts = append(opts, mesh.WithoutControlPlaneRegistration())
+		}
 	}
 	for _, o := range n.Options() {
 		opts = append(opts, o)

@@ -39,13 +39,14 @@ func run(ctx context.Context) error {
 	reconcileAfter := flag.Duration("reconcile-after", time.Minute, "release holds this old whose order never reached the journal (0: never)")
 	admin := flag.String("admin", "", "loopback host:port for the mesh admin endpoint (/status, /identity, /targets, /config, /denials, /events); empty: off")
 	controlPlane := flag.String("control-plane", "", "meshd's xDS address: register with it and take mTLS and RBAC from it (xds:///name targets need it); empty: static targets only")
+	fromPlatform := flag.Bool("endpoints-from-platform", false, "with -control-plane: do not register with meshd, which lists this server from elsewhere (Kubernetes EndpointSlices)")
 	flag.Parse()
 	if *instance == "" {
 		*instance = *listen
 	}
 
 	log := recmesh.Logger("trading").With("instance", *instance)
-	node, err := recmesh.Start(ctx, recmesh.Config{Name: "trading", Admin: *admin, Telemetry: true, ControlPlane: *controlPlane, Logger: log})
+	node, err := recmesh.Start(ctx, recmesh.Config{Name: "trading", Admin: *admin, Telemetry: true, ControlPlane: *controlPlane, EndpointsFromPlatform: *fromPlatform, Logger: log})
 	if err != nil {
 		return err
 	}
