@@ -65,6 +65,20 @@ func meshDial(t *testing.T, addr, service string, src security.Source) testgrpc.
 	return testgrpc.NewTestServiceClient(cc)
 }
 
+// meshControlDial is meshDial with the control channel over mTLS: src's
+// SVID presented to meshd at addr, which must be spiffe://rec.test/meshd.
+func meshControlDial(t *testing.T, addr, service string, src security.Source) testgrpc.TestServiceClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := mesh.Dial(ctx, "xds:///"+service, mesh.WithIdentity(src), mesh.WithControlPlane(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return testgrpc.NewTestServiceClient(cc)
+}
+
 // meshCaller returns meshDial's client for a caller spiffe://rec.test/gateway.
 func meshCaller(t *testing.T, addr, service string, ca *security.DevCA) testgrpc.TestServiceClient {
 	t.Helper()

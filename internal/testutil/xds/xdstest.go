@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/xds"
 
@@ -174,6 +175,9 @@ type BackendOptions struct {
 	Addr string
 	// NoRegister skips registration; the test registers the backend.
 	NoRegister bool
+	// ControlTLS, when set, is the client TLS config of the backend's xDS
+	// channel to an mTLS meshd; nil: plaintext.
+	ControlTLS *tls.Config
 }
 
 // StartBackend starts an xds.GRPCServer on loopback, registers it with m
@@ -196,6 +200,11 @@ func StartBackend(t testing.TB, m *Meshd, o BackendOptions) *Backend {
 	bc.ServerIdentity = o.SPIFFEID // meshd names the backend's listener with it
 	if o.CertProvider != nil {
 		bc.CertProvider = o.CertProvider
+	}
+	if o.ControlTLS != nil {
+		cc, release := xdsbootstrap.RegisterChannelCreds(credentials.NewTLS(o.ControlTLS))
+		t.Cleanup(release)
+		bc.ChannelCreds, bc.InsecurePlaintext = cc, false
 	}
 	sopts, err := xdsbootstrap.ServerOptions(bc, nil)
 	if err != nil {
