@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/gridmesh/gridmesh/internal/meshtel"
 	"github.com/gridmesh/gridmesh/mesh"
 	"github.com/gridmesh/gridmesh/security"
+	"github.com/gridmesh/gridmesh/telemetry"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("bench.gridmesh.dev")
@@ -39,6 +41,8 @@ var setups = []struct {
 	{"mesh-defaults", meshDefaults},
 	{"mesh+otel", meshWith(false, true)},
 	{"mesh+resilience+otel", meshWith(true, true)},
+	{"mesh+resilience+setup", meshSetup(1)},
+	{"mesh+resilience+setup-1pct", meshSetup(0.01)},
 }
 
 // BenchmarkUnary measures one unary call at a time through client and
@@ -157,6 +161,32 @@ func meshWith(res, otel bool) func(b *testing.B) testgrpc.TestServiceClient {
 			dopts = append(dopts, mesh.WithoutResilience())
 		}
 		return startMesh(b, tel, dopts)
+	}
+}
+
+// meshSetup returns a setup for a mesh server and client with the default
+// resilience policy and the providers telemetry.Setup builds, as the
+// c-full (ratio 1) and c-full-1pct (ratio 0.01) scenarios of the bench
+// harness have them, except that spans go to the console exporter writing
+// to io.Discard instead of OTLP (JSON encoding in the batch processor's
+// goroutine, counted in cpu-ns/op).
+func meshSetup(ratio float64) func(b *testing.B) testgrpc.TestServiceClient {
+	return func(b *testing.B) testgrpc.TestServiceClient {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "bench", Traces: "console", Stdout: io.Discard,
+			SampleRatio: ratio, NoGlobal: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		mp, _, stop := meshtel.NewManualProvider() // collects the mesh's call metrics
+		b.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			p.Shutdown(ctx)
+			stop()
+		})
+		return startMesh(b, []mesh.Option{mesh.WithTracerProvider(p.TracerProvider), mesh.WithMeterProvider(mp)}, nil)
 	}
 }
 

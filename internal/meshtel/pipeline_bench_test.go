@@ -151,3 +151,31 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkSpanIDs starts and ends a sampled root span from 32 goroutines
+// per CPU on an SDK provider (batch processor, spans dropped) with the
+// SDK's default ID generator, which takes a mutex per span, and with
+// meshtel.IDGenerator, which telemetry.Setup installs.
+func BenchmarkSpanIDs(b *testing.B) {
+	for _, v := range []struct {
+		name string
+		opts []sdktrace.TracerProviderOption
+	}{
+		{"sdk-default", nil},
+		{"meshtel", []sdktrace.TracerProviderOption{sdktrace.WithIDGenerator(meshtel.IDGenerator())}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			tp := sdktrace.NewTracerProvider(append(v.opts, sdktrace.WithBatcher(discardSpans{}))...)
+			b.Cleanup(func() { tp.Shutdown(context.Background()) })
+			tracer := tp.Tracer("bench")
+			b.ReportAllocs()
+			b.SetParallelism(32)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					_, span := tracer.Start(context.Background(), "call")
+					span.End()
+				}
+			})
+		})
+	}
+}
