@@ -243,9 +243,12 @@ func grpcError(err error) error {
 	return err
 }
 
+// hasOutgoingKey reports whether ctx's outgoing metadata has an
+// idempotency key. metadata.FromOutgoingContext would copy all of the
+// metadata on every call, and with telemetry on every call has some
+// (traceparent); ValueFromOutgoingContext copies only a key that is there.
 func hasOutgoingKey(ctx context.Context) bool {
-	md, ok := metadata.FromOutgoingContext(ctx)
-	return ok && len(md.Get(idempotency.MetadataKey)) > 0
+	return len(metadata.ValueFromOutgoingContext(ctx, idempotency.MetadataKey)) > 0
 }
 
 // WithIdempotencyKey returns ctx with key attached to outgoing gRPC metadata
