@@ -180,12 +180,7 @@ func meshSetup(ratio float64) func(b *testing.B) testgrpc.TestServiceClient {
 			b.Fatal(err)
 		}
 		mp, _, stop := meshtel.NewManualProvider() // collects the mesh's call metrics
-		b.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			p.Shutdown(ctx)
-			stop()
-		})
+		shutdownAtCleanup(b, p.Shutdown, stop)
 		return startMesh(b, []mesh.Option{mesh.WithTracerProvider(p.TracerProvider), mesh.WithMeterProvider(mp)}, nil)
 	}
 }
@@ -208,13 +203,18 @@ func meshDefaults(b *testing.B) testgrpc.TestServiceClient {
 func otelProviders(b *testing.B) (*sdktrace.TracerProvider, metric.MeterProvider) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
 	mp, _, stop := meshtel.NewManualProvider() // collects the mesh's call metrics
+	shutdownAtCleanup(b, tp.Shutdown, stop)
+	return tp, mp
+}
+
+// shutdownAtCleanup has shutdown (given 5 s) and then stop run when b ends.
+func shutdownAtCleanup(b *testing.B, shutdown func(context.Context) error, stop func()) {
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		tp.Shutdown(ctx)
+		_ = shutdown(ctx) // spans still queued are dropped
 		stop()
 	})
-	return tp, mp
 }
 
 type discard struct{}

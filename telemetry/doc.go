@@ -20,7 +20,8 @@
 //   - Golden metrics for every call, on both sides, under the current
 //     semantic conventions: rpc.server.call.duration and
 //     rpc.client.call.duration (seconds, by rpc.method, where a method
-//     the caller's generated code does not name is "_OTHER", and
+//     the caller's generated code does not name, or on the server a
+//     method the server does not register, is "_OTHER", and
 //     rpc.response.status_code), http.server.request.duration and
 //     http.client.request.duration (by http.request.method, http.route,
 //     never the raw path, and http.response.status_code), each also by
