@@ -249,8 +249,7 @@ func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientIntercepto
 		start := p.now()
 		var pr *peer.Peer
 		if p.Hub != nil || p.Tracing != nil || p.events() {
-			pr = new(peer.Peer)
-			opts = append(opts, grpc.Peer(pr))
+			pr, opts = withPeer(opts)
 		}
 		ctx, span := p.clientStart(ctx, method, target, opts, false)
 		err := invoker(ctx, method, req, reply, cc, opts...)
@@ -264,8 +263,7 @@ func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientIntercepto
 			return streamer(p.outgoing(ctx), desc, cc, method, opts...)
 		}
 		start := time.Now()
-		pr := new(peer.Peer)
-		opts = append(opts, grpc.Peer(pr))
+		pr, opts := withPeer(opts)
 		ctx, span := p.clientStart(ctx, method, target, opts, true)
 		cs, err := streamer(ctx, desc, cc, method, opts...)
 		if err != nil {
@@ -277,6 +275,27 @@ func (p *Pipeline) ClientInterceptors(target string) (grpc.UnaryClientIntercepto
 		}}, nil
 	}
 	return unary, stream
+}
+
+// callPeer is the peer a call reports its connection in, with room for
+// the call's options and the option that asks for it: one allocation for
+// both.
+type callPeer struct {
+	peer peer.Peer
+	opts [4]grpc.CallOption
+}
+
+// withPeer returns opts with a grpc.Peer option added and the peer it
+// fills in. The caller's slice is not written to, and the one returned is
+// full, so that interceptors further in (hedged attempts among them)
+// append to copies of their own.
+func withPeer(opts []grpc.CallOption) (*peer.Peer, []grpc.CallOption) {
+	cp := new(callPeer)
+	if len(opts) < len(cp.opts) {
+		all := append(append(cp.opts[:0], opts...), grpc.Peer(&cp.peer))
+		return &cp.peer, all[:len(all):len(all)]
+	}
+	return &cp.peer, append(opts[:len(opts):len(opts)], grpc.Peer(&cp.peer))
 }
 
 // methodLabel is rpc.method for a client call: the method when generated
