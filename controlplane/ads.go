@@ -335,8 +335,14 @@ func (st *adsStream) push() {
 	// encoded: not tried again by this goroutine (the next snapshot is).
 	var failed [4]string
 	for {
-		cur := st.a.cur.Load()
+		// The snapshot is read under st.mu: publish stores a new one before
+		// it kicks (which takes st.mu), so either this pass sees it or the
+		// kick finds sending false and starts another push.
+		if hook := testHookPushLock.Load(); hook != nil {
+			(*hook)()
+		}
 		st.mu.Lock()
+		cur := st.a.cur.Load()
 		var out [4]*grpc.PreparedMsg
 		n := 0
 		if cur != nil && !st.closed {
@@ -381,6 +387,10 @@ func (st *adsStream) push() {
 		}
 	}
 }
+
+// testHookPushLock, when set by a test, runs in push just before it takes
+// the stream's lock.
+var testHookPushLock atomic.Pointer[func()]
 
 // stop makes the stream start no more pushes and waits for a running one
 // to end (it ends once its Send returns, which the stream's end makes it
