@@ -32,7 +32,9 @@ import (
 // client stops reading blocks only its own push goroutine: no lock is held
 // and no shared channel is used while sending, so the others go on.
 //
-// Resources are marshalled once per snapshot and shared by every response.
+// Resources are marshalled once per snapshot, and each response once per
+// snapshot, subscription and compression (adsType.encoded), shared by every
+// stream that wants it.
 type adsServer struct {
 	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
 	s *Server

@@ -70,7 +70,8 @@
 // package's own rather than go-control-plane's (which still serves the
 // per-type LDS, RDS, CDS and EDS services): per stream only the gRPC
 // handler goroutine, reading requests, and a push goroutine while a
-// response is being sent; resources are marshalled once per snapshot. A
+// response is being sent; a response is encoded once per snapshot and
+// subscription and the same bytes go to every stream that wants it. A
 // client that stops reading blocks only its own push goroutine: it holds
 // no lock and no shared channel, so the other clients are not delayed.
 // A client arriving from another replica with the version in force is not
