@@ -295,7 +295,8 @@ func withPeer(opts []grpc.CallOption) (*peer.Peer, []grpc.CallOption) {
 		all := append(append(cp.opts[:0], opts...), grpc.Peer(&cp.peer))
 		return &cp.peer, all[:len(all):len(all)]
 	}
-	return &cp.peer, append(opts[:len(opts):len(opts)], grpc.Peer(&cp.peer))
+	all := make([]grpc.CallOption, 0, len(opts)+1)
+	return &cp.peer, append(append(all, opts...), grpc.Peer(&cp.peer))
 }
 
 // methodLabel is rpc.method for a client call: the method when generated
