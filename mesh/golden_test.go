@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -344,4 +346,58 @@ func TestGoldenMetricsHTTP(t *testing.T) {
 		sv("intruder", 403, ""):                             denied,
 	}
 	waitGolden(t, reader, []string{"http.client.request.duration", "mesh.http.client.attempts", "http.server.request.duration"}, want)
+}
+
+// TestUnknownMethodsAreAuthorized: a call to a method the server does not
+// register is authorized like any other, with telemetry on or off: an
+// allowed caller gets grpc-go's Unimplemented answer, a refused one
+// PermissionDenied and the denial hook, so probing for methods tells a
+// refused caller nothing. (grpc-go alone answers before any interceptor.)
+func TestUnknownMethodsAreAuthorized(t *testing.T) {
+	ca := newDevCA(t, time.Hour)
+	for _, tc := range []struct {
+		name string
+		tel  mesh.Option
+	}{
+		{"telemetry off", mesh.WithoutTelemetry()},
+		{"metrics on", func() mesh.Option { o, _ := meteredProvider(t); return o }()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var denials atomic.Int64
+			addr := startServer(t, &echoService{}, mesh.WithIdentity(devSource(t, ca, "/server")), tc.tel,
+				mesh.WithDenialHook(func(*security.DeniedError) { denials.Add(1) }),
+				mesh.WithAuthorizer(mustRules(t, security.Allow("client", spiffeid.MatchID(id("/client"))))))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn := func(caller string) *grpc.ClientConn {
+				cc, err := mesh.Dial(ctx, addr, mesh.WithIdentity(devSource(t, ca, caller)), tc.tel)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cc.Close() })
+				return cc
+			}
+			client, intruder := conn("/client"), conn("/intruder")
+			for _, c := range []struct {
+				cc      *grpc.ClientConn
+				method  string
+				code    codes.Code
+				message string
+				denials int64
+			}{
+				{client, "/grpc.testing.TestService/Made", codes.Unimplemented, "unknown method Made for service grpc.testing.TestService", 0},
+				{client, "/made.Up/Call", codes.Unimplemented, "unknown service made.Up", 0},
+				{intruder, "/grpc.testing.TestService/Made", codes.PermissionDenied, "", 1},
+				{intruder, "/made.Up/Call", codes.PermissionDenied, "", 2},
+			} {
+				err := c.cc.Invoke(ctx, c.method, &testpb.Empty{}, &testpb.Empty{})
+				if s := status.Convert(err); s.Code() != c.code || (c.message != "" && s.Message() != c.message) {
+					t.Errorf("%s: %v, want %v %q", c.method, err, c.code, c.message)
+				}
+				if got := denials.Load(); got != c.denials {
+					t.Errorf("after %s: %d denials, want %d", c.method, got, c.denials)
+				}
+			}
+		})
+	}
 }

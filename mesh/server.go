@@ -5,14 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/gridmesh/gridmesh/internal/meshtls"
 	"github.com/gridmesh/gridmesh/security"
@@ -45,7 +48,10 @@ type Server struct {
 // (about 40% of its TTL), with WithConnectionGrace for in-flight calls, so
 // clients move to fresh certificates before the ones they connected with
 // expire (workloads rotate at half-life); a connection is cut at the latest
-// grace after its certificates expire.
+// grace after its certificates expire. A call to a method the server does
+// not register is authorized like any other before it is answered
+// Unimplemented, so a refused caller cannot probe for methods (a
+// grpc.UnknownServiceHandler in WithGRPCServerOptions replaces this).
 func NewServer(opts ...ServerOption) (*Server, error) {
 	cfg, id, remaining, logger, err := newServerConfig("NewServer", opts)
 	if err != nil {
@@ -61,6 +67,7 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 	}
 	unary, stream := meshtls.Interceptors(tel.authorizer(cfg.healthAuthorizer(authz)), tel.onDeny(cfg.onDeny))
 	creds := meshtls.ServerCredentials(cfg.identity, cfg.grace)
+	var srv grpcServer // set below, before it serves
 	grpcOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainUnaryInterceptor(cfg.unaryAfterAuthz()...),
@@ -69,13 +76,12 @@ func NewServer(opts ...ServerOption) (*Server, error) {
 			MaxConnectionAge:      remaining * 2 / 5,
 			MaxConnectionAgeGrace: cfg.grace,
 		}),
+		// Before the caller's own options, which may replace it.
+		grpc.UnknownServiceHandler(unknownMethod(&srv)),
 	}
 	grpcOpts = append(tel.serverOptions(), grpcOpts...) // telemetry interceptors outermost
 	grpcOpts = append(grpcOpts, cfg.grpcOptions...)
-	var (
-		srv        grpcServer
-		releaseXDS = func() {}
-	)
+	releaseXDS := func() {}
 	if cfg.xds.controlPlane != "" {
 		if srv, releaseXDS, err = cfg.newXDSServer(creds, grpcOpts, tel, id); err != nil {
 			tel.close()
@@ -234,3 +240,23 @@ func (s *Server) Close() error {
 // caller itself here, so the mesh removes them before the handler runs.
 // See security.PeerID.
 func PeerID(ctx context.Context) (spiffeid.ID, bool) { return security.PeerID(ctx) }
+
+// unknownMethod answers calls to methods *srv does not register as grpc-go
+// does without a handler (Unimplemented, "unknown service S" or "unknown
+// method M for service S"), but as a call the server's interceptors see:
+// such calls are authorized like any other, so a caller learns nothing of
+// what the server offers before it is allowed to call, and with metrics on
+// they are counted under one rpc.method.
+func unknownMethod(srv *grpcServer) grpc.StreamHandler {
+	return func(_ any, ss grpc.ServerStream) error {
+		full, _ := grpc.MethodFromServerStream(ss)
+		service, method := "", full
+		if i := strings.LastIndexByte(full, '/'); i > 0 {
+			service, method = full[1:i], full[i+1:]
+		}
+		if _, ok := (*srv).GetServiceInfo()[service]; ok {
+			return status.Errorf(codes.Unimplemented, "unknown method %v for service %v", method, service)
+		}
+		return status.Errorf(codes.Unimplemented, "unknown service %v", service)
+	}
+}

@@ -250,13 +250,9 @@ func (t *meshTelemetry) serverOptions() []grpc.ServerOption {
 		return nil
 	}
 	unary, stream := t.pipe.ServerInterceptors()
-	// Calls to methods the server does not register go through the
-	// interceptors too (authorized, counted under one rpc.method), where
-	// grpc-go would answer them before any interceptor ran. An
-	// UnknownServiceHandler among the caller's own options, which come
-	// later, replaces this one.
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
-		grpc.UnknownServiceHandler(t.pipe.UnknownService)}
+	// Calls to methods the server does not register reach these through
+	// NewServer's unknown-service handler, labelled under one rpc.method.
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
 }
 
 // setMethods tells the pipeline which methods srv registers, so that

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,21 +45,19 @@ type Pipeline struct {
 // semantic conventions' spelling is "_OTHER").
 const OtherMethod = "_OTHER"
 
-// methodSet is what a server registers: full methods and service names.
+// methodSet is what a server registers: its full methods.
 type methodSet struct {
-	methods  map[string]bool // "/pkg.Service/Method"
-	services map[string]bool // "pkg.Service"
+	methods map[string]bool // "/pkg.Service/Method"
 }
 
 // SetMethods tells a server's pipeline which methods the server registers
 // (grpc.Server.GetServiceInfo): every other method is labelled
-// OtherMethod, and UnknownService answers calls to them. Call it once the
+// OtherMethod. Call it once the
 // services are registered and before the server serves; until then every
 // method is taken as registered. Safe for concurrent use.
 func (p *Pipeline) SetMethods(services map[string]grpc.ServiceInfo) {
-	set := &methodSet{methods: map[string]bool{}, services: map[string]bool{}}
+	set := &methodSet{methods: map[string]bool{}}
 	for name, info := range services {
-		set.services[name] = true
 		for _, m := range info.Methods {
 			set.methods["/"+name+"/"+m.Name] = true
 		}
@@ -76,23 +73,6 @@ func (p *Pipeline) ServerMethod(fullMethod string) string {
 		return OtherMethod
 	}
 	return rpcName(fullMethod)
-}
-
-// UnknownService is a grpc.UnknownServiceHandler that answers calls to
-// methods the server does not register as grpc-go does without one
-// (Unimplemented, "unknown service S" or "unknown method M for service
-// S"), but as a call the server's interceptors see, so that such calls are
-// authorized and counted (under OtherMethod) like any other.
-func (p *Pipeline) UnknownService(_ any, ss grpc.ServerStream) error {
-	full, _ := grpc.MethodFromServerStream(ss)
-	service, method := "", full
-	if i := strings.LastIndexByte(full, '/'); i > 0 {
-		service, method = full[1:i], full[i+1:]
-	}
-	if set := p.methods.Load(); set != nil && set.services[service] {
-		return status.Errorf(grpccodes.Unimplemented, "unknown method %v for service %v", method, service)
-	}
-	return status.Errorf(grpccodes.Unimplemented, "unknown service %v", service)
 }
 
 func (p *Pipeline) events() bool { return p.Recorder.callEvents() }
@@ -122,7 +102,7 @@ func rpcName(fullMethod string) string {
 // ServerInterceptors record every call a server handles: put them first
 // in the chain so refused calls count too. Calls to methods the server
 // does not register reach interceptors only through an unknown service
-// handler (UnknownService, or one of the server's own); they are
+// handler (mesh.NewServer installs one); they are
 // labelled OtherMethod once SetMethods is called, so rpc.method stays
 // bounded.
 func (p *Pipeline) ServerInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
