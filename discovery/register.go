@@ -56,6 +56,9 @@ type Registration struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	done     chan struct{}
+	// lost: the agent lost the instance and registering it again got no
+	// answer; the heartbeat goroutine's alone.
+	lost bool
 
 	mu       sync.Mutex
 	draining bool
@@ -185,6 +188,12 @@ func (g *Registration) heartbeat() {
 func (g *Registration) beat(ctx context.Context) error {
 	err := g.agent.UpdateTTLOpts(g.checkID, "serving", api.HealthPassing, (&api.QueryOptions{}).WithContext(ctx))
 	if err == nil {
+		if g.lost {
+			// A registration again whose answer was lost (a timeout
+			// while the agent did register it) shows here.
+			g.lost = false
+			g.r.emit(Event{Kind: Registered, Target: g.reg.ID})
+		}
 		return nil
 	}
 	err = fmt.Errorf("discovery: heartbeat %q: %w", g.checkID, err)
@@ -192,7 +201,10 @@ func (g *Registration) beat(ctx context.Context) error {
 	if errors.As(err, &se) && (se.Code == 404 || se.Code == 500) {
 		// The agent answered but does not know the check: register again.
 		if rerr := g.agent.ServiceRegisterOpts(g.reg, api.ServiceRegisterOpts{}.WithContext(ctx)); rerr == nil {
+			g.lost = false
 			g.r.emit(Event{Kind: Registered, Target: g.reg.ID})
+		} else {
+			g.lost = true
 		}
 	}
 	return err

@@ -18,17 +18,8 @@ import (
 // One of three backends failing: grpc-go's outlier detection ejects it and
 // retries cover the calls that hit it before; success stays >= 99.9%.
 func TestOneOfThreeFailingOutlierEjectionAndRetries(t *testing.T) {
-	var srvs []*ledgertest.Server
-	var addrs []resolver.Address
-	for range 3 {
-		s := ledgertest.Start(t)
-		srvs = append(srvs, s)
-		addrs = append(addrs, resolver.Address{Addr: s.Addr})
-	}
+	srvs, r := ledgerBackends(t, 3)
 	srvs[1].SetMode(ledgertest.Unavailable)
-
-	r := manual.NewBuilderWithScheme("ledger")
-	r.InitialState(resolver.State{Addresses: addrs})
 	const serviceConfig = `{"loadBalancingConfig": [{"outlier_detection_experimental": {
 		"interval": "0.1s",
 		"baseEjectionTime": "30s",
@@ -68,16 +59,8 @@ func TestOneOfThreeFailingOutlierEjectionAndRetries(t *testing.T) {
 func TestOneBadEndpointDoesNotOpenTheBreaker(t *testing.T) {
 	for _, backends := range []int{2, 3} {
 		t.Run(fmt.Sprintf("1 of %d failing", backends), func(t *testing.T) {
-			var srvs []*ledgertest.Server
-			var addrs []resolver.Address
-			for range backends {
-				s := ledgertest.Start(t)
-				srvs = append(srvs, s)
-				addrs = append(addrs, resolver.Address{Addr: s.Addr})
-			}
+			srvs, r := ledgerBackends(t, backends)
 			srvs[0].SetMode(ledgertest.Unavailable)
-			r := manual.NewBuilderWithScheme("ledger")
-			r.InitialState(resolver.State{Addresses: addrs})
 
 			p := fastRetries(resilience.Default())
 			p.Budget.Ratio = 1 // let every call retry: this test is about the breaker
@@ -113,4 +96,19 @@ func TestOneBadEndpointDoesNotOpenTheBreaker(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ledgerBackends starts n ledger servers and a resolver for the scheme
+// "ledger" that lists them all.
+func ledgerBackends(t *testing.T, n int) ([]*ledgertest.Server, *manual.Resolver) {
+	var srvs []*ledgertest.Server
+	var addrs []resolver.Address
+	for range n {
+		s := ledgertest.Start(t)
+		srvs = append(srvs, s)
+		addrs = append(addrs, resolver.Address{Addr: s.Addr})
+	}
+	r := manual.NewBuilderWithScheme("ledger")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return srvs, r
 }
