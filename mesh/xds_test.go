@@ -39,18 +39,22 @@ import (
 	"github.com/gridmesh/gridmesh/security"
 )
 
-// TestXDSModeWithoutBootstrapFile: a mesh server and client configured only
-// with meshd's address talk over mTLS, with meshd's RBAC enforced, and the
-// server registers and deregisters itself.
-func TestXDSModeWithoutBootstrapFile(t *testing.T) {
-	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(`mtls: true
+// gatewayOnlyTrading is a meshd config: mTLS, and service trading callable
+// by spiffe://example.org/gateway only.
+const gatewayOnlyTrading = `mtls: true
 services:
   - name: trading
     authorization:
       - name: gateway-only
         sources: [spiffe://example.org/gateway]
         methods: ["/grpc.testing.TestService/*"]
-`))
+`
+
+// TestXDSModeWithoutBootstrapFile: a mesh server and client configured only
+// with meshd's address talk over mTLS, with meshd's RBAC enforced, and the
+// server registers and deregisters itself.
+func TestXDSModeWithoutBootstrapFile(t *testing.T) {
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(gatewayOnlyTrading))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,15 +376,7 @@ func TestXDSUnsupportedFieldsAndNACKsShown(t *testing.T) {
 // meshd and serves the calls routed to it; a server without the option
 // registers.
 func TestWithoutControlPlaneRegistration(t *testing.T) {
-	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(`mtls: true
-services:
-  - name: trading
-    authorization:
-      - name: gateway-only
-        sources: [spiffe://example.org/gateway]
-        methods: ["/grpc.testing.TestService/*"]
-  - name: billing
-`))
+	cfg, err := controlplane.ParseConfig("meshd.yaml", []byte(gatewayOnlyTrading+"  - name: billing\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

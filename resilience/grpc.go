@@ -371,9 +371,10 @@ func (t *trackedStream) finish(err error, ctxDone bool) {
 		}
 		code := status.Code(err)
 		canceled := ctxDone || code == codes.Canceled
-		t.pm.release(err != nil && breakerFailure(code), canceled)
+		failed := err != nil && breakerFailure(code)
+		t.pm.release(failed, canceled)
 		if !canceled {
-			t.pm.d.callEnded(err != nil && breakerFailure(code))
+			t.pm.d.callEnded(failed)
 		}
 	})
 }

@@ -93,11 +93,18 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.roundTrip(req, d)
 	switch {
 	case err == nil:
-		d.callEnded(resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented)
+		d.callEnded(httpFailure(resp.StatusCode))
 	case req.Context().Err() == nil && !isRejected(err):
 		d.callEnded(true)
 	}
 	return resp, err
+}
+
+// httpFailure says whether a response status counts against the
+// destination (the HTTP side of breakerFailure): 5xx but 501, which says
+// the server works and lacks the method.
+func httpFailure(code int) bool {
+	return code >= 500 && code != http.StatusNotImplemented
 }
 
 func (t *roundTripper) roundTrip(req *http.Request, d *destination) (*http.Response, error) {
@@ -254,7 +261,7 @@ func (t *roundTripper) attempt(ctx context.Context, req *http.Request, body io.R
 		return nil, err
 	}
 	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: acancel}
-	pm.release(resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented, false)
+	pm.release(httpFailure(resp.StatusCode), false)
 	if (lvl != IdempotencyUnknown || keyed) && retryableHTTPStatus(resp.StatusCode, keyed) {
 		return resp, &retryableError{&statusError{resp.StatusCode}}
 	}
